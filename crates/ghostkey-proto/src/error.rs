@@ -1,0 +1,151 @@
+//! Stable error codes and the RFC 9457 problem document that carries them.
+//!
+//! A code, once published, keeps its meaning and its HTTP status forever; clients match on
+//! the code, never on the title or the detail.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! error_codes {
+    ($( $(#[$doc:meta])* $variant:ident = ($code:literal, $status:literal, $title:literal), )*) => {
+        /// Every error code the `/v1` API can answer with.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl ErrorCode {
+            /// Every code, for documentation and exhaustive tests.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            /// The stable machine-readable code.
+            pub fn as_str(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $code,)* }
+            }
+
+            /// The HTTP status that always goes with the code.
+            pub fn http_status(self) -> u16 {
+                match self { $(ErrorCode::$variant => $status,)* }
+            }
+
+            /// A short, fixed, human-readable summary.
+            pub fn title(self) -> &'static str {
+                match self { $(ErrorCode::$variant => $title,)* }
+            }
+
+            /// Looks a code up by its string; `None` for codes this version does not know.
+            pub fn from_code(code: &str) -> Option<ErrorCode> {
+                match code { $($code => Some(ErrorCode::$variant),)* _ => None }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The body is not valid JSON for this endpoint (syntax, types, missing or unknown fields).
+    MalformedBody = ("malformed_body", 400, "The request body is malformed"),
+    /// A field has a well-formed type but a value out of bounds.
+    InvalidField = ("invalid_field", 422, "A field has an invalid value"),
+    /// The body is larger than the configured limit.
+    BodyTooLarge = ("body_too_large", 413, "The request body is too large"),
+    /// The request did not declare `Content-Type: application/json`.
+    UnsupportedMediaType = ("unsupported_media_type", 415, "The request body must be application/json"),
+    /// No such endpoint.
+    NotFound = ("not_found", 404, "No such resource"),
+    /// The endpoint exists, but not with this HTTP method.
+    MethodNotAllowed = ("method_not_allowed", 405, "Method not allowed on this resource"),
+    /// No assertion in `Authorization: Bearer`.
+    MissingAssertion = ("missing_assertion", 401, "An assertion is required"),
+    /// The assertion is not a compact JWT with the required claims.
+    InvalidAssertion = ("invalid_assertion", 401, "The assertion is malformed"),
+    /// The assertion is signed with an algorithm other than EdDSA (`none`, `HS*`, `RS*`, `ES*`, ...).
+    AssertionAlgorithmRefused = ("assertion_algorithm_refused", 401, "The assertion's algorithm is not accepted"),
+    /// `iss` names no registered app.
+    AssertionUnknownIssuer = ("assertion_unknown_issuer", 401, "The assertion's issuer is not a registered app"),
+    /// `kid` names no key of the issuing app.
+    AssertionUnknownKey = ("assertion_unknown_key", 401, "The assertion's key is not a key of the issuing app"),
+    /// `kid` names a revoked key of the issuing app.
+    AssertionKeyRevoked = ("assertion_key_revoked", 401, "The assertion's key has been revoked"),
+    /// The signature does not verify with the named key.
+    AssertionBadSignature = ("assertion_bad_signature", 401, "The assertion's signature is invalid"),
+    /// `aud` is not this deployment's service id.
+    AssertionWrongAudience = ("assertion_wrong_audience", 401, "The assertion is meant for another service"),
+    /// `exp` is in the past.
+    AssertionExpired = ("assertion_expired", 401, "The assertion has expired"),
+    /// `exp - iat` is longer than the configured maximum (or negative).
+    AssertionLifetimeTooLong = ("assertion_lifetime_too_long", 401, "The assertion's lifetime is too long"),
+    /// `iat` is in the future beyond the allowed clock skew.
+    AssertionIssuedInFuture = ("assertion_issued_in_future", 401, "The assertion is issued in the future"),
+    /// The `purpose` claim does not match the endpoint.
+    AssertionWrongPurpose = ("assertion_wrong_purpose", 403, "The assertion's purpose does not allow this request"),
+    /// The assertion's `jti` has been used before.
+    AssertionReplayed = ("assertion_replayed", 401, "The assertion has already been used"),
+    /// The user is already enrolled for this app.
+    AlreadyEnrolled = ("already_enrolled", 409, "The user is already enrolled"),
+    /// The sealed virtual device uses a format version this server does not accept.
+    UnsupportedSealedVersion = ("unsupported_sealed_version", 422, "The sealed virtual device's format version is not supported"),
+    /// The server is not ready (store unavailable).
+    Unavailable = ("unavailable", 503, "The service is temporarily unavailable"),
+    /// An unexpected server-side failure; the cause is in the server log, never in the answer.
+    Internal = ("internal", 500, "Internal server error"),
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The media type of error answers.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// An RFC 9457 problem document with Ghostkey's stable `code` extension member.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A URI naming the problem type: `urn:ghostkey:error:<code>`.
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    /// Fixed summary of the problem type.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// The stable machine-readable code.
+    pub code: String,
+    /// What went wrong with this request; never a secret or a personal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Problem {
+    /// The problem document for `code`, with an optional detail.
+    pub fn new(code: ErrorCode, detail: Option<String>) -> Problem {
+        Problem {
+            type_uri: format!("urn:ghostkey:error:{}", code.as_str()),
+            title: code.title().to_owned(),
+            status: code.http_status(),
+            code: code.as_str().to_owned(),
+            detail,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn codes_are_unique_snake_case_and_round_trip() {
+        let mut seen = HashSet::new();
+        for &code in ErrorCode::ALL {
+            let s = code.as_str();
+            assert!(seen.insert(s), "duplicate code {s}");
+            assert!(
+                s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{s}"
+            );
+            assert_eq!(ErrorCode::from_code(s), Some(code));
+            assert!((400..600).contains(&code.http_status()));
+        }
+        assert_eq!(ErrorCode::from_code("no_such_code"), None);
+    }
+}

@@ -1,0 +1,185 @@
+//! Operator commands that act directly on the database (`ghostkey app ...`).
+
+use serde::Serialize;
+
+use crate::clock::UnixTime;
+use crate::domain::app::{
+    new_app_id, parse_public_key, validate_app_name, validate_kid, App, AppKey,
+};
+use crate::domain::policy::{AppPolicy, PolicyChange};
+use crate::store::{Store, StoreError};
+
+/// What an admin command reports when it cannot do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct AdminError(pub String);
+
+fn explain(e: StoreError, app_id: &str, kid: Option<&str>) -> AdminError {
+    let kid = kid.unwrap_or("");
+    AdminError(match e {
+        StoreError::UnknownApp => format!("no app with id `{app_id}` (see `ghostkey app list`)"),
+        StoreError::UnknownKey => format!("app `{app_id}` has no key `{kid}`"),
+        StoreError::KeyExists => {
+            format!("app `{app_id}` already has a key `{kid}`; choose another key id")
+        }
+        StoreError::KeyAlreadyRevoked => {
+            format!("key `{kid}` of app `{app_id}` is already revoked")
+        }
+        other => other.to_string(),
+    })
+}
+
+/// An app as the admin commands show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AppReport {
+    /// The app id.
+    pub id: String,
+    /// The name.
+    pub name: String,
+    /// Registration time.
+    pub created_at: UnixTime,
+    /// Policy.
+    pub policy: AppPolicy,
+    /// Keys.
+    pub keys: Vec<KeyReport>,
+}
+
+/// A key as the admin commands show it.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyReport {
+    /// Key id.
+    pub kid: String,
+    /// Public key, base64url.
+    pub public_key: String,
+    /// When added.
+    pub created_at: UnixTime,
+    /// When revoked.
+    pub revoked_at: Option<UnixTime>,
+}
+
+fn report(app: App, keys: Vec<AppKey>) -> AppReport {
+    AppReport {
+        id: app.id,
+        name: app.name,
+        created_at: app.created_at,
+        policy: app.policy,
+        keys: keys
+            .into_iter()
+            .map(|k| KeyReport {
+                kid: k.kid,
+                public_key: ghostkey_proto::b64::encode(k.public_key),
+                created_at: k.created_at,
+                revoked_at: k.revoked_at,
+            })
+            .collect(),
+    }
+}
+
+/// Registers an app with its first key, with the default policy; returns the new app id.
+pub fn add_app(
+    store: &dyn Store,
+    name: &str,
+    kid: &str,
+    public_key: &str,
+    now: UnixTime,
+) -> Result<String, AdminError> {
+    validate_app_name(name).map_err(AdminError)?;
+    validate_kid(kid).map_err(AdminError)?;
+    let public_key = parse_public_key(public_key).map_err(AdminError)?;
+    let app = App {
+        id: new_app_id(),
+        name: name.trim().to_owned(),
+        created_at: now,
+        policy: AppPolicy::default(),
+    };
+    let key = AppKey {
+        kid: kid.to_owned(),
+        public_key,
+        created_at: now,
+        revoked_at: None,
+    };
+    store
+        .create_app(&app, &key)
+        .map_err(|e| explain(e, &app.id, Some(kid)))?;
+    Ok(app.id)
+}
+
+/// Every app with its keys.
+pub fn list_apps(store: &dyn Store) -> Result<Vec<AppReport>, AdminError> {
+    let apps = store.list_apps().map_err(|e| AdminError(e.to_string()))?;
+    apps.into_iter()
+        .map(|app| {
+            let keys = store
+                .app_keys(&app.id)
+                .map_err(|e| explain(e, &app.id, None))?;
+            Ok(report(app, keys))
+        })
+        .collect()
+}
+
+/// One app with its keys.
+pub fn show_app(store: &dyn Store, app_id: &str) -> Result<AppReport, AdminError> {
+    let app = store
+        .app(app_id)
+        .map_err(|e| explain(e, app_id, None))?
+        .ok_or_else(|| explain(StoreError::UnknownApp, app_id, None))?;
+    let keys = store
+        .app_keys(app_id)
+        .map_err(|e| explain(e, app_id, None))?;
+    Ok(report(app, keys))
+}
+
+/// Adds a key to an app (to rotate: add the new key, switch the app provider, revoke the old).
+pub fn add_key(
+    store: &dyn Store,
+    app_id: &str,
+    kid: &str,
+    public_key: &str,
+    now: UnixTime,
+) -> Result<(), AdminError> {
+    validate_kid(kid).map_err(AdminError)?;
+    let public_key = parse_public_key(public_key).map_err(AdminError)?;
+    let key = AppKey {
+        kid: kid.to_owned(),
+        public_key,
+        created_at: now,
+        revoked_at: None,
+    };
+    store
+        .add_app_key(app_id, &key)
+        .map_err(|e| explain(e, app_id, Some(kid)))
+}
+
+/// Revokes a key; assertions it signed are refused from now on. Returns how many active
+/// keys the app has left.
+pub fn revoke_key(
+    store: &dyn Store,
+    app_id: &str,
+    kid: &str,
+    now: UnixTime,
+) -> Result<usize, AdminError> {
+    store
+        .revoke_app_key(app_id, kid, now)
+        .map_err(|e| explain(e, app_id, Some(kid)))?;
+    let keys = store
+        .app_keys(app_id)
+        .map_err(|e| explain(e, app_id, None))?;
+    Ok(keys.iter().filter(|k| k.revoked_at.is_none()).count())
+}
+
+/// Changes some policy values; the others keep their current value.
+pub fn set_policy(
+    store: &dyn Store,
+    app_id: &str,
+    change: &PolicyChange,
+) -> Result<AppPolicy, AdminError> {
+    let app = store
+        .app(app_id)
+        .map_err(|e| explain(e, app_id, None))?
+        .ok_or_else(|| explain(StoreError::UnknownApp, app_id, None))?;
+    let policy = app.policy.apply(change).map_err(AdminError)?;
+    store
+        .set_app_policy(app_id, &policy)
+        .map_err(|e| explain(e, app_id, None))?;
+    Ok(policy)
+}

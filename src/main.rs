@@ -1,0 +1,343 @@
+//! The `ghostkey` binary: `serve` and the operator commands.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ghostkey::admin::{self, AppReport};
+use ghostkey::clock::{Clock, SystemClock};
+use ghostkey::config::{Config, LogFormat};
+use ghostkey::domain::policy::{MethodKind, PolicyChange};
+
+#[derive(Parser)]
+#[command(
+    name = "ghostkey",
+    version,
+    about = "Recovery service for E2EE virtual devices"
+)]
+struct Cli {
+    /// TOML configuration file (environment variables GHOSTKEY_* override it).
+    #[arg(long, global = true, env = "GHOSTKEY_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP service.
+    Serve,
+    /// Manage registered apps (app providers).
+    #[command(subcommand)]
+    App(AppCommand),
+}
+
+#[derive(Subcommand)]
+enum AppCommand {
+    /// Register an app with its first Ed25519 key; prints the new app id.
+    Add {
+        /// A name for operators.
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// List apps.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one app: policy and keys.
+    Show {
+        /// The app id.
+        app_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage an app's assertion keys.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Manage an app's policy.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
+#[derive(Args)]
+struct KeyArgs {
+    /// The key id, as the app provider puts it in the JWT header `kid`.
+    #[arg(long)]
+    key_id: String,
+    /// The Ed25519 public key: 32 bytes in base64url, or a PEM public key.
+    #[arg(
+        long,
+        required_unless_present = "public_key_file",
+        conflicts_with = "public_key_file"
+    )]
+    public_key: Option<String>,
+    /// A file holding the public key (PEM, as `openssl pkey -pubout` writes, or base64url).
+    #[arg(long)]
+    public_key_file: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn text(&self) -> Result<String, String> {
+        match (&self.public_key, &self.public_key_file) {
+            (Some(k), _) => Ok(k.clone()),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display())),
+            (None, None) => Err("give --public-key or --public-key-file".into()),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Add a key to an app.
+    Add {
+        /// The app id.
+        app_id: String,
+        #[command(flatten)]
+        key: KeyArgs,
+    },
+    /// Revoke a key: assertions it signed are refused from now on.
+    Revoke {
+        /// The app id.
+        app_id: String,
+        /// The key id.
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Change policy values; values not given keep their current setting.
+    Set(PolicySetArgs),
+}
+
+#[derive(Args)]
+struct PolicySetArgs {
+    /// The app id.
+    app_id: String,
+    /// Allowed methods, comma-separated: totp,sms,email.
+    #[arg(long, value_delimiter = ',')]
+    allowed_methods: Option<Vec<String>>,
+    /// Digits of SMS and e-mail codes (6-10; default 8).
+    #[arg(long)]
+    code_digits: Option<u32>,
+    /// Digits of TOTP codes (6-8; default 6).
+    #[arg(long)]
+    totp_digits: Option<u32>,
+    /// Lifetime of SMS and e-mail codes in seconds (60-3600; default 600).
+    #[arg(long)]
+    code_lifetime_secs: Option<i64>,
+    /// Wrong answers per challenge before it dies (1-10; default 3).
+    #[arg(long)]
+    max_attempts_per_challenge: Option<u32>,
+    /// Failures per user before the user is locked (1-100; default 10).
+    #[arg(long)]
+    user_lock_threshold: Option<u32>,
+    /// First back-off after a failure, doubled each time, in seconds (0-600; default 2).
+    #[arg(long)]
+    user_backoff_base_secs: Option<i64>,
+    /// Codes per destination per hour (1-100; default 5).
+    #[arg(long)]
+    sends_per_destination_per_hour: Option<u32>,
+    /// Codes per destination per day (1-1000; default 10).
+    #[arg(long)]
+    sends_per_destination_per_day: Option<u32>,
+    /// Messages per day for the whole app (default 10000).
+    #[arg(long)]
+    app_daily_send_budget: Option<u32>,
+    /// Requests per client address per minute (default 60).
+    #[arg(long)]
+    requests_per_address_per_minute: Option<u32>,
+    /// Delay between a correct recovery code and the release, in seconds (default 0).
+    #[arg(long)]
+    waiting_period_secs: Option<i64>,
+}
+
+impl PolicySetArgs {
+    fn change(&self) -> Result<PolicyChange, String> {
+        let allowed_methods = match &self.allowed_methods {
+            None => None,
+            Some(names) => Some(
+                names
+                    .iter()
+                    .map(|n| {
+                        MethodKind::parse(n.trim()).ok_or_else(|| {
+                            format!("unknown method `{n}` (expected totp, sms or email)")
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        Ok(PolicyChange {
+            allowed_methods,
+            code_digits: self.code_digits,
+            totp_digits: self.totp_digits,
+            code_lifetime_secs: self.code_lifetime_secs,
+            max_attempts_per_challenge: self.max_attempts_per_challenge,
+            user_lock_threshold: self.user_lock_threshold,
+            user_backoff_base_secs: self.user_backoff_base_secs,
+            sends_per_destination_per_hour: self.sends_per_destination_per_hour,
+            sends_per_destination_per_day: self.sends_per_destination_per_day,
+            app_daily_send_budget: self.app_daily_send_budget,
+            requests_per_address_per_minute: self.requests_per_address_per_minute,
+            waiting_period_secs: self.waiting_period_secs,
+        })
+    }
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn print_app(app: &AppReport) {
+    println!("{}  {}", app.id, app.name);
+    println!("  created_at: {}", app.created_at);
+    println!("  keys:");
+    for k in &app.keys {
+        let state = match k.revoked_at {
+            Some(t) => format!("revoked at {t}"),
+            None => "active".to_owned(),
+        };
+        println!("    {}  {}  ({state})", k.kid, k.public_key);
+    }
+    print_policy(&app.policy);
+}
+
+fn print_policy(p: &ghostkey::domain::policy::AppPolicy) {
+    let methods: Vec<&str> = p.allowed_methods.iter().map(|m| m.as_str()).collect();
+    println!("  policy:");
+    println!("    allowed_methods: {}", methods.join(","));
+    println!("    code_digits: {}", p.code_digits);
+    println!("    totp_digits: {}", p.totp_digits);
+    println!("    code_lifetime_secs: {}", p.code_lifetime_secs);
+    println!(
+        "    max_attempts_per_challenge: {}",
+        p.max_attempts_per_challenge
+    );
+    println!("    user_lock_threshold: {}", p.user_lock_threshold);
+    println!("    user_backoff_base_secs: {}", p.user_backoff_base_secs);
+    println!(
+        "    sends_per_destination_per_hour: {}",
+        p.sends_per_destination_per_hour
+    );
+    println!(
+        "    sends_per_destination_per_day: {}",
+        p.sends_per_destination_per_day
+    );
+    println!("    app_daily_send_budget: {}", p.app_daily_send_budget);
+    println!(
+        "    requests_per_address_per_minute: {}",
+        p.requests_per_address_per_minute
+    );
+    println!("    waiting_period_secs: {}", p.waiting_period_secs);
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String, String> {
+    serde_json::to_string_pretty(value).map_err(|e| e.to_string())
+}
+
+fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
+    let store = ghostkey::server::open_store(config)?;
+    let now = SystemClock.now();
+    match command {
+        AppCommand::Add { name, key } => {
+            let id =
+                admin::add_app(&store, &name, &key.key_id, &key.text()?, now).map_err(|e| e.0)?;
+            eprintln!(
+                "registered app `{}` with key `{}`; its app id (the assertions' `iss`):",
+                name.trim(),
+                key.key_id
+            );
+            println!("{id}");
+        }
+        AppCommand::List { json } => {
+            let apps = admin::list_apps(&store).map_err(|e| e.0)?;
+            if json {
+                println!("{}", to_json(&apps)?);
+            } else if apps.is_empty() {
+                eprintln!("no apps registered (see `ghostkey app add --help`)");
+            } else {
+                for app in &apps {
+                    let active = app.keys.iter().filter(|k| k.revoked_at.is_none()).count();
+                    println!("{}  {}  ({} active key(s))", app.id, app.name, active);
+                }
+            }
+        }
+        AppCommand::Show { app_id, json } => {
+            let app = admin::show_app(&store, &app_id).map_err(|e| e.0)?;
+            if json {
+                println!("{}", to_json(&app)?);
+            } else {
+                print_app(&app);
+            }
+        }
+        AppCommand::Key(KeyCommand::Add { app_id, key }) => {
+            admin::add_key(&store, &app_id, &key.key_id, &key.text()?, now).map_err(|e| e.0)?;
+            eprintln!("added key `{}` to app `{app_id}`", key.key_id);
+        }
+        AppCommand::Key(KeyCommand::Revoke { app_id, key_id }) => {
+            let left = admin::revoke_key(&store, &app_id, &key_id, now).map_err(|e| e.0)?;
+            eprintln!("revoked key `{key_id}` of app `{app_id}`");
+            if left == 0 {
+                eprintln!("WARNING: app `{app_id}` has no active key left; its assertions are all refused until a key is added");
+            }
+        }
+        AppCommand::Policy(PolicyCommand::Set(args)) => {
+            let change = args.change()?;
+            let policy = admin::set_policy(&store, &args.app_id, &change).map_err(|e| e.0)?;
+            eprintln!("policy of app `{}` updated:", args.app_id);
+            print_policy(&policy);
+        }
+    }
+    Ok(())
+}
+
+fn serve(config: Config) -> Result<(), String> {
+    actix_web::rt::System::new().block_on(async move {
+        let running = ghostkey::server::start(&config)?;
+        running
+            .server
+            .await
+            .map_err(|e| format!("server failed: {e}"))
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ghostkey: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve => {
+            init_logging(&config);
+            serve(config)
+        }
+        Command::App(cmd) => run_app_command(&config, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ghostkey: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Start-up: from a configuration to a listening server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{middleware, App, HttpServer};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Mode};
+use crate::domain::assertion::AssertionRules;
+use crate::keys::{DataKey, DataKeySource};
+use crate::service::Ghostkey;
+use crate::store::{SqliteStore, Store};
+
+/// A server bound to its address, ready to be awaited.
+pub struct Running {
+    /// The address actually bound (useful with port 0).
+    pub addr: SocketAddr,
+    /// The server future; await it to serve, use its handle to stop it.
+    pub server: Server,
+}
+
+/// Opens the store the configuration names.
+pub fn open_store(config: &Config) -> Result<SqliteStore, String> {
+    SqliteStore::open(
+        &config.database.path,
+        config.database.synchronous,
+        Duration::from_millis(config.database.busy_timeout_ms),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot open the database {}: {e}",
+            config.database.path.display()
+        )
+    })
+}
+
+/// Loads keys, opens the store and binds the listener, announcing what kind of setup runs.
+pub fn start(config: &Config) -> Result<Running, String> {
+    let (data_key, source) = DataKey::load(config)?;
+    if config.mode == Mode::Development {
+        tracing::warn!(
+            "DEVELOPMENT SETUP: not for real users. Service id `{}`, data key in {}. \
+             Set mode = \"production\" with your own service_id and keys for a real deployment.",
+            config.service_id,
+            if source == DataKeySource::Configured {
+                "the configuration".to_owned()
+            } else {
+                config.dev_data_key_path().display().to_string()
+            }
+        );
+    }
+    if source == DataKeySource::GeneratedDevelopmentFile {
+        tracing::warn!(path = %config.dev_data_key_path().display(), "generated a new development data key");
+    }
+    tracing::info!(data_key_id = data_key.id(), "server data key loaded");
+    if config.database.synchronous != crate::config::Synchronous::Full {
+        tracing::warn!(
+            synchronous = config.database.synchronous.as_pragma(),
+            "database.synchronous is lowered: acknowledged writes may be lost on power failure"
+        );
+    }
+    let store: Arc<dyn Store> = Arc::new(open_store(config)?);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    start_with(config, store, clock)
+}
+
+/// Binds a server over an already opened store, with a given clock.
+pub fn start_with(
+    config: &Config,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, String> {
+    let rules = AssertionRules {
+        service_id: config.service_id.clone(),
+        max_lifetime_secs: config.assertions.max_lifetime_secs,
+        max_clock_skew_secs: config.assertions.max_clock_skew_secs,
+    };
+    let service = Ghostkey::new(store, clock, rules);
+    let body_limit = config.server.body_limit_bytes;
+    let mut http = HttpServer::new(move || {
+        App::new()
+            .wrap(middleware::from_fn(crate::http::request_log))
+            .configure(crate::http::configure(service.clone(), body_limit))
+    })
+    .shutdown_timeout(30);
+    if config.server.workers > 0 {
+        http = http.workers(config.server.workers);
+    }
+    let http = http
+        .bind(config.server.listen)
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = http
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| "the listener has no address".to_owned())?;
+    tracing::info!(%addr, service_id = %config.service_id, "listening");
+    Ok(Running {
+        addr,
+        server: http.run(),
+    })
+}
