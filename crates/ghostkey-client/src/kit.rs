@@ -165,7 +165,7 @@ impl AppSigningKey {
     }
 
     /// Mints an assertion with exactly these claims.
-    pub fn mint_claims(&self, claims: &AssertionClaims) -> Result<String, KitError> {
+    pub fn mint_claims<C: serde::Serialize>(&self, claims: &C) -> Result<String, KitError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         let der = self.key.to_pkcs8_der().map_err(|_| KitError::BadKey)?;
