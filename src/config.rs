@@ -171,6 +171,29 @@ fn bad(key: &str, why: impl std::fmt::Display) -> ConfigError {
     ConfigError(format!("`{key}` {why}"))
 }
 
+/// One figment error as `key: problem (where the value came from)`.
+fn describe(e: figment::Error) -> String {
+    let key = e.path.join(".").to_lowercase();
+    let origin = match &e.metadata {
+        Some(m) if m.name.contains("environment") => {
+            format!(
+                " (from environment variable GHOSTKEY_{})",
+                e.path.join("__").to_uppercase()
+            )
+        }
+        Some(m) => match &m.source {
+            Some(source) => format!(" (from {source})"),
+            None => String::new(),
+        },
+        None => String::new(),
+    };
+    if key.is_empty() {
+        format!("{}{origin}", e.kind)
+    } else {
+        format!("`{key}`: {}{origin}", e.kind)
+    }
+}
+
 impl Config {
     /// Reads the defaults, then `file` (if given), then the `GHOSTKEY_*` environment.
     pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
@@ -192,11 +215,10 @@ impl Config {
             }
             figment = figment.merge(Toml::file_exact(path));
         }
-        let config: Config = figment.merge(env).extract().map_err(|e| {
-            // figment's messages name the key (`server.listen`) and where its value came from.
-            let all: Vec<String> = e.into_iter().map(|e| e.to_string()).collect();
-            ConfigError(all.join("; "))
-        })?;
+        let config: Config = figment
+            .merge(env)
+            .extract()
+            .map_err(|e| ConfigError(e.into_iter().map(describe).collect::<Vec<_>>().join("; ")))?;
         config.validate()?;
         Ok(config)
     }
