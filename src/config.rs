@@ -359,6 +359,28 @@ mod tests {
     }
 
     #[test]
+    fn the_example_configuration_is_valid_and_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/ghostkey.example.toml");
+        let c = Config::load_from(Some(&path), no_env()).unwrap();
+        assert_eq!(c.mode, Mode::Production);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let defaults = figment::value::Value::serialize(Config::default()).unwrap();
+        let mut keys = vec!["data_key".to_owned()];
+        if let Some(dict) = defaults.as_dict() {
+            for (k, v) in dict {
+                keys.push(k.clone());
+                if let Some(inner) = v.as_dict() {
+                    keys.extend(inner.keys().cloned());
+                }
+            }
+        }
+        for key in keys {
+            assert!(text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")), "{key} is not documented");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn environment_overrides_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("g.toml", "service_id = \"from-file\"\n")?;

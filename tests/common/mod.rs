@@ -27,8 +27,10 @@ pub struct TestServer {
 impl TestServer {
     pub fn start() -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.service_id = SERVICE_ID.into();
+        let mut config = Config {
+            service_id: SERVICE_ID.into(),
+            ..Config::default()
+        };
         config.server.listen = "127.0.0.1:0".parse().unwrap();
         config.server.workers = 2;
         config.database.path = dir.path().join("ghostkey.db");
