@@ -375,7 +375,10 @@ mod tests {
             }
         }
         for key in keys {
-            assert!(text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")), "{key} is not documented");
+            assert!(
+                text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")),
+                "{key} is not documented"
+            );
         }
     }
 

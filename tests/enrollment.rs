@@ -20,10 +20,14 @@ async fn enrolment_stores_a_blob_that_opens_with_the_user_secret_and_nothing_els
 
     let secret = UserSecret::generate();
     let assertion = app.assertion("patient-7f3a", Purpose::Enroll);
-    let (device, answer) =
-        ghostkey_client::enroll(&client, &assertion, &secret, &app.id, "patient-7f3a")
-            .await
-            .unwrap();
+    let enrolled = ghostkey_client::enroll(&client, &assertion, &secret, &app.id, "patient-7f3a")
+        .await
+        .unwrap();
+    assert_ne!(
+        enrolled.user_keys.public(),
+        enrolled.virtual_device.keys().encryption_public()
+    );
+    let (device, answer) = (enrolled.virtual_device, enrolled.answer);
     assert_eq!(answer.app_id, app.id);
     assert_eq!(answer.user_id, "patient-7f3a");
     assert_eq!(answer.state, EnrollmentState::Pending);

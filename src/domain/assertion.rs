@@ -235,3 +235,101 @@ pub fn verify(
         purpose: claims.purpose,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ghostkey_client::AppSigningKey;
+
+    const NOW: UnixTime = 1_800_000_000;
+
+    fn rules() -> AssertionRules {
+        AssertionRules {
+            service_id: "gk".into(),
+            max_lifetime_secs: 300,
+            max_clock_skew_secs: 30,
+        }
+    }
+
+    fn claims(iat: i64, exp: i64) -> AssertionClaims {
+        AssertionClaims {
+            iss: "app_1".into(),
+            sub: "user-1".into(),
+            aud: "gk".into(),
+            iat,
+            exp,
+            jti: "0123456789abcdefghij".into(),
+            purpose: Purpose::Recover,
+        }
+    }
+
+    fn check(
+        key: &AppSigningKey,
+        c: &AssertionClaims,
+        now: UnixTime,
+    ) -> Result<VerifiedAssertion, ErrorCode> {
+        let token = key.mint_claims(c).unwrap();
+        let unverified = inspect(&token).map_err(|e| e.code)?;
+        assert_eq!(
+            (unverified.iss.as_str(), unverified.kid.as_str()),
+            ("app_1", "k1")
+        );
+        let pk = ghostkey_proto::b64::decode_array::<32>(&key.public_key_b64()).unwrap();
+        verify(
+            &unverified,
+            &KeyLookup::Active(pk),
+            &rules(),
+            Purpose::Recover,
+            now,
+        )
+        .map_err(|e| e.code)
+    }
+
+    #[test]
+    fn time_rules_use_the_time_passed_in() {
+        let key = AppSigningKey::generate("k1");
+        let c = claims(NOW, NOW + 300);
+        let ok = check(&key, &c, NOW).unwrap();
+        assert_eq!(ok.remember_jti_until, NOW + 300 + 30);
+        assert_eq!(ok.user_id, "user-1");
+        // The same token, judged at other times.
+        assert_eq!(check(&key, &c, NOW + 299).map(|_| ()), Ok(()));
+        assert_eq!(
+            check(&key, &c, NOW + 300).unwrap_err(),
+            ErrorCode::AssertionExpired
+        );
+        assert_eq!(check(&key, &c, NOW - 30).map(|_| ()), Ok(()));
+        assert_eq!(
+            check(&key, &c, NOW - 31).unwrap_err(),
+            ErrorCode::AssertionIssuedInFuture
+        );
+        assert_eq!(
+            check(&key, &claims(NOW, NOW + 301), NOW).unwrap_err(),
+            ErrorCode::AssertionLifetimeTooLong
+        );
+    }
+
+    #[test]
+    fn key_states_map_to_their_codes() {
+        let key = AppSigningKey::generate("k1");
+        let token = key.mint_claims(&claims(NOW, NOW + 60)).unwrap();
+        let unverified = inspect(&token).unwrap();
+        let other = ghostkey_proto::b64::decode_array::<32>(
+            &AppSigningKey::generate("k1").public_key_b64(),
+        )
+        .unwrap();
+        for (lookup, code) in [
+            (KeyLookup::UnknownApp, ErrorCode::AssertionUnknownIssuer),
+            (KeyLookup::UnknownKey, ErrorCode::AssertionUnknownKey),
+            (KeyLookup::Revoked, ErrorCode::AssertionKeyRevoked),
+            (KeyLookup::Active(other), ErrorCode::AssertionBadSignature),
+        ] {
+            assert_eq!(
+                verify(&unverified, &lookup, &rules(), Purpose::Recover, NOW)
+                    .unwrap_err()
+                    .code,
+                code
+            );
+        }
+    }
+}

@@ -76,6 +76,48 @@ impl DeviceKeys {
     }
 }
 
+/// The user key pair (X25519): documents for the user are sealed to its public half; its
+/// private half is sealed to each of the user's devices (DESIGN.md §2), so any of them can
+/// open the user's documents. Wiped on drop; `Debug` shows only the public key.
+#[derive(Clone)]
+pub struct UserKeys {
+    secret: StaticSecret,
+}
+
+impl std::fmt::Debug for UserKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserKeys")
+            .field("public", &b64::encode(self.public()))
+            .finish_non_exhaustive()
+    }
+}
+
+impl UserKeys {
+    /// A fresh random user key pair.
+    pub fn generate() -> UserKeys {
+        UserKeys {
+            secret: StaticSecret::random_from_rng(OsRng),
+        }
+    }
+
+    /// From the 32-byte private key.
+    pub fn from_bytes(secret: &[u8; 32]) -> UserKeys {
+        UserKeys {
+            secret: StaticSecret::from(*secret),
+        }
+    }
+
+    /// The X25519 public key.
+    pub fn public(&self) -> [u8; 32] {
+        PublicKey::from(&self.secret).to_bytes()
+    }
+
+    /// The X25519 private key.
+    pub fn secret(&self) -> &StaticSecret {
+        &self.secret
+    }
+}
+
 /// A virtual device: keys whose private halves live only sealed at Ghostkey, bound to an
 /// app, a user and a version counter (raised each time the blob is replaced, so a client
 /// can refuse a rolled-back blob).
