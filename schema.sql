@@ -58,3 +58,85 @@ CREATE TABLE users (
     updated_at             INTEGER NOT NULL,
     PRIMARY KEY (app_id, user_id)
 ) STRICT, WITHOUT ROWID;
+
+-- Abuse-limit state per user: failures back off exponentially, then lock the user until
+-- a `manage` assertion or an operator lifts the lock.
+CREATE TABLE user_guards (
+    app_id         TEXT    NOT NULL,
+    user_id        TEXT    NOT NULL,
+    failures       INTEGER NOT NULL DEFAULT 0,
+    backoff_until  INTEGER NOT NULL DEFAULT 0,
+    locked_at      INTEGER,
+    PRIMARY KEY (app_id, user_id),
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
+-- Verification methods. The secret part (TOTP seed, phone number, e-mail address) is
+-- encrypted with the server data key named by `key_id`; `destination_mac` is an HMAC of
+-- the normalised destination, the only form rate limits ever see.
+CREATE TABLE methods (
+    id               TEXT    PRIMARY KEY,
+    app_id           TEXT    NOT NULL,
+    user_id          TEXT    NOT NULL,
+    kind             TEXT    NOT NULL CHECK (kind IN ('totp', 'sms', 'email')),
+    state            TEXT    NOT NULL CHECK (state IN ('pending', 'confirmed')),
+    key_id           TEXT    NOT NULL,
+    secret           BLOB    NOT NULL,
+    destination_mac  BLOB,
+    totp_last_step   INTEGER,
+    created_at       INTEGER NOT NULL,
+    confirmed_at     INTEGER,
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX methods_by_user ON methods (app_id, user_id);
+
+-- One-time-code challenges. SMS and e-mail codes are kept only as an Argon2id hash keyed
+-- with the server pepper; TOTP challenges have no code of their own.
+CREATE TABLE challenges (
+    id            TEXT    PRIMARY KEY,
+    app_id        TEXT    NOT NULL,
+    user_id       TEXT    NOT NULL,
+    method_id     TEXT    NOT NULL REFERENCES methods(id) ON DELETE CASCADE,
+    purpose       TEXT    NOT NULL CHECK (purpose IN ('confirm', 'proof')),
+    code_salt     BLOB,
+    code_hash     BLOB,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    max_attempts  INTEGER NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('open', 'used', 'dead')),
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX challenges_by_user ON challenges (app_id, user_id);
+
+-- Fixed-window counters for rate limits and budgets; `subject` is an HMAC or an app id,
+-- never a destination or an address in clear.
+CREATE TABLE rate_counters (
+    scope         TEXT    NOT NULL,
+    subject       BLOB    NOT NULL,
+    window_start  INTEGER NOT NULL,
+    count         INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (scope, subject, window_start)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX rate_counters_by_expiry ON rate_counters (expires_at);
+
+-- Messages to send (codes and notices), written in the same transaction as what caused
+-- them and sent by the delivery worker. Destination and body are encrypted with the data
+-- key; the body is wiped once sent.
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id           TEXT    NOT NULL,
+    channel          TEXT    NOT NULL CHECK (channel IN ('sms', 'email')),
+    key_id           TEXT    NOT NULL,
+    destination      BLOB    NOT NULL,
+    body             BLOB    NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    leased_until     INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    finished_at      INTEGER
+) STRICT;
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);

@@ -77,6 +77,133 @@ pub struct Config {
     pub assertions: AssertionConfig,
     /// Logging.
     pub log: LogConfig,
+    /// SMS delivery.
+    pub sms: SmsConfig,
+    /// E-mail delivery.
+    pub email: EmailConfig,
+    /// The outbox worker.
+    pub delivery: DeliveryConfig,
+}
+
+/// Which SMS adapter sends codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmsProvider {
+    /// Writes messages, codes included, to the log. Development only.
+    DevLog,
+    /// The Twilio Messages API.
+    Twilio,
+    /// A JSON POST signed with HMAC-SHA256, for an operator's own gateway.
+    Webhook,
+}
+
+/// `[sms]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmsConfig {
+    /// `dev-log` (default, refused in production), `twilio` or `webhook`.
+    pub provider: SmsProvider,
+    /// How long one send may take, in milliseconds.
+    pub timeout_ms: u64,
+    /// `[sms.twilio]`
+    pub twilio: TwilioConfig,
+    /// `[sms.webhook]`
+    pub webhook: WebhookConfig,
+}
+
+/// `[sms.twilio]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TwilioConfig {
+    /// API base URL; change it only for tests or a regional endpoint.
+    pub base_url: String,
+    /// Account SID (`AC...`).
+    pub account_sid: String,
+    /// Auth token (secret); or `auth_token_file`.
+    #[serde(default, skip_serializing)]
+    pub auth_token: Option<secrecy::SecretString>,
+    /// A file holding the auth token.
+    pub auth_token_file: Option<PathBuf>,
+    /// Sender: a phone number in E.164, or an alphanumeric sender id.
+    pub from: Option<String>,
+    /// Or a Messaging Service SID (`MG...`) instead of `from`.
+    pub messaging_service_sid: Option<String>,
+}
+
+/// `[sms.webhook]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST messages.
+    pub url: String,
+    /// The HMAC-SHA256 signing secret (secret); or `secret_file`.
+    #[serde(default, skip_serializing)]
+    pub secret: Option<secrecy::SecretString>,
+    /// A file holding the signing secret.
+    pub secret_file: Option<PathBuf>,
+}
+
+/// How e-mail is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EmailProvider {
+    /// Writes messages, codes included, to the log. Development only.
+    DevLog,
+    /// SMTP.
+    Smtp,
+}
+
+/// SMTP transport security.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SmtpTls {
+    /// No TLS at all: only for a relay on the same host or in tests.
+    None,
+    /// Plain connection upgraded with STARTTLS (port 587); refused if the server cannot.
+    Starttls,
+    /// TLS from the first byte (port 465).
+    Tls,
+}
+
+/// `[email]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmailConfig {
+    /// `dev-log` (default, refused in production) or `smtp`.
+    pub provider: EmailProvider,
+    /// SMTP server host name.
+    pub smtp_host: String,
+    /// SMTP port.
+    pub smtp_port: u16,
+    /// `none`, `starttls` or `tls`.
+    pub smtp_tls: SmtpTls,
+    /// SMTP user name, if the server needs authentication.
+    pub smtp_username: Option<String>,
+    /// SMTP password (secret); or `smtp_password_file`.
+    #[serde(default, skip_serializing)]
+    pub smtp_password: Option<secrecy::SecretString>,
+    /// A file holding the SMTP password.
+    pub smtp_password_file: Option<PathBuf>,
+    /// The sender, such as `Ghostkey <no-reply@example.org>`.
+    pub from: String,
+    /// Subject of code messages.
+    pub subject: String,
+    /// How long one send may take, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// `[delivery]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryConfig {
+    /// How often the worker looks for due messages when nothing wakes it, in milliseconds.
+    pub poll_interval_ms: u64,
+    /// First retry delay after a transient failure, doubled each time, in milliseconds.
+    pub retry_base_ms: u64,
+    /// Longest retry delay, in milliseconds.
+    pub retry_max_ms: u64,
+    /// Attempts before a message is recorded as failed for good.
+    pub max_attempts: u32,
 }
 
 /// `[server]`
@@ -158,6 +285,33 @@ impl Default for Config {
                 format: LogFormat::Text,
                 level: "info".to_owned(),
             },
+            sms: SmsConfig {
+                provider: SmsProvider::DevLog,
+                timeout_ms: 10_000,
+                twilio: TwilioConfig {
+                    base_url: "https://api.twilio.com".to_owned(),
+                    ..TwilioConfig::default()
+                },
+                webhook: WebhookConfig::default(),
+            },
+            email: EmailConfig {
+                provider: EmailProvider::DevLog,
+                smtp_host: "localhost".to_owned(),
+                smtp_port: 587,
+                smtp_tls: SmtpTls::Starttls,
+                smtp_username: None,
+                smtp_password: None,
+                smtp_password_file: None,
+                from: "Ghostkey <no-reply@localhost>".to_owned(),
+                subject: "Your verification code".to_owned(),
+                timeout_ms: 10_000,
+            },
+            delivery: DeliveryConfig {
+                poll_interval_ms: 1000,
+                retry_base_ms: 2000,
+                retry_max_ms: 15 * 60 * 1000,
+                max_attempts: 12,
+            },
         }
     }
 }
@@ -191,6 +345,53 @@ fn describe(e: figment::Error) -> String {
         format!("{}{origin}", e.kind)
     } else {
         format!("`{key}`: {}{origin}", e.kind)
+    }
+}
+
+fn check_url(key: &str, url: &str) -> Result<(), ConfigError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        _ => Err(bad(key, "must be an http or https URL")),
+    }
+}
+
+/// Checks that a secret is given inline or as a file, not both; returns whether it is.
+fn secret_source(
+    key: &str,
+    inline: &Option<secrecy::SecretString>,
+    file: &Option<PathBuf>,
+    required: bool,
+) -> Result<bool, ConfigError> {
+    match (inline, file) {
+        (Some(_), Some(_)) => Err(bad(key, &format!("and `{key}_file` are both set; give only one"))),
+        (None, None) if required => Err(bad(key, &format!("(or `{key}_file`) must be set"))),
+        (None, None) => Ok(false),
+        _ => Ok(true),
+    }
+}
+
+/// Reads a secret given inline or as `<key>_file` (content trimmed of surrounding
+/// whitespace). `None` when neither is set.
+pub fn resolve_secret(
+    key: &str,
+    inline: &Option<secrecy::SecretString>,
+    file: &Option<PathBuf>,
+) -> Result<Option<secrecy::SecretString>, ConfigError> {
+    use secrecy::ExposeSecret;
+    match (inline, file) {
+        (Some(s), None) => Ok(Some(s.clone())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| bad(&format!("{key}_file"), format!("{}: cannot be read: {e}", path.display())))?;
+            let text = secrecy::SecretString::from(text);
+            let trimmed = text.expose_secret().trim();
+            if trimmed.is_empty() {
+                return Err(bad(&format!("{key}_file"), format!("{} is empty", path.display())));
+            }
+            Ok(Some(secrecy::SecretString::from(trimmed.to_owned())))
+        }
+        (None, None) => Ok(None),
+        (Some(_), Some(_)) => Err(bad(key, &format!("and `{key}_file` are both set; give only one"))),
     }
 }
 
@@ -264,7 +465,20 @@ impl Config {
         if self.database.path.as_os_str().is_empty() {
             return Err(bad("database.path", "must not be empty"));
         }
+        self.validate_delivery()?;
         if self.mode == Mode::Production {
+            if self.sms.provider == SmsProvider::DevLog {
+                return Err(bad(
+                    "sms.provider",
+                    "is `dev-log`, which writes codes to the log; production needs `twilio` or `webhook`",
+                ));
+            }
+            if self.email.provider == EmailProvider::DevLog {
+                return Err(bad(
+                    "email.provider",
+                    "is `dev-log`, which writes codes to the log; production needs `smtp`",
+                ));
+            }
             if self.service_id == DEV_SERVICE_ID {
                 return Err(bad(
                     "service_id",
@@ -276,6 +490,66 @@ impl Config {
                     "keys.data_key_file",
                     "is not set; production refuses a generated development data key",
                 ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        if !(100..=120_000).contains(&self.sms.timeout_ms) {
+            return Err(bad("sms.timeout_ms", "must be between 100 and 120000"));
+        }
+        if !(100..=120_000).contains(&self.email.timeout_ms) {
+            return Err(bad("email.timeout_ms", "must be between 100 and 120000"));
+        }
+        if !(10..=60_000).contains(&self.delivery.poll_interval_ms) {
+            return Err(bad("delivery.poll_interval_ms", "must be between 10 and 60000"));
+        }
+        if self.delivery.retry_base_ms == 0 || self.delivery.retry_max_ms < self.delivery.retry_base_ms {
+            return Err(bad(
+                "delivery.retry_max_ms",
+                "must be at least `delivery.retry_base_ms`, which must be positive",
+            ));
+        }
+        if !(1..=100).contains(&self.delivery.max_attempts) {
+            return Err(bad("delivery.max_attempts", "must be between 1 and 100"));
+        }
+        match self.sms.provider {
+            SmsProvider::DevLog => {}
+            SmsProvider::Twilio => {
+                let t = &self.sms.twilio;
+                check_url("sms.twilio.base_url", &t.base_url)?;
+                if !t.account_sid.starts_with("AC") {
+                    return Err(bad("sms.twilio.account_sid", "must be set to the account SID (AC...)"));
+                }
+                secret_source("sms.twilio.auth_token", &t.auth_token, &t.auth_token_file, true)?;
+                if t.from.is_some() == t.messaging_service_sid.is_some() {
+                    return Err(bad(
+                        "sms.twilio.from",
+                        "or `sms.twilio.messaging_service_sid` must be set, and not both",
+                    ));
+                }
+            }
+            SmsProvider::Webhook => {
+                let w = &self.sms.webhook;
+                check_url("sms.webhook.url", &w.url)?;
+                secret_source("sms.webhook.secret", &w.secret, &w.secret_file, true)?;
+            }
+        }
+        if self.email.provider == EmailProvider::Smtp {
+            let e = &self.email;
+            if e.smtp_host.trim().is_empty() {
+                return Err(bad("email.smtp_host", "must be set"));
+            }
+            if e.from.parse::<lettre::message::Mailbox>().is_err() {
+                return Err(bad("email.from", "must be an address such as `Ghostkey <no-reply@example.org>`"));
+            }
+            let has_password = secret_source("email.smtp_password", &e.smtp_password, &e.smtp_password_file, false)?;
+            if has_password != e.smtp_username.is_some() {
+                return Err(bad("email.smtp_username", "and `email.smtp_password` go together"));
+            }
+            if self.mode == Mode::Production && e.smtp_tls == SmtpTls::None && e.smtp_username.is_some() {
+                return Err(bad("email.smtp_tls", "is `none` with a password: production refuses to send it in clear"));
             }
         }
         Ok(())

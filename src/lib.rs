@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod error;
 pub mod http;
