@@ -122,14 +122,14 @@ CREATE TABLE rate_counters (
 CREATE INDEX rate_counters_by_expiry ON rate_counters (expires_at);
 
 -- Messages to send (codes and notices), written in the same transaction as what caused
--- them and sent by the delivery worker. Destination and body are encrypted with the data
--- key; the body is wiped once sent.
+-- them and sent by the delivery worker. The destination is the method's own (encrypted)
+-- one, read at send time; the body is encrypted with the data key and wiped once sent.
 CREATE TABLE outbox (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     app_id           TEXT    NOT NULL,
-    channel          TEXT    NOT NULL CHECK (channel IN ('sms', 'email')),
+    method_id        TEXT    NOT NULL REFERENCES methods(id) ON DELETE CASCADE,
+    kind             TEXT    NOT NULL CHECK (kind IN ('code', 'notice')),
     key_id           TEXT    NOT NULL,
-    destination      BLOB    NOT NULL,
     body             BLOB    NOT NULL,
     state            TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
     attempts         INTEGER NOT NULL DEFAULT 0,

@@ -216,6 +216,9 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
+    /// The header from anyone else is ignored.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[database]`
@@ -270,6 +273,7 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 body_limit_bytes: 64 * 1024,
                 workers: 0,
+                trusted_proxies: Vec::new(),
             },
             database: DatabaseConfig {
                 path: PathBuf::from("./ghostkey.db"),
@@ -363,7 +367,10 @@ fn secret_source(
     required: bool,
 ) -> Result<bool, ConfigError> {
     match (inline, file) {
-        (Some(_), Some(_)) => Err(bad(key, &format!("and `{key}_file` are both set; give only one"))),
+        (Some(_), Some(_)) => Err(bad(
+            key,
+            &format!("and `{key}_file` are both set; give only one"),
+        )),
         (None, None) if required => Err(bad(key, &format!("(or `{key}_file`) must be set"))),
         (None, None) => Ok(false),
         _ => Ok(true),
@@ -381,17 +388,27 @@ pub fn resolve_secret(
     match (inline, file) {
         (Some(s), None) => Ok(Some(s.clone())),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| bad(&format!("{key}_file"), format!("{}: cannot be read: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                bad(
+                    &format!("{key}_file"),
+                    format!("{}: cannot be read: {e}", path.display()),
+                )
+            })?;
             let text = secrecy::SecretString::from(text);
             let trimmed = text.expose_secret().trim();
             if trimmed.is_empty() {
-                return Err(bad(&format!("{key}_file"), format!("{} is empty", path.display())));
+                return Err(bad(
+                    &format!("{key}_file"),
+                    format!("{} is empty", path.display()),
+                ));
             }
             Ok(Some(secrecy::SecretString::from(trimmed.to_owned())))
         }
         (None, None) => Ok(None),
-        (Some(_), Some(_)) => Err(bad(key, &format!("and `{key}_file` are both set; give only one"))),
+        (Some(_), Some(_)) => Err(bad(
+            key,
+            &format!("and `{key}_file` are both set; give only one"),
+        )),
     }
 }
 
@@ -503,9 +520,14 @@ impl Config {
             return Err(bad("email.timeout_ms", "must be between 100 and 120000"));
         }
         if !(10..=60_000).contains(&self.delivery.poll_interval_ms) {
-            return Err(bad("delivery.poll_interval_ms", "must be between 10 and 60000"));
+            return Err(bad(
+                "delivery.poll_interval_ms",
+                "must be between 10 and 60000",
+            ));
         }
-        if self.delivery.retry_base_ms == 0 || self.delivery.retry_max_ms < self.delivery.retry_base_ms {
+        if self.delivery.retry_base_ms == 0
+            || self.delivery.retry_max_ms < self.delivery.retry_base_ms
+        {
             return Err(bad(
                 "delivery.retry_max_ms",
                 "must be at least `delivery.retry_base_ms`, which must be positive",
@@ -520,9 +542,17 @@ impl Config {
                 let t = &self.sms.twilio;
                 check_url("sms.twilio.base_url", &t.base_url)?;
                 if !t.account_sid.starts_with("AC") {
-                    return Err(bad("sms.twilio.account_sid", "must be set to the account SID (AC...)"));
+                    return Err(bad(
+                        "sms.twilio.account_sid",
+                        "must be set to the account SID (AC...)",
+                    ));
                 }
-                secret_source("sms.twilio.auth_token", &t.auth_token, &t.auth_token_file, true)?;
+                secret_source(
+                    "sms.twilio.auth_token",
+                    &t.auth_token,
+                    &t.auth_token_file,
+                    true,
+                )?;
                 if t.from.is_some() == t.messaging_service_sid.is_some() {
                     return Err(bad(
                         "sms.twilio.from",
@@ -542,14 +572,31 @@ impl Config {
                 return Err(bad("email.smtp_host", "must be set"));
             }
             if e.from.parse::<lettre::message::Mailbox>().is_err() {
-                return Err(bad("email.from", "must be an address such as `Ghostkey <no-reply@example.org>`"));
+                return Err(bad(
+                    "email.from",
+                    "must be an address such as `Ghostkey <no-reply@example.org>`",
+                ));
             }
-            let has_password = secret_source("email.smtp_password", &e.smtp_password, &e.smtp_password_file, false)?;
+            let has_password = secret_source(
+                "email.smtp_password",
+                &e.smtp_password,
+                &e.smtp_password_file,
+                false,
+            )?;
             if has_password != e.smtp_username.is_some() {
-                return Err(bad("email.smtp_username", "and `email.smtp_password` go together"));
+                return Err(bad(
+                    "email.smtp_username",
+                    "and `email.smtp_password` go together",
+                ));
             }
-            if self.mode == Mode::Production && e.smtp_tls == SmtpTls::None && e.smtp_username.is_some() {
-                return Err(bad("email.smtp_tls", "is `none` with a password: production refuses to send it in clear"));
+            if self.mode == Mode::Production
+                && e.smtp_tls == SmtpTls::None
+                && e.smtp_username.is_some()
+            {
+                return Err(bad(
+                    "email.smtp_tls",
+                    "is `none` with a password: production refuses to send it in clear",
+                ));
             }
         }
         Ok(())

@@ -14,6 +14,8 @@ pub struct Error {
     pub detail: Option<String>,
     /// Logged, never shown.
     pub cause: Option<String>,
+    /// For limits: seconds until trying again makes sense.
+    pub retry_after: Option<u64>,
 }
 
 impl Error {
@@ -23,6 +25,15 @@ impl Error {
             code,
             detail: None,
             cause: None,
+            retry_after: None,
+        }
+    }
+
+    /// A limit was hit: try again in `seconds`.
+    pub fn retry_after(code: ErrorCode, seconds: i64) -> Error {
+        Error {
+            retry_after: Some(u64::try_from(seconds.max(1)).unwrap_or(1)),
+            ..Error::new(code)
         }
     }
 
@@ -32,6 +43,7 @@ impl Error {
             code,
             detail: Some(detail.into()),
             cause: None,
+            retry_after: None,
         }
     }
 
@@ -41,6 +53,7 @@ impl Error {
             code: ErrorCode::Internal,
             detail: None,
             cause: Some(cause.to_string()),
+            retry_after: None,
         }
     }
 }

@@ -208,3 +208,160 @@ mod tests {
         assert!(DataKey::parse(&ghostkey_proto::b64::encode([7u8; 32])).is_ok());
     }
 }
+
+/// The keys Ghostkey derives from its data key, each for one purpose only.
+pub struct ServerKeys {
+    key_id: String,
+    at_rest: SecretBox<[u8; 32]>,
+    code_pepper: SecretBox<[u8; 32]>,
+    destination_mac: SecretBox<[u8; 32]>,
+}
+
+impl std::fmt::Debug for ServerKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerKeys")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a value encrypted at rest did not open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AtRestError {
+    /// The value was encrypted under a key this server does not have.
+    #[error("value is encrypted under data key {0}, which this server does not hold")]
+    UnknownKey(String),
+    /// The value was altered, or is not a value this server encrypted.
+    #[error("value does not decrypt (altered or foreign)")]
+    Corrupt,
+}
+
+fn derive(key: &[u8; 32], label: &[u8]) -> SecretBox<[u8; 32]> {
+    use hmac::{Hmac, Mac};
+    let mut out = Box::new([0u8; 32]);
+    // HMAC-SHA256 as a PRF: one independent key per label.
+    if let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) {
+        mac.update(label);
+        out.copy_from_slice(&mac.finalize().into_bytes());
+    }
+    SecretBox::new(out)
+}
+
+impl ServerKeys {
+    /// Derives the purpose keys from the data key.
+    pub fn derive(data_key: &DataKey) -> ServerKeys {
+        let k = data_key.expose();
+        ServerKeys {
+            key_id: data_key.id().to_owned(),
+            at_rest: derive(k, b"ghostkey/v1/at-rest-encryption"),
+            code_pepper: derive(k, b"ghostkey/v1/one-time-code-pepper"),
+            destination_mac: derive(k, b"ghostkey/v1/destination-mac"),
+        }
+    }
+
+    /// The id of the data key in use (stored beside each encrypted value).
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// The Argon2 secret (pepper) for one-time-code hashes.
+    pub fn code_pepper(&self) -> &[u8; 32] {
+        self.code_pepper.expose_secret()
+    }
+
+    /// Encrypts a value for storage: `nonce (24) || XSalsa20-Poly1305 ciphertext`.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        use crypto_secretbox::aead::{Aead, KeyInit};
+        use crypto_secretbox::{Nonce, XSalsa20Poly1305};
+        let mut nonce = [0u8; 24];
+        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        let cipher = XSalsa20Poly1305::new(self.at_rest.expose_secret().into());
+        let mut out = nonce.to_vec();
+        // Encryption with a valid key and nonce cannot fail for in-memory buffers.
+        if let Ok(ct) = cipher.encrypt(Nonce::from_slice(&nonce), plaintext) {
+            out.extend_from_slice(&ct);
+        }
+        out
+    }
+
+    /// Decrypts a value sealed by [`ServerKeys::seal`] under key `key_id`.
+    pub fn open(
+        &self,
+        key_id: &str,
+        sealed: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, AtRestError> {
+        use crypto_secretbox::aead::{Aead, KeyInit};
+        use crypto_secretbox::{Nonce, XSalsa20Poly1305};
+        if key_id != self.key_id {
+            return Err(AtRestError::UnknownKey(key_id.to_owned()));
+        }
+        if sealed.len() < 24 + 16 {
+            return Err(AtRestError::Corrupt);
+        }
+        let (nonce, ct) = sealed.split_at(24);
+        let cipher = XSalsa20Poly1305::new(self.at_rest.expose_secret().into());
+        cipher
+            .decrypt(Nonce::from_slice(nonce), ct)
+            .map(zeroize::Zeroizing::new)
+            .map_err(|_| AtRestError::Corrupt)
+    }
+
+    /// A keyed MAC of a normalised destination (or client address): what rate limits
+    /// count by, so the store never holds the destination itself for that purpose.
+    pub fn destination_mac(&self, kind: &str, normalised: &str) -> Vec<u8> {
+        use hmac::{Hmac, Mac};
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.destination_mac.expose_secret())
+        else {
+            return Vec::new();
+        };
+        mac.update(kind.as_bytes());
+        mac.update(b"\0");
+        mac.update(normalised.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+}
+
+#[cfg(test)]
+mod server_key_tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_under_their_key_and_unaltered() {
+        let keys = ServerKeys::derive(&DataKey::generate());
+        let sealed = keys.seal(b"+33612345678");
+        assert!(!sealed.windows(12).any(|w| w == b"+33612345678"));
+        assert_eq!(
+            keys.open(keys.key_id(), &sealed).unwrap().as_slice(),
+            b"+33612345678"
+        );
+        let mut altered = sealed.clone();
+        altered[30] ^= 1;
+        assert_eq!(
+            keys.open(keys.key_id(), &altered),
+            Err(AtRestError::Corrupt)
+        );
+        assert!(matches!(
+            keys.open("other", &sealed),
+            Err(AtRestError::UnknownKey(_))
+        ));
+        let other = ServerKeys::derive(&DataKey::generate());
+        assert_eq!(
+            other.open(other.key_id(), &sealed),
+            Err(AtRestError::Corrupt)
+        );
+    }
+
+    #[test]
+    fn purpose_keys_differ_and_macs_are_stable() {
+        let keys = ServerKeys::derive(&DataKey::from_bytes([1; 32]));
+        assert_ne!(keys.code_pepper(), keys.at_rest.expose_secret());
+        assert_eq!(
+            keys.destination_mac("sms", "+1"),
+            keys.destination_mac("sms", "+1")
+        );
+        assert_ne!(
+            keys.destination_mac("sms", "+1"),
+            keys.destination_mac("email", "+1")
+        );
+    }
+}

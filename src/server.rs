@@ -9,8 +9,10 @@ use actix_web::{middleware, App, HttpServer};
 
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, Mode};
+use crate::delivery::setup::Senders;
+use crate::delivery::worker::{Subjects, Worker};
 use crate::domain::assertion::AssertionRules;
-use crate::keys::{DataKey, DataKeySource};
+use crate::keys::{DataKey, DataKeySource, ServerKeys};
 use crate::service::Ghostkey;
 use crate::store::{SqliteStore, Store};
 
@@ -39,6 +41,11 @@ pub fn open_store(config: &Config) -> Result<SqliteStore, String> {
 
 /// Loads keys, opens the store and binds the listener, announcing what kind of setup runs.
 pub fn start(config: &Config) -> Result<Running, String> {
+    start_with_clock(config, Arc::new(SystemClock))
+}
+
+/// As [`start`], with a given clock (tests move time forward with it).
+pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
     let (data_key, source) = DataKey::load(config)?;
     if config.mode == Mode::Development {
         tracing::warn!(
@@ -63,27 +70,75 @@ pub fn start(config: &Config) -> Result<Running, String> {
         );
     }
     let store: Arc<dyn Store> = Arc::new(open_store(config)?);
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    start_with(config, store, clock)
+    let senders = crate::delivery::setup::from_config(config)?;
+    for sender in [&senders.sms, &senders.email] {
+        if sender.is_development() {
+            tracing::warn!(
+                adapter = sender.name(),
+                "DEVELOPMENT message sink: codes are written to this log"
+            );
+        }
+    }
+    start_with(
+        config,
+        store,
+        clock,
+        Arc::new(ServerKeys::derive(&data_key)),
+        senders,
+    )
 }
 
-/// Binds a server over an already opened store, with a given clock.
+/// Binds a server over an already opened store, with a given clock, keys and senders,
+/// and starts the outbox worker on the current runtime.
 pub fn start_with(
     config: &Config,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
+    keys: Arc<ServerKeys>,
+    senders: Senders,
 ) -> Result<Running, String> {
     let rules = AssertionRules {
         service_id: config.service_id.clone(),
         max_lifetime_secs: config.assertions.max_lifetime_secs,
         max_clock_skew_secs: config.assertions.max_clock_skew_secs,
     };
-    let service = Ghostkey::new(store, clock, rules);
+    let argon2_concurrency = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let service = Ghostkey::new(
+        Arc::clone(&store),
+        Arc::clone(&clock),
+        rules,
+        Arc::clone(&keys),
+        argon2_concurrency,
+    );
+    let send_timeout = config.sms.timeout_ms.max(config.email.timeout_ms);
+    let worker = Worker {
+        store,
+        keys,
+        sms: senders.sms,
+        email: senders.email,
+        clock,
+        config: config.delivery.clone(),
+        subjects: Subjects {
+            code: config.email.subject.clone(),
+            notice: "Security notice about your account recovery".to_owned(),
+        },
+        wake: service.outbox_wake(),
+        // Twice the longest send, so a lease never ends while its send can still succeed.
+        lease: Duration::from_millis(send_timeout.saturating_mul(2)).max(Duration::from_secs(5)),
+    };
+    actix_web::rt::spawn(worker.run());
     let body_limit = config.server.body_limit_bytes;
+    let proxies = Arc::new(config.server.trusted_proxies.clone());
     let mut http = HttpServer::new(move || {
         App::new()
             .wrap(middleware::from_fn(crate::http::request_log))
-            .configure(crate::http::configure(service.clone(), body_limit))
+            .configure(crate::http::configure(
+                service.clone(),
+                body_limit,
+                Arc::clone(&proxies),
+            ))
     })
     .shutdown_timeout(30);
     if config.server.workers > 0 {

@@ -6,11 +6,12 @@
 //! adapter lives in its own file.
 
 // The adapters (being written): uncomment as each file lands.
-// pub mod dev_log;
-// pub mod setup;
-// pub mod smtp;
-// pub mod twilio;
-// pub mod webhook;
+pub mod dev_log;
+pub mod setup;
+pub mod smtp;
+pub mod twilio;
+pub mod webhook;
+pub mod worker;
 
 use std::time::Duration;
 
@@ -31,7 +32,9 @@ pub struct Outgoing {
 
 impl std::fmt::Debug for Outgoing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Outgoing").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("Outgoing")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 

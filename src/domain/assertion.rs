@@ -126,7 +126,7 @@ pub fn verify(
     unverified: &UnverifiedAssertion<'_>,
     key: &KeyLookup,
     rules: &AssertionRules,
-    purpose: Purpose,
+    purposes: &[Purpose],
     now: UnixTime,
 ) -> Result<VerifiedAssertion, Error> {
     let public_key = match key {
@@ -206,10 +206,11 @@ pub fn verify(
             "`iat` is in the future",
         ));
     }
-    if claims.purpose != purpose {
+    if !purposes.contains(&claims.purpose) {
+        let wanted: Vec<&str> = purposes.iter().map(|p| p.as_str()).collect();
         return Err(Error::with_detail(
             ErrorCode::AssertionWrongPurpose,
-            format!("this endpoint needs purpose `{}`", purpose.as_str()),
+            format!("this endpoint needs purpose `{}`", wanted.join("` or `")),
         ));
     }
     if !is_valid_identifier(&claims.sub, 1, MAX_USER_ID_LEN) {
@@ -279,7 +280,7 @@ mod tests {
             &unverified,
             &KeyLookup::Active(pk),
             &rules(),
-            Purpose::Recover,
+            &[Purpose::Recover],
             now,
         )
         .map_err(|e| e.code)
@@ -325,7 +326,7 @@ mod tests {
             (KeyLookup::Active(other), ErrorCode::AssertionBadSignature),
         ] {
             assert_eq!(
-                verify(&unverified, &lookup, &rules(), Purpose::Recover, NOW)
+                verify(&unverified, &lookup, &rules(), &[Purpose::Recover], NOW)
                     .unwrap_err()
                     .code,
                 code

@@ -2,5 +2,10 @@
 
 pub mod app;
 pub mod assertion;
+pub mod challenge;
+pub mod code;
 pub mod enrollment;
+pub mod limits;
+pub mod method;
 pub mod policy;
+pub mod totp;

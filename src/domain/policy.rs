@@ -2,38 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A verification method kind.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MethodKind {
-    /// Time-based one-time password (RFC 6238).
-    Totp,
-    /// A code sent by SMS.
-    Sms,
-    /// A code sent by e-mail.
-    Email,
-}
-
-impl MethodKind {
-    /// The stored and displayed name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MethodKind::Totp => "totp",
-            MethodKind::Sms => "sms",
-            MethodKind::Email => "email",
-        }
-    }
-
-    /// Parses a stored or typed name.
-    pub fn parse(s: &str) -> Option<MethodKind> {
-        match s {
-            "totp" => Some(MethodKind::Totp),
-            "sms" => Some(MethodKind::Sms),
-            "email" => Some(MethodKind::Email),
-            _ => None,
-        }
-    }
-}
+pub use ghostkey_proto::api::MethodKind;
 
 /// The per-app values of DESIGN.md §5.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,11 +2,38 @@
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use ghostkey_proto::api::{EnrollRequest, Health};
+use ghostkey_proto::api::{
+    AddMethodRequest, AnswerRequest, EnrollRequest, Health, RemoveMethodRequest,
+    StartChallengeRequest,
+};
 use ghostkey_proto::ErrorCode;
+use ipnet::IpNet;
 
+use super::client_addr::client_address;
 use crate::error::Error;
-use crate::service::Ghostkey;
+use crate::service::{Caller, Ghostkey};
+
+fn caller(req: &HttpRequest, proxies: &[IpNet]) -> Caller {
+    Caller {
+        address: client_address(req, proxies),
+    }
+}
+
+/// Path ids are random tokens of a fixed alphabet; anything else is refused before use.
+fn path_id(value: &str) -> Result<String, Error> {
+    if (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(value.to_owned())
+    } else {
+        Err(Error::with_detail(
+            ErrorCode::InvalidField,
+            "malformed id in the path",
+        ))
+    }
+}
 
 /// The assertion from `Authorization: Bearer <jwt>`.
 fn bearer(req: &HttpRequest) -> Result<String, Error> {
@@ -59,6 +86,81 @@ pub async fn enroll(
     let token = bearer(&req)?;
     let answer = service.enroll(token, body.into_inner()).await?;
     Ok(HttpResponse::Created().json(answer))
+}
+
+pub async fn add_method(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    body: web::Json<AddMethodRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let answer = service
+        .add_method(token, caller(&req, &proxies), body.into_inner())
+        .await?;
+    Ok(HttpResponse::Created().json(answer))
+}
+
+pub async fn list_methods(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let answer = service.list_methods(token, caller(&req, &proxies)).await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn remove_method(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    method_id: web::Path<String>,
+    body: web::Json<RemoveMethodRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let method_id = path_id(&method_id)?;
+    service
+        .remove_method(token, caller(&req, &proxies), method_id, body.into_inner())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn start_challenge(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    body: web::Json<StartChallengeRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let answer = service
+        .start_challenge(token, caller(&req, &proxies), body.into_inner())
+        .await?;
+    Ok(HttpResponse::Created().json(answer))
+}
+
+pub async fn answer(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    challenge_id: web::Path<String>,
+    body: web::Json<AnswerRequest>,
+) -> Result<HttpResponse, Error> {
+    let challenge_id = path_id(&challenge_id)?;
+    let answer = service
+        .answer(caller(&req, &proxies), challenge_id, body.into_inner())
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn unlock(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let answer = service.unlock(token, caller(&req, &proxies)).await?;
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 pub async fn not_found() -> Result<HttpResponse, Error> {

@@ -1,10 +1,14 @@
 //! The HTTP layer: routes, thin handlers, problem documents and request logs.
 
+mod client_addr;
 mod handlers;
 mod logging;
 mod problem;
 
+use std::sync::Arc;
+
 use actix_web::web;
+use ipnet::IpNet;
 
 use crate::service::Ghostkey;
 
@@ -14,9 +18,11 @@ pub use problem::json_error_handler;
 pub fn configure(
     service: Ghostkey,
     body_limit_bytes: usize,
+    trusted_proxies: Arc<Vec<IpNet>>,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(service))
+            .app_data(web::Data::from(trusted_proxies))
             .app_data(
                 web::JsonConfig::default()
                     .limit(body_limit_bytes)
@@ -35,11 +41,38 @@ pub fn configure(
                     .default_service(web::to(handlers::method_not_allowed)),
             )
             .service(
-                web::scope("/v1").service(
-                    web::resource("/enrollments")
-                        .route(web::post().to(handlers::enroll))
-                        .default_service(web::to(handlers::method_not_allowed)),
-                ),
+                web::scope("/v1")
+                    .service(
+                        web::resource("/enrollments")
+                            .route(web::post().to(handlers::enroll))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/methods")
+                            .route(web::post().to(handlers::add_method))
+                            .route(web::get().to(handlers::list_methods))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/methods/{method_id}/remove")
+                            .route(web::post().to(handlers::remove_method))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/challenges")
+                            .route(web::post().to(handlers::start_challenge))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/challenges/{challenge_id}/answer")
+                            .route(web::post().to(handlers::answer))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/users/unlock")
+                            .route(web::post().to(handlers::unlock))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    ),
             )
             .default_service(web::to(handlers::not_found));
     }

@@ -17,9 +17,13 @@ impl ResponseError for Error {
         if let Some(cause) = &self.cause {
             tracing::error!(code = %self.code, cause = %cause, "request failed");
         }
-        HttpResponse::build(self.status_code())
-            .content_type(PROBLEM_CONTENT_TYPE)
-            .json(Problem::new(self.code, self.detail.clone()))
+        let mut problem = Problem::new(self.code, self.detail.clone());
+        problem.retry_after = self.retry_after;
+        let mut response = HttpResponse::build(self.status_code());
+        if let Some(seconds) = self.retry_after {
+            response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.content_type(PROBLEM_CONTENT_TYPE).json(problem)
     }
 }
 

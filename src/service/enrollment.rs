@@ -16,7 +16,7 @@ impl Ghostkey {
     ) -> Result<EnrollResponse, Error> {
         let now = self.now();
         self.blocking(move |store, rules| {
-            let assertion = authenticate(store, rules, &token, Purpose::Enroll, now)?;
+            let assertion = authenticate(store, rules, &token, &[Purpose::Enroll], now)?;
             let enrollment = new_enrollment(&assertion, &request, now)?;
             store.enroll(&assertion, &enrollment, now)?;
             Ok(EnrollResponse {

@@ -1,16 +1,28 @@
 //! Use cases: each one reads the time once, then runs its store work and domain rules on
-//! the blocking pool, so neither database I/O nor signature checks stall the executor.
+//! the blocking pool, so neither database I/O, signature checks nor Argon2 stall the
+//! executor.
 
+pub mod challenges;
 pub mod enrollment;
+pub mod messages;
+pub mod methods;
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
+use secrecy::SecretString;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::{Clock, UnixTime};
 use crate::domain::assertion::{self, AssertionRules, VerifiedAssertion};
+use crate::domain::challenge::{Challenge, Verdict};
+use crate::domain::code;
+use crate::domain::method::Method;
+use crate::domain::policy::{AppPolicy, MethodKind};
 use crate::error::Error;
+use crate::keys::ServerKeys;
 use crate::store::{Store, StoreError};
 
 impl From<StoreError> for Error {
@@ -18,27 +30,65 @@ impl From<StoreError> for Error {
         match e {
             StoreError::AlreadyEnrolled => Error::new(ErrorCode::AlreadyEnrolled),
             StoreError::AssertionReplayed => Error::new(ErrorCode::AssertionReplayed),
+            StoreError::NotEnrolled => Error::new(ErrorCode::NotEnrolled),
+            StoreError::MethodNotFound => Error::new(ErrorCode::MethodNotFound),
+            StoreError::MethodNotConfirmed => Error::new(ErrorCode::MethodNotConfirmed),
+            StoreError::LastMethod => Error::new(ErrorCode::LastMethod),
+            StoreError::TooManyMethods => Error::new(ErrorCode::TooManyMethods),
+            StoreError::ProofRequired => Error::new(ErrorCode::ProofRequired),
+            StoreError::InvalidProof => Error::new(ErrorCode::InvalidProof),
+            StoreError::Locked => Error::new(ErrorCode::Locked),
+            StoreError::LimitReached { code, retry_after } => Error::retry_after(code, retry_after),
+            StoreError::ProofRefused(outcome) => outcome.error(0).unwrap_or_else(|| {
+                Error::internal("a proof was refused with an accepting outcome")
+            }),
             other => Error::internal(other),
         }
     }
 }
 
-/// The service: the store, the clock and the deployment's rules, shared by all workers.
+/// Who is calling: the client address, as the HTTP layer resolved it (trusted proxies
+/// included). Only an HMAC of it ever reaches the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caller {
+    /// The client address.
+    pub address: IpAddr,
+}
+
+/// The service: the store, the clock, the keys and the deployment's rules, shared by all
+/// workers.
 #[derive(Clone)]
 pub struct Ghostkey {
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     rules: Arc<AssertionRules>,
+    keys: Arc<ServerKeys>,
+    argon2_permits: Arc<Semaphore>,
+    outbox_wake: Arc<Notify>,
 }
 
 impl Ghostkey {
-    /// Builds the service.
-    pub fn new(store: Arc<dyn Store>, clock: Arc<dyn Clock>, rules: AssertionRules) -> Ghostkey {
+    /// Builds the service. `argon2_concurrency` bounds the code hashes computed at once.
+    pub fn new(
+        store: Arc<dyn Store>,
+        clock: Arc<dyn Clock>,
+        rules: AssertionRules,
+        keys: Arc<ServerKeys>,
+        argon2_concurrency: usize,
+    ) -> Ghostkey {
         Ghostkey {
             store,
             clock,
             rules: Arc::new(rules),
+            keys,
+            argon2_permits: Arc::new(Semaphore::new(argon2_concurrency.max(1))),
+            outbox_wake: Arc::new(Notify::new()),
         }
+    }
+
+    /// Wakes the delivery worker when a request queued a message.
+    pub fn outbox_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.outbox_wake)
     }
 
     /// Runs `f` with the store on the blocking thread pool.
@@ -63,18 +113,94 @@ impl Ghostkey {
     pub async fn ready(&self) -> Result<(), Error> {
         self.blocking(|store, _| Ok(store.ping()?)).await
     }
+
+    /// Hashes a code with Argon2id on the blocking pool, at most N at once.
+    async fn hash_code(
+        &self,
+        salt: [u8; code::SALT_LEN],
+        code: SecretString,
+    ) -> Result<[u8; code::HASH_LEN], Error> {
+        let _permit = self
+            .argon2_permits
+            .acquire()
+            .await
+            .map_err(|_| Error::internal("argon2 semaphore closed"))?;
+        let keys = Arc::clone(&self.keys);
+        tokio::task::spawn_blocking(move || {
+            use secrecy::ExposeSecret;
+            code::hash(keys.code_pepper(), &salt, code.expose_secret())
+        })
+        .await
+        .map_err(|e| Error::internal(format!("argon2 task failed: {e}")))?
+    }
+
+    /// Judges a code against a challenge (or, if there is none, does the same work against
+    /// a dummy): TOTP against the method's seed, SMS and e-mail codes with Argon2.
+    async fn judge(
+        &self,
+        found: Option<&(Challenge, Method, AppPolicy)>,
+        code: &SecretString,
+        now: UnixTime,
+    ) -> Result<Verdict, Error> {
+        use secrecy::ExposeSecret;
+        if let Some((_, method, policy)) = found {
+            if method.kind == MethodKind::Totp {
+                let seed = self
+                    .keys
+                    .open(&method.key_id, &method.secret)
+                    .map_err(Error::internal)?;
+                let step = crate::domain::totp::matching_step(
+                    &seed,
+                    policy.totp_digits,
+                    code.expose_secret(),
+                    now,
+                )?;
+                return Ok(match step {
+                    Some(step) => Verdict::Correct {
+                        totp_step: Some(step),
+                    },
+                    None => Verdict::Wrong,
+                });
+            }
+        }
+        let expected = found.and_then(|(ch, _, _)| ch.code);
+        let salt = expected
+            .map(|(salt, _)| salt)
+            .unwrap_or([0u8; code::SALT_LEN]);
+        let got = self.hash_code(salt, code.clone()).await?;
+        Ok(match expected {
+            Some((_, want)) if code::hashes_equal(&got, &want) => {
+                Verdict::Correct { totp_step: None }
+            }
+            _ => Verdict::Wrong,
+        })
+    }
 }
 
-/// Verifies an assertion for an endpoint that requires `purpose` (everything but the
+/// Verifies an assertion for an endpoint that accepts `purposes` (everything but the
 /// single use of its `jti`, which the write that follows enforces).
 pub fn authenticate(
     store: &dyn Store,
     rules: &AssertionRules,
     token: &str,
-    purpose: Purpose,
+    purposes: &[Purpose],
     now: UnixTime,
 ) -> Result<VerifiedAssertion, Error> {
     let unverified = assertion::inspect(token)?;
     let key = store.lookup_assertion_key(&unverified.iss, &unverified.kid)?;
-    assertion::verify(&unverified, &key, rules, purpose, now)
+    assertion::verify(&unverified, &key, rules, purposes, now)
+}
+
+/// Checks the shape of a typed code: 4 to 10 digits. Junk is refused before it costs an
+/// attempt or a hash.
+pub fn parse_code(code: &str) -> Result<SecretString, Error> {
+    let code = code.trim();
+    if (4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(SecretString::from(code.to_owned()))
+    } else {
+        Err(Error::with_detail(
+            ErrorCode::InvalidField,
+            "`code` must be 4 to 10 digits",
+        ))
+    }
 }

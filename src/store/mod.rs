@@ -8,10 +8,15 @@
 
 pub mod sqlite;
 
+use ghostkey_proto::ErrorCode;
+
 use crate::clock::UnixTime;
 use crate::domain::app::{App, AppKey, KeyLookup};
 use crate::domain::assertion::VerifiedAssertion;
+use crate::domain::challenge::{Challenge, Guard, Outcome, Settlement, Verdict};
 use crate::domain::enrollment::Enrollment;
+use crate::domain::limits::Limit;
+use crate::domain::method::Method;
 use crate::domain::policy::AppPolicy;
 
 pub use sqlite::SqliteStore;
@@ -37,9 +42,204 @@ pub enum StoreError {
     /// The assertion's `jti` was used before.
     #[error("the assertion has already been used")]
     AssertionReplayed,
+    /// The user is not enrolled.
+    #[error("the user is not enrolled")]
+    NotEnrolled,
+    /// No such method for this user.
+    #[error("no such method")]
+    MethodNotFound,
+    /// The method is not in the state the operation needs.
+    #[error("the method is not confirmed")]
+    MethodNotConfirmed,
+    /// The operation would remove the user's last confirmed method.
+    #[error("the last confirmed method cannot be removed")]
+    LastMethod,
+    /// The user already has the maximum number of methods.
+    #[error("the user has too many methods")]
+    TooManyMethods,
+    /// The user has a confirmed method, and no proof was given.
+    #[error("a proof is required")]
+    ProofRequired,
+    /// The proof is not an open proof challenge of this user on a confirmed method.
+    #[error("the proof does not belong to this user")]
+    InvalidProof,
+    /// The proof's code was not accepted; its failure is recorded.
+    #[error("the proof was not accepted: {0:?}")]
+    ProofRefused(Outcome),
+    /// The user is locked.
+    #[error("the user is locked")]
+    Locked,
+    /// A rate limit or budget is spent.
+    #[error("limit reached: {code}")]
+    LimitReached {
+        /// Which limit.
+        code: ErrorCode,
+        /// Seconds until its window ends.
+        retry_after: i64,
+    },
     /// The database failed; the message is for the log only.
     #[error("database error: {0}")]
     Backend(String),
+}
+
+/// A user as the verification code needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The enrolment.
+    pub enrollment: Enrollment,
+    /// Failures, back-off and lock.
+    pub guard: Guard,
+    /// Every method, oldest first.
+    pub methods: Vec<Method>,
+}
+
+/// What a message is, for the subject line and the logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    /// A one-time code.
+    Code,
+    /// A security notice (method added or removed).
+    Notice,
+}
+
+impl MessageKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Code => "code",
+            MessageKind::Notice => "notice",
+        }
+    }
+}
+
+/// A message body, already encrypted with the data key, to put in the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    /// Code or notice.
+    pub kind: MessageKind,
+    /// The data key the body is encrypted under.
+    pub key_id: String,
+    /// The encrypted body.
+    pub body: Vec<u8>,
+}
+
+/// A proof through a confirmed method: a proof challenge and the verdict on its code,
+/// settled in the same transaction as the change it authorises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProofAnswer {
+    /// The proof challenge.
+    pub challenge_id: String,
+    /// Whether the code was right.
+    pub verdict: Verdict,
+}
+
+/// Adds a method with its confirmation challenge (and code message), in one transaction.
+#[derive(Debug)]
+pub struct AddMethod<'a> {
+    /// The assertion (its `jti` is consumed).
+    pub assertion: &'a VerifiedAssertion,
+    /// Required when the user already has a confirmed method.
+    pub proof: Option<&'a ProofAnswer>,
+    /// The new, pending method.
+    pub method: &'a Method,
+    /// Its confirmation challenge.
+    pub challenge: &'a Challenge,
+    /// The code message to the new destination (SMS and e-mail).
+    pub message: Option<&'a NewMessage>,
+    /// The limits the message spends.
+    pub limits: &'a [Limit],
+    /// Most methods a user may have.
+    pub max_methods: usize,
+}
+
+/// Starts a challenge on an existing method, in one transaction.
+#[derive(Debug)]
+pub struct StartChallenge<'a> {
+    /// The assertion (its `jti` is consumed).
+    pub assertion: &'a VerifiedAssertion,
+    /// The challenge.
+    pub challenge: &'a Challenge,
+    /// The code message (SMS and e-mail).
+    pub message: Option<&'a NewMessage>,
+    /// The limits the message spends.
+    pub limits: &'a [Limit],
+}
+
+/// Removes a confirmed method, with a proof, notifying the other methods.
+#[derive(Debug)]
+pub struct RemoveMethod<'a> {
+    /// The `manage` assertion.
+    pub assertion: &'a VerifiedAssertion,
+    /// The proof.
+    pub proof: &'a ProofAnswer,
+    /// The method to remove.
+    pub method_id: &'a str,
+    /// The notice to the user's other confirmed methods.
+    pub notice: &'a NewMessage,
+}
+
+/// What the answer to a challenge did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answered {
+    /// The challenge as it was before the answer.
+    pub challenge: Challenge,
+    /// The new state and the outcome.
+    pub settlement: Settlement,
+    /// Whether this answer completed the user's enrolment.
+    pub enrollment_completed: bool,
+}
+
+/// A message taken from the outbox to send, leased to one worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedMessage {
+    /// The outbox id.
+    pub id: i64,
+    /// The app.
+    pub app_id: String,
+    /// Code or notice.
+    pub kind: MessageKind,
+    /// The destination method's kind (`sms` or `email`).
+    pub channel: crate::domain::policy::MethodKind,
+    /// The data key of the destination.
+    pub destination_key_id: String,
+    /// The encrypted destination.
+    pub destination: Vec<u8>,
+    /// The data key of the body.
+    pub body_key_id: String,
+    /// The encrypted body.
+    pub body: Vec<u8>,
+    /// Attempts before this one.
+    pub attempts: u32,
+}
+
+/// How a send attempt ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendResult {
+    /// Delivered to the provider: the body is wiped.
+    Sent,
+    /// Try again at this time.
+    Retry {
+        /// When.
+        at: UnixTime,
+        /// Why it failed (no personal value).
+        error: String,
+    },
+    /// Give up: recorded as failed, the body wiped.
+    Failed {
+        /// Why (no personal value).
+        error: String,
+    },
+}
+
+/// Outbox counts, for tests, health and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutboxCounts {
+    /// Waiting to be sent.
+    pub pending: u64,
+    /// Sent.
+    pub sent: u64,
+    /// Given up.
+    pub failed: u64,
 }
 
 /// Everything Ghostkey stores.
@@ -74,4 +274,57 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<(), StoreError>;
     /// A user's enrolment.
     fn enrollment(&self, app_id: &str, user_id: &str) -> Result<Option<Enrollment>, StoreError>;
+
+    /// Consumes an assertion's `jti` for a request that writes nothing else.
+    fn consume_assertion(
+        &self,
+        assertion: &VerifiedAssertion,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// A user with their guard and methods.
+    fn user(&self, app_id: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Adds a pending method and its confirmation challenge; settles the proof first.
+    /// A refused proof still records its failure (and the `jti`), and adds nothing.
+    fn add_method(&self, cmd: &AddMethod<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// Starts a challenge on a method of the assertion's user.
+    fn start_challenge(&self, cmd: &StartChallenge<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// A challenge with its method and the app's policy, for checking a code.
+    fn challenge(
+        &self,
+        challenge_id: &str,
+    ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError>;
+    /// Settles an answer; on a correct `confirm` answer, confirms the method, activates
+    /// the user and queues `notice` to the user's other confirmed methods.
+    fn answer_challenge(
+        &self,
+        challenge_id: &str,
+        verdict: Verdict,
+        notice: Option<&NewMessage>,
+        now: UnixTime,
+    ) -> Result<Answered, StoreError>;
+    /// Removes a confirmed method after settling the proof.
+    fn remove_method(&self, cmd: &RemoveMethod<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// Lifts a user's lock and clears their failures; consumes the assertion's `jti` if
+    /// one is given (operators act without one). Returns whether the user was locked.
+    fn unlock_user(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        assertion: Option<&VerifiedAssertion>,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Takes one unit from each limit, all or none.
+    fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;
+
+    /// Leases the oldest due message for `lease_secs`.
+    fn claim_message(
+        &self,
+        now: UnixTime,
+        lease_secs: i64,
+    ) -> Result<Option<ClaimedMessage>, StoreError>;
+    /// Records how a send attempt ended.
+    fn finish_message(&self, id: i64, result: &SendResult, now: UnixTime)
+        -> Result<(), StoreError>;
+    /// Outbox counts.
+    fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
 }

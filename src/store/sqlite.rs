@@ -7,12 +7,20 @@ use std::time::Duration;
 use ghostkey_proto::api::EnrollmentState;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 
-use super::{Store, StoreError};
+use super::{
+    AddMethod, Answered, ClaimedMessage, MessageKind, NewMessage, OutboxCounts, ProofAnswer,
+    RemoveMethod, SendResult, StartChallenge, Store, StoreError, UserRecord,
+};
 use crate::clock::UnixTime;
 use crate::config::Synchronous;
 use crate::domain::app::{App, AppKey, KeyLookup};
 use crate::domain::assertion::VerifiedAssertion;
+use crate::domain::challenge::{
+    self, Challenge, ChallengePurpose, ChallengeState, Guard, Outcome, Settlement, Verdict,
+};
 use crate::domain::enrollment::Enrollment;
+use crate::domain::limits::Limit;
+use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::{AppPolicy, MethodKind};
 
 /// The canonical schema, run as it is on a fresh database.
@@ -73,12 +81,21 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
+        self.write_keeping(|tx| f(tx).map(Ok))
+    }
+
+    /// Like `write`, but an inner error still commits: for refusals that must leave a
+    /// trace (a wrong proof code counts as a failure).
+    fn write_keeping<T>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<Result<T, StoreError>, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut conn = self.conn()?;
         // IMMEDIATE takes the write lock at once, so checks and writes see one state.
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let value = f(&tx)?;
         tx.commit()?;
-        Ok(value)
+        value
     }
 }
 
@@ -191,6 +208,325 @@ fn consume_jti(
     )?;
     if inserted == 0 {
         return Err(StoreError::AssertionReplayed);
+    }
+    Ok(())
+}
+
+fn parse_kind(s: &str) -> rusqlite::Result<MethodKind> {
+    MethodKind::parse(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            "unknown method kind".into(),
+        )
+    })
+}
+
+const METHOD_COLUMNS: &str =
+    "id, app_id, user_id, kind, state, key_id, secret, destination_mac, totp_last_step, created_at, confirmed_at";
+
+fn method_from_row(row: &Row<'_>) -> rusqlite::Result<Method> {
+    let kind: String = row.get(3)?;
+    let state: String = row.get(4)?;
+    Ok(Method {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        user_id: row.get(2)?,
+        kind: parse_kind(&kind)?,
+        state: if state == "confirmed" {
+            MethodState::Confirmed
+        } else {
+            MethodState::Pending
+        },
+        key_id: row.get(5)?,
+        secret: row.get(6)?,
+        destination_mac: row.get(7)?,
+        totp_last_step: row.get(8)?,
+        created_at: row.get(9)?,
+        confirmed_at: row.get(10)?,
+    })
+}
+
+const CHALLENGE_COLUMNS: &str =
+    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at";
+
+fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
+    let purpose: String = row.get(4)?;
+    let salt: Option<Vec<u8>> = row.get(5)?;
+    let hash: Option<Vec<u8>> = row.get(6)?;
+    let state: String = row.get(9)?;
+    let code = match (salt, hash) {
+        (Some(salt), Some(hash)) => Some((
+            salt.try_into().map_err(|_| bad_blob(5))?,
+            hash.try_into().map_err(|_| bad_blob(6))?,
+        )),
+        _ => None,
+    };
+    Ok(Challenge {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        user_id: row.get(2)?,
+        method_id: row.get(3)?,
+        purpose: if purpose == "proof" {
+            ChallengePurpose::Proof
+        } else {
+            ChallengePurpose::Confirm
+        },
+        code,
+        attempts: row.get(7)?,
+        max_attempts: row.get(8)?,
+        state: match state.as_str() {
+            "used" => ChallengeState::Used,
+            "dead" => ChallengeState::Dead,
+            _ => ChallengeState::Open,
+        },
+        created_at: row.get(10)?,
+        expires_at: row.get(11)?,
+    })
+}
+
+fn bad_blob(column: usize) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Blob,
+        "wrong length".into(),
+    )
+}
+
+fn load_method(tx: &Connection, id: &str) -> Result<Option<Method>, StoreError> {
+    Ok(tx
+        .query_row(
+            &format!("SELECT {METHOD_COLUMNS} FROM methods WHERE id = ?1"),
+            [id],
+            method_from_row,
+        )
+        .optional()?)
+}
+
+fn load_methods(tx: &Connection, app_id: &str, user_id: &str) -> Result<Vec<Method>, StoreError> {
+    let mut stmt = tx.prepare(&format!(
+        "SELECT {METHOD_COLUMNS} FROM methods WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at, id"
+    ))?;
+    let methods = stmt
+        .query_map(params![app_id, user_id], method_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(methods)
+}
+
+fn load_challenge(tx: &Connection, id: &str) -> Result<Option<Challenge>, StoreError> {
+    Ok(tx
+        .query_row(
+            &format!("SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE id = ?1"),
+            [id],
+            challenge_from_row,
+        )
+        .optional()?)
+}
+
+fn load_policy(tx: &Connection, app_id: &str) -> Result<AppPolicy, StoreError> {
+    tx.query_row(
+        &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"),
+        [app_id],
+        app_from_row,
+    )
+    .optional()?
+    .map(|app| app.policy)
+    .ok_or(StoreError::UnknownApp)
+}
+
+fn load_guard(tx: &Connection, app_id: &str, user_id: &str) -> Result<Guard, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT failures, backoff_until, locked_at FROM user_guards WHERE app_id = ?1 AND user_id = ?2",
+            params![app_id, user_id],
+            |r| Ok(Guard { failures: r.get(0)?, backoff_until: r.get(1)?, locked_at: r.get(2)? }),
+        )
+        .optional()?
+        .unwrap_or_default())
+}
+
+fn save_guard(
+    tx: &Connection,
+    app_id: &str,
+    user_id: &str,
+    guard: &Guard,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO user_guards (app_id, user_id, failures, backoff_until, locked_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (app_id, user_id) DO UPDATE SET failures = ?3, backoff_until = ?4, locked_at = ?5",
+        params![app_id, user_id, guard.failures, guard.backoff_until, guard.locked_at],
+    )?;
+    Ok(())
+}
+
+fn user_exists(tx: &Connection, app_id: &str, user_id: &str) -> Result<bool, StoreError> {
+    Ok(tx
+        .query_row(
+            "SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2",
+            params![app_id, user_id],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// Writes back what [`challenge::settle`] decided.
+fn save_settlement(tx: &Connection, ch: &Challenge, s: &Settlement) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE challenges SET attempts = ?2, state = ?3 WHERE id = ?1",
+        params![ch.id, s.attempts, s.state.as_str()],
+    )?;
+    save_guard(tx, &ch.app_id, &ch.user_id, &s.guard)?;
+    if let Some(step) = s.totp_step {
+        tx.execute(
+            "UPDATE methods SET totp_last_step = ?2 WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
+            params![ch.method_id, step],
+        )?;
+    }
+    Ok(())
+}
+
+/// Loads and settles a challenge; the caller commits whatever the outcome.
+fn settle_in(
+    tx: &Connection,
+    ch: &Challenge,
+    verdict: Verdict,
+    now: UnixTime,
+) -> Result<(Method, Settlement), StoreError> {
+    let method = load_method(tx, &ch.method_id)?.ok_or(StoreError::MethodNotFound)?;
+    let policy = load_policy(tx, &ch.app_id)?;
+    let guard = load_guard(tx, &ch.app_id, &ch.user_id)?;
+    let settlement = challenge::settle(ch, &guard, verdict, method.totp_last_step, &policy, now);
+    save_settlement(tx, ch, &settlement)?;
+    Ok((method, settlement))
+}
+
+/// Settles a proof for `assertion`'s user: it must be a proof challenge of theirs on a
+/// confirmed method. Inner error: refused, to be committed (failures count).
+fn settle_proof(
+    tx: &Connection,
+    proof: &ProofAnswer,
+    assertion: &VerifiedAssertion,
+    now: UnixTime,
+) -> Result<Result<(), StoreError>, StoreError> {
+    let Some(ch) = load_challenge(tx, &proof.challenge_id)? else {
+        return Ok(Err(StoreError::InvalidProof));
+    };
+    if ch.app_id != assertion.app_id
+        || ch.user_id != assertion.user_id
+        || ch.purpose != ChallengePurpose::Proof
+    {
+        return Ok(Err(StoreError::InvalidProof));
+    }
+    let (method, settlement) = settle_in(tx, &ch, proof.verdict, now)?;
+    if method.state != MethodState::Confirmed {
+        return Ok(Err(StoreError::InvalidProof));
+    }
+    Ok(match settlement.outcome {
+        Outcome::Accepted => Ok(()),
+        other => Err(StoreError::ProofRefused(other)),
+    })
+}
+
+fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
+    let (salt, hash) = match &ch.code {
+        Some((salt, hash)) => (Some(salt.to_vec()), Some(hash.to_vec())),
+        None => (None, None),
+    };
+    tx.execute(
+        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        params![
+            ch.id,
+            ch.app_id,
+            ch.user_id,
+            ch.method_id,
+            ch.purpose.as_str(),
+            salt,
+            hash,
+            ch.attempts,
+            ch.max_attempts,
+            ch.state.as_str(),
+            ch.created_at,
+            ch.expires_at
+        ],
+    )?;
+    Ok(())
+}
+
+fn enqueue(
+    tx: &Connection,
+    app_id: &str,
+    method_id: &str,
+    msg: &NewMessage,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
+        params![app_id, method_id, msg.kind.as_str(), msg.key_id, msg.body, now],
+    )?;
+    Ok(())
+}
+
+/// Queues `msg` to every confirmed SMS and e-mail method of the user except one.
+fn enqueue_to_others(
+    tx: &Connection,
+    app_id: &str,
+    user_id: &str,
+    except_method: &str,
+    msg: &NewMessage,
+    now: UnixTime,
+) -> Result<usize, StoreError> {
+    Ok(tx.execute(
+        "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at) \
+         SELECT app_id, id, ?4, ?5, ?6, 'pending', ?7, ?7 FROM methods \
+         WHERE app_id = ?1 AND user_id = ?2 AND id != ?3 AND state = 'confirmed' AND kind IN ('sms', 'email') \
+         ORDER BY created_at, id",
+        params![app_id, user_id, except_method, msg.kind.as_str(), msg.key_id, msg.body, now],
+    )?)
+}
+
+/// Takes a unit from every limit, or none if any is full.
+fn take_limits_in(
+    tx: &Connection,
+    limits: &[Limit],
+    now: UnixTime,
+) -> Result<Result<(), StoreError>, StoreError> {
+    tx.execute(
+        "DELETE FROM rate_counters WHERE (scope, subject, window_start) IN \
+         (SELECT scope, subject, window_start FROM rate_counters WHERE expires_at < ?1 LIMIT 64)",
+        [now],
+    )?;
+    for limit in limits {
+        let count: u32 = tx
+            .query_row(
+                "SELECT count FROM rate_counters WHERE scope = ?1 AND subject = ?2 AND window_start = ?3",
+                params![limit.scope, limit.subject, limit.window_start(now)],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if count >= limit.max {
+            return Ok(Err(StoreError::LimitReached {
+                code: limit.code,
+                retry_after: limit.retry_after(now),
+            }));
+        }
+    }
+    for limit in limits {
+        let start = limit.window_start(now);
+        tx.execute(
+            "INSERT INTO rate_counters (scope, subject, window_start, count, expires_at) VALUES (?1, ?2, ?3, 1, ?4) \
+             ON CONFLICT (scope, subject, window_start) DO UPDATE SET count = count + 1",
+            params![limit.scope, limit.subject, start, start + limit.window_secs],
+        )?;
+    }
+    Ok(Ok(()))
+}
+
+fn guard_allows_start(guard: &Guard) -> Result<(), StoreError> {
+    if guard.locked_at.is_some() {
+        return Err(StoreError::Locked);
     }
     Ok(())
 }
@@ -418,6 +754,266 @@ impl Store for SqliteStore {
                 },
             )
             .optional()?)
+    }
+
+    fn consume_assertion(
+        &self,
+        assertion: &VerifiedAssertion,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| consume_jti(tx, assertion, now))
+    }
+
+    fn user(&self, app_id: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        let Some(enrollment) = self.enrollment(app_id, user_id)? else {
+            return Ok(None);
+        };
+        let conn = self.conn()?;
+        Ok(Some(UserRecord {
+            enrollment,
+            guard: load_guard(&conn, app_id, user_id)?,
+            methods: load_methods(&conn, app_id, user_id)?,
+        }))
+    }
+
+    fn add_method(&self, cmd: &AddMethod<'_>, now: UnixTime) -> Result<(), StoreError> {
+        self.write_keeping(|tx| {
+            consume_jti(tx, cmd.assertion, now)?;
+            let (app_id, user_id) = (&cmd.assertion.app_id, &cmd.assertion.user_id);
+            if !user_exists(tx, app_id, user_id)? {
+                return Err(StoreError::NotEnrolled);
+            }
+            guard_allows_start(&load_guard(tx, app_id, user_id)?)?;
+            let methods = load_methods(tx, app_id, user_id)?;
+            let has_confirmed = methods.iter().any(|m| m.state == MethodState::Confirmed);
+            match (has_confirmed, cmd.proof) {
+                (true, None) => return Err(StoreError::ProofRequired),
+                (_, Some(proof)) => {
+                    if let Err(refused) = settle_proof(tx, proof, cmd.assertion, now)? {
+                        return Ok(Err(refused));
+                    }
+                }
+                (false, None) => {}
+            }
+            if methods.len() >= cmd.max_methods {
+                return Ok(Err(StoreError::TooManyMethods));
+            }
+            if let Err(limit) = take_limits_in(tx, cmd.limits, now)? {
+                // A spent proof stays spent: commit it with the refusal.
+                return if cmd.proof.is_some() { Ok(Err(limit)) } else { Err(limit) };
+            }
+            let m = cmd.method;
+            tx.execute(
+                &format!("INSERT INTO methods ({METHOD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+                params![
+                    m.id,
+                    m.app_id,
+                    m.user_id,
+                    m.kind.as_str(),
+                    m.state.as_str(),
+                    m.key_id,
+                    m.secret,
+                    m.destination_mac,
+                    m.totp_last_step,
+                    m.created_at,
+                    m.confirmed_at
+                ],
+            )?;
+            insert_challenge(tx, cmd.challenge)?;
+            if let Some(msg) = cmd.message {
+                enqueue(tx, app_id, &m.id, msg, now)?;
+            }
+            Ok(Ok(()))
+        })
+    }
+
+    fn start_challenge(&self, cmd: &StartChallenge<'_>, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            consume_jti(tx, cmd.assertion, now)?;
+            let ch = cmd.challenge;
+            guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+            take_limits_in(tx, cmd.limits, now)??;
+            insert_challenge(tx, ch)?;
+            if let Some(msg) = cmd.message {
+                enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn challenge(
+        &self,
+        challenge_id: &str,
+    ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError> {
+        let conn = self.conn()?;
+        let Some(ch) = load_challenge(&conn, challenge_id)? else {
+            return Ok(None);
+        };
+        let Some(method) = load_method(&conn, &ch.method_id)? else {
+            return Ok(None);
+        };
+        let policy = load_policy(&conn, &ch.app_id)?;
+        Ok(Some((ch, method, policy)))
+    }
+
+    fn answer_challenge(
+        &self,
+        challenge_id: &str,
+        verdict: Verdict,
+        notice: Option<&NewMessage>,
+        now: UnixTime,
+    ) -> Result<Answered, StoreError> {
+        self.write(|tx| {
+            let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::MethodNotFound)?;
+            let (method, settlement) = settle_in(tx, &ch, verdict, now)?;
+            let mut enrollment_completed = false;
+            if settlement.outcome == Outcome::Accepted && ch.purpose == ChallengePurpose::Confirm {
+                tx.execute(
+                    "UPDATE methods SET state = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND state = 'pending'",
+                    params![method.id, now],
+                )?;
+                enrollment_completed = tx.execute(
+                    "UPDATE users SET state = 'active', updated_at = ?3 WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'",
+                    params![ch.app_id, ch.user_id, now],
+                )? == 1;
+                if let Some(notice) = notice {
+                    enqueue_to_others(tx, &ch.app_id, &ch.user_id, &method.id, notice, now)?;
+                }
+            }
+            Ok(Answered { challenge: ch, settlement, enrollment_completed })
+        })
+    }
+
+    fn remove_method(&self, cmd: &RemoveMethod<'_>, now: UnixTime) -> Result<(), StoreError> {
+        self.write_keeping(|tx| {
+            consume_jti(tx, cmd.assertion, now)?;
+            let (app_id, user_id) = (&cmd.assertion.app_id, &cmd.assertion.user_id);
+            if !user_exists(tx, app_id, user_id)? {
+                return Err(StoreError::NotEnrolled);
+            }
+            let methods = load_methods(tx, app_id, user_id)?;
+            let Some(target) = methods.iter().find(|m| m.id == cmd.method_id) else {
+                return Err(StoreError::MethodNotFound);
+            };
+            let others_confirmed = methods
+                .iter()
+                .filter(|m| m.id != target.id && m.state == MethodState::Confirmed)
+                .count();
+            if target.state == MethodState::Confirmed && others_confirmed == 0 {
+                return Err(StoreError::LastMethod);
+            }
+            if let Err(refused) = settle_proof(tx, cmd.proof, cmd.assertion, now)? {
+                return Ok(Err(refused));
+            }
+            tx.execute("DELETE FROM methods WHERE id = ?1", [&target.id])?;
+            enqueue_to_others(tx, app_id, user_id, &target.id, cmd.notice, now)?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn unlock_user(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        assertion: Option<&VerifiedAssertion>,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            if let Some(assertion) = assertion {
+                consume_jti(tx, assertion, now)?;
+            }
+            if !user_exists(tx, app_id, user_id)? {
+                return Err(StoreError::NotEnrolled);
+            }
+            let was_locked = load_guard(tx, app_id, user_id)?.locked_at.is_some();
+            save_guard(tx, app_id, user_id, &Guard::default())?;
+            Ok(was_locked)
+        })
+    }
+
+    fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| take_limits_in(tx, limits, now)?)
+    }
+
+    fn claim_message(
+        &self,
+        now: UnixTime,
+        lease_secs: i64,
+    ) -> Result<Option<ClaimedMessage>, StoreError> {
+        self.write(|tx| {
+            let row = tx
+                .query_row(
+                    "SELECT o.id, o.app_id, o.kind, m.kind, m.key_id, m.secret, o.key_id, o.body, o.attempts \
+                     FROM outbox o JOIN methods m ON m.id = o.method_id \
+                     WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 AND o.leased_until <= ?1 \
+                     ORDER BY o.next_attempt_at, o.id LIMIT 1",
+                    [now],
+                    |r| {
+                        let kind: String = r.get(2)?;
+                        let channel: String = r.get(3)?;
+                        Ok(ClaimedMessage {
+                            id: r.get(0)?,
+                            app_id: r.get(1)?,
+                            kind: if kind == "notice" { MessageKind::Notice } else { MessageKind::Code },
+                            channel: parse_kind(&channel)?,
+                            destination_key_id: r.get(4)?,
+                            destination: r.get(5)?,
+                            body_key_id: r.get(6)?,
+                            body: r.get(7)?,
+                            attempts: r.get(8)?,
+                        })
+                    },
+                )
+                .optional()?;
+            if let Some(m) = &row {
+                tx.execute("UPDATE outbox SET leased_until = ?2 WHERE id = ?1", params![m.id, now + lease_secs])?;
+            }
+            Ok(row)
+        })
+    }
+
+    fn finish_message(
+        &self,
+        id: i64,
+        result: &SendResult,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            match result {
+                SendResult::Sent => tx.execute(
+                    "UPDATE outbox SET state = 'sent', body = x'', attempts = attempts + 1, leased_until = 0, \
+                     finished_at = ?2, last_error = NULL WHERE id = ?1",
+                    params![id, now],
+                )?,
+                SendResult::Retry { at, error } => tx.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, leased_until = 0, last_error = ?3 \
+                     WHERE id = ?1",
+                    params![id, at, error],
+                )?,
+                SendResult::Failed { error } => tx.execute(
+                    "UPDATE outbox SET state = 'failed', body = x'', attempts = attempts + 1, leased_until = 0, \
+                     finished_at = ?2, last_error = ?3 WHERE id = ?1",
+                    params![id, now, error],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        let conn = self.conn()?;
+        let mut counts = OutboxCounts::default();
+        let mut stmt = conn.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+        for row in rows {
+            let (state, n) = row?;
+            match state.as_str() {
+                "pending" => counts.pending = n,
+                "sent" => counts.sent = n,
+                _ => counts.failed = n,
+            }
+        }
+        Ok(counts)
     }
 }
 

@@ -1,46 +1,102 @@
 //! A real Ghostkey server on 127.0.0.1:0 over a real SQLite file, for integration tests.
 #![allow(dead_code)]
 
+pub mod smtp_server;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ghostkey::clock::{Clock, SystemClock};
+use ghostkey::clock::{Clock, SystemClock, UnixTime};
 use ghostkey::config::Config;
-use ghostkey::store::{SqliteStore, Store};
+use ghostkey::domain::policy::PolicyChange;
+use ghostkey::store::SqliteStore;
 use ghostkey_client::kit::AssertionRequest;
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::{AppSigningKey, Client};
 
 pub const SERVICE_ID: &str = "ghostkey-test";
 
+/// The system clock plus an offset that tests advance, shared with the server.
+#[derive(Debug, Default)]
+pub struct TestClock {
+    offset: AtomicI64,
+}
+
+impl TestClock {
+    pub fn advance(&self, secs: i64) {
+        self.offset.fetch_add(secs, Ordering::SeqCst);
+    }
+}
+
+impl Clock for TestClock {
+    fn now(&self) -> UnixTime {
+        SystemClock.now() + self.offset.load(Ordering::SeqCst)
+    }
+}
+
 pub struct TestServer {
     pub addr: SocketAddr,
     pub base_url: String,
     pub config: Config,
-    pub dir: tempfile::TempDir,
+    pub clock: Arc<TestClock>,
+    pub dir: Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// The configuration every test server starts from: fast delivery retries.
+pub fn test_config(dir: &std::path::Path) -> Config {
+    let mut config = Config {
+        service_id: SERVICE_ID.into(),
+        ..Config::default()
+    };
+    config.server.listen = "127.0.0.1:0".parse().unwrap();
+    config.server.workers = 2;
+    config.database.path = dir.join("ghostkey.db");
+    config.delivery.poll_interval_ms = 50;
+    config.delivery.retry_base_ms = 100;
+    config.delivery.retry_max_ms = 1000;
+    config
+}
+
 impl TestServer {
     pub fn start() -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            service_id: SERVICE_ID.into(),
-            ..Config::default()
-        };
+        TestServer::start_with(|_| {})
+    }
+
+    /// Starts a server in a fresh directory after `adjust` changed the configuration.
+    pub fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let dir = Arc::new(tempfile::tempdir().unwrap());
+        let mut config = test_config(dir.path());
+        adjust(&mut config);
+        TestServer::launch(config, dir, Arc::new(TestClock::default()))
+    }
+
+    /// Stops this server and starts another on the same database, key and clock, with
+    /// `adjust` applied to the configuration.
+    pub fn restart(mut self, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = self.config.clone();
         config.server.listen = "127.0.0.1:0".parse().unwrap();
-        config.server.workers = 2;
-        config.database.path = dir.path().join("ghostkey.db");
+        adjust(&mut config);
+        let dir = Arc::clone(&self.dir);
+        let clock = Arc::clone(&self.clock);
+        self.shutdown();
+        TestServer::launch(config, dir, clock)
+    }
+
+    fn launch(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<TestClock>) -> TestServer {
         config.validate().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let server_config = config.clone();
+        let server_clock: Arc<dyn Clock> = clock.clone();
         let thread = std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
-                let running = ghostkey::server::start(&server_config).unwrap();
+                let running =
+                    ghostkey::server::start_with_clock(&server_config, server_clock).unwrap();
                 tx.send(running.addr).unwrap();
                 let handle = running.server.handle();
                 actix_web::rt::spawn(async move {
@@ -55,10 +111,24 @@ impl TestServer {
             addr,
             base_url: format!("http://{addr}"),
             config,
+            clock,
             dir,
             stop: Some(stop),
             thread: Some(thread),
         }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
     }
 
     pub fn db_path(&self) -> PathBuf {
@@ -77,34 +147,56 @@ impl TestServer {
     /// Registers an app through the admin code path; returns its id and signing key.
     pub fn register_app(&self, name: &str) -> TestApp {
         let key = AppSigningKey::generate("k1");
-        let id =
-            ghostkey::admin::add_app(&self.store(), name, key.kid(), &key.public_key_b64(), now())
-                .unwrap();
-        TestApp { id, key }
+        let id = ghostkey::admin::add_app(
+            &self.store(),
+            name,
+            key.kid(),
+            &key.public_key_b64(),
+            self.now(),
+        )
+        .unwrap();
+        TestApp {
+            id,
+            key,
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
+    /// Changes an app's policy through the admin code path.
+    pub fn set_policy(&self, app: &TestApp, change: PolicyChange) {
+        ghostkey::admin::set_policy(&self.store(), &app.id, &change).unwrap();
     }
 
     /// Raw row counts, read straight from the SQLite file.
     pub fn count(&self, table: &str) -> i64 {
+        self.query_i64(&format!("SELECT count(*) FROM {table}"))
+    }
+
+    pub fn query_i64(&self, sql: &str) -> i64 {
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();
-        conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |r| r.get(0))
-            .unwrap()
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Every byte of the database: the main file and the write-ahead log.
+    pub fn raw_database(&self) -> Vec<u8> {
+        let mut bytes = std::fs::read(self.db_path()).unwrap();
+        let mut wal = self.db_path().into_os_string();
+        wal.push("-wal");
+        bytes.extend(std::fs::read(wal).unwrap_or_default());
+        bytes
     }
 }
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        self.shutdown();
     }
 }
 
 pub struct TestApp {
     pub id: String,
     pub key: AppSigningKey,
+    clock: Arc<TestClock>,
 }
 
 impl TestApp {
@@ -117,7 +209,7 @@ impl TestApp {
                     audience: SERVICE_ID,
                     purpose,
                 },
-                now(),
+                self.clock.now(),
                 120,
             )
             .unwrap()
@@ -128,6 +220,101 @@ pub fn now() -> i64 {
     SystemClock.now()
 }
 
-pub fn open_store_arc(config: &Config) -> Arc<dyn Store> {
-    Arc::new(ghostkey::server::open_store(config).unwrap())
+/// The first run of `digits` consecutive digits in `text` (the code in a message).
+pub fn find_code(text: &str, digits: usize) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i].is_ascii_digit() {
+            let start = i;
+            while i < bytes.len() && bytes[i].is_ascii_digit() {
+                i += 1;
+            }
+            if i - start == digits {
+                return Some(text[start..i].to_owned());
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Webhook SMS gateway stand-in: a wiremock server answering like an operator's gateway.
+pub mod sms_gateway {
+    use std::time::Duration;
+
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, MockServer, ResponseTemplate};
+
+    pub const SECRET: &str = "webhook-test-secret";
+
+    /// A gateway that accepts every message.
+    pub async fn accepting() -> MockServer {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(path("/sms"))
+            .respond_with(ResponseTemplate::new(200))
+            .mount(&server)
+            .await;
+        server
+    }
+
+    /// Points a configuration at `gateway`.
+    pub fn configure(config: &mut ghostkey::config::Config, gateway: &MockServer) {
+        config.sms.provider = ghostkey::config::SmsProvider::Webhook;
+        config.sms.webhook.url = format!("{}/sms", gateway.uri());
+        config.sms.webhook.secret = Some(secrecy::SecretString::from(SECRET.to_owned()));
+        config.sms.timeout_ms = 2000;
+    }
+
+    /// The JSON bodies of the messages the gateway received (all attempts, in order).
+    pub async fn received(gateway: &MockServer) -> Vec<serde_json::Value> {
+        gateway
+            .received_requests()
+            .await
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| serde_json::from_slice(&r.body).ok())
+            .collect()
+    }
+
+    /// Waits until the gateway has received `n` messages.
+    pub async fn wait_for(gateway: &MockServer, n: usize) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = received(gateway).await;
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway got {} of {n} messages",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The code in the `n`-th message (0-based).
+    pub async fn code(gateway: &MockServer, n: usize) -> String {
+        let messages = wait_for(gateway, n + 1).await;
+        let body = messages[n]["body"].as_str().unwrap_or_default().to_owned();
+        super::find_code(&body, 8).unwrap_or_else(|| panic!("no code in message {n}"))
+    }
+}
+
+/// Enrols `user` of `app`; returns the user secret.
+pub async fn enrol(server: &TestServer, app: &TestApp, user: &str) -> ghostkey_client::UserSecret {
+    let secret = ghostkey_client::UserSecret::generate();
+    ghostkey_client::enroll(
+        &server.client(),
+        &app.assertion(user, Purpose::Enroll),
+        &secret,
+        &app.id,
+        user,
+    )
+    .await
+    .unwrap();
+    secret
 }

@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
-use ghostkey_proto::api::{DevicePublicKeys, EnrollRequest, EnrollResponse, Health};
+use ghostkey_proto::api::{
+    AddMethodRequest, AddMethodResponse, AnswerRequest, AnswerResponse, ChallengePurpose,
+    ChallengeView, DevicePublicKeys, EnrollRequest, EnrollResponse, Health, MethodKind, MethodList,
+    Proof, RemoveMethodRequest, StartChallengeRequest, UnlockResponse,
+};
 use ghostkey_proto::{b64, ErrorCode, Problem};
 use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
@@ -112,6 +116,106 @@ impl Client {
             .await
     }
 
+    /// `POST /v1/methods`: adds a verification method. While the user has no confirmed
+    /// method, use an `enroll` assertion and no proof; afterwards a `manage` assertion and
+    /// a proof through a confirmed method. `destination` is the phone number (SMS) or the
+    /// address (e-mail); `None` for TOTP.
+    pub async fn add_method(
+        &self,
+        assertion: &str,
+        kind: MethodKind,
+        destination: Option<&str>,
+        proof: Option<Proof>,
+    ) -> Result<AddMethodResponse, ClientError> {
+        let body = AddMethodRequest {
+            kind,
+            destination: destination.map(str::to_owned),
+            proof,
+        };
+        self.post("/v1/methods", assertion, &body, StatusCode::CREATED)
+            .await
+    }
+
+    /// `GET /v1/methods`: the user's methods, masked (`manage` assertion).
+    pub async fn list_methods(&self, assertion: &str) -> Result<MethodList, ClientError> {
+        let res = self
+            .http
+            .get(self.url("/v1/methods")?)
+            .bearer_auth(assertion)
+            .send()
+            .await?;
+        answer(res, StatusCode::OK).await
+    }
+
+    /// `POST /v1/methods/{id}/remove`: removes a method (`manage` assertion and a proof).
+    pub async fn remove_method(
+        &self,
+        assertion: &str,
+        method_id: &str,
+        proof: Proof,
+    ) -> Result<(), ClientError> {
+        let path = format!("/v1/methods/{}/remove", path_segment(method_id)?);
+        let res = self
+            .http
+            .post(self.url(&path)?)
+            .bearer_auth(assertion)
+            .json(&RemoveMethodRequest { proof })
+            .send()
+            .await?;
+        let status = res.status();
+        if status == StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+        answer::<serde_json::Value>(res, StatusCode::NO_CONTENT)
+            .await
+            .map(|_| ())
+    }
+
+    /// `POST /v1/challenges`: a new code for a pending method (`confirm`), or a proof
+    /// challenge on a confirmed method (`proof`).
+    pub async fn start_challenge(
+        &self,
+        assertion: &str,
+        method_id: &str,
+        purpose: ChallengePurpose,
+    ) -> Result<ChallengeView, ClientError> {
+        let body = StartChallengeRequest {
+            method_id: method_id.to_owned(),
+            purpose,
+        };
+        self.post("/v1/challenges", assertion, &body, StatusCode::CREATED)
+            .await
+    }
+
+    /// `POST /v1/challenges/{id}/answer`: the code the user typed, for a `confirm` challenge.
+    pub async fn answer(
+        &self,
+        challenge_id: &str,
+        code: &str,
+    ) -> Result<AnswerResponse, ClientError> {
+        let path = format!("/v1/challenges/{}/answer", path_segment(challenge_id)?);
+        let res = self
+            .http
+            .post(self.url(&path)?)
+            .json(&AnswerRequest {
+                code: code.to_owned(),
+            })
+            .send()
+            .await?;
+        answer(res, StatusCode::OK).await
+    }
+
+    /// `POST /v1/users/unlock`: lifts the user's lock (`manage` assertion).
+    pub async fn unlock(&self, assertion: &str) -> Result<UnlockResponse, ClientError> {
+        self.post(
+            "/v1/users/unlock",
+            assertion,
+            &serde_json::json!({}),
+            StatusCode::OK,
+        )
+        .await
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -127,6 +231,19 @@ impl Client {
             .send()
             .await?;
         answer(res, expected).await
+    }
+}
+
+/// Ids go into paths: only their own alphabet, so nothing can change the path.
+fn path_segment(id: &str) -> Result<&str, ClientError> {
+    if !id.is_empty()
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        Ok(id)
+    } else {
+        Err(ClientError::BadUrl(format!("`{id}` is not a valid id")))
     }
 }
 

@@ -53,3 +53,195 @@ pub struct Health {
     /// `ok`, or `unavailable` on `/readyz` when the store does not answer.
     pub status: String,
 }
+
+/// A kind of verification method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodKind {
+    /// Time-based one-time password (RFC 6238) in an authenticator app.
+    Totp,
+    /// A code sent by SMS.
+    Sms,
+    /// A code sent by e-mail.
+    Email,
+}
+
+impl MethodKind {
+    /// The wire and stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodKind::Totp => "totp",
+            MethodKind::Sms => "sms",
+            MethodKind::Email => "email",
+        }
+    }
+
+    /// Parses a wire or stored name.
+    pub fn parse(s: &str) -> Option<MethodKind> {
+        match s {
+            "totp" => Some(MethodKind::Totp),
+            "sms" => Some(MethodKind::Sms),
+            "email" => Some(MethodKind::Email),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a method counts yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MethodState {
+    /// Added, waiting for its first correct code.
+    Pending,
+    /// Proven: usable for proofs and recovery.
+    Confirmed,
+}
+
+/// A proof through a confirmed method: a `proof` challenge and the code the user typed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proof {
+    /// The proof challenge.
+    pub challenge_id: String,
+    /// The code.
+    pub code: String,
+}
+
+/// `POST /v1/methods`: an `enroll` assertion while the user has no confirmed method, a
+/// `manage` assertion and a `proof` afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddMethodRequest {
+    /// The kind of method.
+    pub kind: MethodKind,
+    /// Phone number in international form (`+33 6 12 34 56 78`) for `sms`, address for
+    /// `email`; absent for `totp` (Ghostkey generates the seed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+    /// Required once the user has a confirmed method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
+/// A method as Ghostkey shows it: destinations only masked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodView {
+    /// The method id.
+    pub id: String,
+    /// The kind.
+    pub kind: MethodKind,
+    /// Pending or confirmed.
+    pub state: MethodState,
+    /// The masked destination (`+33 6******78`, `j***@e***.org`); absent for TOTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<String>,
+    /// When added.
+    pub created_at: i64,
+    /// When confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_at: Option<i64>,
+}
+
+/// What a challenge is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChallengePurpose {
+    /// Confirms a pending method.
+    Confirm,
+    /// A fresh proof through a confirmed method, for a change that needs one.
+    Proof,
+}
+
+/// A challenge as Ghostkey shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChallengeView {
+    /// The challenge id: answer with it.
+    pub id: String,
+    /// What it is for.
+    pub purpose: ChallengePurpose,
+    /// The method it checks.
+    pub method_id: String,
+    /// The method's kind: for `totp`, type the code the authenticator app shows.
+    pub kind: MethodKind,
+    /// Where the code was sent (masked); absent for TOTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masked: Option<String>,
+    /// When it stops accepting answers.
+    pub expires_at: i64,
+    /// Wrong answers it tolerates.
+    pub max_attempts: u32,
+}
+
+/// What an authenticator app needs. Shown once: it holds the TOTP seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TotpProvisioning {
+    /// `otpauth://totp/...`
+    pub otpauth_uri: String,
+    /// The same as a QR code, PNG in standard base64.
+    pub qr_png_base64: String,
+}
+
+/// The answer to `POST /v1/methods`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMethodResponse {
+    /// The new, pending method.
+    pub method: MethodView,
+    /// Its confirmation challenge (the code is on its way for SMS and e-mail).
+    pub challenge: ChallengeView,
+    /// For TOTP: the provisioning URI and QR code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<TotpProvisioning>,
+}
+
+/// `POST /v1/challenges`: a new challenge on an existing method.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartChallengeRequest {
+    /// The method.
+    pub method_id: String,
+    /// `confirm` (a pending method: a new code) or `proof` (a confirmed method).
+    pub purpose: ChallengePurpose,
+}
+
+/// `POST /v1/challenges/{id}/answer`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRequest {
+    /// The code the user typed (digits only).
+    pub code: String,
+}
+
+/// The answer to a correct code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AnswerResponse {
+    /// The challenge.
+    pub challenge_id: String,
+    /// What it was for.
+    pub purpose: ChallengePurpose,
+    /// The method, now confirmed if the purpose was `confirm`.
+    pub method: MethodView,
+    /// The user's enrolment state afterwards.
+    pub enrollment_state: EnrollmentState,
+}
+
+/// `GET /v1/methods`, with a `manage` assertion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MethodList {
+    /// Every method of the user, oldest first.
+    pub methods: Vec<MethodView>,
+}
+
+/// `POST /v1/methods/{id}/remove`, with a `manage` assertion.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveMethodRequest {
+    /// A fresh proof through a confirmed method.
+    pub proof: Proof,
+}
+
+/// The answer to `POST /v1/users/unlock`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnlockResponse {
+    /// Whether the user was locked.
+    pub was_locked: bool,
+}

@@ -83,6 +83,44 @@ error_codes! {
     AlreadyEnrolled = ("already_enrolled", 409, "The user is already enrolled"),
     /// The sealed virtual device uses a format version this server does not accept.
     UnsupportedSealedVersion = ("unsupported_sealed_version", 422, "The sealed virtual device's format version is not supported"),
+    /// The phone number is not a valid number in international form.
+    InvalidPhoneNumber = ("invalid_phone_number", 422, "The phone number is not valid"),
+    /// The e-mail address is not valid.
+    InvalidEmailAddress = ("invalid_email_address", 422, "The e-mail address is not valid"),
+    /// The app's policy does not allow this kind of verification method.
+    MethodKindNotAllowed = ("method_kind_not_allowed", 403, "The app does not allow this kind of method"),
+    /// The assertion's user is not enrolled.
+    NotEnrolled = ("not_enrolled", 404, "The user is not enrolled"),
+    /// No such method for this user.
+    MethodNotFound = ("method_not_found", 404, "No such verification method"),
+    /// The method is not confirmed yet.
+    MethodNotConfirmed = ("method_not_confirmed", 409, "The verification method is not confirmed"),
+    /// The user has a confirmed method: this change needs a fresh proof through one of them.
+    ProofRequired = ("proof_required", 403, "A proof through a confirmed method is required"),
+    /// The user has too many methods (pending ones included).
+    TooManyMethods = ("too_many_methods", 409, "The user has the maximum number of methods"),
+    /// The proof names a challenge that is not a proof challenge of this user.
+    InvalidProof = ("invalid_proof", 403, "The proof does not belong to this user or purpose"),
+    /// Removing this method would leave the user with no confirmed method.
+    LastMethod = ("last_method", 409, "The last confirmed method cannot be removed"),
+    /// The code is wrong (or the challenge does not exist).
+    InvalidCode = ("invalid_code", 403, "The code is not correct"),
+    /// The challenge has expired.
+    CodeExpired = ("code_expired", 410, "The code has expired"),
+    /// The challenge has been answered correctly already.
+    CodeAlreadyUsed = ("code_already_used", 409, "The code has already been used"),
+    /// The challenge took too many wrong answers and is dead, even for the right code.
+    TooManyAttempts = ("too_many_attempts", 403, "Too many wrong codes for this challenge"),
+    /// The user is locked after too many failures; a `manage` assertion or an operator lifts it.
+    Locked = ("locked", 403, "The user is locked after too many failures"),
+    /// The user must wait before trying another code (exponential back-off after failures).
+    UserBackoff = ("user_backoff", 429, "Too many recent failures; wait before trying again"),
+    /// Too many codes sent to this destination recently (per hour or per day).
+    DestinationRateLimited = ("destination_rate_limited", 429, "Too many codes sent to this destination"),
+    /// The app's daily sending budget is spent.
+    AppSendBudgetExhausted = ("app_send_budget_exhausted", 429, "The app's daily sending budget is exhausted"),
+    /// Too many requests from this client address.
+    AddressRateLimited = ("address_rate_limited", 429, "Too many requests from this address"),
     /// The server is not ready (store unavailable).
     Unavailable = ("unavailable", 503, "The service is temporarily unavailable"),
     /// An unexpected server-side failure; the cause is in the server log, never in the answer.
@@ -113,6 +151,9 @@ pub struct Problem {
     /// What went wrong with this request; never a secret or a personal value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// For limits: seconds to wait before trying again (also sent as `Retry-After`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -124,6 +165,7 @@ impl Problem {
             status: code.http_status(),
             code: code.as_str().to_owned(),
             detail,
+            retry_after: None,
         }
     }
 }

@@ -1,0 +1,396 @@
+//! One-time-code challenges and the per-user guard (back-off and lock), as pure state
+//! transitions: the store reads the state, calls [`settle`] inside its transaction and
+//! writes back what it returns, so concurrent answers cannot overtake the limits.
+
+use ghostkey_proto::ErrorCode;
+
+use super::code::{HASH_LEN, SALT_LEN};
+use super::policy::AppPolicy;
+use crate::clock::UnixTime;
+use crate::error::Error;
+
+/// What a correct answer to a challenge achieves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengePurpose {
+    /// Confirms a newly added method (and, if it is the first, completes the enrolment).
+    Confirm,
+    /// A fresh proof through a confirmed method, spent by a change that needs one.
+    Proof,
+}
+
+impl ChallengePurpose {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengePurpose::Confirm => "confirm",
+            ChallengePurpose::Proof => "proof",
+        }
+    }
+}
+
+/// Where a challenge stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChallengeState {
+    /// Waiting for the right code.
+    Open,
+    /// Answered correctly; never again.
+    Used,
+    /// Too many wrong answers; dead even for the right code.
+    Dead,
+}
+
+impl ChallengeState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChallengeState::Open => "open",
+            ChallengeState::Used => "used",
+            ChallengeState::Dead => "dead",
+        }
+    }
+}
+
+/// A stored challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// Random id: the handle the client answers with.
+    pub id: String,
+    /// The app.
+    pub app_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The method it checks.
+    pub method_id: String,
+    /// What it is for.
+    pub purpose: ChallengePurpose,
+    /// Argon2 salt and hash of the code (SMS and e-mail); `None` for TOTP.
+    pub code: Option<([u8; SALT_LEN], [u8; HASH_LEN])>,
+    /// Wrong answers so far.
+    pub attempts: u32,
+    /// Wrong answers it tolerates.
+    pub max_attempts: u32,
+    /// Open, used or dead.
+    pub state: ChallengeState,
+    /// When created.
+    pub created_at: UnixTime,
+    /// When it stops accepting answers.
+    pub expires_at: UnixTime,
+}
+
+/// A user's failure record.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Guard {
+    /// Failures since the last success.
+    pub failures: u32,
+    /// No code is checked before this time.
+    pub backoff_until: UnixTime,
+    /// When the user was locked, if they are.
+    pub locked_at: Option<UnixTime>,
+}
+
+/// The result of checking the code itself (done before the transaction: Argon2 is slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The code is right; for TOTP, the step it belongs to.
+    Correct {
+        /// The TOTP step matched, if the method is TOTP.
+        totp_step: Option<i64>,
+    },
+    /// The code is wrong.
+    Wrong,
+}
+
+/// What happened to an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Right code: the challenge is used.
+    Accepted,
+    /// Wrong code: counted.
+    Wrong,
+    /// Wrong code, and the user is now locked.
+    WrongAndLocked,
+    /// The challenge expired; nothing counted.
+    Expired,
+    /// The challenge is dead; nothing counted.
+    Dead,
+    /// The challenge was already answered; nothing counted.
+    AlreadyUsed,
+    /// The TOTP step was already used; nothing counted.
+    StepReplayed,
+    /// The user is locked; nothing checked.
+    Locked,
+    /// The user must wait until this time; nothing checked.
+    Backoff(UnixTime),
+}
+
+impl Outcome {
+    /// The error to answer with, or `None` for [`Outcome::Accepted`].
+    pub fn error(self, now: UnixTime) -> Option<Error> {
+        Some(match self {
+            Outcome::Accepted => return None,
+            Outcome::Wrong => Error::new(ErrorCode::InvalidCode),
+            Outcome::WrongAndLocked | Outcome::Locked => Error::new(ErrorCode::Locked),
+            Outcome::Expired => Error::new(ErrorCode::CodeExpired),
+            Outcome::Dead => Error::new(ErrorCode::TooManyAttempts),
+            Outcome::AlreadyUsed | Outcome::StepReplayed => Error::new(ErrorCode::CodeAlreadyUsed),
+            Outcome::Backoff(until) => Error::retry_after(ErrorCode::UserBackoff, until - now),
+        })
+    }
+}
+
+/// The new state after an answer: what to write back, and what to tell the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settlement {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The challenge's new attempt count.
+    pub attempts: u32,
+    /// The challenge's new state.
+    pub state: ChallengeState,
+    /// The user's new guard.
+    pub guard: Guard,
+    /// The TOTP step to record as used, on success.
+    pub totp_step: Option<i64>,
+}
+
+/// Longest back-off, so that a user below the lock threshold is never shut out for long.
+pub const MAX_BACKOFF_SECS: i64 = 3600;
+
+/// Back-off after `failures` failures: `base * 2^(failures-1)`, capped.
+pub fn backoff_secs(base: i64, failures: u32) -> i64 {
+    if failures == 0 || base == 0 {
+        return 0;
+    }
+    let doublings = failures.saturating_sub(1).min(20);
+    base.saturating_mul(1i64 << doublings).min(MAX_BACKOFF_SECS)
+}
+
+/// Settles an answer to `challenge` given the code `verdict`, the user's `guard`, the
+/// method's last used TOTP step, the app's `policy` and the time.
+pub fn settle(
+    challenge: &Challenge,
+    guard: &Guard,
+    verdict: Verdict,
+    totp_last_step: Option<i64>,
+    policy: &AppPolicy,
+    now: UnixTime,
+) -> Settlement {
+    let unchanged = |outcome| Settlement {
+        outcome,
+        attempts: challenge.attempts,
+        state: challenge.state,
+        guard: *guard,
+        totp_step: None,
+    };
+    if guard.locked_at.is_some() {
+        return unchanged(Outcome::Locked);
+    }
+    match challenge.state {
+        ChallengeState::Used => return unchanged(Outcome::AlreadyUsed),
+        ChallengeState::Dead => return unchanged(Outcome::Dead),
+        ChallengeState::Open => {}
+    }
+    if now >= challenge.expires_at {
+        return unchanged(Outcome::Expired);
+    }
+    if now < guard.backoff_until {
+        return unchanged(Outcome::Backoff(guard.backoff_until));
+    }
+    match verdict {
+        Verdict::Correct { totp_step } => {
+            if let (Some(step), Some(last)) = (totp_step, totp_last_step) {
+                if step <= last {
+                    return unchanged(Outcome::StepReplayed);
+                }
+            }
+            Settlement {
+                outcome: Outcome::Accepted,
+                attempts: challenge.attempts,
+                state: ChallengeState::Used,
+                guard: Guard::default(),
+                totp_step,
+            }
+        }
+        Verdict::Wrong => {
+            let attempts = challenge.attempts.saturating_add(1);
+            let state = if attempts >= challenge.max_attempts {
+                ChallengeState::Dead
+            } else {
+                ChallengeState::Open
+            };
+            let failures = guard.failures.saturating_add(1);
+            let locked = failures >= policy.user_lock_threshold;
+            let guard = Guard {
+                failures,
+                backoff_until: now + backoff_secs(policy.user_backoff_base_secs, failures),
+                locked_at: locked.then_some(now),
+            };
+            Settlement {
+                outcome: if locked {
+                    Outcome::WrongAndLocked
+                } else {
+                    Outcome::Wrong
+                },
+                attempts,
+                state,
+                guard,
+                totp_step: None,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: UnixTime = 1_800_000_000;
+
+    fn challenge() -> Challenge {
+        Challenge {
+            id: "ch_1".into(),
+            app_id: "app".into(),
+            user_id: "u".into(),
+            method_id: "m_1".into(),
+            purpose: ChallengePurpose::Confirm,
+            code: None,
+            attempts: 0,
+            max_attempts: 3,
+            state: ChallengeState::Open,
+            created_at: NOW,
+            expires_at: NOW + 600,
+        }
+    }
+
+    fn policy() -> AppPolicy {
+        AppPolicy {
+            user_backoff_base_secs: 0,
+            ..AppPolicy::default()
+        }
+    }
+
+    #[test]
+    fn three_wrong_answers_kill_the_challenge_even_for_the_right_code() {
+        let mut ch = challenge();
+        let mut guard = Guard::default();
+        for i in 1..=3 {
+            let s = settle(&ch, &guard, Verdict::Wrong, None, &policy(), NOW);
+            assert_eq!(s.outcome, Outcome::Wrong);
+            assert_eq!(s.attempts, i);
+            ch.attempts = s.attempts;
+            ch.state = s.state;
+            guard = s.guard;
+        }
+        assert_eq!(ch.state, ChallengeState::Dead);
+        let s = settle(
+            &ch,
+            &guard,
+            Verdict::Correct { totp_step: None },
+            None,
+            &policy(),
+            NOW,
+        );
+        assert_eq!(s.outcome, Outcome::Dead);
+        assert_eq!(s.attempts, 3);
+    }
+
+    #[test]
+    fn right_code_is_single_use_and_resets_failures() {
+        let ch = challenge();
+        let guard = Guard {
+            failures: 2,
+            backoff_until: 0,
+            locked_at: None,
+        };
+        let s = settle(
+            &ch,
+            &guard,
+            Verdict::Correct { totp_step: None },
+            None,
+            &policy(),
+            NOW,
+        );
+        assert_eq!(
+            (s.outcome, s.state, s.guard.failures),
+            (Outcome::Accepted, ChallengeState::Used, 0)
+        );
+        let used = Challenge {
+            state: s.state,
+            ..ch
+        };
+        let s = settle(
+            &used,
+            &s.guard,
+            Verdict::Correct { totp_step: None },
+            None,
+            &policy(),
+            NOW,
+        );
+        assert_eq!(s.outcome, Outcome::AlreadyUsed);
+    }
+
+    #[test]
+    fn expiry_backoff_lock_and_totp_replay_count_nothing() {
+        let ch = challenge();
+        let g = Guard::default();
+        let right = Verdict::Correct {
+            totp_step: Some(10),
+        };
+        assert_eq!(
+            settle(&ch, &g, right, None, &policy(), NOW + 600).outcome,
+            Outcome::Expired
+        );
+        assert_eq!(
+            settle(&ch, &g, right, None, &policy(), NOW + 599).outcome,
+            Outcome::Accepted
+        );
+        assert_eq!(
+            settle(&ch, &g, right, Some(10), &policy(), NOW).outcome,
+            Outcome::StepReplayed
+        );
+        assert_eq!(
+            settle(&ch, &g, right, Some(9), &policy(), NOW).totp_step,
+            Some(10)
+        );
+        let waiting = Guard {
+            failures: 1,
+            backoff_until: NOW + 5,
+            locked_at: None,
+        };
+        let s = settle(&ch, &waiting, Verdict::Wrong, None, &policy(), NOW);
+        assert_eq!((s.outcome, s.attempts), (Outcome::Backoff(NOW + 5), 0));
+        let locked = Guard {
+            failures: 10,
+            backoff_until: 0,
+            locked_at: Some(NOW - 1),
+        };
+        assert_eq!(
+            settle(&ch, &locked, right, None, &policy(), NOW).outcome,
+            Outcome::Locked
+        );
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_then_lock() {
+        let p = AppPolicy {
+            user_backoff_base_secs: 2,
+            user_lock_threshold: 4,
+            ..AppPolicy::default()
+        };
+        let mut guard = Guard::default();
+        let mut now = NOW;
+        let mut delays = Vec::new();
+        for _ in 0..4 {
+            let s = settle(&challenge(), &guard, Verdict::Wrong, None, &p, now);
+            guard = s.guard;
+            delays.push(guard.backoff_until - now);
+            now = guard.backoff_until;
+            if s.outcome == Outcome::WrongAndLocked {
+                break;
+            }
+        }
+        assert_eq!(delays, vec![2, 4, 8, 16]);
+        assert!(guard.locked_at.is_some());
+        assert_eq!(backoff_secs(2, 40), MAX_BACKOFF_SECS);
+    }
+}

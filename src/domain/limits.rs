@@ -1,0 +1,97 @@
+//! Rate limits and budgets as fixed-window counters kept in the store.
+
+use ghostkey_proto::ErrorCode;
+
+use crate::clock::UnixTime;
+
+/// One limit to take a unit from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limit {
+    /// What is counted (`dest-hour`, `dest-day`, `app-day`, `addr-minute`).
+    pub scope: &'static str,
+    /// Who is counted: an HMAC of a destination or address, or an app id.
+    pub subject: Vec<u8>,
+    /// Window length in seconds.
+    pub window_secs: i64,
+    /// Units allowed per window.
+    pub max: u32,
+    /// The error when the window is full.
+    pub code: ErrorCode,
+}
+
+impl Limit {
+    /// The start of the window containing `now`.
+    pub fn window_start(&self, now: UnixTime) -> UnixTime {
+        now - now.rem_euclid(self.window_secs.max(1))
+    }
+
+    /// Seconds until the window containing `now` ends.
+    pub fn retry_after(&self, now: UnixTime) -> i64 {
+        self.window_start(now) + self.window_secs - now
+    }
+}
+
+const HOUR: i64 = 3600;
+const DAY: i64 = 86_400;
+
+/// The limits on sending one message to a destination for an app.
+pub fn send_limits(
+    app_id: &str,
+    destination_mac: &[u8],
+    per_hour: u32,
+    per_day: u32,
+    app_per_day: u32,
+) -> Vec<Limit> {
+    vec![
+        Limit {
+            scope: "dest-hour",
+            subject: destination_mac.to_vec(),
+            window_secs: HOUR,
+            max: per_hour,
+            code: ErrorCode::DestinationRateLimited,
+        },
+        Limit {
+            scope: "dest-day",
+            subject: destination_mac.to_vec(),
+            window_secs: DAY,
+            max: per_day,
+            code: ErrorCode::DestinationRateLimited,
+        },
+        Limit {
+            scope: "app-day",
+            subject: app_id.as_bytes().to_vec(),
+            window_secs: DAY,
+            max: app_per_day,
+            code: ErrorCode::AppSendBudgetExhausted,
+        },
+    ]
+}
+
+/// The limit on requests from one client address for an app.
+pub fn address_limit(app_id: &str, address_mac: &[u8], per_minute: u32) -> Limit {
+    let mut subject = app_id.as_bytes().to_vec();
+    subject.push(0);
+    subject.extend_from_slice(address_mac);
+    Limit {
+        scope: "addr-minute",
+        subject,
+        window_secs: 60,
+        max: per_minute,
+        code: ErrorCode::AddressRateLimited,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_are_aligned_and_retry_after_points_to_the_next() {
+        let l = address_limit("app", b"mac", 5);
+        assert_eq!(l.window_start(125), 120);
+        assert_eq!(l.retry_after(125), 55);
+        let s = send_limits("app", b"mac", 5, 10, 100);
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1].window_start(90_000), 86_400);
+    }
+}

@@ -1,0 +1,187 @@
+//! Verification methods: TOTP, phone (SMS) and e-mail; validation, normalisation, masking.
+
+use ghostkey_proto::ErrorCode;
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::policy::MethodKind;
+use crate::clock::UnixTime;
+use crate::error::Error;
+
+/// Whether a method counts yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodState {
+    /// Added, waiting for a first correct code.
+    Pending,
+    /// Proven by a correct code: usable for proofs and recovery.
+    Confirmed,
+}
+
+impl MethodState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodState::Pending => "pending",
+            MethodState::Confirmed => "confirmed",
+        }
+    }
+}
+
+/// A stored method. `secret` is the TOTP seed, phone number or e-mail address, encrypted
+/// at rest under data key `key_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Method {
+    /// Random id, shown to the client.
+    pub id: String,
+    /// The app.
+    pub app_id: String,
+    /// The user.
+    pub user_id: String,
+    /// TOTP, SMS or e-mail.
+    pub kind: MethodKind,
+    /// Pending or confirmed.
+    pub state: MethodState,
+    /// The data key the secret is encrypted under.
+    pub key_id: String,
+    /// The encrypted secret.
+    pub secret: Vec<u8>,
+    /// HMAC of the normalised destination (SMS and e-mail), for rate limits.
+    pub destination_mac: Option<Vec<u8>>,
+    /// The last TOTP step accepted (each step is usable once).
+    pub totp_last_step: Option<i64>,
+    /// When added.
+    pub created_at: UnixTime,
+    /// When confirmed.
+    pub confirmed_at: Option<UnixTime>,
+}
+
+/// A new random id with a readable prefix (`m_`, `ch_`), 128 random bits.
+pub fn new_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    format!("{prefix}{}", ghostkey_proto::b64::encode(bytes))
+}
+
+/// Parses a phone number given in international form (`+33 6 12 34 56 78`) and returns
+/// it in E.164 (`+33612345678`). Numbers that are not valid for their country are refused.
+pub fn normalise_phone(input: &str) -> Result<SecretString, Error> {
+    let invalid = || {
+        Error::with_detail(
+            ErrorCode::InvalidPhoneNumber,
+            "the phone number must be a valid number in international form, starting with + and the country code",
+        )
+    };
+    let trimmed = input.trim();
+    if !trimmed.starts_with('+') || trimmed.len() > 32 {
+        return Err(invalid());
+    }
+    let number = phonenumber::parse(None, trimmed).map_err(|_| invalid())?;
+    if !phonenumber::is_valid(&number) {
+        return Err(invalid());
+    }
+    Ok(SecretString::from(
+        number.format().mode(phonenumber::Mode::E164).to_string(),
+    ))
+}
+
+/// Checks an e-mail address and returns it with the domain in lower case.
+pub fn normalise_email(input: &str) -> Result<SecretString, Error> {
+    let invalid = || {
+        Error::with_detail(
+            ErrorCode::InvalidEmailAddress,
+            "the e-mail address is not valid",
+        )
+    };
+    let trimmed = input.trim();
+    if trimmed.len() > 254 {
+        return Err(invalid());
+    }
+    let address: lettre::Address = trimmed.parse().map_err(|_| invalid())?;
+    let domain = address.domain().to_ascii_lowercase();
+    if !domain.contains('.') {
+        return Err(invalid());
+    }
+    Ok(SecretString::from(format!("{}@{}", address.user(), domain)))
+}
+
+/// `+33612345678` → `+33 6******78`: the country code, the first national digit and the
+/// last two, enough for the user to recognise their number.
+pub fn mask_phone(e164: &SecretString) -> String {
+    let text = e164.expose_secret();
+    let country = phonenumber::parse(None, text)
+        .map(|n| n.code().value().to_string())
+        .unwrap_or_default();
+    let national: Vec<char> = text
+        .trim_start_matches('+')
+        .chars()
+        .skip(country.len())
+        .collect();
+    if national.len() < 4 {
+        return format!("+{country} ****");
+    }
+    let hidden = "*".repeat(national.len() - 3);
+    format!(
+        "+{country} {}{hidden}{}{}",
+        national[0],
+        national[national.len() - 2],
+        national[national.len() - 1]
+    )
+}
+
+/// `jane.doe@example.org` → `j***@e***.org`.
+pub fn mask_email(address: &SecretString) -> String {
+    let text = address.expose_secret();
+    let (local, domain) = text.rsplit_once('@').unwrap_or((text, ""));
+    let first = local.chars().next().unwrap_or('*');
+    let (name, tld) = domain.rsplit_once('.').unwrap_or((domain, ""));
+    let domain_first = name.chars().next().unwrap_or('*');
+    format!("{first}***@{domain_first}***.{tld}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phones_are_normalised_to_e164_and_masked() {
+        let n = normalise_phone(" +33 6 12 34 56 78 ").unwrap();
+        assert_eq!(n.expose_secret(), "+33612345678");
+        assert_eq!(mask_phone(&n), "+33 6******78");
+        let us = normalise_phone("+1 (415) 555-2671").unwrap();
+        assert_eq!(us.expose_secret(), "+14155552671");
+        for bad in [
+            "0612345678",
+            "+33 1",
+            "+999 123456",
+            "hello",
+            "+33612345678999999999",
+        ] {
+            assert_eq!(
+                normalise_phone(bad).unwrap_err().code,
+                ErrorCode::InvalidPhoneNumber,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn emails_are_validated_and_masked() {
+        let e = normalise_email("Jane.Doe@Example.ORG").unwrap();
+        assert_eq!(e.expose_secret(), "Jane.Doe@example.org");
+        assert_eq!(mask_email(&e), "J***@e***.org");
+        for bad in ["nobody", "a@b", "@example.org", "a b@example.org"] {
+            assert_eq!(
+                normalise_email(bad).unwrap_err().code,
+                ErrorCode::InvalidEmailAddress,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn ids_are_random_and_prefixed() {
+        let a = new_id("m_");
+        assert!(a.starts_with("m_") && a.len() == 24);
+        assert_ne!(a, new_id("m_"));
+    }
+}

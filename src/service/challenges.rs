@@ -1,0 +1,189 @@
+//! Challenges: starting one on an existing method, and answering one with a code.
+
+use ghostkey_proto::api::{
+    AnswerRequest, AnswerResponse, ChallengePurpose as WireChallengePurpose, ChallengeView,
+    EnrollmentState, StartChallengeRequest,
+};
+use ghostkey_proto::assertion::Purpose;
+use ghostkey_proto::ErrorCode;
+
+use super::methods::{challenge_view, load_user, masked, method_view};
+use super::{messages, parse_code, Caller, Ghostkey};
+use crate::domain::challenge::{ChallengePurpose, ChallengeState};
+use crate::domain::limits::{address_limit, send_limits};
+use crate::domain::method::MethodState;
+use crate::domain::policy::AppPolicy;
+use crate::error::Error;
+use crate::store::StartChallenge;
+
+impl Ghostkey {
+    /// Starts a challenge: `confirm` sends a new code for a pending method; `proof` checks
+    /// a confirmed method before a change that needs one.
+    pub async fn start_challenge(
+        &self,
+        token: String,
+        caller: Caller,
+        request: StartChallengeRequest,
+    ) -> Result<ChallengeView, Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        let ctx = self
+            .blocking(move |store, rules| {
+                load_user(
+                    store,
+                    rules,
+                    &token,
+                    &[Purpose::Enroll, Purpose::Manage],
+                    &mac,
+                    now,
+                )
+            })
+            .await?;
+        let method = ctx
+            .user
+            .methods
+            .iter()
+            .find(|m| m.id == request.method_id)
+            .ok_or_else(|| Error::new(ErrorCode::MethodNotFound))?
+            .clone();
+        let has_confirmed = ctx
+            .user
+            .methods
+            .iter()
+            .any(|m| m.state == MethodState::Confirmed);
+        let purpose = match request.purpose {
+            WireChallengePurpose::Confirm => {
+                if method.state == MethodState::Confirmed {
+                    return Err(Error::with_detail(
+                        ErrorCode::InvalidField,
+                        "the method is already confirmed",
+                    ));
+                }
+                ChallengePurpose::Confirm
+            }
+            WireChallengePurpose::Proof => {
+                if method.state != MethodState::Confirmed {
+                    return Err(Error::new(ErrorCode::MethodNotConfirmed));
+                }
+                ChallengePurpose::Proof
+            }
+        };
+        // Once a method is confirmed, only the app provider's `manage` assertion reaches it.
+        if has_confirmed && ctx.assertion.purpose != Purpose::Manage {
+            return Err(Error::with_detail(
+                ErrorCode::AssertionWrongPurpose,
+                "the user has a confirmed method: this needs a `manage` assertion",
+            ));
+        }
+        if !ctx.app.policy.allowed_methods.contains(&method.kind) {
+            return Err(Error::new(ErrorCode::MethodKindNotAllowed));
+        }
+        let new = self.new_challenge(&method, purpose, &ctx.app, now).await?;
+        let policy = &ctx.app.policy;
+        let message = new
+            .code
+            .as_ref()
+            .map(|code| messages::code(&self.keys, &ctx.app.name, code, policy.code_lifetime_secs));
+        let limits = match &method.destination_mac {
+            Some(mac) => send_limits(
+                &ctx.app.id,
+                mac,
+                policy.sends_per_destination_per_hour,
+                policy.sends_per_destination_per_day,
+                policy.app_daily_send_budget,
+            ),
+            None => Vec::new(),
+        };
+        let view = challenge_view(&new.challenge, method.kind, masked(&self.keys, &method)?);
+        let challenge = new.challenge;
+        self.blocking(move |store, _| {
+            store.start_challenge(
+                &StartChallenge {
+                    assertion: &ctx.assertion,
+                    challenge: &challenge,
+                    message: message.as_ref(),
+                    limits: &limits,
+                },
+                now,
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.outbox_wake.notify_one();
+        Ok(view)
+    }
+
+    /// Answers a `confirm` challenge. Proof challenges are answered inside the request
+    /// they authorise. An unknown challenge costs the same work as a wrong code and gets
+    /// the same answer.
+    pub async fn answer(
+        &self,
+        caller: Caller,
+        challenge_id: String,
+        request: AnswerRequest,
+    ) -> Result<AnswerResponse, Error> {
+        let now = self.now();
+        let code = parse_code(&request.code)?;
+        let mac = self.caller_mac(caller);
+        let id = challenge_id.clone();
+        let (found, app_name) = self
+            .blocking(move |store, _| {
+                let found = store.challenge(&id)?;
+                let (app_id, policy) = match &found {
+                    Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
+                    None => (String::new(), AppPolicy::default()),
+                };
+                store.take_limits(
+                    &[address_limit(
+                        &app_id,
+                        &mac,
+                        policy.requests_per_address_per_minute,
+                    )],
+                    now,
+                )?;
+                let app_name = match &found {
+                    Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
+                    None => String::new(),
+                };
+                Ok((found, app_name))
+            })
+            .await?;
+        if let Some((ch, _, _)) = &found {
+            if ch.purpose == ChallengePurpose::Proof {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidProof,
+                    "a proof challenge is answered inside the request it authorises",
+                ));
+            }
+        }
+        let verdict = self.judge(found.as_ref(), &code, now).await?;
+        let Some((ch, method, _)) = found else {
+            return Err(Error::new(ErrorCode::InvalidCode));
+        };
+        let notice = messages::method_added(
+            &self.keys,
+            &app_name,
+            method.kind,
+            masked(&self.keys, &method)?.as_deref(),
+        );
+        let answered = self
+            .blocking(move |store, _| {
+                Ok(store.answer_challenge(&challenge_id, verdict, Some(&notice), now)?)
+            })
+            .await?;
+        if let Some(error) = answered.settlement.outcome.error(now) {
+            return Err(error);
+        }
+        debug_assert_eq!(answered.settlement.state, ChallengeState::Used);
+        self.outbox_wake.notify_one();
+        let mut method = method;
+        method.state = MethodState::Confirmed;
+        method.confirmed_at = method.confirmed_at.or(Some(now));
+        Ok(AnswerResponse {
+            challenge_id: ch.id,
+            purpose: WireChallengePurpose::Confirm,
+            method: method_view(&self.keys, &method)?,
+            enrollment_state: EnrollmentState::Active,
+        })
+    }
+}

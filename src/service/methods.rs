@@ -1,0 +1,417 @@
+//! Verification methods: add (with a proof once one is confirmed), list, remove, and the
+//! lifting of a user's lock by the app provider.
+
+use ghostkey_proto::api::{
+    AddMethodRequest, AddMethodResponse, ChallengePurpose as WireChallengePurpose, ChallengeView,
+    MethodList, MethodState as WireMethodState, MethodView, RemoveMethodRequest, TotpProvisioning,
+    UnlockResponse,
+};
+use ghostkey_proto::assertion::Purpose;
+use ghostkey_proto::ErrorCode;
+use secrecy::{ExposeSecret, SecretString};
+
+use super::{authenticate, messages, parse_code, Caller, Ghostkey};
+use crate::clock::UnixTime;
+use crate::domain::app::App;
+use crate::domain::assertion::{AssertionRules, VerifiedAssertion};
+use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
+use crate::domain::limits::{address_limit, send_limits};
+use crate::domain::method::{
+    mask_email, mask_phone, new_id, normalise_email, normalise_phone, Method, MethodState,
+};
+use crate::domain::policy::MethodKind;
+use crate::domain::{code, totp};
+use crate::error::Error;
+use crate::keys::ServerKeys;
+use crate::store::{AddMethod, ProofAnswer, RemoveMethod, Store, UserRecord};
+
+/// Most methods (pending included) a user may have.
+pub const MAX_METHODS_PER_USER: usize = 10;
+
+/// An authenticated request about one user: the assertion, the user and their app.
+pub(crate) struct UserContext {
+    pub assertion: VerifiedAssertion,
+    pub user: UserRecord,
+    pub app: App,
+}
+
+/// Verifies the assertion, spends one unit of the caller's address limit and loads the
+/// user and their app.
+pub(crate) fn load_user(
+    store: &dyn Store,
+    rules: &AssertionRules,
+    token: &str,
+    purposes: &[Purpose],
+    address_mac: &[u8],
+    now: UnixTime,
+) -> Result<UserContext, Error> {
+    let assertion = authenticate(store, rules, token, purposes, now)?;
+    let app = store
+        .app(&assertion.app_id)?
+        .ok_or_else(|| Error::internal("a verified assertion names a missing app"))?;
+    store.take_limits(
+        &[address_limit(
+            &app.id,
+            address_mac,
+            app.policy.requests_per_address_per_minute,
+        )],
+        now,
+    )?;
+    let user = store
+        .user(&assertion.app_id, &assertion.user_id)?
+        .ok_or_else(|| Error::new(ErrorCode::NotEnrolled))?;
+    Ok(UserContext {
+        assertion,
+        user,
+        app,
+    })
+}
+
+/// The masked destination of a method (`None` for TOTP).
+pub(crate) fn masked(keys: &ServerKeys, method: &Method) -> Result<Option<String>, Error> {
+    let mask: fn(&SecretString) -> String = match method.kind {
+        MethodKind::Totp => return Ok(None),
+        MethodKind::Sms => mask_phone,
+        MethodKind::Email => mask_email,
+    };
+    let plain = keys
+        .open(&method.key_id, &method.secret)
+        .map_err(Error::internal)?;
+    let text = String::from_utf8(plain.to_vec())
+        .map_err(|_| Error::internal("stored destination is not UTF-8"))?;
+    Ok(Some(mask(&SecretString::from(text))))
+}
+
+pub(crate) fn method_view(keys: &ServerKeys, method: &Method) -> Result<MethodView, Error> {
+    Ok(MethodView {
+        id: method.id.clone(),
+        kind: method.kind,
+        state: match method.state {
+            MethodState::Pending => WireMethodState::Pending,
+            MethodState::Confirmed => WireMethodState::Confirmed,
+        },
+        masked: masked(keys, method)?,
+        created_at: method.created_at,
+        confirmed_at: method.confirmed_at,
+    })
+}
+
+pub(crate) fn challenge_view(
+    ch: &Challenge,
+    kind: MethodKind,
+    masked: Option<String>,
+) -> ChallengeView {
+    ChallengeView {
+        id: ch.id.clone(),
+        purpose: match ch.purpose {
+            ChallengePurpose::Confirm => WireChallengePurpose::Confirm,
+            ChallengePurpose::Proof => WireChallengePurpose::Proof,
+        },
+        method_id: ch.method_id.clone(),
+        kind,
+        masked,
+        expires_at: ch.expires_at,
+        max_attempts: ch.max_attempts,
+    }
+}
+
+/// A new challenge on `method`; for SMS and e-mail, with a fresh code whose hash it keeps.
+pub(crate) struct NewChallenge {
+    pub challenge: Challenge,
+    pub code: Option<SecretString>,
+}
+
+impl Ghostkey {
+    pub(crate) fn caller_mac(&self, caller: Caller) -> Vec<u8> {
+        self.keys
+            .destination_mac("client-address", &caller.address.to_string())
+    }
+
+    pub(crate) async fn new_challenge(
+        &self,
+        method: &Method,
+        purpose: ChallengePurpose,
+        app: &App,
+        now: UnixTime,
+    ) -> Result<NewChallenge, Error> {
+        let (code, hashed) = if method.kind == MethodKind::Totp {
+            (None, None)
+        } else {
+            let code = code::generate(app.policy.code_digits);
+            let salt = code::new_salt();
+            let hash = self.hash_code(salt, code.clone()).await?;
+            (Some(code), Some((salt, hash)))
+        };
+        Ok(NewChallenge {
+            challenge: Challenge {
+                id: new_id("ch_"),
+                app_id: method.app_id.clone(),
+                user_id: method.user_id.clone(),
+                method_id: method.id.clone(),
+                purpose,
+                code: hashed,
+                attempts: 0,
+                max_attempts: app.policy.max_attempts_per_challenge,
+                state: ChallengeState::Open,
+                created_at: now,
+                expires_at: now + app.policy.code_lifetime_secs,
+            },
+            code,
+        })
+    }
+
+    /// Adds a method to the assertion's user: pending until its first correct code.
+    pub async fn add_method(
+        &self,
+        token: String,
+        caller: Caller,
+        request: AddMethodRequest,
+    ) -> Result<AddMethodResponse, Error> {
+        let now = self.now();
+        // Every check of the input comes before anything is spent.
+        let destination = match (request.kind, request.destination.as_deref()) {
+            (MethodKind::Totp, None) => None,
+            (MethodKind::Totp, Some(_)) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`destination` must be absent for totp",
+                ))
+            }
+            (MethodKind::Sms, Some(d)) => Some(normalise_phone(d)?),
+            (MethodKind::Email, Some(d)) => Some(normalise_email(d)?),
+            (_, None) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`destination` is required for sms and email",
+                ))
+            }
+        };
+        let proof_code = request
+            .proof
+            .as_ref()
+            .map(|p| parse_code(&p.code))
+            .transpose()?;
+        let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
+        let kind = request.kind;
+        let mac = self.caller_mac(caller);
+        let (ctx, proof_found) = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(store, rules, &token, &[Purpose::Enroll, Purpose::Manage], &mac, now)?;
+                let has_confirmed = ctx.user.methods.iter().any(|m| m.state == MethodState::Confirmed);
+                if has_confirmed && ctx.assertion.purpose != Purpose::Manage {
+                    return Err(Error::with_detail(
+                        ErrorCode::AssertionWrongPurpose,
+                        "once a method is confirmed, adding one needs a `manage` assertion and a proof",
+                    ));
+                }
+                if has_confirmed && proof_id.is_none() {
+                    return Err(Error::new(ErrorCode::ProofRequired));
+                }
+                if !ctx.app.policy.allowed_methods.contains(&kind) {
+                    return Err(Error::new(ErrorCode::MethodKindNotAllowed));
+                }
+                if guard_locked(&ctx.user) {
+                    return Err(Error::new(ErrorCode::Locked));
+                }
+                let proof_found = match &proof_id {
+                    Some(id) => store.challenge(id)?,
+                    None => None,
+                };
+                Ok((ctx, proof_found))
+            })
+            .await?;
+
+        let proof = match (request.proof, proof_code) {
+            (Some(p), Some(code)) => Some(ProofAnswer {
+                verdict: self.judge(proof_found.as_ref(), &code, now).await?,
+                challenge_id: p.challenge_id,
+            }),
+            _ => None,
+        };
+
+        let policy = &ctx.app.policy;
+        let (secret, destination_mac, provisioning, masked) = match (&destination, kind) {
+            (None, _) => {
+                let seed = totp::new_seed();
+                let p = totp::provisioning(
+                    &seed,
+                    policy.totp_digits,
+                    &ctx.app.name,
+                    &ctx.assertion.user_id,
+                )?;
+                (self.keys.seal(&seed), None, Some(p), None)
+            }
+            (Some(d), kind) => {
+                let masked = if kind == MethodKind::Sms {
+                    mask_phone(d)
+                } else {
+                    mask_email(d)
+                };
+                let mac = self.keys.destination_mac(kind.as_str(), d.expose_secret());
+                (
+                    self.keys.seal(d.expose_secret().as_bytes()),
+                    Some(mac),
+                    None,
+                    Some(masked),
+                )
+            }
+        };
+        let method = Method {
+            id: new_id("m_"),
+            app_id: ctx.assertion.app_id.clone(),
+            user_id: ctx.assertion.user_id.clone(),
+            kind,
+            state: MethodState::Pending,
+            key_id: self.keys.key_id().to_owned(),
+            secret,
+            destination_mac: destination_mac.clone(),
+            totp_last_step: None,
+            created_at: now,
+            confirmed_at: None,
+        };
+        let new = self
+            .new_challenge(&method, ChallengePurpose::Confirm, &ctx.app, now)
+            .await?;
+        let message = new
+            .code
+            .as_ref()
+            .map(|code| messages::code(&self.keys, &ctx.app.name, code, policy.code_lifetime_secs));
+        let limits = match &destination_mac {
+            Some(mac) => send_limits(
+                &ctx.app.id,
+                mac,
+                policy.sends_per_destination_per_hour,
+                policy.sends_per_destination_per_day,
+                policy.app_daily_send_budget,
+            ),
+            None => Vec::new(),
+        };
+        let answer = AddMethodResponse {
+            method: MethodView {
+                id: method.id.clone(),
+                kind,
+                state: WireMethodState::Pending,
+                masked: masked.clone(),
+                created_at: now,
+                confirmed_at: None,
+            },
+            challenge: challenge_view(&new.challenge, kind, masked),
+            totp: provisioning.map(|p| TotpProvisioning {
+                otpauth_uri: p.uri.expose_secret().to_owned(),
+                qr_png_base64: p.qr_png_base64.expose_secret().to_owned(),
+            }),
+        };
+        let challenge = new.challenge;
+        self.blocking(move |store, _| {
+            store.add_method(
+                &AddMethod {
+                    assertion: &ctx.assertion,
+                    proof: proof.as_ref(),
+                    method: &method,
+                    challenge: &challenge,
+                    message: message.as_ref(),
+                    limits: &limits,
+                    max_methods: MAX_METHODS_PER_USER,
+                },
+                now,
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.outbox_wake.notify_one();
+        Ok(answer)
+    }
+
+    /// Lists the user's methods, destinations masked (`manage` assertion).
+    pub async fn list_methods(&self, token: String, caller: Caller) -> Result<MethodList, Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        let ctx = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
+                store.consume_assertion(&ctx.assertion, now)?;
+                Ok(ctx)
+            })
+            .await?;
+        let methods = ctx
+            .user
+            .methods
+            .iter()
+            .map(|m| method_view(&self.keys, m))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(MethodList { methods })
+    }
+
+    /// Removes a method, with a `manage` assertion and a proof; never the last confirmed one.
+    pub async fn remove_method(
+        &self,
+        token: String,
+        caller: Caller,
+        method_id: String,
+        request: RemoveMethodRequest,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let proof_code = parse_code(&request.proof.code)?;
+        let mac = self.caller_mac(caller);
+        let proof_id = request.proof.challenge_id.clone();
+        let (ctx, proof_found) = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
+                let proof_found = store.challenge(&proof_id)?;
+                Ok((ctx, proof_found))
+            })
+            .await?;
+        let target = ctx
+            .user
+            .methods
+            .iter()
+            .find(|m| m.id == method_id)
+            .ok_or_else(|| Error::new(ErrorCode::MethodNotFound))?;
+        let notice = messages::method_removed(
+            &self.keys,
+            &ctx.app.name,
+            target.kind,
+            masked(&self.keys, target)?.as_deref(),
+        );
+        let proof = ProofAnswer {
+            verdict: self.judge(proof_found.as_ref(), &proof_code, now).await?,
+            challenge_id: request.proof.challenge_id,
+        };
+        self.blocking(move |store, _| {
+            store.remove_method(
+                &RemoveMethod {
+                    assertion: &ctx.assertion,
+                    proof: &proof,
+                    method_id: &method_id,
+                    notice: &notice,
+                },
+                now,
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Lifts the user's lock (`manage` assertion: the app provider vouches for the user).
+    pub async fn unlock(&self, token: String, caller: Caller) -> Result<UnlockResponse, Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        self.blocking(move |store, rules| {
+            let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
+            let was_locked = store.unlock_user(
+                &ctx.assertion.app_id,
+                &ctx.assertion.user_id,
+                Some(&ctx.assertion),
+                now,
+            )?;
+            Ok(UnlockResponse { was_locked })
+        })
+        .await
+    }
+}
+
+fn guard_locked(user: &UserRecord) -> bool {
+    user.guard.locked_at.is_some()
+}

@@ -1,0 +1,255 @@
+//! A small real SMTP server on 127.0.0.1:0 for tests: enough ESMTP for lettre without
+//! TLS, with switches to make it refuse a recipient or the whole service.
+#![allow(dead_code)]
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+/// One message as the server received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedMail {
+    /// The `MAIL FROM` address, without the angle brackets.
+    pub from: String,
+    /// The `RCPT TO` addresses, without the angle brackets.
+    pub to: Vec<String>,
+    /// The raw DATA section (headers and body, CRLF line ends), dot-unstuffed, without
+    /// the final `.` line.
+    pub data: String,
+}
+
+#[derive(Default)]
+struct State {
+    messages: Vec<ReceivedMail>,
+    /// The reply to the next RCPT TO instead of 250 (one-shot).
+    fail_next_rcpt: Option<String>,
+    /// The reply to every command after the greeting while set (the whole session).
+    fail_session: Option<String>,
+    /// Answer 421 on connect and close.
+    down: bool,
+    connections: usize,
+}
+
+/// The server; it stops when dropped.
+pub struct SmtpServer {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    task: JoinHandle<()>,
+}
+
+impl SmtpServer {
+    /// Binds 127.0.0.1:0 and serves connections, one task each, until dropped.
+    pub async fn start() -> SmtpServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let state = shared.clone();
+                tokio::spawn(async move {
+                    // A client that goes away mid-session is not the server's problem.
+                    let _ = session(stream, state).await;
+                });
+            }
+        });
+        SmtpServer { port, state, task }
+    }
+
+    /// The port it listens on (host 127.0.0.1).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The messages received so far.
+    pub fn messages(&self) -> Vec<ReceivedMail> {
+        lock(&self.state).messages.clone()
+    }
+
+    /// How many connections were accepted so far.
+    pub fn connections(&self) -> usize {
+        lock(&self.state).connections
+    }
+
+    /// Waits until at least `n` messages arrived or `timeout` passed; returns them all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<ReceivedMail> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n || Instant::now() >= deadline {
+                return messages;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Answers the next RCPT TO with `reply` (such as `550 5.1.1 no such user`), once.
+    pub fn fail_next(&self, reply: &str) {
+        lock(&self.state).fail_next_rcpt = Some(reply.to_owned());
+    }
+
+    /// Answers every command after the greeting with `reply` while set (None: normal).
+    pub fn fail_session(&self, reply: Option<&str>) {
+        lock(&self.state).fail_session = reply.map(str::to_owned);
+    }
+
+    /// While down, answers `421` on connect and closes the connection.
+    pub fn set_down(&self, down: bool) {
+        lock(&self.state).down = down;
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The address inside `<...>` after `prefix` (`MAIL FROM:` / `RCPT TO:`), parameters
+/// after it ignored.
+fn path_arg(line: &str, prefix: &str) -> Option<String> {
+    if line.len() < prefix.len() || !line[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        return None;
+    }
+    let rest = line[prefix.len()..].trim_start();
+    let rest = rest.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    Some(rest[..end].to_owned())
+}
+
+async fn session(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let down = {
+        let mut s = lock(&state);
+        s.connections += 1;
+        s.down
+    };
+    if down {
+        write
+            .write_all(b"421 4.3.2 service not available, closing channel\r\n")
+            .await?;
+        write.shutdown().await?;
+        return Ok(());
+    }
+    write
+        .write_all(b"220 localhost ESMTP test server\r\n")
+        .await?;
+
+    let mut from: Option<String> = None;
+    let mut to: Vec<String> = Vec::new();
+    let mut raw = Vec::new();
+    loop {
+        raw.clear();
+        if reader.read_until(b'\n', &mut raw).await? == 0 {
+            return Ok(());
+        }
+        let line = String::from_utf8_lossy(&raw);
+        let line = line.trim_end_matches(['\r', '\n']);
+        let verb = line
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        if verb == "QUIT" {
+            write.write_all(b"221 2.0.0 bye\r\n").await?;
+            write.shutdown().await?;
+            return Ok(());
+        }
+        let session_reply = lock(&state).fail_session.clone();
+        if let Some(reply) = session_reply {
+            write.write_all(format!("{reply}\r\n").as_bytes()).await?;
+            continue;
+        }
+        let reply: String = match verb.as_str() {
+            "EHLO" => {
+                "250-localhost greets you\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760"
+                    .to_owned()
+            }
+            "HELO" => "250 localhost".to_owned(),
+            "NOOP" => "250 2.0.0 OK".to_owned(),
+            "RSET" => {
+                from = None;
+                to.clear();
+                "250 2.0.0 OK".to_owned()
+            }
+            "MAIL" => match path_arg(line, "MAIL FROM:") {
+                Some(addr) => {
+                    from = Some(addr);
+                    to.clear();
+                    "250 2.1.0 OK".to_owned()
+                }
+                None => "501 5.5.4 syntax: MAIL FROM:<address>".to_owned(),
+            },
+            "RCPT" => {
+                if from.is_none() {
+                    "503 5.5.1 MAIL first".to_owned()
+                } else if let Some(reply) = lock(&state).fail_next_rcpt.take() {
+                    reply
+                } else {
+                    match path_arg(line, "RCPT TO:") {
+                        Some(addr) => {
+                            to.push(addr);
+                            "250 2.1.5 OK".to_owned()
+                        }
+                        None => "501 5.5.4 syntax: RCPT TO:<address>".to_owned(),
+                    }
+                }
+            }
+            "DATA" => {
+                if from.is_none() || to.is_empty() {
+                    "503 5.5.1 RCPT first".to_owned()
+                } else {
+                    write
+                        .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
+                        .await?;
+                    let data = read_data(&mut reader).await?;
+                    let mail = ReceivedMail {
+                        from: from.take().unwrap_or_default(),
+                        to: std::mem::take(&mut to),
+                        data,
+                    };
+                    lock(&state).messages.push(mail);
+                    "250 2.0.0 OK queued".to_owned()
+                }
+            }
+            "VRFY" => "252 2.1.5 cannot verify".to_owned(),
+            _ => "502 5.5.2 command not implemented".to_owned(),
+        };
+        write.write_all(reply.as_bytes()).await?;
+        write.write_all(b"\r\n").await?;
+    }
+}
+
+/// Reads a DATA section up to the line holding a single `.`, undoing dot-stuffing.
+async fn read_data<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<String> {
+    let mut data = Vec::new();
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if reader.read_until(b'\n', &mut line).await? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed in DATA",
+            ));
+        }
+        if line == b".\r\n" || line == b".\n" {
+            return Ok(String::from_utf8_lossy(&data).into_owned());
+        }
+        let unstuffed = if line.first() == Some(&b'.') {
+            &line[1..]
+        } else {
+            &line[..]
+        };
+        data.extend_from_slice(unstuffed);
+    }
+}
