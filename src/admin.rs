@@ -183,3 +183,21 @@ pub fn set_policy(
         .map_err(|e| explain(e, app_id, None))?;
     Ok(policy)
 }
+
+/// Lifts a user's lock and clears their failures (operator action). Returns whether the
+/// user was locked.
+pub fn unlock_user(
+    store: &dyn Store,
+    app_id: &str,
+    user_id: &str,
+    now: UnixTime,
+) -> Result<bool, AdminError> {
+    store
+        .unlock_user(app_id, user_id, None, now)
+        .map_err(|e| match e {
+            StoreError::NotEnrolled => {
+                AdminError(format!("app `{app_id}` has no enrolled user `{user_id}`"))
+            }
+            other => explain(other, app_id, None),
+        })
+}

@@ -369,9 +369,9 @@ fn secret_source(
     match (inline, file) {
         (Some(_), Some(_)) => Err(bad(
             key,
-            &format!("and `{key}_file` are both set; give only one"),
+            format!("and `{key}_file` are both set; give only one"),
         )),
-        (None, None) if required => Err(bad(key, &format!("(or `{key}_file`) must be set"))),
+        (None, None) if required => Err(bad(key, format!("(or `{key}_file`) must be set"))),
         (None, None) => Ok(false),
         _ => Ok(true),
     }
@@ -407,7 +407,7 @@ pub fn resolve_secret(
         (None, None) => Ok(None),
         (Some(_), Some(_)) => Err(bad(
             key,
-            &format!("and `{key}_file` are both set; give only one"),
+            format!("and `{key}_file` are both set; give only one"),
         )),
     }
 }

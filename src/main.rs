@@ -31,6 +31,20 @@ enum Command {
     /// Manage registered apps (app providers).
     #[command(subcommand)]
     App(AppCommand),
+    /// Act on one user of an app.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Lift a user's lock after too many failed codes (and clear their failure count).
+    Unlock {
+        /// The app id.
+        app_id: String,
+        /// The user id (the assertions' `sub`).
+        user_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -307,6 +321,22 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
     Ok(())
 }
 
+fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String> {
+    let store = ghostkey::server::open_store(config)?;
+    match command {
+        UserCommand::Unlock { app_id, user_id } => {
+            let was_locked = admin::unlock_user(&store, &app_id, &user_id, SystemClock.now())
+                .map_err(|e| e.0)?;
+            if was_locked {
+                eprintln!("user unlocked; their failure count is cleared");
+            } else {
+                eprintln!("the user was not locked; their failure count is cleared");
+            }
+        }
+    }
+    Ok(())
+}
+
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let running = ghostkey::server::start(&config)?;
@@ -332,6 +362,7 @@ fn main() -> ExitCode {
             serve(config)
         }
         Command::App(cmd) => run_app_command(&config, cmd),
+        Command::User(cmd) => run_user_command(&config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,402 @@
+//! Every abuse limit is hit and answered with its own code; counters live in the store
+//! and survive a restart. Codes are read from a local SMS gateway (the webhook adapter).
+
+mod common;
+
+use common::{enrol, sms_gateway, TestApp, TestServer};
+use ghostkey::domain::policy::PolicyChange;
+use ghostkey_client::proto::api::{AddMethodResponse, MethodKind};
+use ghostkey_client::proto::assertion::Purpose;
+use ghostkey_client::proto::ErrorCode;
+use ghostkey_client::ClientError;
+use wiremock::MockServer;
+
+async fn setup(change: PolicyChange) -> (TestServer, TestApp, MockServer) {
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
+    let app = server.register_app("Health");
+    server.set_policy(&app, change);
+    (server, app, gateway)
+}
+
+async fn add_phone(
+    server: &TestServer,
+    app: &TestApp,
+    user: &str,
+    phone: &str,
+) -> Result<AddMethodResponse, ClientError> {
+    server
+        .client()
+        .add_method(
+            &app.assertion(user, Purpose::Enroll),
+            MethodKind::Sms,
+            Some(phone),
+            None,
+        )
+        .await
+}
+
+fn retry_after(err: &ClientError) -> u64 {
+    match err {
+        ClientError::Api { problem, .. } => problem.retry_after.expect("a retry_after"),
+        other => panic!("not a problem: {other}"),
+    }
+}
+
+fn wrong(code: &str) -> String {
+    code.chars()
+        .map(|c| {
+            if c == '9' {
+                '0'
+            } else {
+                ((c as u8) + 1) as char
+            }
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn three_wrong_codes_kill_the_challenge_even_for_the_right_code() {
+    let (server, app, gateway) = setup(PolicyChange {
+        user_backoff_base_secs: Some(0),
+        ..Default::default()
+    })
+    .await;
+    enrol(&server, &app, "u").await;
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let code = sms_gateway::code(&gateway, 0).await;
+    let client = server.client();
+    for _ in 0..3 {
+        let err = client
+            .answer(&added.challenge.id, &wrong(&code))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    }
+    let err = client.answer(&added.challenge.id, &code).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooManyAttempts));
+    assert_eq!(server.query_i64("SELECT attempts FROM challenges"), 3);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM methods WHERE state = 'pending'"),
+        1
+    );
+    // Junk is refused without costing an attempt.
+    let err = client
+        .answer(&added.challenge.id, "12ab")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidField));
+    // An unknown challenge answers like a wrong code.
+    let err = client
+        .answer("ch_doesnotexist0000000", &code)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+}
+
+#[tokio::test]
+async fn expired_and_replayed_codes_are_refused() {
+    let (server, app, gateway) = setup(PolicyChange::default()).await;
+    enrol(&server, &app, "u").await;
+    let client = server.client();
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let code = sms_gateway::code(&gateway, 0).await;
+    server.clock.advance(600);
+    let err = client.answer(&added.challenge.id, &code).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CodeExpired));
+    assert_eq!(server.query_i64("SELECT attempts FROM challenges"), 0);
+
+    // A new code for the pending method; the right code once, then a replay.
+    let again = client
+        .start_challenge(
+            &app.assertion("u", Purpose::Enroll),
+            &added.method.id,
+            ghostkey_client::proto::api::ChallengePurpose::Confirm,
+        )
+        .await
+        .unwrap();
+    let code2 = sms_gateway::code(&gateway, 1).await;
+    assert_ne!(code, code2);
+    // The old code does not answer the new challenge.
+    assert_eq!(
+        client.answer(&again.id, &code).await.unwrap_err().code(),
+        Some(ErrorCode::InvalidCode)
+    );
+    server.clock.advance(2);
+    client.answer(&again.id, &code2).await.unwrap();
+    let err = client.answer(&again.id, &code2).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::CodeAlreadyUsed));
+}
+
+#[tokio::test]
+async fn failures_back_off_then_lock_until_a_manage_assertion_or_an_operator_unlocks() {
+    let (server, app, gateway) = setup(PolicyChange {
+        user_lock_threshold: Some(4),
+        max_attempts_per_challenge: Some(10),
+        ..Default::default()
+    })
+    .await;
+    enrol(&server, &app, "u").await;
+    let client = server.client();
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let code = sms_gateway::code(&gateway, 0).await;
+    let bad = wrong(&code);
+
+    // Back-off: 2 s, then 4 s, then 8 s; an answer inside the window is not even checked.
+    for (i, delay) in [2i64, 4, 8].iter().enumerate() {
+        let err = client.answer(&added.challenge.id, &bad).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidCode), "failure {i}");
+        let err = client.answer(&added.challenge.id, &code).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::UserBackoff));
+        // The wall clock may tick between the two answers.
+        assert!(
+            (*delay as u64 - 1..=*delay as u64).contains(&retry_after(&err)),
+            "{}",
+            retry_after(&err)
+        );
+        server.clock.advance(*delay);
+    }
+    assert_eq!(server.query_i64("SELECT attempts FROM challenges"), 3);
+    // The fourth failure locks the user: even the right code is refused, and so are new
+    // challenges.
+    let err = client.answer(&added.challenge.id, &bad).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Locked));
+    // A lock does not wear off with time.
+    server.clock.advance(120);
+    let err = client.answer(&added.challenge.id, &code).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Locked));
+    let err = add_phone(&server, &app, "u", "+33 6 12 34 56 79")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::Locked));
+
+    // Only a manage assertion (or an operator) lifts it; an enroll assertion cannot.
+    let err = client
+        .unlock(&app.assertion("u", Purpose::Enroll))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AssertionWrongPurpose));
+    assert!(
+        client
+            .unlock(&app.assertion("u", Purpose::Manage))
+            .await
+            .unwrap()
+            .was_locked
+    );
+    client.answer(&added.challenge.id, &code).await.unwrap();
+
+    // Lock again with a second user, and lift it with the operator command.
+    enrol(&server, &app, "v").await;
+    let other = add_phone(&server, &app, "v", "+33 6 12 34 56 79")
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        let _ = client.answer(&other.challenge.id, "00000000").await;
+        server.clock.advance(10);
+    }
+    assert!(
+        server.query_i64(
+            "SELECT count(*) FROM user_guards WHERE user_id = 'v' AND locked_at IS NOT NULL"
+        ) == 1
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"))
+        .args(["user", "unlock", &app.id, "v"])
+        .env("GHOSTKEY_DATABASE__PATH", server.db_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user unlocked"));
+    let code_v = sms_gateway::code(&gateway, 1).await;
+    client.answer(&other.challenge.id, &code_v).await.unwrap();
+}
+
+#[tokio::test]
+async fn sends_per_destination_are_limited_per_hour_and_per_day_and_survive_a_restart() {
+    let (server, app, gateway) = setup(PolicyChange {
+        sends_per_destination_per_hour: Some(2),
+        sends_per_destination_per_day: Some(3),
+        ..Default::default()
+    })
+    .await;
+    let client = server.client();
+    enrol(&server, &app, "u").await;
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let resend = |server: &TestServer| {
+        let client = server.client();
+        let token = app.assertion("u", Purpose::Enroll);
+        let method_id = added.method.id.clone();
+        async move {
+            client
+                .start_challenge(
+                    &token,
+                    &method_id,
+                    ghostkey_client::proto::api::ChallengePurpose::Confirm,
+                )
+                .await
+        }
+    };
+    resend(&server).await.unwrap();
+    let err = resend(&server).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DestinationRateLimited));
+    assert!((1..=3600).contains(&retry_after(&err)));
+    // Another user with the same number shares the destination's budget: mail bombing and
+    // SMS pumping are limited per destination, not per account.
+    enrol(&server, &app, "w").await;
+    let err = add_phone(&server, &app, "w", "+33612345678")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DestinationRateLimited));
+    // A refused request queued nothing.
+    assert_eq!(server.count("outbox"), 2);
+    drop(client);
+
+    // The counters are in the store: a restart changes nothing.
+    let gateway_again = sms_gateway::accepting().await;
+    let server = server.restart(|c| sms_gateway::configure(c, &gateway_again));
+    assert_eq!(
+        resend(&server).await.unwrap_err().code(),
+        Some(ErrorCode::DestinationRateLimited)
+    );
+    // An hour later, one more (the day allows 3), then the day is spent.
+    server.clock.advance(3600);
+    resend(&server).await.unwrap();
+    server.clock.advance(3600);
+    let err = resend(&server).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::DestinationRateLimited));
+    assert!(
+        retry_after(&err) > 3600,
+        "the day window is the one that is full"
+    );
+    drop(gateway);
+}
+
+#[tokio::test]
+async fn the_daily_send_budget_of_an_app_is_enforced() {
+    let (server, app, _gateway) = setup(PolicyChange {
+        app_daily_send_budget: Some(2),
+        ..Default::default()
+    })
+    .await;
+    for (user, phone) in [("a", "+33 6 12 34 56 01"), ("b", "+33 6 12 34 56 02")] {
+        enrol(&server, &app, user).await;
+        add_phone(&server, &app, user, phone).await.unwrap();
+    }
+    enrol(&server, &app, "c").await;
+    let err = add_phone(&server, &app, "c", "+33 6 12 34 56 03")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AppSendBudgetExhausted));
+    // Another app has its own budget.
+    let other = server.register_app("Other");
+    enrol(&server, &other, "c").await;
+    add_phone(&server, &other, "c", "+33 6 12 34 56 03")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn requests_per_client_address_are_limited_and_forwarded_for_needs_a_trusted_proxy() {
+    let run = |trusted: bool| async move {
+        let server = TestServer::start_with(|c| {
+            if trusted {
+                c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+            }
+        });
+        let app = server.register_app("Health");
+        server.set_policy(
+            &app,
+            PolicyChange {
+                requests_per_address_per_minute: Some(3),
+                ..Default::default()
+            },
+        );
+        enrol(&server, &app, "u").await;
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/methods", server.base_url);
+        let mut statuses = Vec::new();
+        for forwarded in [
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.2",
+        ] {
+            let res = http
+                .get(&url)
+                .bearer_auth(app.assertion("u", Purpose::Manage))
+                .header("x-forwarded-for", forwarded)
+                .send()
+                .await
+                .unwrap();
+            let retry = res.headers().get("retry-after").is_some();
+            let status = res.status().as_u16();
+            let body: serde_json::Value = res.json().await.unwrap();
+            if status == 429 {
+                assert_eq!(body["code"], "address_rate_limited");
+                assert!(retry);
+            }
+            statuses.push(status);
+        }
+        statuses
+    };
+    // Behind a trusted proxy, each forwarded address has its own budget.
+    assert_eq!(run(true).await, vec![200, 200, 200, 429, 200]);
+    // From an untrusted peer, the header is ignored: all five come from 127.0.0.1.
+    assert_eq!(run(false).await, vec![200, 200, 200, 429, 429]);
+}
+
+#[tokio::test]
+async fn concurrent_wrong_guesses_count_at_most_the_attempt_cap() {
+    let (server, app, gateway) = setup(PolicyChange {
+        user_backoff_base_secs: Some(0),
+        user_lock_threshold: Some(100),
+        requests_per_address_per_minute: Some(1000),
+        ..Default::default()
+    })
+    .await;
+    enrol(&server, &app, "u").await;
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let code = sms_gateway::code(&gateway, 0).await;
+    let mut tasks = Vec::new();
+    for i in 0..40u32 {
+        let client = server.client();
+        let id = added.challenge.id.clone();
+        let guess = format!("{:08}", (i * 7919) % 100_000_000);
+        let guess = if guess == code { wrong(&code) } else { guess };
+        tasks.push(tokio::spawn(
+            async move { client.answer(&id, &guess).await },
+        ));
+    }
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err.code(),
+                Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts)
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(server.query_i64("SELECT attempts FROM challenges"), 3);
+    assert_eq!(server.query_i64("SELECT failures FROM user_guards"), 3);
+    let err = server
+        .client()
+        .answer(&added.challenge.id, &code)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::TooManyAttempts));
+}
