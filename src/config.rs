@@ -484,18 +484,6 @@ impl Config {
         }
         self.validate_delivery()?;
         if self.mode == Mode::Production {
-            if self.sms.provider == SmsProvider::DevLog {
-                return Err(bad(
-                    "sms.provider",
-                    "is `dev-log`, which writes codes to the log; production needs `twilio` or `webhook`",
-                ));
-            }
-            if self.email.provider == EmailProvider::DevLog {
-                return Err(bad(
-                    "email.provider",
-                    "is `dev-log`, which writes codes to the log; production needs `smtp`",
-                ));
-            }
             if self.service_id == DEV_SERVICE_ID {
                 return Err(bad(
                     "service_id",
@@ -506,6 +494,18 @@ impl Config {
                 return Err(bad(
                     "keys.data_key_file",
                     "is not set; production refuses a generated development data key",
+                ));
+            }
+            if self.sms.provider == SmsProvider::DevLog {
+                return Err(bad(
+                    "sms.provider",
+                    "is `dev-log`, which writes codes to the log; production needs `twilio` or `webhook`",
+                ));
+            }
+            if self.email.provider == EmailProvider::DevLog {
+                return Err(bad(
+                    "email.provider",
+                    "is `dev-log`, which writes codes to the log; production needs `smtp`",
                 ));
             }
         }
@@ -669,14 +669,77 @@ mod tests {
         let e = Config::load_from(Some(f.path()), no_env()).unwrap_err().0;
         assert!(e.contains("service_id"), "{e}");
 
-        let f = toml("mode = \"production\"\nservice_id = \"gk.example.org\"\n");
+        let base = "mode = \"production\"\nservice_id = \"gk.example.org\"\n";
+        let f = toml(base);
         let e = Config::load_from(Some(f.path()), no_env()).unwrap_err().0;
         assert!(e.contains("keys.data_key_file"), "{e}");
 
-        let f = toml(
-            "mode = \"production\"\nservice_id = \"gk.example.org\"\n[keys]\ndata_key_file = \"/etc/ghostkey/data.key\"\n",
-        );
+        let keys = "[keys]\ndata_key_file = \"/etc/ghostkey/data.key\"\n";
+        let f = toml(&format!("{base}{keys}"));
+        let e = Config::load_from(Some(f.path()), no_env()).unwrap_err().0;
+        assert!(e.contains("sms.provider") && e.contains("dev-log"), "{e}");
+
+        let sms = "[sms]\nprovider = \"webhook\"\n[sms.webhook]\nurl = \"https://sms.example.org/send\"\nsecret_file = \"/etc/ghostkey/webhook\"\n";
+        let f = toml(&format!("{base}{sms}{keys}"));
+        let e = Config::load_from(Some(f.path()), no_env()).unwrap_err().0;
+        assert!(e.contains("email.provider"), "{e}");
+
+        let email = "[email]\nprovider = \"smtp\"\nsmtp_host = \"smtp.example.org\"\nfrom = \"Ghostkey <no-reply@example.org>\"\n";
+        let f = toml(&format!("{base}{sms}{email}{keys}"));
         Config::load_from(Some(f.path()), no_env()).unwrap();
+    }
+
+    #[test]
+    fn delivery_settings_are_checked_and_name_the_key() {
+        for (text, key) in [
+            ("[sms]\nprovider = \"twilio\"\n", "sms.twilio"),
+            (
+                "[sms]\nprovider = \"webhook\"\n[sms.webhook]\nurl = \"ftp://x\"\n",
+                "sms.webhook.url",
+            ),
+            (
+                "[sms]\nprovider = \"webhook\"\n[sms.webhook]\nurl = \"https://x\"\n",
+                "sms.webhook.secret",
+            ),
+            (
+                "[email]\nprovider = \"smtp\"\nfrom = \"not an address\"\n",
+                "email.from",
+            ),
+            (
+                "[email]\nprovider = \"smtp\"\nsmtp_username = \"u\"\n",
+                "email.smtp_username",
+            ),
+            ("[sms]\nprovider = \"carrier-pigeon\"\n", "sms.provider"),
+            ("[delivery]\nmax_attempts = 0\n", "delivery.max_attempts"),
+            (
+                "[server]\ntrusted_proxies = [\"not a network\"]\n",
+                "server.trusted_proxies",
+            ),
+        ] {
+            let f = toml(text);
+            let e = Config::load_from(Some(f.path()), no_env()).unwrap_err().0;
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
+    #[test]
+    fn secrets_come_from_files_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let got = resolve_secret("sms.webhook.secret", &None, &Some(path.clone()))
+            .unwrap()
+            .unwrap();
+        use secrecy::ExposeSecret;
+        assert_eq!(got.expose_secret(), "s3cret");
+        let e = resolve_secret(
+            "sms.webhook.secret",
+            &None,
+            &Some(dir.path().join("missing")),
+        )
+        .unwrap_err()
+        .0;
+        assert!(e.contains("sms.webhook.secret_file"), "{e}");
     }
 
     #[test]
@@ -686,18 +749,27 @@ mod tests {
         assert_eq!(c.mode, Mode::Production);
         let text = std::fs::read_to_string(&path).unwrap();
         let defaults = figment::value::Value::serialize(Config::default()).unwrap();
-        let mut keys = vec!["data_key".to_owned()];
-        if let Some(dict) = defaults.as_dict() {
-            for (k, v) in dict {
-                keys.push(k.clone());
-                if let Some(inner) = v.as_dict() {
-                    keys.extend(inner.keys().cloned());
+        let mut keys = vec![
+            "data_key".to_owned(),
+            "data_key_file".to_owned(),
+            "auth_token".to_owned(),
+            "secret".to_owned(),
+            "smtp_password".to_owned(),
+        ];
+        fn walk(value: &figment::value::Value, prefix: &str, keys: &mut Vec<String>) {
+            if let Some(dict) = value.as_dict() {
+                for (k, v) in dict {
+                    keys.push(k.clone());
+                    walk(v, &format!("{prefix}{k}."), keys);
                 }
             }
         }
+        walk(&defaults, "", &mut keys);
         for key in keys {
             assert!(
-                text.contains(&format!("{key} =")) || text.contains(&format!("[{key}]")),
+                text.contains(&format!("{key} ="))
+                    || text.contains(&format!("[{key}]"))
+                    || text.contains(&format!(".{key}]")),
                 "{key} is not documented"
             );
         }
