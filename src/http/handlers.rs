@@ -80,11 +80,14 @@ pub async fn readyz(service: web::Data<Ghostkey>) -> Result<HttpResponse, Error>
 
 pub async fn enroll(
     service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
     req: HttpRequest,
     body: web::Json<EnrollRequest>,
 ) -> Result<HttpResponse, Error> {
     let token = bearer(&req)?;
-    let answer = service.enroll(token, body.into_inner()).await?;
+    let answer = service
+        .enroll(token, caller(&req, &proxies), body.into_inner())
+        .await?;
     Ok(HttpResponse::Created().json(answer))
 }
 

@@ -3,8 +3,9 @@
 use ghostkey_proto::api::{EnrollRequest, EnrollResponse};
 use ghostkey_proto::assertion::Purpose;
 
-use super::{authenticate, Ghostkey};
+use super::{authenticate, Caller, Ghostkey};
 use crate::domain::enrollment::new_enrollment;
+use crate::domain::limits::address_limit;
 use crate::error::Error;
 
 impl Ghostkey {
@@ -12,11 +13,18 @@ impl Ghostkey {
     pub async fn enroll(
         &self,
         token: String,
+        caller: Caller,
         request: EnrollRequest,
     ) -> Result<EnrollResponse, Error> {
         let now = self.now();
+        let mac = self.caller_mac(caller);
         self.blocking(move |store, rules| {
             let assertion = authenticate(store, rules, &token, &[Purpose::Enroll], now)?;
+            if let Some(app) = store.app(&assertion.app_id)? {
+                let limit =
+                    address_limit(&app.id, &mac, app.policy.requests_per_address_per_minute);
+                store.take_limits(&[limit], now)?;
+            }
             let enrollment = new_enrollment(&assertion, &request, now)?;
             store.enroll(&assertion, &enrollment, now)?;
             Ok(EnrollResponse {
