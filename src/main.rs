@@ -84,11 +84,13 @@ struct KeyArgs {
     /// The key id, as the app provider puts it in the JWT header `kid`.
     #[arg(long)]
     key_id: String,
-    /// The Ed25519 public key: 32 bytes in base64url, or a PEM public key.
+    /// The Ed25519 public key: 32 bytes in base64url, or a PEM public key. (A base64url key
+    /// may start with `-`; it is still read as the value.)
     #[arg(
         long,
         required_unless_present = "public_key_file",
-        conflicts_with = "public_key_file"
+        conflicts_with = "public_key_file",
+        allow_hyphen_values = true
     )]
     public_key: Option<String>,
     /// A file holding the public key (PEM, as `openssl pkey -pubout` writes, or base64url).

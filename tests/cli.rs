@@ -316,3 +316,28 @@ fn app_registry_commands() {
     let apps: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(apps.as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn a_base64url_key_starting_with_a_dash_is_read_as_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    // Find a key whose base64url form starts with '-' (about 1 in 64).
+    let key = (0..10_000)
+        .map(|i| {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&(i as u32).to_le_bytes());
+            AppSigningKey::from_seed("k1", &seed)
+        })
+        .find(|k| k.public_key_b64().starts_with('-'))
+        .unwrap();
+    let out = run(ghostkey(dir.path()).args([
+        "app",
+        "add",
+        "--name",
+        "Dash",
+        "--key-id",
+        "k1",
+        "--public-key",
+        &key.public_key_b64(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
