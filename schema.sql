@@ -97,7 +97,7 @@ CREATE TABLE challenges (
     app_id        TEXT    NOT NULL,
     user_id       TEXT    NOT NULL,
     method_id     TEXT    NOT NULL REFERENCES methods(id) ON DELETE CASCADE,
-    purpose       TEXT    NOT NULL CHECK (purpose IN ('confirm', 'proof')),
+    purpose       TEXT    NOT NULL CHECK (purpose IN ('confirm', 'proof', 'recover')),
     code_salt     BLOB,
     code_hash     BLOB,
     attempts      INTEGER NOT NULL DEFAULT 0,
@@ -108,6 +108,22 @@ CREATE TABLE challenges (
     FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
 ) STRICT;
 CREATE INDEX challenges_by_user ON challenges (app_id, user_id);
+
+-- Recoveries: one per `recover` challenge. The sealed virtual device is released once,
+-- after a correct code and the app's waiting period, unless someone cancelled.
+CREATE TABLE recoveries (
+    challenge_id  TEXT    PRIMARY KEY REFERENCES challenges(id) ON DELETE CASCADE,
+    app_id        TEXT    NOT NULL,
+    user_id       TEXT    NOT NULL,
+    method_id     TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('started', 'waiting', 'released', 'cancelled')),
+    available_at  INTEGER,
+    released_at   INTEGER,
+    cancelled_at  INTEGER,
+    created_at    INTEGER NOT NULL,
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX recoveries_by_user ON recoveries (app_id, user_id);
 
 -- Fixed-window counters for rate limits and budgets; `subject` is an HMAC or an app id,
 -- never a destination or an address in clear.

@@ -16,6 +16,8 @@ pub struct Error {
     pub cause: Option<String>,
     /// For limits: seconds until trying again makes sense.
     pub retry_after: Option<u64>,
+    /// For `release_pending`: when the release becomes available.
+    pub available_at: Option<i64>,
 }
 
 impl Error {
@@ -26,6 +28,7 @@ impl Error {
             detail: None,
             cause: None,
             retry_after: None,
+            available_at: None,
         }
     }
 
@@ -37,6 +40,14 @@ impl Error {
         }
     }
 
+    /// The release waits until `available_at`.
+    pub fn release_pending(available_at: i64, now: i64) -> Error {
+        Error {
+            available_at: Some(available_at),
+            ..Error::retry_after(ErrorCode::ReleasePending, available_at - now)
+        }
+    }
+
     /// An error the caller caused, with a detail shown to them.
     pub fn with_detail(code: ErrorCode, detail: impl Into<String>) -> Error {
         Error {
@@ -44,6 +55,7 @@ impl Error {
             detail: Some(detail.into()),
             cause: None,
             retry_after: None,
+            available_at: None,
         }
     }
 
@@ -54,6 +66,7 @@ impl Error {
             detail: None,
             cause: Some(cause.to_string()),
             retry_after: None,
+            available_at: None,
         }
     }
 }

@@ -16,6 +16,8 @@ pub enum ChallengePurpose {
     Confirm,
     /// A fresh proof through a confirmed method, spent by a change that needs one.
     Proof,
+    /// Ghostkey's own check of the user before a release.
+    Recover,
 }
 
 impl ChallengePurpose {
@@ -24,6 +26,7 @@ impl ChallengePurpose {
         match self {
             ChallengePurpose::Confirm => "confirm",
             ChallengePurpose::Proof => "proof",
+            ChallengePurpose::Recover => "recover",
         }
     }
 }

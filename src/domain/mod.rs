@@ -8,4 +8,5 @@ pub mod enrollment;
 pub mod limits;
 pub mod method;
 pub mod policy;
+pub mod recovery;
 pub mod totp;

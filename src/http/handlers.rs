@@ -6,6 +6,9 @@ use ghostkey_proto::api::{
     AddMethodRequest, AnswerRequest, EnrollRequest, Health, RemoveMethodRequest,
     StartChallengeRequest,
 };
+use ghostkey_proto::api::{
+    CancelRecoveryRequest, ReplaceVirtualDeviceRequest, StartRecoveryRequest,
+};
 use ghostkey_proto::ErrorCode;
 use ipnet::IpNet;
 
@@ -164,6 +167,90 @@ pub async fn unlock(
     let token = bearer(&req)?;
     let answer = service.unlock(token, caller(&req, &proxies)).await?;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn start_recovery(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    body: web::Json<StartRecoveryRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let answer = service
+        .start_recovery(token, caller(&req, &proxies), body.into_inner())
+        .await?;
+    Ok(HttpResponse::Created().json(answer))
+}
+
+pub async fn verify_recovery(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    recovery_id: web::Path<String>,
+    body: web::Json<AnswerRequest>,
+) -> Result<HttpResponse, Error> {
+    let recovery_id = path_id(&recovery_id)?;
+    let answer = service
+        .verify_recovery(caller(&req, &proxies), recovery_id, body.into_inner())
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn release_recovery(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    recovery_id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let recovery_id = path_id(&recovery_id)?;
+    let answer = service
+        .release_recovery(token, caller(&req, &proxies), recovery_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn cancel_recovery(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    recovery_id: web::Path<String>,
+    body: web::Json<CancelRecoveryRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let recovery_id = path_id(&recovery_id)?;
+    let answer = service
+        .cancel_recovery(
+            token,
+            caller(&req, &proxies),
+            recovery_id,
+            body.into_inner(),
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn replace_virtual_device(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    body: web::Json<ReplaceVirtualDeviceRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    service
+        .replace_virtual_device(token, caller(&req, &proxies), body.into_inner())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn erase_user(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    service.erase_user(token, caller(&req, &proxies)).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 pub async fn not_found() -> Result<HttpResponse, Error> {

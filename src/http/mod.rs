@@ -69,6 +69,36 @@ pub fn configure(
                             .default_service(web::to(handlers::method_not_allowed)),
                     )
                     .service(
+                        web::resource("/recoveries")
+                            .route(web::post().to(handlers::start_recovery))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/recoveries/{recovery_id}/verify")
+                            .route(web::post().to(handlers::verify_recovery))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/recoveries/{recovery_id}/release")
+                            .route(web::post().to(handlers::release_recovery))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/recoveries/{recovery_id}/cancel")
+                            .route(web::post().to(handlers::cancel_recovery))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/virtual-device/replace")
+                            .route(web::post().to(handlers::replace_virtual_device))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/users/erase")
+                            .route(web::post().to(handlers::erase_user))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
                         web::resource("/users/unlock")
                             .route(web::post().to(handlers::unlock))
                             .default_service(web::to(handlers::method_not_allowed)),

@@ -19,6 +19,7 @@ impl ResponseError for Error {
         }
         let mut problem = Problem::new(self.code, self.detail.clone());
         problem.retry_after = self.retry_after;
+        problem.available_at = self.available_at;
         let mut response = HttpResponse::build(self.status_code());
         if let Some(seconds) = self.retry_after {
             response.insert_header((actix_web::http::header::RETRY_AFTER, seconds.to_string()));

@@ -33,7 +33,7 @@ impl Ghostkey {
                     store,
                     rules,
                     &token,
-                    &[Purpose::Enroll, Purpose::Manage],
+                    &[Purpose::Enroll, Purpose::Manage, Purpose::Recover],
                     &mac,
                     now,
                 )
@@ -51,6 +51,7 @@ impl Ghostkey {
             .methods
             .iter()
             .any(|m| m.state == MethodState::Confirmed);
+        let by = ctx.assertion.purpose;
         let purpose = match request.purpose {
             WireChallengePurpose::Confirm => {
                 if method.state == MethodState::Confirmed {
@@ -59,22 +60,41 @@ impl Ghostkey {
                         "the method is already confirmed",
                     ));
                 }
+                // Once a method is confirmed, only the app provider's `manage` assertion
+                // reaches the others.
+                let allowed = if has_confirmed {
+                    by == Purpose::Manage
+                } else {
+                    by != Purpose::Recover
+                };
+                if !allowed {
+                    return Err(Error::with_detail(
+                        ErrorCode::AssertionWrongPurpose,
+                        "a new code for a pending method needs an `enroll` assertion, or `manage` once a method is confirmed",
+                    ));
+                }
                 ChallengePurpose::Confirm
             }
             WireChallengePurpose::Proof => {
                 if method.state != MethodState::Confirmed {
                     return Err(Error::new(ErrorCode::MethodNotConfirmed));
                 }
+                // `recover` is allowed so that a user can cancel a recovery by proof.
+                if by == Purpose::Enroll {
+                    return Err(Error::with_detail(
+                        ErrorCode::AssertionWrongPurpose,
+                        "a proof challenge needs a `manage` or `recover` assertion",
+                    ));
+                }
                 ChallengePurpose::Proof
             }
+            WireChallengePurpose::Recover => {
+                return Err(Error::with_detail(
+                    ErrorCode::WrongChallenge,
+                    "start a recovery with POST /v1/recoveries",
+                ))
+            }
         };
-        // Once a method is confirmed, only the app provider's `manage` assertion reaches it.
-        if has_confirmed && ctx.assertion.purpose != Purpose::Manage {
-            return Err(Error::with_detail(
-                ErrorCode::AssertionWrongPurpose,
-                "the user has a confirmed method: this needs a `manage` assertion",
-            ));
-        }
         if !ctx.app.policy.allowed_methods.contains(&method.kind) {
             return Err(Error::new(ErrorCode::MethodKindNotAllowed));
         }
@@ -153,6 +173,12 @@ impl Ghostkey {
                 return Err(Error::with_detail(
                     ErrorCode::InvalidProof,
                     "a proof challenge is answered inside the request it authorises",
+                ));
+            }
+            if ch.purpose == ChallengePurpose::Recover {
+                return Err(Error::with_detail(
+                    ErrorCode::WrongChallenge,
+                    "a recovery code is verified with POST /v1/recoveries/{id}/verify",
                 ));
             }
         }

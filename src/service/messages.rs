@@ -67,3 +67,91 @@ pub fn method_removed(
     );
     seal(keys, MessageKind::Notice, &text)
 }
+
+/// Renders a Unix time for a message: UTC, to the minute.
+fn utc(time: i64) -> String {
+    let days = time.div_euclid(86_400);
+    let secs = time.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+/// To the user's other methods: a recovery was started.
+pub fn recovery_started(
+    keys: &ServerKeys,
+    app_name: &str,
+    kind: MethodKind,
+    masked: Option<&str>,
+) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: a recovery of your account was started, checked through {}. \
+         If this was not you, contact {app_name} now.",
+        describe(kind, masked)
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+/// To every method: the code was right, the release waits until `available_at`.
+pub fn recovery_waiting(
+    keys: &ServerKeys,
+    app_name: &str,
+    recovery_id: &str,
+    available_at: i64,
+) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: your account keys will be released to a new device on {} \
+         (recovery {recovery_id}). If this was not you, cancel it before then in the {app_name} app \
+         or contact {app_name}.",
+        utc(available_at)
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+/// To the user's other methods: the keys were released.
+pub fn recovery_released(keys: &ServerKeys, app_name: &str) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: your account keys were just released to a new device. \
+         If this was not you, contact {app_name} now."
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+/// To every method: the recovery was cancelled.
+pub fn recovery_cancelled(keys: &ServerKeys, app_name: &str, recovery_id: &str) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: recovery {recovery_id} was cancelled; nothing was released."
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+/// To every method: the sealed keys were replaced.
+pub fn virtual_device_replaced(keys: &ServerKeys, app_name: &str) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: the recovery copy of your account keys was replaced. \
+         If this was not you, contact {app_name} now."
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_render_in_utc() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00 UTC");
+        assert_eq!(super::utc(1_800_000_000), "2027-01-15 08:00 UTC");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00 UTC");
+    }
+}

@@ -106,6 +106,7 @@ pub(crate) fn challenge_view(
         purpose: match ch.purpose {
             ChallengePurpose::Confirm => WireChallengePurpose::Confirm,
             ChallengePurpose::Proof => WireChallengePurpose::Proof,
+            ChallengePurpose::Recover => WireChallengePurpose::Recover,
         },
         method_id: ch.method_id.clone(),
         kind,
@@ -322,13 +323,21 @@ impl Ghostkey {
         Ok(answer)
     }
 
-    /// Lists the user's methods, destinations masked (`manage` assertion).
+    /// Lists the user's methods, destinations masked (`manage` assertion, or `recover` for a
+    /// new device choosing how to prove itself).
     pub async fn list_methods(&self, token: String, caller: Caller) -> Result<MethodList, Error> {
         let now = self.now();
         let mac = self.caller_mac(caller);
         let ctx = self
             .blocking(move |store, rules| {
-                let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
+                let ctx = load_user(
+                    store,
+                    rules,
+                    &token,
+                    &[Purpose::Manage, Purpose::Recover],
+                    &mac,
+                    now,
+                )?;
                 store.consume_assertion(&ctx.assertion, now)?;
                 Ok(ctx)
             })

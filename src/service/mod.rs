@@ -6,6 +6,7 @@ pub mod challenges;
 pub mod enrollment;
 pub mod messages;
 pub mod methods;
+pub mod recovery;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -39,6 +40,8 @@ impl From<StoreError> for Error {
             StoreError::InvalidProof => Error::new(ErrorCode::InvalidProof),
             StoreError::Locked => Error::new(ErrorCode::Locked),
             StoreError::LimitReached { code, retry_after } => Error::retry_after(code, retry_after),
+            StoreError::RecoveryNotFound => Error::new(ErrorCode::RecoveryNotFound),
+            StoreError::Refused(error) => *error,
             StoreError::ProofRefused(outcome) => outcome.error(0).unwrap_or_else(|| {
                 Error::internal("a proof was refused with an accepting outcome")
             }),

@@ -18,6 +18,7 @@ use crate::domain::enrollment::Enrollment;
 use crate::domain::limits::Limit;
 use crate::domain::method::Method;
 use crate::domain::policy::AppPolicy;
+use crate::domain::recovery::Recovery;
 
 pub use sqlite::SqliteStore;
 
@@ -77,6 +78,12 @@ pub enum StoreError {
         /// Seconds until its window ends.
         retry_after: i64,
     },
+    /// No such recovery for this user.
+    #[error("no such recovery")]
+    RecoveryNotFound,
+    /// A domain rule refused the operation; the error says why.
+    #[error("refused: {0}")]
+    Refused(Box<crate::error::Error>),
     /// The database failed; the message is for the log only.
     #[error("database error: {0}")]
     Backend(String),
@@ -242,6 +249,42 @@ pub struct OutboxCounts {
     pub failed: u64,
 }
 
+/// Starts a recovery: a `recover` challenge, its code message and a notice to the user's
+/// other methods, in one transaction.
+#[derive(Debug)]
+pub struct StartRecovery<'a> {
+    /// The `recover` assertion (its `jti` is consumed).
+    pub assertion: &'a VerifiedAssertion,
+    /// The challenge.
+    pub challenge: &'a Challenge,
+    /// The code message (SMS and e-mail).
+    pub message: Option<&'a NewMessage>,
+    /// The limits the message spends.
+    pub limits: &'a [Limit],
+    /// "A recovery was started", to the user's other confirmed methods.
+    pub notice: &'a NewMessage,
+}
+
+/// The notices a verified recovery code may send.
+#[derive(Debug)]
+pub struct RecoveryNotices<'a> {
+    /// "Released", to the user's other confirmed methods.
+    pub released: &'a NewMessage,
+    /// "Will be released at ..., cancel if it is not you", to every confirmed method.
+    pub waiting: &'a NewMessage,
+}
+
+/// What a recovery code did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedRecovery {
+    /// The challenge's settlement.
+    pub settlement: Settlement,
+    /// The recovery afterwards.
+    pub recovery: Recovery,
+    /// The sealed virtual device, when released now.
+    pub sealed: Option<Vec<u8>>,
+}
+
 /// Everything Ghostkey stores.
 pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
@@ -313,6 +356,49 @@ pub trait Store: Send + Sync + 'static {
         assertion: Option<&VerifiedAssertion>,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
+    /// Starts a recovery.
+    fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError>;
+    /// A recovery by id.
+    fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError>;
+    /// Settles a recovery code; when right, releases now (returning the sealed virtual
+    /// device) or starts the waiting period, and queues the matching notices.
+    fn verify_recovery(
+        &self,
+        challenge_id: &str,
+        verdict: Verdict,
+        notices: &RecoveryNotices<'_>,
+        now: UnixTime,
+    ) -> Result<VerifiedRecovery, StoreError>;
+    /// Releases a recovery whose waiting period is over, to a `recover` assertion of its
+    /// user; nothing changes when the release is refused.
+    fn release_recovery(
+        &self,
+        assertion: &VerifiedAssertion,
+        challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(Recovery, Vec<u8>), StoreError>;
+    /// Cancels a recovery (a `manage` assertion, or any assertion of the user with a proof).
+    fn cancel_recovery(
+        &self,
+        assertion: &VerifiedAssertion,
+        proof: Option<&ProofAnswer>,
+        challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<Recovery, StoreError>;
+    /// Replaces the sealed virtual device (`manage` assertion and a proof).
+    fn replace_virtual_device(
+        &self,
+        assertion: &VerifiedAssertion,
+        proof: &ProofAnswer,
+        sealed: &[u8],
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Deletes every row of the assertion's user (right to erasure).
+    fn erase_user(&self, assertion: &VerifiedAssertion, now: UnixTime) -> Result<(), StoreError>;
+
     /// Takes one unit from each limit, all or none.
     fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;
 

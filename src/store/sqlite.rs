@@ -9,7 +9,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, Transact
 
 use super::{
     AddMethod, Answered, ClaimedMessage, MessageKind, NewMessage, OutboxCounts, ProofAnswer,
-    RemoveMethod, SendResult, StartChallenge, Store, StoreError, UserRecord,
+    RecoveryNotices, RemoveMethod, SendResult, StartChallenge, StartRecovery, Store, StoreError,
+    UserRecord, VerifiedRecovery,
 };
 use crate::clock::UnixTime;
 use crate::config::Synchronous;
@@ -22,6 +23,7 @@ use crate::domain::enrollment::Enrollment;
 use crate::domain::limits::Limit;
 use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::{AppPolicy, MethodKind};
+use crate::domain::recovery::{self, Recovery, RecoveryState};
 
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
@@ -267,10 +269,10 @@ fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
         app_id: row.get(1)?,
         user_id: row.get(2)?,
         method_id: row.get(3)?,
-        purpose: if purpose == "proof" {
-            ChallengePurpose::Proof
-        } else {
-            ChallengePurpose::Confirm
+        purpose: match purpose.as_str() {
+            "proof" => ChallengePurpose::Proof,
+            "recover" => ChallengePurpose::Recover,
+            _ => ChallengePurpose::Confirm,
         },
         code,
         attempts: row.get(7)?,
@@ -529,6 +531,75 @@ fn guard_allows_start(guard: &Guard) -> Result<(), StoreError> {
         return Err(StoreError::Locked);
     }
     Ok(())
+}
+
+const RECOVERY_COLUMNS: &str =
+    "challenge_id, app_id, user_id, method_id, state, available_at, released_at, cancelled_at, created_at";
+
+fn recovery_from_row(row: &Row<'_>) -> rusqlite::Result<Recovery> {
+    let state: String = row.get(4)?;
+    Ok(Recovery {
+        challenge_id: row.get(0)?,
+        app_id: row.get(1)?,
+        user_id: row.get(2)?,
+        method_id: row.get(3)?,
+        state: RecoveryState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                "unknown recovery state".into(),
+            )
+        })?,
+        available_at: row.get(5)?,
+        released_at: row.get(6)?,
+        cancelled_at: row.get(7)?,
+        created_at: row.get(8)?,
+    })
+}
+
+fn load_recovery(tx: &Connection, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
+    Ok(tx
+        .query_row(
+            &format!("SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE challenge_id = ?1"),
+            [challenge_id],
+            recovery_from_row,
+        )
+        .optional()?)
+}
+
+/// The recovery `challenge_id` of the assertion's user, or `RecoveryNotFound` (also for
+/// another user's recovery: its existence is not revealed).
+fn load_own_recovery(
+    tx: &Connection,
+    assertion: &VerifiedAssertion,
+    challenge_id: &str,
+) -> Result<Recovery, StoreError> {
+    match load_recovery(tx, challenge_id)? {
+        Some(r) if r.app_id == assertion.app_id && r.user_id == assertion.user_id => Ok(r),
+        _ => Err(StoreError::RecoveryNotFound),
+    }
+}
+
+fn save_recovery(tx: &Connection, r: &Recovery) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE recoveries SET state = ?2, available_at = ?3, released_at = ?4, cancelled_at = ?5 WHERE challenge_id = ?1",
+        params![r.challenge_id, r.state.as_str(), r.available_at, r.released_at, r.cancelled_at],
+    )?;
+    Ok(())
+}
+
+fn sealed_blob(tx: &Connection, app_id: &str, user_id: &str) -> Result<Vec<u8>, StoreError> {
+    tx.query_row(
+        "SELECT sealed_virtual_device FROM users WHERE app_id = ?1 AND user_id = ?2",
+        params![app_id, user_id],
+        |r| r.get(0),
+    )
+    .optional()?
+    .ok_or(StoreError::NotEnrolled)
+}
+
+fn refused(e: crate::error::Error) -> StoreError {
+    StoreError::Refused(Box::new(e))
 }
 
 fn state_to_text(state: EnrollmentState) -> &'static str {
@@ -928,6 +999,167 @@ impl Store for SqliteStore {
             let was_locked = load_guard(tx, app_id, user_id)?.locked_at.is_some();
             save_guard(tx, app_id, user_id, &Guard::default())?;
             Ok(was_locked)
+        })
+    }
+
+    fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            consume_jti(tx, cmd.assertion, now)?;
+            let ch = cmd.challenge;
+            guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+            take_limits_in(tx, cmd.limits, now)??;
+            insert_challenge(tx, ch)?;
+            tx.execute(
+                &format!("INSERT INTO recoveries ({RECOVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 'started', NULL, NULL, NULL, ?5)"),
+                params![ch.id, ch.app_id, ch.user_id, ch.method_id, now],
+            )?;
+            if let Some(msg) = cmd.message {
+                enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
+            }
+            enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)?;
+            Ok(())
+        })
+    }
+
+    fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
+        load_recovery(&*self.conn()?, challenge_id)
+    }
+
+    fn verify_recovery(
+        &self,
+        challenge_id: &str,
+        verdict: Verdict,
+        notices: &RecoveryNotices<'_>,
+        now: UnixTime,
+    ) -> Result<VerifiedRecovery, StoreError> {
+        self.write(|tx| {
+            let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+            let mut rec = load_recovery(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+            let (_, settlement) = settle_in(tx, &ch, verdict, now)?;
+            let mut sealed = None;
+            if settlement.outcome == Outcome::Accepted {
+                // A cancelled recovery stays cancelled even if its code arrives later.
+                recovery::check_cancel(&rec).map_err(refused)?;
+                let policy = load_policy(tx, &ch.app_id)?;
+                let (state, at) = recovery::after_verified_code(policy.waiting_period_secs, now);
+                rec.state = state;
+                rec.available_at = Some(at);
+                if state == RecoveryState::Released {
+                    rec.released_at = Some(now);
+                    sealed = Some(sealed_blob(tx, &ch.app_id, &ch.user_id)?);
+                    enqueue_to_others(
+                        tx,
+                        &ch.app_id,
+                        &ch.user_id,
+                        &ch.method_id,
+                        notices.released,
+                        now,
+                    )?;
+                } else {
+                    enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
+                }
+                save_recovery(tx, &rec)?;
+            }
+            Ok(VerifiedRecovery {
+                settlement,
+                recovery: rec,
+                sealed,
+            })
+        })
+    }
+
+    fn release_recovery(
+        &self,
+        assertion: &VerifiedAssertion,
+        challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(Recovery, Vec<u8>), StoreError> {
+        self.write(|tx| {
+            consume_jti(tx, assertion, now)?;
+            let mut rec = load_own_recovery(tx, assertion, challenge_id)?;
+            recovery::check_release(&rec, now).map_err(refused)?;
+            rec.state = RecoveryState::Released;
+            rec.released_at = Some(now);
+            save_recovery(tx, &rec)?;
+            let sealed = sealed_blob(tx, &rec.app_id, &rec.user_id)?;
+            enqueue_to_others(tx, &rec.app_id, &rec.user_id, &rec.method_id, notice, now)?;
+            Ok((rec, sealed))
+        })
+    }
+
+    fn cancel_recovery(
+        &self,
+        assertion: &VerifiedAssertion,
+        proof: Option<&ProofAnswer>,
+        challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<Recovery, StoreError> {
+        self.write_keeping(|tx| {
+            consume_jti(tx, assertion, now)?;
+            let mut rec = load_own_recovery(tx, assertion, challenge_id)?;
+            recovery::check_cancel(&rec).map_err(refused)?;
+            if let Some(proof) = proof {
+                if let Err(refusal) = settle_proof(tx, proof, assertion, now)? {
+                    return Ok(Err(refusal));
+                }
+            }
+            rec.state = RecoveryState::Cancelled;
+            rec.cancelled_at = Some(now);
+            save_recovery(tx, &rec)?;
+            // The challenge dies with it: a late right code releases nothing.
+            tx.execute(
+                "UPDATE challenges SET state = 'dead' WHERE id = ?1 AND state = 'open'",
+                [challenge_id],
+            )?;
+            enqueue_to_others(tx, &rec.app_id, &rec.user_id, "", notice, now)?;
+            Ok(Ok(rec))
+        })
+    }
+
+    fn replace_virtual_device(
+        &self,
+        assertion: &VerifiedAssertion,
+        proof: &ProofAnswer,
+        sealed: &[u8],
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write_keeping(|tx| {
+            consume_jti(tx, assertion, now)?;
+            if !user_exists(tx, &assertion.app_id, &assertion.user_id)? {
+                return Err(StoreError::NotEnrolled);
+            }
+            if let Err(refusal) = settle_proof(tx, proof, assertion, now)? {
+                return Ok(Err(refusal));
+            }
+            tx.execute(
+                "UPDATE users SET sealed_virtual_device = ?3, updated_at = ?4 WHERE app_id = ?1 AND user_id = ?2",
+                params![assertion.app_id, assertion.user_id, sealed, now],
+            )?;
+            enqueue_to_others(tx, &assertion.app_id, &assertion.user_id, "", notice, now)?;
+            Ok(Ok(()))
+        })
+    }
+
+    fn erase_user(&self, assertion: &VerifiedAssertion, now: UnixTime) -> Result<(), StoreError> {
+        self.write(|tx| {
+            consume_jti(tx, assertion, now)?;
+            // Foreign keys cascade to guards, methods, challenges, recoveries and queued
+            // messages; each is also deleted explicitly so erasure does not hang on them.
+            let (app, user) = (&assertion.app_id, &assertion.user_id);
+            tx.execute(
+                "DELETE FROM outbox WHERE method_id IN (SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2)",
+                params![app, user],
+            )?;
+            for table in ["recoveries", "challenges", "methods", "user_guards"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE app_id = ?1 AND user_id = ?2"), params![app, user])?;
+            }
+            if tx.execute("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2", params![app, user])? == 0 {
+                return Err(StoreError::NotEnrolled);
+            }
+            Ok(())
         })
     }
 

@@ -296,6 +296,28 @@ pub mod sms_gateway {
         }
     }
 
+    /// The code in the first code message the gateway receives after its first `after`
+    /// messages (notices carry no code).
+    pub async fn next_code(gateway: &MockServer, after: usize) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = received(gateway).await;
+            for m in got.iter().skip(after) {
+                let body = m["body"].as_str().unwrap_or_default();
+                if body.contains("verification code") {
+                    if let Some(code) = super::find_code(body, 8) {
+                        return code;
+                    }
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no code message after {after}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// The code in the `n`-th message (0-based).
     pub async fn code(gateway: &MockServer, n: usize) -> String {
         let messages = wait_for(gateway, n + 1).await;

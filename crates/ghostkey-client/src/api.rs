@@ -3,9 +3,10 @@
 use std::time::Duration;
 
 use ghostkey_proto::api::{
-    AddMethodRequest, AddMethodResponse, AnswerRequest, AnswerResponse, ChallengePurpose,
-    ChallengeView, DevicePublicKeys, EnrollRequest, EnrollResponse, Health, MethodKind, MethodList,
-    Proof, RemoveMethodRequest, StartChallengeRequest, UnlockResponse,
+    AddMethodRequest, AddMethodResponse, AnswerRequest, AnswerResponse, CancelRecoveryRequest,
+    ChallengePurpose, ChallengeView, DevicePublicKeys, EnrollRequest, EnrollResponse, Health,
+    MethodKind, MethodList, Proof, RecoveryResponse, RemoveMethodRequest,
+    ReplaceVirtualDeviceRequest, StartChallengeRequest, StartRecoveryRequest, UnlockResponse,
 };
 use ghostkey_proto::{b64, ErrorCode, Problem};
 use reqwest::{StatusCode, Url};
@@ -24,7 +25,7 @@ pub enum ClientError {
         /// The typed code.
         code: Option<ErrorCode>,
         /// The whole problem document.
-        problem: Problem,
+        problem: Box<Problem>,
     },
     /// The request did not reach Ghostkey or the answer did not arrive.
     #[error("transport: {0}")]
@@ -216,6 +217,111 @@ impl Client {
         .await
     }
 
+    /// `POST /v1/recoveries`: starts a recovery with a confirmed method (`recover`
+    /// assertion). The code goes by SMS or e-mail; for TOTP, the user types their app's code.
+    pub async fn start_recovery(
+        &self,
+        assertion: &str,
+        method_id: &str,
+    ) -> Result<ChallengeView, ClientError> {
+        let body = StartRecoveryRequest {
+            method_id: method_id.to_owned(),
+        };
+        self.post("/v1/recoveries", assertion, &body, StatusCode::CREATED)
+            .await
+    }
+
+    /// `POST /v1/recoveries/{id}/verify`: the code the user typed. Released at once, or
+    /// `waiting` until the app's waiting period ends.
+    pub async fn verify_recovery(
+        &self,
+        recovery_id: &str,
+        code: &str,
+    ) -> Result<RecoveryResponse, ClientError> {
+        let path = format!("/v1/recoveries/{}/verify", path_segment(recovery_id)?);
+        let res = self
+            .http
+            .post(self.url(&path)?)
+            .json(&AnswerRequest {
+                code: code.to_owned(),
+            })
+            .send()
+            .await?;
+        answer(res, StatusCode::OK).await
+    }
+
+    /// `POST /v1/recoveries/{id}/release`: after the waiting period (`recover` assertion).
+    pub async fn release_recovery(
+        &self,
+        assertion: &str,
+        recovery_id: &str,
+    ) -> Result<RecoveryResponse, ClientError> {
+        let path = format!("/v1/recoveries/{}/release", path_segment(recovery_id)?);
+        self.post(&path, assertion, &serde_json::json!({}), StatusCode::OK)
+            .await
+    }
+
+    /// `POST /v1/recoveries/{id}/cancel`: a `manage` assertion alone, or a `recover`
+    /// assertion with a proof.
+    pub async fn cancel_recovery(
+        &self,
+        assertion: &str,
+        recovery_id: &str,
+        proof: Option<Proof>,
+    ) -> Result<RecoveryResponse, ClientError> {
+        let path = format!("/v1/recoveries/{}/cancel", path_segment(recovery_id)?);
+        self.post(
+            &path,
+            assertion,
+            &CancelRecoveryRequest { proof },
+            StatusCode::OK,
+        )
+        .await
+    }
+
+    /// `POST /v1/virtual-device/replace`: stores the virtual device sealed under a new
+    /// user secret (`manage` assertion and a proof).
+    pub async fn replace_virtual_device(
+        &self,
+        assertion: &str,
+        sealed_virtual_device: &[u8],
+        proof: Proof,
+    ) -> Result<(), ClientError> {
+        let body = ReplaceVirtualDeviceRequest {
+            sealed_virtual_device: b64::encode(sealed_virtual_device),
+            proof,
+        };
+        self.post_no_content("/v1/virtual-device/replace", assertion, &body)
+            .await
+    }
+
+    /// `POST /v1/users/erase`: deletes everything Ghostkey holds for the user (`manage`).
+    pub async fn erase_user(&self, assertion: &str) -> Result<(), ClientError> {
+        self.post_no_content("/v1/users/erase", assertion, &serde_json::json!({}))
+            .await
+    }
+
+    async fn post_no_content<B: Serialize>(
+        &self,
+        path: &str,
+        assertion: &str,
+        body: &B,
+    ) -> Result<(), ClientError> {
+        let res = self
+            .http
+            .post(self.url(path)?)
+            .bearer_auth(assertion)
+            .json(body)
+            .send()
+            .await?;
+        if res.status() == StatusCode::NO_CONTENT {
+            return Ok(());
+        }
+        answer::<serde_json::Value>(res, StatusCode::NO_CONTENT)
+            .await
+            .map(|_| ())
+    }
+
     async fn post<B: Serialize, T: DeserializeOwned>(
         &self,
         path: &str,
@@ -262,7 +368,7 @@ async fn answer<T: DeserializeOwned>(
     match serde_json::from_slice::<Problem>(&bytes) {
         Ok(problem) => Err(ClientError::Api {
             code: ErrorCode::from_code(&problem.code),
-            problem,
+            problem: Box::new(problem),
         }),
         Err(_) => Err(ClientError::Unexpected {
             status: status.as_u16(),

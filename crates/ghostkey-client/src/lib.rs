@@ -6,6 +6,8 @@
 //! - [`api`]: a typed HTTP client for the `/v1` API.
 //! - [`enroll`]: the enrolment flow, from a user secret and an assertion to a stored,
 //!   pending enrolment.
+//! - [`recovery`]: the recovery driver, from a user secret and `recover` assertions to
+//!   the virtual device's keys on a new device.
 //!
 //! No server dependencies: no actix, no SQLite.
 #![forbid(unsafe_code)]
@@ -14,6 +16,7 @@
 pub mod api;
 pub mod device;
 pub mod kit;
+pub mod recovery;
 pub mod sealed;
 
 pub use api::{Client, ClientError};

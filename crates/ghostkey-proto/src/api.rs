@@ -150,6 +150,8 @@ pub enum ChallengePurpose {
     Confirm,
     /// A fresh proof through a confirmed method, for a change that needs one.
     Proof,
+    /// Ghostkey's own check before it releases the sealed virtual device.
+    Recover,
 }
 
 /// A challenge as Ghostkey shows it.
@@ -244,4 +246,64 @@ pub struct RemoveMethodRequest {
 pub struct UnlockResponse {
     /// Whether the user was locked.
     pub was_locked: bool,
+}
+
+/// `POST /v1/recoveries`, with a `recover` assertion: starts a recovery with one of the
+/// user's confirmed methods.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRecoveryRequest {
+    /// The confirmed method to check the user with.
+    pub method_id: String,
+}
+
+/// Where a recovery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecoveryState {
+    /// Started: waiting for the code.
+    Started,
+    /// The code was right; the release waits for the app's waiting period.
+    Waiting,
+    /// The sealed virtual device was released.
+    Released,
+    /// Cancelled: it will never release.
+    Cancelled,
+}
+
+/// The answer to a verified code, a release or a cancellation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecoveryResponse {
+    /// The recovery (its challenge id).
+    pub recovery_id: String,
+    /// Where it stands.
+    pub state: RecoveryState,
+    /// When `waiting`: when the release becomes available (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_at: Option<i64>,
+    /// When `released`: the sealed virtual device, base64url.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_virtual_device: Option<String>,
+}
+
+/// `POST /v1/recoveries/{id}/cancel`: a `manage` assertion alone, or a `recover`
+/// assertion with a proof through a confirmed method.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CancelRecoveryRequest {
+    /// Required with a `recover` assertion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
+/// `POST /v1/virtual-device/replace`, with a `manage` assertion and a proof: after the
+/// app provider rotated the user secret, the same virtual device sealed under the new one
+/// (with a higher version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplaceVirtualDeviceRequest {
+    /// The new sealed virtual device, base64url.
+    pub sealed_virtual_device: String,
+    /// A fresh proof through a confirmed method.
+    pub proof: Proof,
 }

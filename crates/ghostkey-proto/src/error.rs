@@ -121,6 +121,20 @@ error_codes! {
     AppSendBudgetExhausted = ("app_send_budget_exhausted", 429, "The app's daily sending budget is exhausted"),
     /// Too many requests from this client address.
     AddressRateLimited = ("address_rate_limited", 429, "Too many requests from this address"),
+    /// Recovery needs a completed enrolment (a confirmed method).
+    EnrollmentPending = ("enrollment_pending", 409, "The user's enrolment is not complete"),
+    /// No such recovery for this user.
+    RecoveryNotFound = ("recovery_not_found", 404, "No such recovery"),
+    /// The recovery's code has not been verified yet.
+    RecoveryNotVerified = ("recovery_not_verified", 409, "The recovery's code has not been verified"),
+    /// The waiting period has not ended: `available_at` says when the release can happen.
+    ReleasePending = ("release_pending", 409, "The release is not available yet"),
+    /// The recovery was cancelled; it never releases.
+    RecoveryCancelled = ("recovery_cancelled", 410, "The recovery was cancelled"),
+    /// The recovery already released the sealed virtual device.
+    AlreadyReleased = ("already_released", 409, "The recovery has already been released"),
+    /// The challenge is not of the kind this endpoint answers.
+    WrongChallenge = ("wrong_challenge", 409, "The challenge is not for this endpoint"),
     /// The server is not ready (store unavailable).
     Unavailable = ("unavailable", 503, "The service is temporarily unavailable"),
     /// An unexpected server-side failure; the cause is in the server log, never in the answer.
@@ -154,6 +168,9 @@ pub struct Problem {
     /// For limits: seconds to wait before trying again (also sent as `Retry-After`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after: Option<u64>,
+    /// For `release_pending`: when the release becomes available (Unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available_at: Option<i64>,
 }
 
 impl Problem {
@@ -166,6 +183,7 @@ impl Problem {
             code: code.as_str().to_owned(),
             detail,
             retry_after: None,
+            available_at: None,
         }
     }
 }

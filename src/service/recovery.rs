@@ -1,0 +1,345 @@
+//! Recovery: start with a confirmed method, verify the code, release (at once or after the
+//! app's waiting period), cancel; replace the sealed virtual device; erase a user.
+
+use ghostkey_proto::api::{
+    AnswerRequest, CancelRecoveryRequest, ChallengeView, EnrollmentState, RecoveryResponse,
+    RecoveryState as WireRecoveryState, ReplaceVirtualDeviceRequest, StartRecoveryRequest,
+};
+use ghostkey_proto::assertion::Purpose;
+use ghostkey_proto::{b64, sealed, ErrorCode};
+
+use super::methods::{challenge_view, load_user, masked};
+use super::{authenticate, messages, parse_code, Caller, Ghostkey};
+use crate::domain::challenge::ChallengePurpose;
+use crate::domain::limits::{address_limit, send_limits};
+use crate::domain::method::MethodState;
+use crate::domain::policy::AppPolicy;
+use crate::domain::recovery::{Recovery, RecoveryState};
+use crate::error::Error;
+use crate::store::{ProofAnswer, RecoveryNotices, StartRecovery};
+
+fn response(recovery: &Recovery, sealed: Option<&[u8]>) -> RecoveryResponse {
+    RecoveryResponse {
+        recovery_id: recovery.challenge_id.clone(),
+        state: match recovery.state {
+            RecoveryState::Started => WireRecoveryState::Started,
+            RecoveryState::Waiting => WireRecoveryState::Waiting,
+            RecoveryState::Released => WireRecoveryState::Released,
+            RecoveryState::Cancelled => WireRecoveryState::Cancelled,
+        },
+        available_at: match recovery.state {
+            RecoveryState::Waiting => recovery.available_at,
+            _ => None,
+        },
+        sealed_virtual_device: sealed.map(b64::encode),
+    }
+}
+
+impl Ghostkey {
+    /// Starts a recovery with a confirmed method (`recover` assertion): sends the code (or
+    /// expects a TOTP code) and tells the user's other methods.
+    pub async fn start_recovery(
+        &self,
+        token: String,
+        caller: Caller,
+        request: StartRecoveryRequest,
+    ) -> Result<ChallengeView, Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        let ctx = self
+            .blocking(move |store, rules| {
+                load_user(store, rules, &token, &[Purpose::Recover], &mac, now)
+            })
+            .await?;
+        if ctx.user.enrollment.state != EnrollmentState::Active {
+            return Err(Error::new(ErrorCode::EnrollmentPending));
+        }
+        let method = ctx
+            .user
+            .methods
+            .iter()
+            .find(|m| m.id == request.method_id)
+            .ok_or_else(|| Error::new(ErrorCode::MethodNotFound))?
+            .clone();
+        if method.state != MethodState::Confirmed {
+            return Err(Error::new(ErrorCode::MethodNotConfirmed));
+        }
+        if !ctx.app.policy.allowed_methods.contains(&method.kind) {
+            return Err(Error::new(ErrorCode::MethodKindNotAllowed));
+        }
+        if ctx.user.guard.locked_at.is_some() {
+            return Err(Error::new(ErrorCode::Locked));
+        }
+        let policy = &ctx.app.policy;
+        let new = self
+            .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
+            .await?;
+        let message = new
+            .code
+            .as_ref()
+            .map(|code| messages::code(&self.keys, &ctx.app.name, code, policy.code_lifetime_secs));
+        let masked_destination = masked(&self.keys, &method)?;
+        let notice = messages::recovery_started(
+            &self.keys,
+            &ctx.app.name,
+            method.kind,
+            masked_destination.as_deref(),
+        );
+        let limits = match &method.destination_mac {
+            Some(mac) => send_limits(
+                &ctx.app.id,
+                mac,
+                policy.sends_per_destination_per_hour,
+                policy.sends_per_destination_per_day,
+                policy.app_daily_send_budget,
+            ),
+            None => Vec::new(),
+        };
+        let view = challenge_view(&new.challenge, method.kind, masked_destination);
+        let challenge = new.challenge;
+        self.blocking(move |store, _| {
+            store.start_recovery(
+                &StartRecovery {
+                    assertion: &ctx.assertion,
+                    challenge: &challenge,
+                    message: message.as_ref(),
+                    limits: &limits,
+                    notice: &notice,
+                },
+                now,
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.outbox_wake.notify_one();
+        Ok(view)
+    }
+
+    /// Verifies a recovery code. Right: the sealed virtual device is released now, or
+    /// after the waiting period. An unknown recovery costs the same as a wrong code.
+    pub async fn verify_recovery(
+        &self,
+        caller: Caller,
+        recovery_id: String,
+        request: AnswerRequest,
+    ) -> Result<RecoveryResponse, Error> {
+        let now = self.now();
+        let code = parse_code(&request.code)?;
+        let mac = self.caller_mac(caller);
+        let id = recovery_id.clone();
+        let (found, app_name) = self
+            .blocking(move |store, _| {
+                let found = store.challenge(&id)?;
+                let (app_id, policy) = match &found {
+                    Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
+                    None => (String::new(), AppPolicy::default()),
+                };
+                store.take_limits(
+                    &[address_limit(
+                        &app_id,
+                        &mac,
+                        policy.requests_per_address_per_minute,
+                    )],
+                    now,
+                )?;
+                let app_name = match &found {
+                    Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
+                    None => String::new(),
+                };
+                Ok((found, app_name))
+            })
+            .await?;
+        if let Some((ch, _, _)) = &found {
+            if ch.purpose != ChallengePurpose::Recover {
+                return Err(Error::with_detail(
+                    ErrorCode::WrongChallenge,
+                    "not a recovery",
+                ));
+            }
+        }
+        let verdict = self.judge(found.as_ref(), &code, now).await?;
+        let Some((_, _, policy)) = found else {
+            return Err(Error::new(ErrorCode::InvalidCode));
+        };
+        let released = messages::recovery_released(&self.keys, &app_name);
+        let waiting = messages::recovery_waiting(
+            &self.keys,
+            &app_name,
+            &recovery_id,
+            now + policy.waiting_period_secs,
+        );
+        let verified = self
+            .blocking(move |store, _| {
+                Ok(store.verify_recovery(
+                    &recovery_id,
+                    verdict,
+                    &RecoveryNotices {
+                        released: &released,
+                        waiting: &waiting,
+                    },
+                    now,
+                )?)
+            })
+            .await?;
+        if let Some(error) = verified.settlement.outcome.error(now) {
+            return Err(error);
+        }
+        self.outbox_wake.notify_one();
+        Ok(response(&verified.recovery, verified.sealed.as_deref()))
+    }
+
+    /// Releases a recovery whose waiting period is over (`recover` assertion of its user).
+    pub async fn release_recovery(
+        &self,
+        token: String,
+        caller: Caller,
+        recovery_id: String,
+    ) -> Result<RecoveryResponse, Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        let keys = std::sync::Arc::clone(&self.keys);
+        let answer = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(store, rules, &token, &[Purpose::Recover], &mac, now)?;
+                let notice = messages::recovery_released(&keys, &ctx.app.name);
+                let (recovery, sealed) =
+                    store.release_recovery(&ctx.assertion, &recovery_id, &notice, now)?;
+                Ok(response(&recovery, Some(&sealed)))
+            })
+            .await?;
+        self.outbox_wake.notify_one();
+        Ok(answer)
+    }
+
+    /// Cancels a recovery: a `manage` assertion alone, or a `recover` assertion with a
+    /// proof through a confirmed method.
+    pub async fn cancel_recovery(
+        &self,
+        token: String,
+        caller: Caller,
+        recovery_id: String,
+        request: CancelRecoveryRequest,
+    ) -> Result<RecoveryResponse, Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        let proof_code = request
+            .proof
+            .as_ref()
+            .map(|p| parse_code(&p.code))
+            .transpose()?;
+        let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
+        let (ctx, proof_found) = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(
+                    store,
+                    rules,
+                    &token,
+                    &[Purpose::Manage, Purpose::Recover],
+                    &mac,
+                    now,
+                )?;
+                let found = match &proof_id {
+                    Some(id) => store.challenge(id)?,
+                    None => None,
+                };
+                Ok((ctx, found))
+            })
+            .await?;
+        let proof = match (request.proof, proof_code) {
+            (Some(p), Some(code)) => Some(ProofAnswer {
+                verdict: self.judge(proof_found.as_ref(), &code, now).await?,
+                challenge_id: p.challenge_id,
+            }),
+            _ => None,
+        };
+        if ctx.assertion.purpose != Purpose::Manage && proof.is_none() {
+            return Err(Error::with_detail(
+                ErrorCode::ProofRequired,
+                "cancelling with a `recover` assertion needs a proof through a confirmed method",
+            ));
+        }
+        let notice = messages::recovery_cancelled(&self.keys, &ctx.app.name, &recovery_id);
+        let recovery = self
+            .blocking(move |store, _| {
+                Ok(store.cancel_recovery(
+                    &ctx.assertion,
+                    proof.as_ref(),
+                    &recovery_id,
+                    &notice,
+                    now,
+                )?)
+            })
+            .await?;
+        self.outbox_wake.notify_one();
+        Ok(response(&recovery, None))
+    }
+
+    /// Replaces the sealed virtual device (`manage` assertion and a proof), after the app
+    /// provider rotated the user secret.
+    pub async fn replace_virtual_device(
+        &self,
+        token: String,
+        caller: Caller,
+        request: ReplaceVirtualDeviceRequest,
+    ) -> Result<(), Error> {
+        let now = self.now();
+        let blob = b64::decode(&request.sealed_virtual_device).map_err(|_| {
+            Error::with_detail(
+                ErrorCode::InvalidField,
+                "`sealed_virtual_device` is not base64url without padding",
+            )
+        })?;
+        sealed::parse(&blob).map_err(|e| match e {
+            sealed::SealedFormatError::UnsupportedVersion(_) => {
+                Error::with_detail(ErrorCode::UnsupportedSealedVersion, e.to_string())
+            }
+            _ => Error::with_detail(
+                ErrorCode::InvalidField,
+                format!("`sealed_virtual_device`: {e}"),
+            ),
+        })?;
+        let proof_code = parse_code(&request.proof.code)?;
+        let mac = self.caller_mac(caller);
+        let proof_id = request.proof.challenge_id.clone();
+        let (ctx, proof_found) = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
+                Ok((ctx, store.challenge(&proof_id)?))
+            })
+            .await?;
+        let proof = ProofAnswer {
+            verdict: self.judge(proof_found.as_ref(), &proof_code, now).await?,
+            challenge_id: request.proof.challenge_id,
+        };
+        let notice = messages::virtual_device_replaced(&self.keys, &ctx.app.name);
+        self.blocking(move |store, _| {
+            store.replace_virtual_device(&ctx.assertion, &proof, &blob, &notice, now)?;
+            Ok(())
+        })
+        .await?;
+        self.outbox_wake.notify_one();
+        Ok(())
+    }
+
+    /// Erases the user (`manage` assertion): every row of theirs is deleted.
+    pub async fn erase_user(&self, token: String, caller: Caller) -> Result<(), Error> {
+        let now = self.now();
+        let mac = self.caller_mac(caller);
+        self.blocking(move |store, rules| {
+            let assertion = authenticate(store, rules, &token, &[Purpose::Manage], now)?;
+            if let Some(app) = store.app(&assertion.app_id)? {
+                store.take_limits(
+                    &[address_limit(
+                        &app.id,
+                        &mac,
+                        app.policy.requests_per_address_per_minute,
+                    )],
+                    now,
+                )?;
+            }
+            store.erase_user(&assertion, now)?;
+            Ok(())
+        })
+        .await
+    }
+}
