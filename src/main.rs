@@ -1,6 +1,8 @@
 //! The `ghostkey` binary: `serve` and the operator commands.
 #![forbid(unsafe_code)]
 
+mod client_cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +36,10 @@ enum Command {
     /// Act on one user of an app.
     #[command(subcommand)]
     User(UserCommand),
+    /// A command-line client: enrol and recover against a running Ghostkey, with an app
+    /// key file standing in for the app provider.
+    #[command(subcommand)]
+    Client(client_cli::ClientCommand),
 }
 
 #[derive(Subcommand)]
@@ -211,9 +217,12 @@ fn init_logging(config: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     match config.log.format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
@@ -365,6 +374,11 @@ fn main() -> ExitCode {
         }
         Command::App(cmd) => run_app_command(&config, cmd),
         Command::User(cmd) => run_user_command(&config, cmd),
+        Command::Client(cmd) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|rt| rt.block_on(client_cli::run(cmd))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
