@@ -137,7 +137,9 @@ async fn the_same_user_id_in_two_apps_is_two_users() {
     assert_eq!(server.count("users"), 2);
 }
 
-#[tokio::test]
+// Several client threads: a single-threaded test runtime under load could leave
+// connections idle past the server's request-head timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_uses_of_one_assertion_enrol_exactly_once() {
     let server = TestServer::start();
     let app = server.register_app("App");

@@ -358,7 +358,9 @@ async fn requests_per_client_address_are_limited_and_forwarded_for_needs_a_trust
     assert_eq!(run(false).await, vec![200, 200, 429, 429, 429]);
 }
 
-#[tokio::test]
+// Several client threads: a single-threaded test runtime under load could leave
+// connections idle past the server's request-head timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_wrong_guesses_count_at_most_the_attempt_cap() {
     let (server, app, gateway) = setup(PolicyChange {
         user_backoff_base_secs: Some(0),

@@ -572,7 +572,9 @@ async fn the_waiting_period_delays_the_release_and_a_cancelled_recovery_never_re
     );
 }
 
-#[tokio::test]
+// Several client threads: a single-threaded test runtime under load could leave
+// connections idle past the server's request-head timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_simultaneous_right_codes_release_exactly_once() {
     let w = world(PolicyChange {
         requests_per_address_per_minute: Some(10_000),
@@ -613,7 +615,9 @@ async fn fifty_simultaneous_right_codes_release_exactly_once() {
     );
 }
 
-#[tokio::test]
+// Several client threads: a single-threaded test runtime under load could leave
+// connections idle past the server's request-head timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_simultaneous_wrong_guesses_count_at_most_the_cap_and_release_nothing() {
     let w = world(PolicyChange {
         user_backoff_base_secs: Some(0),

@@ -9,8 +9,10 @@ use ghostkey_proto::ErrorCode;
 
 use super::methods::{challenge_view, load_user, masked, method_view};
 use super::{messages, parse_code, Caller, Ghostkey};
-use crate::domain::challenge::{ChallengePurpose, ChallengeState};
-use crate::domain::limits::{address_limit, send_limits};
+use crate::clock::UnixTime;
+use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
+use crate::domain::limits::address_limit;
+use crate::domain::method::Method;
 use crate::domain::method::MethodState;
 use crate::domain::policy::AppPolicy;
 use crate::error::Error;
@@ -99,30 +101,14 @@ impl Ghostkey {
             return Err(Error::new(ErrorCode::MethodKindNotAllowed));
         }
         let new = self.new_challenge(&method, purpose, &ctx.app, now).await?;
-        let policy = &ctx.app.policy;
-        let message = new
-            .code
-            .as_ref()
-            .map(|code| messages::code(&self.keys, &ctx.app.name, code, policy.code_lifetime_secs));
-        let limits = match &method.destination_mac {
-            Some(mac) => send_limits(
-                &ctx.app.id,
-                mac,
-                policy.sends_per_destination_per_hour,
-                policy.sends_per_destination_per_day,
-                policy.app_daily_send_budget,
-            ),
-            None => Vec::new(),
-        };
         let view = challenge_view(&new.challenge, method.kind, masked(&self.keys, &method)?);
-        let challenge = new.challenge;
         self.blocking(move |store, _| {
             store.start_challenge(
                 &StartChallenge {
                     assertion: &ctx.assertion,
-                    challenge: &challenge,
-                    message: message.as_ref(),
-                    limits: &limits,
+                    challenge: &new.challenge,
+                    message: new.message.as_ref(),
+                    limits: &new.limits,
                 },
                 now,
             )?;
@@ -144,29 +130,8 @@ impl Ghostkey {
     ) -> Result<AnswerResponse, Error> {
         let now = self.now();
         let code = parse_code(&request.code)?;
-        let mac = self.caller_mac(caller);
-        let id = challenge_id.clone();
         let (found, app_name) = self
-            .blocking(move |store, _| {
-                let found = store.challenge(&id)?;
-                let (app_id, policy) = match &found {
-                    Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
-                    None => (String::new(), AppPolicy::default()),
-                };
-                store.take_limits(
-                    &[address_limit(
-                        &app_id,
-                        &mac,
-                        policy.requests_per_address_per_minute,
-                    )],
-                    now,
-                )?;
-                let app_name = match &found {
-                    Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
-                    None => String::new(),
-                };
-                Ok((found, app_name))
-            })
+            .challenge_for_answer(&challenge_id, caller, now)
             .await?;
         if let Some((ch, _, _)) = &found {
             if ch.purpose == ChallengePurpose::Proof {
@@ -211,5 +176,44 @@ impl Ghostkey {
             method: method_view(&self.keys, &method)?,
             enrollment_state: EnrollmentState::Active,
         })
+    }
+}
+
+/// A challenge being answered, with its method, its app's policy and name; `None` when
+/// no such challenge exists (which is answered like a wrong code, after the same work).
+pub(crate) type Answering = (Option<(Challenge, Method, AppPolicy)>, String);
+
+impl Ghostkey {
+    /// Loads the challenge an answer is for and spends one unit of the caller's address
+    /// limit (under the challenge's app, or the default policy when there is none).
+    pub(crate) async fn challenge_for_answer(
+        &self,
+        id: &str,
+        caller: Caller,
+        now: UnixTime,
+    ) -> Result<Answering, Error> {
+        let mac = self.caller_mac(caller);
+        let id = id.to_owned();
+        self.blocking(move |store, _| {
+            let found = store.challenge(&id)?;
+            let (app_id, policy) = match &found {
+                Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
+                None => (String::new(), AppPolicy::default()),
+            };
+            store.take_limits(
+                &[address_limit(
+                    &app_id,
+                    &mac,
+                    policy.requests_per_address_per_minute,
+                )],
+                now,
+            )?;
+            let app_name = match &found {
+                Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
+                None => String::new(),
+            };
+            Ok((found, app_name))
+        })
+        .await
     }
 }

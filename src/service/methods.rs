@@ -15,7 +15,7 @@ use crate::clock::UnixTime;
 use crate::domain::app::App;
 use crate::domain::assertion::{AssertionRules, VerifiedAssertion};
 use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
-use crate::domain::limits::{address_limit, send_limits};
+use crate::domain::limits::{address_limit, send_limits, Limit};
 use crate::domain::method::{
     mask_email, mask_phone, new_id, normalise_email, normalise_phone, Method, MethodState,
 };
@@ -23,7 +23,7 @@ use crate::domain::policy::MethodKind;
 use crate::domain::{code, totp};
 use crate::error::Error;
 use crate::keys::ServerKeys;
-use crate::store::{AddMethod, ProofAnswer, RemoveMethod, Store, UserRecord};
+use crate::store::{AddMethod, NewMessage, ProofAnswer, RemoveMethod, Store, UserRecord};
 
 /// Most methods (pending included) a user may have.
 pub const MAX_METHODS_PER_USER: usize = 10;
@@ -116,10 +116,12 @@ pub(crate) fn challenge_view(
     }
 }
 
-/// A new challenge on `method`; for SMS and e-mail, with a fresh code whose hash it keeps.
+/// A new challenge on `method`; for SMS and e-mail, with a fresh code whose hash it keeps,
+/// the message that carries the code, and the send limits that message spends.
 pub(crate) struct NewChallenge {
     pub challenge: Challenge,
-    pub code: Option<SecretString>,
+    pub message: Option<NewMessage>,
+    pub limits: Vec<Limit>,
 }
 
 impl Ghostkey {
@@ -135,13 +137,25 @@ impl Ghostkey {
         app: &App,
         now: UnixTime,
     ) -> Result<NewChallenge, Error> {
-        let (code, hashed) = if method.kind == MethodKind::Totp {
+        let policy = &app.policy;
+        let (message, hashed) = if method.kind == MethodKind::Totp {
             (None, None)
         } else {
-            let code = code::generate(app.policy.code_digits);
+            let code = code::generate(policy.code_digits);
             let salt = code::new_salt();
             let hash = self.hash_code(salt, code.clone()).await?;
-            (Some(code), Some((salt, hash)))
+            let message = messages::code(&self.keys, &app.name, &code, policy.code_lifetime_secs);
+            (Some(message), Some((salt, hash)))
+        };
+        let limits = match &method.destination_mac {
+            Some(mac) => send_limits(
+                &app.id,
+                mac,
+                policy.sends_per_destination_per_hour,
+                policy.sends_per_destination_per_day,
+                policy.app_daily_send_budget,
+            ),
+            None => Vec::new(),
         };
         Ok(NewChallenge {
             challenge: Challenge {
@@ -152,12 +166,13 @@ impl Ghostkey {
                 purpose,
                 code: hashed,
                 attempts: 0,
-                max_attempts: app.policy.max_attempts_per_challenge,
+                max_attempts: policy.max_attempts_per_challenge,
                 state: ChallengeState::Open,
                 created_at: now,
-                expires_at: now + app.policy.code_lifetime_secs,
+                expires_at: now + policy.code_lifetime_secs,
             },
-            code,
+            message,
+            limits,
         })
     }
 
@@ -273,20 +288,6 @@ impl Ghostkey {
         let new = self
             .new_challenge(&method, ChallengePurpose::Confirm, &ctx.app, now)
             .await?;
-        let message = new
-            .code
-            .as_ref()
-            .map(|code| messages::code(&self.keys, &ctx.app.name, code, policy.code_lifetime_secs));
-        let limits = match &destination_mac {
-            Some(mac) => send_limits(
-                &ctx.app.id,
-                mac,
-                policy.sends_per_destination_per_hour,
-                policy.sends_per_destination_per_day,
-                policy.app_daily_send_budget,
-            ),
-            None => Vec::new(),
-        };
         let answer = AddMethodResponse {
             method: MethodView {
                 id: method.id.clone(),
@@ -302,16 +303,15 @@ impl Ghostkey {
                 qr_png_base64: p.qr_png_base64.expose_secret().to_owned(),
             }),
         };
-        let challenge = new.challenge;
         self.blocking(move |store, _| {
             store.add_method(
                 &AddMethod {
                     assertion: &ctx.assertion,
                     proof: proof.as_ref(),
                     method: &method,
-                    challenge: &challenge,
-                    message: message.as_ref(),
-                    limits: &limits,
+                    challenge: &new.challenge,
+                    message: new.message.as_ref(),
+                    limits: &new.limits,
                     max_methods: MAX_METHODS_PER_USER,
                 },
                 now,

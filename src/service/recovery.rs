@@ -11,9 +11,8 @@ use ghostkey_proto::{b64, sealed, ErrorCode};
 use super::methods::{challenge_view, load_user, masked};
 use super::{authenticate, messages, parse_code, Caller, Ghostkey};
 use crate::domain::challenge::ChallengePurpose;
-use crate::domain::limits::{address_limit, send_limits};
+use crate::domain::limits::address_limit;
 use crate::domain::method::MethodState;
-use crate::domain::policy::AppPolicy;
 use crate::domain::recovery::{Recovery, RecoveryState};
 use crate::error::Error;
 use crate::store::{ProofAnswer, RecoveryNotices, StartRecovery};
@@ -70,14 +69,9 @@ impl Ghostkey {
         if ctx.user.guard.locked_at.is_some() {
             return Err(Error::new(ErrorCode::Locked));
         }
-        let policy = &ctx.app.policy;
         let new = self
             .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
             .await?;
-        let message = new
-            .code
-            .as_ref()
-            .map(|code| messages::code(&self.keys, &ctx.app.name, code, policy.code_lifetime_secs));
         let masked_destination = masked(&self.keys, &method)?;
         let notice = messages::recovery_started(
             &self.keys,
@@ -85,25 +79,14 @@ impl Ghostkey {
             method.kind,
             masked_destination.as_deref(),
         );
-        let limits = match &method.destination_mac {
-            Some(mac) => send_limits(
-                &ctx.app.id,
-                mac,
-                policy.sends_per_destination_per_hour,
-                policy.sends_per_destination_per_day,
-                policy.app_daily_send_budget,
-            ),
-            None => Vec::new(),
-        };
         let view = challenge_view(&new.challenge, method.kind, masked_destination);
-        let challenge = new.challenge;
         self.blocking(move |store, _| {
             store.start_recovery(
                 &StartRecovery {
                     assertion: &ctx.assertion,
-                    challenge: &challenge,
-                    message: message.as_ref(),
-                    limits: &limits,
+                    challenge: &new.challenge,
+                    message: new.message.as_ref(),
+                    limits: &new.limits,
                     notice: &notice,
                 },
                 now,
@@ -125,30 +108,7 @@ impl Ghostkey {
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
         let code = parse_code(&request.code)?;
-        let mac = self.caller_mac(caller);
-        let id = recovery_id.clone();
-        let (found, app_name) = self
-            .blocking(move |store, _| {
-                let found = store.challenge(&id)?;
-                let (app_id, policy) = match &found {
-                    Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
-                    None => (String::new(), AppPolicy::default()),
-                };
-                store.take_limits(
-                    &[address_limit(
-                        &app_id,
-                        &mac,
-                        policy.requests_per_address_per_minute,
-                    )],
-                    now,
-                )?;
-                let app_name = match &found {
-                    Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
-                    None => String::new(),
-                };
-                Ok((found, app_name))
-            })
-            .await?;
+        let (found, app_name) = self.challenge_for_answer(&recovery_id, caller, now).await?;
         if let Some((ch, _, _)) = &found {
             if ch.purpose != ChallengePurpose::Recover {
                 return Err(Error::with_detail(
