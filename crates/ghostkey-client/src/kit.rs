@@ -164,6 +164,17 @@ impl AppSigningKey {
         })
     }
 
+    /// Signs bytes with the app key (Ed25519).
+    pub(crate) fn sign_bytes(&self, message: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(message).to_bytes()
+    }
+
+    /// The app's Ed25519 public key, raw.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.verifying_key().to_bytes()
+    }
+
     /// Mints an assertion with exactly these claims.
     pub fn mint_claims<C: serde::Serialize>(&self, claims: &C) -> Result<String, KitError> {
         let mut header = Header::new(Algorithm::EdDSA);

@@ -14,7 +14,9 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod chain;
 pub mod device;
+pub mod envelope;
 pub mod kit;
 pub mod recovery;
 pub mod sealed;

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod assertion;
 pub mod b64;
+pub mod chain;
 pub mod error;
 pub mod sealed;
 
