@@ -59,6 +59,19 @@ CREATE TABLE users (
     PRIMARY KEY (app_id, user_id)
 ) STRICT, WITHOUT ROWID;
 
+-- Each user's device chain (DESIGN.md §4): blocks as their clients encoded them, the
+-- root written at enrolment, each later block checked against the whole chain first.
+CREATE TABLE chain_blocks (
+    app_id   TEXT    NOT NULL,
+    user_id  TEXT    NOT NULL,
+    idx      INTEGER NOT NULL,
+    hash     BLOB    NOT NULL CHECK (length(hash) = 32),
+    block    BLOB    NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (app_id, user_id, idx),
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
 -- Abuse-limit state per user: failures back off exponentially, then lock the user until
 -- a `manage` assertion or an operator lifts the lock.
 CREATE TABLE user_guards (

@@ -190,6 +190,7 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                 &secret,
                 &session.args.app_id,
                 &session.args.user,
+                &session.key,
             )
             .await
             .map_err(api)?;

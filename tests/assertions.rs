@@ -53,6 +53,7 @@ async fn refused(server: &TestServer, app: &TestApp, user: &str, token: &str) ->
         &UserSecret::generate(),
         &app.id,
         user,
+        &app.key,
     )
     .await
     .expect_err("the assertion must be refused");
@@ -296,9 +297,16 @@ async fn a_replayed_jti_is_refused_even_for_another_user() {
     let client = server.client();
     let first = claims(&app, "u1");
     let token = app.key.mint_claims(&first).unwrap();
-    ghostkey_client::enroll(&client, &token, &UserSecret::generate(), &app.id, "u1")
-        .await
-        .unwrap();
+    ghostkey_client::enroll(
+        &client,
+        &token,
+        &UserSecret::generate(),
+        &app.id,
+        "u1",
+        &app.key,
+    )
+    .await
+    .unwrap();
 
     // The very same token again.
     assert_eq!(
@@ -320,11 +328,7 @@ async fn a_replayed_jti_is_refused_even_for_another_user() {
 async fn a_missing_or_non_bearer_authorization_is_refused() {
     let server = TestServer::start();
     let app = server.register_app("App");
-    let device = ghostkey_client::VirtualDevice::generate(&app.id, "u", 1);
-    let body = json!({
-        "sealed_virtual_device": b64::encode(device.seal(&UserSecret::generate()).unwrap()),
-        "virtual_device": device.keys().public(),
-    });
+    let body = common::enrol_body(&app, "u");
     let http = reqwest::Client::new();
     let url = format!("{}/v1/enrollments", server.base_url);
     let res = http.post(&url).json(&body).send().await.unwrap();

@@ -20,9 +20,16 @@ async fn enrolment_stores_a_blob_that_opens_with_the_user_secret_and_nothing_els
 
     let secret = UserSecret::generate();
     let assertion = app.assertion("patient-7f3a", Purpose::Enroll);
-    let enrolled = ghostkey_client::enroll(&client, &assertion, &secret, &app.id, "patient-7f3a")
-        .await
-        .unwrap();
+    let enrolled = ghostkey_client::enroll(
+        &client,
+        &assertion,
+        &secret,
+        &app.id,
+        "patient-7f3a",
+        &app.key,
+    )
+    .await
+    .unwrap();
     assert_ne!(
         enrolled.user_keys.public(),
         enrolled.virtual_device.keys().encryption_public()
@@ -94,6 +101,7 @@ async fn a_second_enrolment_is_refused_and_changes_nothing() {
         &secret,
         &app.id,
         "u1",
+        &app.key,
     )
     .await
     .unwrap();
@@ -106,6 +114,7 @@ async fn a_second_enrolment_is_refused_and_changes_nothing() {
         &other,
         &app.id,
         "u1",
+        &app.key,
     )
     .await
     .unwrap_err();
@@ -130,6 +139,7 @@ async fn the_same_user_id_in_two_apps_is_two_users() {
             &UserSecret::generate(),
             &app.id,
             "same",
+            &app.key,
         )
         .await
         .unwrap();
@@ -150,6 +160,7 @@ async fn concurrent_uses_of_one_assertion_enrol_exactly_once() {
         let client = client.clone();
         let assertion = assertion.clone();
         let app_id = app.id.clone();
+        let key = app.key.clone();
         tasks.push(tokio::spawn(async move {
             ghostkey_client::enroll(
                 &client,
@@ -157,6 +168,7 @@ async fn concurrent_uses_of_one_assertion_enrol_exactly_once() {
                 &UserSecret::generate(),
                 &app_id,
                 "racer",
+                &key,
             )
             .await
         }));

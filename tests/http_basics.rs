@@ -6,7 +6,6 @@ mod common;
 use common::{TestApp, TestServer};
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::proto::{b64, Problem};
-use ghostkey_client::{UserSecret, VirtualDevice};
 use serde_json::json;
 
 async fn problem(res: reqwest::Response) -> (u16, Problem) {
@@ -20,11 +19,7 @@ async fn problem(res: reqwest::Response) -> (u16, Problem) {
 }
 
 fn valid_body(app: &TestApp, user: &str) -> serde_json::Value {
-    let device = VirtualDevice::generate(&app.id, user, 1);
-    json!({
-        "sealed_virtual_device": b64::encode(device.seal(&UserSecret::generate()).unwrap()),
-        "virtual_device": device.keys().public(),
-    })
+    common::enrol_body(app, user)
 }
 
 #[tokio::test]

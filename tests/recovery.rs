@@ -60,6 +60,7 @@ async fn enrol_with_phone(
         &secret,
         &w.app.id,
         user,
+        &w.app.key,
     )
     .await
     .unwrap();
@@ -138,6 +139,7 @@ async fn the_whole_story_with_an_email_code_over_smtp_and_with_totp() {
         &secret,
         &w.app.id,
         "p",
+        &w.app.key,
     )
     .await
     .unwrap();

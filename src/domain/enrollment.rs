@@ -2,6 +2,7 @@
 
 use ed25519_dalek::VerifyingKey;
 use ghostkey_proto::api::{EnrollRequest, EnrollmentState};
+use ghostkey_proto::chain::{Block, BlockBody};
 use ghostkey_proto::sealed::{self, SealedFormatError};
 use ghostkey_proto::{b64, ErrorCode};
 
@@ -26,6 +27,9 @@ pub struct Enrollment {
     pub encryption_key: [u8; 32],
     /// When it was stored.
     pub created_at: UnixTime,
+    /// The root block of the device chain (its signature is checked by the caller, who
+    /// has the app's keys).
+    pub root_block: Vec<u8>,
 }
 
 /// Checks an enrolment request from a verified `enroll` assertion and builds the record.
@@ -66,6 +70,31 @@ pub fn new_enrollment(
                 "`virtual_device.encryption_key` must be an X25519 public key (32 bytes, base64url)",
             )
         })?;
+    let root_block = b64::decode(&request.root_block).map_err(|_| {
+        Error::with_detail(
+            ErrorCode::InvalidField,
+            "`root_block` is not base64url without padding",
+        )
+    })?;
+    let root = Block::decode(&root_block)
+        .map_err(|e| Error::with_detail(ErrorCode::InvalidBlock, format!("`root_block`: {e}")))?;
+    let binds = match &root.unsigned.body {
+        BlockBody::Root {
+            vd_signing,
+            vd_encryption,
+            ..
+        } => vd_signing == &signing_key && vd_encryption == &encryption_key,
+        _ => false,
+    };
+    if !binds
+        || root.unsigned.app_id != assertion.app_id
+        || root.unsigned.user_id != assertion.user_id
+    {
+        return Err(Error::with_detail(
+            ErrorCode::InvalidBlock,
+            "`root_block` must be a root for this app, user and virtual device",
+        ));
+    }
     Ok(Enrollment {
         app_id: assertion.app_id.clone(),
         user_id: assertion.user_id.clone(),
@@ -74,5 +103,6 @@ pub fn new_enrollment(
         signing_key,
         encryption_key,
         created_at: now,
+        root_block,
     })
 }

@@ -253,6 +253,32 @@ pub async fn erase_user(
     Ok(HttpResponse::NoContent().finish())
 }
 
+pub async fn append_block(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    body: web::Json<ghostkey_proto::api::AppendBlockRequest>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    service
+        .append_block(token, caller(&req, &proxies), body.into_inner())
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+pub async fn chain(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    user_id: web::Path<String>,
+) -> Result<HttpResponse, Error> {
+    let token = bearer(&req)?;
+    let answer = service
+        .chain(token, caller(&req, &proxies), user_id.into_inner())
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
 pub async fn not_found() -> Result<HttpResponse, Error> {
     Err(Error::new(ErrorCode::NotFound))
 }

@@ -69,6 +69,16 @@ pub fn configure(
                             .default_service(web::to(handlers::method_not_allowed)),
                     )
                     .service(
+                        web::resource("/chain/blocks")
+                            .route(web::post().to(handlers::append_block))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
+                        web::resource("/chains/{user_id}")
+                            .route(web::get().to(handlers::chain))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
+                    .service(
                         web::resource("/recoveries")
                             .route(web::post().to(handlers::start_recovery))
                             .default_service(web::to(handlers::method_not_allowed)),

@@ -4,6 +4,8 @@ use ghostkey_proto::api::{EnrollRequest, EnrollResponse};
 use ghostkey_proto::assertion::Purpose;
 
 use super::{authenticate, Caller, Ghostkey};
+use crate::domain::app::KeyLookup;
+use crate::domain::chain::check_root;
 use crate::domain::enrollment::new_enrollment;
 use crate::domain::limits::address_limit;
 use crate::error::Error;
@@ -26,6 +28,13 @@ impl Ghostkey {
                 store.take_limits(&[limit], now)?;
             }
             let enrollment = new_enrollment(&assertion, &request, now)?;
+            // The root must be endorsed by an active key of the app.
+            let app_id = assertion.app_id.clone();
+            let active_key = |kid: &str| match store.lookup_assertion_key(&app_id, kid) {
+                Ok(KeyLookup::Active(key)) => Some(key),
+                _ => None,
+            };
+            check_root(&enrollment.root_block, &active_key)?;
             store.enroll(&assertion, &enrollment, now)?;
             Ok(EnrollResponse {
                 app_id: enrollment.app_id,

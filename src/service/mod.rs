@@ -2,6 +2,7 @@
 //! the blocking pool, so neither database I/O, signature checks nor Argon2 stall the
 //! executor.
 
+pub mod chain;
 pub mod challenges;
 pub mod enrollment;
 pub mod messages;
@@ -41,6 +42,7 @@ impl From<StoreError> for Error {
             StoreError::Locked => Error::new(ErrorCode::Locked),
             StoreError::LimitReached { code, retry_after } => Error::retry_after(code, retry_after),
             StoreError::RecoveryNotFound => Error::new(ErrorCode::RecoveryNotFound),
+            StoreError::ChainFork => Error::new(ErrorCode::ChainFork),
             StoreError::Refused(error) => *error,
             StoreError::ProofRefused(outcome) => outcome.error(0).unwrap_or_else(|| {
                 Error::internal("a proof was refused with an accepting outcome")

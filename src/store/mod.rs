@@ -78,6 +78,9 @@ pub enum StoreError {
         /// Seconds until its window ends.
         retry_after: i64,
     },
+    /// The chain moved on: the block does not extend the current head.
+    #[error("chain fork")]
+    ChainFork,
     /// No such recovery for this user.
     #[error("no such recovery")]
     RecoveryNotFound,
@@ -356,6 +359,18 @@ pub trait Store: Send + Sync + 'static {
         assertion: Option<&VerifiedAssertion>,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
+    /// The encoded blocks of a user's chain, in order (empty if none).
+    fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Appends a checked block at `index`, consuming the assertion; refuses with
+    /// `ChainFork` if the chain no longer has exactly `index` blocks.
+    fn append_block(
+        &self,
+        assertion: &VerifiedAssertion,
+        index: usize,
+        hash: &[u8; 32],
+        block: &[u8],
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
     /// Starts a recovery.
     fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError>;
     /// A recovery by id.

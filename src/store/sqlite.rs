@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ghostkey_proto::api::EnrollmentState;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use sha2::Digest;
 
 use super::{
     AddMethod, Answered, ClaimedMessage, MessageKind, NewMessage, OutboxCounts, ProofAnswer,
@@ -800,6 +801,11 @@ impl Store for SqliteStore {
             if inserted == 0 {
                 return Err(StoreError::AlreadyEnrolled);
             }
+            let root_hash: [u8; 32] = sha2::Sha256::digest(&e.root_block).into();
+            tx.execute(
+                "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
+                params![e.app_id, e.user_id, root_hash, e.root_block, now],
+            )?;
             Ok(())
         })
     }
@@ -808,8 +814,10 @@ impl Store for SqliteStore {
         let conn = self.conn()?;
         Ok(conn
             .query_row(
-                "SELECT state, sealed_virtual_device, vd_signing_key, vd_encryption_key, created_at \
-                 FROM users WHERE app_id = ?1 AND user_id = ?2",
+                "SELECT u.state, u.sealed_virtual_device, u.vd_signing_key, u.vd_encryption_key, u.created_at, \
+                 coalesce(c.block, x'') FROM users u \
+                 LEFT JOIN chain_blocks c ON c.app_id = u.app_id AND c.user_id = u.user_id AND c.idx = 0 \
+                 WHERE u.app_id = ?1 AND u.user_id = ?2",
                 params![app_id, user_id],
                 |r| {
                     let state: String = r.get(0)?;
@@ -821,6 +829,7 @@ impl Store for SqliteStore {
                         signing_key: r.get(2)?,
                         encryption_key: r.get(3)?,
                         created_at: r.get(4)?,
+                        root_block: r.get(5)?,
                     })
                 },
             )
@@ -1002,6 +1011,45 @@ impl Store for SqliteStore {
         })
     }
 
+    fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT block FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2 ORDER BY idx",
+        )?;
+        let blocks = stmt
+            .query_map(params![app_id, user_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<Vec<u8>>>>()?;
+        Ok(blocks)
+    }
+
+    fn append_block(
+        &self,
+        assertion: &VerifiedAssertion,
+        index: usize,
+        hash: &[u8; 32],
+        block: &[u8],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            consume_jti(tx, assertion, now)?;
+            let len: i64 = tx.query_row(
+                "SELECT count(*) FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2",
+                params![assertion.app_id, assertion.user_id],
+                |r| r.get(0),
+            )?;
+            // Checked in the write transaction: of two appends built on the same head,
+            // exactly one lands.
+            if usize::try_from(len).ok() != Some(index) {
+                return Err(StoreError::ChainFork);
+            }
+            tx.execute(
+                "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![assertion.app_id, assertion.user_id, index as i64, hash, block, now],
+            )?;
+            Ok(())
+        })
+    }
+
     fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError> {
         self.write(|tx| {
             consume_jti(tx, cmd.assertion, now)?;
@@ -1153,7 +1201,7 @@ impl Store for SqliteStore {
                 "DELETE FROM outbox WHERE method_id IN (SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2)",
                 params![app, user],
             )?;
-            for table in ["recoveries", "challenges", "methods", "user_guards"] {
+            for table in ["recoveries", "challenges", "methods", "user_guards", "chain_blocks"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE app_id = ?1 AND user_id = ?2"), params![app, user])?;
             }
             if tx.execute("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2", params![app, user])? == 0 {

@@ -335,8 +335,23 @@ pub async fn enrol(server: &TestServer, app: &TestApp, user: &str) -> ghostkey_c
         &secret,
         &app.id,
         user,
+        &app.key,
     )
     .await
     .unwrap();
     secret
+}
+
+/// A complete, valid enrolment body for `user` of `app`, built as a client would (for
+/// tests that send hand-made requests).
+pub fn enrol_body(app: &TestApp, user: &str) -> serde_json::Value {
+    let prepared = ghostkey_client::prepare_enrolment(&app.id, user, app.key.kid()).unwrap();
+    let root = app.key.endorse_root(&prepared.root, &app.id, user).unwrap();
+    serde_json::json!({
+        "sealed_virtual_device": ghostkey_client::proto::b64::encode(
+            prepared.virtual_device.seal(&ghostkey_client::UserSecret::generate()).unwrap()
+        ),
+        "virtual_device": prepared.virtual_device.keys().public(),
+        "root_block": ghostkey_client::proto::b64::encode(root.encode()),
+    })
 }

@@ -108,10 +108,12 @@ impl Client {
         assertion: &str,
         sealed_virtual_device: &[u8],
         virtual_device: &DevicePublicKeys,
+        root_block: &[u8],
     ) -> Result<EnrollResponse, ClientError> {
         let body = EnrollRequest {
             sealed_virtual_device: b64::encode(sealed_virtual_device),
             virtual_device: virtual_device.clone(),
+            root_block: b64::encode(root_block),
         };
         self.post("/v1/enrollments", assertion, &body, StatusCode::CREATED)
             .await
@@ -299,6 +301,38 @@ impl Client {
     pub async fn erase_user(&self, assertion: &str) -> Result<(), ClientError> {
         self.post_no_content("/v1/users/erase", assertion, &serde_json::json!({}))
             .await
+    }
+
+    /// `POST /v1/chain/blocks`: appends a block to the assertion user's chain.
+    pub async fn append_block(&self, assertion: &str, block: &[u8]) -> Result<(), ClientError> {
+        let body = ghostkey_proto::api::AppendBlockRequest {
+            block: b64::encode(block),
+        };
+        self.post_no_content("/v1/chain/blocks", assertion, &body)
+            .await
+    }
+
+    /// `GET /v1/chains/{user_id}`: a user's chain (any assertion of the same app), as
+    /// stored; verify it with [`ghostkey_proto::chain::verify_chain`] before trusting it.
+    pub async fn chain(&self, assertion: &str, user_id: &str) -> Result<Vec<Vec<u8>>, ClientError> {
+        let path = format!("/v1/chains/{}", path_segment(user_id)?);
+        let res = self
+            .http
+            .get(self.url(&path)?)
+            .bearer_auth(assertion)
+            .send()
+            .await?;
+        let chain: ghostkey_proto::api::ChainResponse = answer(res, StatusCode::OK).await?;
+        chain
+            .blocks
+            .iter()
+            .map(|b| {
+                b64::decode(b).map_err(|_| ClientError::Unexpected {
+                    status: 200,
+                    detail: "a block is not base64url".into(),
+                })
+            })
+            .collect()
     }
 
     async fn post_no_content<B: Serialize>(

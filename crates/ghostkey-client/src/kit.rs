@@ -69,6 +69,7 @@ pub enum KitError {
 }
 
 /// An app provider's Ed25519 assertion key with its key id (`kid`).
+#[derive(Clone)]
 pub struct AppSigningKey {
     kid: String,
     key: SigningKey,

@@ -34,15 +34,78 @@ pub struct Enrolled {
     /// The virtual device, whose private keys now live only sealed at Ghostkey (and in
     /// this value until it is dropped).
     pub virtual_device: VirtualDevice,
-    /// The user key pair, to seal to the user's devices in the device chain.
+    /// The user key pair (its private half is also sealed to the virtual device in the
+    /// chain's root).
     pub user_keys: UserKeys,
+    /// The endorsed root block of the user's device chain.
+    pub root: ghostkey_proto::chain::Block,
     /// Ghostkey's answer (the enrolment is pending until a method is confirmed).
     pub answer: EnrollResponse,
 }
 
-/// Enrols a user: generates their virtual device and user key pair, seals the virtual
-/// device under `secret` (binding `app_id`, `user_id` and version 1), and stores it at
-/// Ghostkey with an `enroll` assertion.
+/// The first half of an enrolment, on the user's device: a new virtual device and user
+/// key pair, and the chain's root block for the app provider to endorse.
+#[derive(Debug)]
+pub struct PreparedEnrolment {
+    /// The new virtual device.
+    pub virtual_device: VirtualDevice,
+    /// The new user key pair.
+    pub user_keys: UserKeys,
+    /// The root block to send to the app provider's backend for endorsement
+    /// ([`AppSigningKey::endorse_root`]).
+    pub root: ghostkey_proto::chain::UnsignedBlock,
+}
+
+/// Prepares an enrolment for `user_id` of `app_id`; `kid` names the app key that will
+/// endorse the root.
+pub fn prepare_enrolment(
+    app_id: &str,
+    user_id: &str,
+    kid: &str,
+) -> Result<PreparedEnrolment, ClientError> {
+    let virtual_device = VirtualDevice::generate(app_id, user_id, 1);
+    let user_keys = UserKeys::generate();
+    let root = chain::root_block(&virtual_device, &user_keys, kid).map_err(|e| {
+        ClientError::Unexpected {
+            status: 0,
+            detail: e.to_string(),
+        }
+    })?;
+    Ok(PreparedEnrolment {
+        virtual_device,
+        user_keys,
+        root,
+    })
+}
+
+/// The second half: seals the virtual device under `secret` (binding app id, user id and
+/// version 1) and stores it at Ghostkey with the endorsed root and an `enroll` assertion.
+pub async fn complete_enrolment(
+    client: &Client,
+    assertion: &str,
+    secret: &UserSecret,
+    prepared: PreparedEnrolment,
+    endorsed_root: ghostkey_proto::chain::Block,
+) -> Result<Enrolled, ClientError> {
+    let sealed = prepared.virtual_device.seal(secret)?;
+    let answer = client
+        .enroll(
+            assertion,
+            &sealed,
+            &prepared.virtual_device.keys().public(),
+            &endorsed_root.encode(),
+        )
+        .await?;
+    Ok(Enrolled {
+        virtual_device: prepared.virtual_device,
+        user_keys: prepared.user_keys,
+        root: endorsed_root,
+        answer,
+    })
+}
+
+/// Enrols a user in one call when the app key is at hand (the app provider's own tools,
+/// tests): prepare, endorse the root with `app_key`, complete.
 ///
 /// ```no_run
 /// # async fn example(app_key: ghostkey_client::AppSigningKey) -> Result<(), Box<dyn std::error::Error>> {
@@ -59,7 +122,7 @@ pub struct Enrolled {
 /// )?;
 /// // On the user's device, with the secret and assertion the backend handed over:
 /// let client = Client::new("https://gk.example.org")?;
-/// let enrolled = ghostkey_client::enroll(&client, &assertion, &secret, "app_0123", "u-7f3a").await?;
+/// let enrolled = ghostkey_client::enroll(&client, &assertion, &secret, "app_0123", "u-7f3a", &app_key).await?;
 /// assert_eq!(enrolled.answer.user_id, "u-7f3a");
 /// # Ok(())
 /// # }
@@ -70,16 +133,14 @@ pub async fn enroll(
     secret: &UserSecret,
     app_id: &str,
     user_id: &str,
+    app_key: &AppSigningKey,
 ) -> Result<Enrolled, ClientError> {
-    let virtual_device = VirtualDevice::generate(app_id, user_id, 1);
-    let user_keys = UserKeys::generate();
-    let sealed = virtual_device.seal(secret)?;
-    let answer = client
-        .enroll(assertion, &sealed, &virtual_device.keys().public())
-        .await?;
-    Ok(Enrolled {
-        virtual_device,
-        user_keys,
-        answer,
-    })
+    let prepared = prepare_enrolment(app_id, user_id, app_key.kid())?;
+    let endorsed = app_key
+        .endorse_root(&prepared.root, app_id, user_id)
+        .map_err(|e| ClientError::Unexpected {
+            status: 0,
+            detail: e.to_string(),
+        })?;
+    complete_enrolment(client, assertion, secret, prepared, endorsed).await
 }

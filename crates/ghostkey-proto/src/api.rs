@@ -22,6 +22,8 @@ pub struct EnrollRequest {
     pub sealed_virtual_device: String,
     /// The virtual device's public keys.
     pub virtual_device: DevicePublicKeys,
+    /// The root block of the user's device chain, endorsed by the app provider, base64url.
+    pub root_block: String,
 }
 
 /// The state of a user's enrolment.
@@ -306,4 +308,22 @@ pub struct ReplaceVirtualDeviceRequest {
     pub sealed_virtual_device: String,
     /// A fresh proof through a confirmed method.
     pub proof: Proof,
+}
+
+/// `POST /v1/chain/blocks`: appends a block to the assertion user's chain (`recover` or
+/// `manage` assertion to admit a device, `manage` to revoke one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendBlockRequest {
+    /// The encoded block, base64url.
+    pub block: String,
+}
+
+/// A user's device chain, as stored: verify it yourself from the app's pinned keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainResponse {
+    /// The user whose chain it is.
+    pub user_id: String,
+    /// The encoded blocks in order, base64url.
+    pub blocks: Vec<String>,
 }

@@ -135,6 +135,14 @@ error_codes! {
     AlreadyReleased = ("already_released", 409, "The recovery has already been released"),
     /// The challenge is not of the kind this endpoint answers.
     WrongChallenge = ("wrong_challenge", 409, "The challenge is not for this endpoint"),
+    /// The block does not extend the current head of the chain (a fork, or a stale client).
+    ChainFork = ("chain_fork", 409, "The block does not extend the current head of the chain"),
+    /// The block is already in the chain.
+    ChainBlockReplayed = ("chain_block_replayed", 409, "The block is already in the chain"),
+    /// The block breaks a rule of the chain; `detail` names the rule.
+    InvalidBlock = ("invalid_block", 422, "The block is not valid for this chain"),
+    /// No chain for this user.
+    ChainNotFound = ("chain_not_found", 404, "No chain for this user"),
     /// The server is not ready (store unavailable).
     Unavailable = ("unavailable", 503, "The service is temporarily unavailable"),
     /// An unexpected server-side failure; the cause is in the server log, never in the answer.
