@@ -13,6 +13,7 @@ pub mod admin;
 pub mod clock;
 pub mod config;
 pub mod delivery;
+pub mod demo;
 pub mod domain;
 pub mod error;
 pub mod http;

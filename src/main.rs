@@ -36,6 +36,9 @@ enum Command {
     /// Act on one user of an app.
     #[command(subcommand)]
     User(UserCommand),
+    /// Play the whole story (enrol, share a document, lose the device, recover, read it
+    /// again) against an in-process Ghostkey.
+    Demo,
     /// A command-line client: enrol and recover against a running Ghostkey, with an app
     /// key file standing in for the app provider.
     #[command(subcommand)]
@@ -374,6 +377,17 @@ fn main() -> ExitCode {
         }
         Command::App(cmd) => run_app_command(&config, cmd),
         Command::User(cmd) => run_user_command(&config, cmd),
+        Command::Demo => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the runtime: {e}"))
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let outcome = ghostkey::demo::run(&mut std::io::stdout()).await?;
+                    println!("(the story took {} ms)", outcome.elapsed.as_millis());
+                    Ok(())
+                })
+            }),
         Command::Client(cmd) => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()

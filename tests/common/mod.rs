@@ -200,6 +200,15 @@ pub struct TestApp {
 }
 
 impl TestApp {
+    /// The same clock, for building a variant of this app in a test.
+    pub fn clone_for_test(&self) -> TestApp {
+        TestApp {
+            id: self.id.clone(),
+            key: self.key.clone(),
+            clock: Arc::clone(&self.clock),
+        }
+    }
+
     pub fn assertion(&self, user_id: &str, purpose: Purpose) -> String {
         self.key
             .mint(

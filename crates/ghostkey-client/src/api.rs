@@ -44,6 +44,12 @@ pub enum ClientError {
     /// The base URL is unusable.
     #[error("bad base URL: {0}")]
     BadUrl(String),
+    /// A chain Ghostkey served does not verify from the app's pinned keys.
+    #[error("the device chain does not verify: {0}")]
+    Chain(#[from] ghostkey_proto::chain::ChainError),
+    /// A chain operation on this device failed.
+    #[error(transparent)]
+    ChainUse(#[from] crate::chain::ChainUseError),
 }
 
 impl ClientError {

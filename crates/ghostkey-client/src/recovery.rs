@@ -26,11 +26,45 @@
 //! ```
 
 use ghostkey_proto::api::{ChallengeView, MethodList, RecoveryResponse, RecoveryState};
+use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::b64;
+use ghostkey_proto::chain::{verify_chain, ChainState};
 
 use crate::api::{Client, ClientError};
-use crate::device::VirtualDevice;
+use crate::chain::{add_device, user_keys};
+use crate::device::{DeviceKeys, UserKeys, VirtualDevice};
 use crate::kit::UserSecret;
+
+/// A new device admitted to the user's chain by the recovered virtual device: it acts as
+/// the user from now on.
+#[derive(Debug)]
+pub struct NewDevice {
+    /// The new device's keys (kept on the device).
+    pub device: DeviceKeys,
+    /// The user key pair, unsealed from the chain.
+    pub user_keys: UserKeys,
+    /// The verified chain, with the new device in it.
+    pub chain: ChainState,
+}
+
+/// Where a recovery ended up after the code, with the new device admitted.
+#[derive(Debug)]
+pub enum Admission {
+    /// Released, and the new device admitted.
+    Admitted(Box<NewDevice>),
+    /// The app's waiting period runs until `available_at`.
+    Waiting {
+        /// When the release becomes available (Unix seconds).
+        available_at: i64,
+    },
+}
+
+/// Supplies assertions from the app provider (its backend mints them for the logged-in
+/// user); each call must return a fresh one, since they are single use.
+pub type Assertions<'a> = &'a (dyn Fn(Purpose) -> Result<String, ClientError> + Send + Sync);
+
+/// The app's pinned Ed25519 keys by key id, from which chains are verified.
+pub type PinnedKeys<'a> = &'a (dyn Fn(&str) -> Option<[u8; 32]> + Send + Sync);
 
 /// Where a recovery ended up after the code.
 #[derive(Debug)]
@@ -117,6 +151,63 @@ impl<'a> RecoveryDriver<'a> {
                 detail: format!("the release answered `waiting` until {available_at}"),
             }),
         }
+    }
+
+    /// Submits the code and, once released, admits a fresh device to the user's chain with
+    /// the recovered virtual device: one call from "all devices lost" to "new device
+    /// admitted".
+    pub async fn submit_code_and_admit(
+        &self,
+        recovery_id: &str,
+        code: &str,
+        assertions: Assertions<'_>,
+        pinned: PinnedKeys<'_>,
+    ) -> Result<Admission, ClientError> {
+        match self.submit_code(recovery_id, code).await? {
+            Recovered::Released(vd) => Ok(Admission::Admitted(Box::new(
+                self.admit_new_device(&vd, assertions, pinned).await?,
+            ))),
+            Recovered::Waiting { available_at } => Ok(Admission::Waiting { available_at }),
+        }
+    }
+
+    /// Admits a fresh device with the recovered virtual device: fetches and verifies the
+    /// chain from the app's pinned keys, unseals the user key with the virtual device,
+    /// and appends a `device added` block signed by it.
+    pub async fn admit_new_device(
+        &self,
+        vd: &VirtualDevice,
+        assertions: Assertions<'_>,
+        pinned: PinnedKeys<'_>,
+    ) -> Result<NewDevice, ClientError> {
+        let blocks = self
+            .client
+            .chain(&assertions(Purpose::Recover)?, &self.user_id)
+            .await?;
+        let mut chain = verify_chain(&blocks, pinned)?;
+        if chain.app_id != self.app_id || chain.user_id != self.user_id {
+            return Err(ClientError::Unexpected {
+                status: 200,
+                detail: "the chain served belongs to another app or user".into(),
+            });
+        }
+        let user_keys = user_keys(&chain, vd.keys())?;
+        let device = DeviceKeys::generate();
+        let block = add_device(&chain, vd.keys(), &device, &user_keys)?;
+        self.client
+            .append_block(&assertions(Purpose::Recover)?, &block.encode())
+            .await?;
+        chain.apply(&block).map_err(|fault| {
+            ClientError::Chain(ghostkey_proto::chain::ChainError {
+                index: chain.len,
+                fault,
+            })
+        })?;
+        Ok(NewDevice {
+            device,
+            user_keys,
+            chain,
+        })
     }
 
     /// Opens a released blob with the user secret and checks that it belongs to this app

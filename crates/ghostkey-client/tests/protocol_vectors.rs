@@ -1,63 +1,365 @@
-// TEMPORARY: prints the vector values once; replaced by the real test.
+//! The test vectors of `docs/PROTOCOL.md` (§10.1 sealed virtual device, §10.2 assertion),
+//! read from the document at run time and recomputed with this crate's code, byte for
+//! byte. A change to the document or to the code that breaks one fails here.
+
+use std::collections::BTreeMap;
+
+use crypto_secretbox::aead::{AeadInPlace, KeyInit};
+use crypto_secretbox::{Nonce, XSalsa20Poly1305};
+use ed25519_dalek::{Signature, VerifyingKey};
 use ghostkey_client::proto::assertion::{AssertionClaims, Purpose};
 use ghostkey_client::proto::b64;
+use ghostkey_client::proto::sealed::{SealedFormatError, SEALED_FORMAT_V1};
+use ghostkey_client::sealed::SealError;
 use ghostkey_client::{AppSigningKey, DeviceKeys, UserSecret, VirtualDevice};
 
-fn seq<const N: usize>(start: u8) -> [u8; N] {
-    let mut a = [0u8; N];
-    for (i, b) in a.iter_mut().enumerate() {
-        *b = start.wrapping_add(i as u8);
+const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md");
+
+/// The `key: value` lines of the block opened by ```` ```vector name="<name>" ````, which
+/// must appear exactly once and hold exactly the keys `expected`.
+fn vector(name: &str, expected: &[&str]) -> BTreeMap<String, String> {
+    let doc = std::fs::read_to_string(DOC).unwrap_or_else(|e| panic!("cannot read {DOC}: {e}"));
+    let opening = format!("```vector name=\"{name}\"");
+    let mut blocks = Vec::new();
+    let mut lines = doc.lines();
+    while let Some(line) = lines.next() {
+        if line.trim_end() != opening {
+            continue;
+        }
+        let mut block = BTreeMap::new();
+        for line in lines.by_ref() {
+            if line.trim_end() == "```" {
+                break;
+            }
+            let (key, value) = line
+                .split_once(": ")
+                .unwrap_or_else(|| panic!("vector {name}: `{line}` is not `key: value`"));
+            let previous = block.insert(key.trim().to_owned(), value.trim_end().to_owned());
+            assert!(previous.is_none(), "vector {name}: `{key}` appears twice");
+        }
+        blocks.push(block);
     }
-    a
+    assert_eq!(
+        blocks.len(),
+        1,
+        "vector {name} must appear exactly once in {DOC}"
+    );
+    let block = blocks.pop().unwrap_or_default();
+    let keys: Vec<&str> = block.keys().map(String::as_str).collect();
+    let mut wanted = expected.to_vec();
+    wanted.sort_unstable();
+    assert_eq!(keys, wanted, "vector {name}: keys");
+    block
 }
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    assert!(
+        text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()),
+        "not hex: {text}"
+    );
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+fn array<const N: usize>(text: &str) -> [u8; N] {
+    unhex(text)
+        .try_into()
+        .unwrap_or_else(|v: Vec<u8>| panic!("expected {N} bytes, got {}", v.len()))
 }
 
 #[test]
-fn print_vectors() {
-    let secret: [u8; 32] = seq(0x00);
-    let nonce: [u8; 24] = seq(0x40);
-    let seed: [u8; 32] = seq(0x80);
-    let xs: [u8; 32] = seq(0xa0);
-    let keys = DeviceKeys::from_bytes(&seed, &xs);
-    let dev = VirtualDevice::from_keys("app_8c2f1e9a4b7d3c6e0f5a1b2d", "u-7f3a9c", 258, keys);
-    let pt = dev.to_plaintext().unwrap();
-    let sealed = dev
-        .seal_with_nonce(&UserSecret::from_bytes(secret), &nonce)
-        .unwrap();
-    println!("user_secret: {}", hex(&secret));
-    println!("nonce: {}", hex(&nonce));
-    println!("seed: {}", hex(&seed));
-    println!("xsecret: {}", hex(&xs));
-    println!("plaintext ({}): {}", pt.len(), hex(&pt));
-    println!("sealed ({}): {}", sealed.len(), hex(&sealed));
-    println!("sealed_b64: {}", b64::encode(&sealed));
-    let p = dev.keys().public();
-    println!("signing_key: {}", p.signing_key);
-    println!("encryption_key: {}", p.encryption_key);
+fn sealed_virtual_device_vector_matches_the_code() {
+    let v = vector(
+        "sealed-v1",
+        &[
+            "user_secret",
+            "nonce",
+            "app_id",
+            "user_id",
+            "version",
+            "signing_seed",
+            "encryption_secret",
+            "plaintext",
+            "sealed",
+            "sealed_b64",
+            "signing_key",
+            "encryption_key",
+        ],
+    );
+    let secret_bytes: [u8; 32] = array(&v["user_secret"]);
+    let nonce: [u8; 24] = array(&v["nonce"]);
+    let seed: [u8; 32] = array(&v["signing_seed"]);
+    let x_secret: [u8; 32] = array(&v["encryption_secret"]);
+    let (app_id, user_id) = (v["app_id"].as_str(), v["user_id"].as_str());
+    let version: u64 = v["version"].parse().unwrap();
+    let secret = UserSecret::from_bytes(secret_bytes);
 
-    let app_seed: [u8; 32] = seq(0x20);
-    let key = AppSigningKey::from_seed("k1", &app_seed);
+    let device = VirtualDevice::from_keys(
+        app_id,
+        user_id,
+        version,
+        DeviceKeys::from_bytes(&seed, &x_secret),
+    );
+
+    // The plaintext, as the code lays it out...
+    let plaintext = device.to_plaintext().unwrap();
+    assert_eq!(hex(&plaintext), v["plaintext"], "plaintext");
+    // ... and read back by the layout the document describes (§3.2).
+    let p = unhex(&v["plaintext"]);
+    let (a, u) = (app_id.len(), user_id.len());
+    assert_eq!(p.len(), 79 + a + u, "plaintext length is 79 + a + u");
+    assert_eq!(&p[0..4], b"GKVD");
+    assert_eq!(p[4], 1, "layout version");
+    assert_eq!(u64::from_be_bytes(p[5..13].try_into().unwrap()), version);
+    assert_eq!(usize::from(p[13]), a);
+    assert_eq!(&p[14..14 + a], app_id.as_bytes());
+    assert_eq!(usize::from(p[14 + a]), u);
+    assert_eq!(&p[15 + a..15 + a + u], user_id.as_bytes());
+    assert_eq!(&p[15 + a + u..47 + a + u], &seed);
+    assert_eq!(&p[47 + a + u..], &x_secret);
+    assert_eq!(
+        VirtualDevice::from_plaintext(&p).unwrap(),
+        device,
+        "the plaintext parses back"
+    );
+
+    // The sealed blob, in hex and base64url.
+    let sealed = device.seal_with_nonce(&secret, &nonce).unwrap();
+    assert_eq!(hex(&sealed), v["sealed"], "sealed");
+    assert_eq!(b64::encode(&sealed), v["sealed_b64"], "sealed_b64");
+    assert_eq!(b64::decode(&v["sealed_b64"]).unwrap(), unhex(&v["sealed"]));
+
+    // The outer format of §3.1: version byte, nonce, then libsodium's combined
+    // crypto_secretbox output, tag first.
+    let blob = unhex(&v["sealed"]);
+    assert_eq!(blob[0], SEALED_FORMAT_V1);
+    assert_eq!(&blob[1..25], &nonce);
+    assert_eq!(blob.len(), 41 + p.len());
+    let mut ciphertext = p.clone();
+    let tag = XSalsa20Poly1305::new(&secret_bytes.into())
+        .encrypt_in_place_detached(Nonce::from_slice(&nonce), b"", &mut ciphertext)
+        .unwrap();
+    assert_eq!(&blob[25..41], tag.as_slice(), "the tag comes first");
+    assert_eq!(&blob[41..], ciphertext.as_slice(), "then the ciphertext");
+
+    // The public keys, as sent at enrolment.
+    let public = device.keys().public();
+    assert_eq!(public.signing_key, v["signing_key"], "signing_key");
+    assert_eq!(public.encryption_key, v["encryption_key"], "encryption_key");
+
+    // Opening it back, and the checks a client makes after opening (§3.3).
+    let opened = VirtualDevice::open(&blob, &secret, app_id, user_id, version).unwrap();
+    assert_eq!(opened, device);
+    assert_eq!(
+        (opened.app_id(), opened.user_id(), opened.version()),
+        (app_id, user_id, version)
+    );
+    assert_eq!(opened.keys().signing_key().to_bytes(), seed);
+    assert_eq!(opened.keys().encryption_secret().to_bytes(), x_secret);
+    assert_eq!(
+        VirtualDevice::open(&blob, &secret, "app_000000000000000000000000", user_id, 1),
+        Err(SealError::WrongBinding("app"))
+    );
+    assert_eq!(
+        VirtualDevice::open(&blob, &secret, app_id, "u-someone-else", 1),
+        Err(SealError::WrongBinding("user"))
+    );
+    assert_eq!(
+        VirtualDevice::open(&blob, &secret, app_id, user_id, version + 1),
+        Err(SealError::RolledBack {
+            found: version,
+            expected: version + 1
+        })
+    );
+    let mut other_secret = secret_bytes;
+    other_secret[0] ^= 1;
+    assert_eq!(
+        VirtualDevice::open(
+            &blob,
+            &UserSecret::from_bytes(other_secret),
+            app_id,
+            user_id,
+            1
+        ),
+        Err(SealError::Decrypt)
+    );
+    let mut tampered = blob.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    assert_eq!(
+        VirtualDevice::open(&tampered, &secret, app_id, user_id, 1),
+        Err(SealError::Decrypt)
+    );
+    let mut v2 = blob.clone();
+    v2[0] = 2;
+    assert_eq!(
+        VirtualDevice::open(&v2, &secret, app_id, user_id, 1),
+        Err(SealError::Format(SealedFormatError::UnsupportedVersion(2)))
+    );
+}
+
+#[test]
+fn assertion_vector_matches_the_code() {
+    let v = vector(
+        "assertion-eddsa",
+        &[
+            "app_key_seed",
+            "app_public_key",
+            "kid",
+            "iss",
+            "sub",
+            "aud",
+            "iat",
+            "exp",
+            "jti",
+            "purpose",
+            "header_json",
+            "payload_json",
+            "signature",
+            "token",
+        ],
+    );
+    let key = AppSigningKey::from_seed(&v["kid"], &array(&v["app_key_seed"]));
+    assert_eq!(key.kid(), v["kid"]);
+    assert_eq!(key.public_key_b64(), v["app_public_key"], "app_public_key");
+
+    let purpose: Purpose = serde_json::from_value(serde_json::json!(v["purpose"])).unwrap();
     let claims = AssertionClaims {
-        iss: "app_8c2f1e9a4b7d3c6e0f5a1b2d".into(),
-        sub: "u-7f3a9c".into(),
-        aud: "gk.example.org".into(),
-        iat: 1_700_000_000,
-        exp: 1_700_000_120,
-        jti: b64::encode(seq::<16>(0)),
-        purpose: Purpose::Recover,
+        iss: v["iss"].clone(),
+        sub: v["sub"].clone(),
+        aud: v["aud"].clone(),
+        iat: v["iat"].parse().unwrap(),
+        exp: v["exp"].parse().unwrap(),
+        jti: v["jti"].clone(),
+        purpose,
     };
-    let tok = key.mint_claims(&claims).unwrap();
-    println!("app_seed: {}", hex(&app_seed));
-    println!("app_public: {}", key.public_key_b64());
-    println!("jti: {}", claims.jti);
-    println!("token: {tok}");
-    for part in tok.split('.').take(2) {
-        println!(
-            "part: {}",
-            String::from_utf8(b64::decode(part).unwrap()).unwrap()
-        );
+    let token = key.mint_claims(&claims).unwrap();
+    assert_eq!(token, v["token"], "token");
+
+    // The exact bytes signed: base64url(header_json) "." base64url(payload_json).
+    let parts: Vec<&str> = v["token"].split('.').collect();
+    assert_eq!(parts.len(), 3, "a compact JWS has three parts");
+    assert_eq!(
+        b64::decode(parts[0]).unwrap(),
+        v["header_json"].as_bytes(),
+        "header_json"
+    );
+    assert_eq!(
+        b64::decode(parts[1]).unwrap(),
+        v["payload_json"].as_bytes(),
+        "payload_json"
+    );
+    assert_eq!(parts[2], v["signature"], "signature");
+    assert_eq!(
+        serde_json::from_str::<AssertionClaims>(&v["payload_json"]).unwrap(),
+        claims,
+        "payload_json holds exactly the vector's claims"
+    );
+    let header: serde_json::Value = serde_json::from_str(&v["header_json"]).unwrap();
+    assert_eq!(header["alg"], "EdDSA");
+    assert_eq!(header["kid"], v["kid"].as_str());
+
+    // The signature is a plain Ed25519 signature of the signing input.
+    let public =
+        VerifyingKey::from_bytes(&b64::decode_array(&v["app_public_key"]).unwrap()).unwrap();
+    let signature = Signature::from_bytes(&b64::decode_array(&v["signature"]).unwrap());
+    let signing_input = format!("{}.{}", parts[0], parts[1]);
+    public
+        .verify_strict(signing_input.as_bytes(), &signature)
+        .expect("the signature verifies with the app's public key");
+    let mut altered = signing_input.into_bytes();
+    altered[0] ^= 1;
+    assert!(public.verify_strict(&altered, &signature).is_err());
+}
+
+#[test]
+fn tmp_print_chain() {
+    use ed25519_dalek::{Signer, SigningKey};
+    use ghostkey_client::chain::seal_to;
+    use ghostkey_client::proto::chain::{Author, Block, BlockBody, UnsignedBlock};
+    use ghostkey_client::UserKeys;
+    fn seq<const N: usize>(start: u8) -> [u8; N] {
+        let mut a = [0u8; N];
+        for (i, b) in a.iter_mut().enumerate() {
+            *b = start.wrapping_add(i as u8);
+        }
+        a
     }
-    println!("sig: {}", tok.split('.').nth(2).unwrap());
+    let app = AppSigningKey::from_seed("k1", &seq(0x20));
+    let vd = DeviceKeys::from_bytes(&seq(0x80), &seq(0xa0));
+    let user = UserKeys::from_bytes(&seq(0xc0));
+    let dev = DeviceKeys::from_bytes(&seq(0x60), &seq(0xe0));
+    let (app_id, user_id) = ("app_8c2f1e9a4b7d3c6e0f5a1b2d", "u-7f3a9c");
+    let for_vd = seal_to(&vd.encryption_public(), user.secret().as_bytes()).unwrap();
+    let for_dev = seal_to(&dev.encryption_public(), user.secret().as_bytes()).unwrap();
+    println!("user_public: {}", hex(&user.public()));
+    println!("vd_signing: {}", hex(&vd.signing_public()));
+    println!("vd_encryption: {}", hex(&vd.encryption_public()));
+    println!("device_signing: {}", hex(&dev.signing_public()));
+    println!("device_encryption: {}", hex(&dev.encryption_public()));
+    println!("user_key_for_vd: {}", hex(&for_vd));
+    println!("user_key_for_device: {}", hex(&for_dev));
+    let root_u = UnsignedBlock {
+        index: 0,
+        prev_hash: [0; 32],
+        app_id: app_id.into(),
+        user_id: user_id.into(),
+        body: BlockBody::Root {
+            vd_signing: vd.signing_public(),
+            vd_encryption: vd.encryption_public(),
+            user_public: user.public(),
+            user_key_for_vd: for_vd,
+        },
+        author: Author::App("k1".into()),
+    };
+    let root = app.endorse_root(&root_u, app_id, user_id).unwrap();
+    println!("root_block: {}", hex(&root.encode()));
+    println!("root_hash: {}", hex(&root.hash()));
+    let vd_sk = SigningKey::from_bytes(&seq(0x80));
+    let add_u = UnsignedBlock {
+        index: 1,
+        prev_hash: root.hash(),
+        app_id: app_id.into(),
+        user_id: user_id.into(),
+        body: BlockBody::DeviceAdded {
+            signing: dev.signing_public(),
+            encryption: dev.encryption_public(),
+            user_key_for_device: for_dev,
+        },
+        author: Author::Device(vd.signing_public()),
+    };
+    let add = Block {
+        signature: vd_sk.sign(&add_u.signing_input()).to_bytes(),
+        unsigned: add_u,
+    };
+    println!("device_added_block: {}", hex(&add.encode()));
+    println!("device_added_hash: {}", hex(&add.hash()));
+    let dev_sk = SigningKey::from_bytes(&seq(0x60));
+    let rev_u = UnsignedBlock {
+        index: 2,
+        prev_hash: add.hash(),
+        app_id: app_id.into(),
+        user_id: user_id.into(),
+        body: BlockBody::DeviceRevoked {
+            revoked: dev.signing_public(),
+        },
+        author: Author::Device(dev.signing_public()),
+    };
+    let rev = Block {
+        signature: dev_sk.sign(&rev_u.signing_input()).to_bytes(),
+        unsigned: rev_u,
+    };
+    println!("device_revoked_block: {}", hex(&rev.encode()));
+    println!("device_revoked_hash: {}", hex(&rev.hash()));
+    let st = ghostkey_client::proto::chain::verify_chain(
+        &[root.encode(), add.encode(), rev.encode()],
+        &|k: &str| (k == "k1").then(|| app.public_key()),
+    )
+    .unwrap();
+    println!("{st:?}");
 }
