@@ -201,3 +201,98 @@ pub fn unlock_user(
             other => explain(other, app_id, None),
         })
 }
+
+/// Deletes every row of a user (operator action, e.g. on an erasure request that reached
+/// the operator rather than the app provider).
+pub fn erase_user(
+    store: &dyn Store,
+    app_id: &str,
+    user_id: &str,
+    now: UnixTime,
+) -> Result<(), AdminError> {
+    store
+        .erase_user(app_id, user_id, None, now)
+        .map_err(|e| match e {
+            StoreError::NotEnrolled => {
+                AdminError(format!("app `{app_id}` has no enrolled user `{user_id}`"))
+            }
+            other => explain(other, app_id, None),
+        })
+}
+
+/// A user as the operator sees them: state, methods masked, lock, recoveries, chain.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserReport {
+    /// The app.
+    pub app_id: String,
+    /// The user.
+    pub user_id: String,
+    /// `pending` or `active`.
+    pub state: ghostkey_proto::api::EnrollmentState,
+    /// When enrolled.
+    pub enrolled_at: UnixTime,
+    /// Methods, destinations masked.
+    pub methods: Vec<ghostkey_proto::api::MethodView>,
+    /// Failures since the last success.
+    pub failures: u32,
+    /// When locked, if locked.
+    pub locked_at: Option<UnixTime>,
+    /// Recoveries not yet released or cancelled: id, state, release time.
+    pub open_recoveries: Vec<(String, String, Option<UnixTime>)>,
+    /// Recoveries released so far.
+    pub releases: usize,
+    /// Blocks in the device chain.
+    pub chain_blocks: usize,
+}
+
+/// Everything about one user an operator may see (no secret, destinations masked).
+pub fn show_user(
+    store: &dyn Store,
+    keys: &crate::keys::ServerKeys,
+    app_id: &str,
+    user_id: &str,
+) -> Result<UserReport, AdminError> {
+    use crate::domain::recovery::RecoveryState;
+    let user = store
+        .user(app_id, user_id)
+        .map_err(|e| explain(e, app_id, None))?
+        .ok_or_else(|| AdminError(format!("app `{app_id}` has no enrolled user `{user_id}`")))?;
+    let methods = user
+        .methods
+        .iter()
+        .map(|m| {
+            crate::service::methods::method_view(keys, m).map_err(|e| AdminError(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let recoveries = store
+        .user_recoveries(app_id, user_id)
+        .map_err(|e| explain(e, app_id, None))?;
+    let chain = store
+        .chain(app_id, user_id)
+        .map_err(|e| explain(e, app_id, None))?;
+    Ok(UserReport {
+        app_id: app_id.to_owned(),
+        user_id: user_id.to_owned(),
+        state: user.enrollment.state,
+        enrolled_at: user.enrollment.created_at,
+        methods,
+        failures: user.guard.failures,
+        locked_at: user.guard.locked_at,
+        open_recoveries: recoveries
+            .iter()
+            .filter(|r| matches!(r.state, RecoveryState::Started | RecoveryState::Waiting))
+            .map(|r| {
+                (
+                    r.challenge_id.clone(),
+                    r.state.as_str().to_owned(),
+                    r.available_at,
+                )
+            })
+            .collect(),
+        releases: recoveries
+            .iter()
+            .filter(|r| r.state == RecoveryState::Released)
+            .count(),
+        chain_blocks: chain.len(),
+    })
+}

@@ -36,6 +36,19 @@ enum Command {
     /// Act on one user of an app.
     #[command(subcommand)]
     User(UserCommand),
+    /// Write a consistent copy of the database to PATH while the server runs.
+    Backup {
+        /// Where to write the copy (must not exist). Keep it apart from the data key.
+        path: PathBuf,
+    },
+    /// Replace the database's content with a backup (stop the server first).
+    Restore {
+        /// The backup to restore.
+        path: PathBuf,
+        /// Confirm: the current content is replaced.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Play the whole story (enrol, share a document, lose the device, recover, read it
     /// again) against an in-process Ghostkey.
     Demo,
@@ -47,6 +60,26 @@ enum Command {
 
 #[derive(Subcommand)]
 enum UserCommand {
+    /// Show a user: state, methods (masked), lock, open recoveries, chain length.
+    Show {
+        /// The app id.
+        app_id: String,
+        /// The user id.
+        user_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete every row of a user (right to erasure).
+    Erase {
+        /// The app id.
+        app_id: String,
+        /// The user id.
+        user_id: String,
+        /// Confirm: erasure cannot be undone.
+        #[arg(long)]
+        yes: bool,
+    },
     /// Lift a user's lock after too many failed codes (and clear their failure count).
     Unlock {
         /// The app id.
@@ -338,6 +371,63 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
 fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String> {
     let store = ghostkey::server::open_store(config)?;
     match command {
+        UserCommand::Show {
+            app_id,
+            user_id,
+            json,
+        } => {
+            let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
+            let keys = ghostkey::keys::ServerKeys::derive(&data_key);
+            let report = admin::show_user(&store, &keys, &app_id, &user_id).map_err(|e| e.0)?;
+            if json {
+                println!("{}", to_json(&report)?);
+            } else {
+                println!(
+                    "user {} of app {}: {:?}, enrolled at {}",
+                    report.user_id, report.app_id, report.state, report.enrolled_at
+                );
+                for m in &report.methods {
+                    println!(
+                        "  method {}  {}  {}  {:?}",
+                        m.id,
+                        m.kind.as_str(),
+                        m.masked.as_deref().unwrap_or("authenticator app"),
+                        m.state
+                    );
+                }
+                match report.locked_at {
+                    Some(t) => println!(
+                        "  LOCKED since {t} ({} failures); `ghostkey user unlock` lifts it",
+                        report.failures
+                    ),
+                    None => println!(
+                        "  not locked ({} failures since the last success)",
+                        report.failures
+                    ),
+                }
+                for (id, state, at) in &report.open_recoveries {
+                    println!(
+                        "  open recovery {id}: {state}{}",
+                        at.map(|t| format!(", release at {t}")).unwrap_or_default()
+                    );
+                }
+                println!(
+                    "  {} release(s); device chain of {} block(s)",
+                    report.releases, report.chain_blocks
+                );
+            }
+        }
+        UserCommand::Erase {
+            app_id,
+            user_id,
+            yes,
+        } => {
+            if !yes {
+                return Err("erasure cannot be undone: add --yes to confirm".into());
+            }
+            admin::erase_user(&store, &app_id, &user_id, SystemClock.now()).map_err(|e| e.0)?;
+            eprintln!("user `{user_id}` of app `{app_id}` erased");
+        }
         UserCommand::Unlock { app_id, user_id } => {
             let was_locked = admin::unlock_user(&store, &app_id, &user_id, SystemClock.now())
                 .map_err(|e| e.0)?;
@@ -348,6 +438,36 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
             }
         }
     }
+    Ok(())
+}
+
+fn backup(config: &Config, path: &std::path::Path) -> Result<(), String> {
+    let store = ghostkey::server::open_store(config)?;
+    let bytes = store.backup_to(path).map_err(|e| e.to_string())?;
+    eprintln!(
+        "wrote a consistent copy of {} to {} ({bytes} bytes, integrity checked). \
+         The data key is not in it: keep the key's own copy somewhere else.",
+        config.database.path.display(),
+        path.display()
+    );
+    Ok(())
+}
+
+fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), String> {
+    if !yes {
+        return Err(format!(
+            "this replaces the content of {} with {}: stop the server, then add --yes",
+            config.database.path.display(),
+            path.display()
+        ));
+    }
+    let store = ghostkey::server::open_store(config)?;
+    store.restore_from(path).map_err(|e| e.to_string())?;
+    eprintln!(
+        "restored {} into {}",
+        path.display(),
+        config.database.path.display()
+    );
     Ok(())
 }
 
@@ -377,6 +497,8 @@ fn main() -> ExitCode {
         }
         Command::App(cmd) => run_app_command(&config, cmd),
         Command::User(cmd) => run_user_command(&config, cmd),
+        Command::Backup { path } => backup(&config, &path),
+        Command::Restore { path, yes } => restore(&config, &path, yes),
         Command::Demo => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

@@ -82,7 +82,7 @@ pub(crate) fn masked(keys: &ServerKeys, method: &Method) -> Result<Option<String
     Ok(Some(mask(&SecretString::from(text))))
 }
 
-pub(crate) fn method_view(keys: &ServerKeys, method: &Method) -> Result<MethodView, Error> {
+pub fn method_view(keys: &ServerKeys, method: &Method) -> Result<MethodView, Error> {
     Ok(MethodView {
         id: method.id.clone(),
         kind: method.kind,

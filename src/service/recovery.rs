@@ -297,7 +297,7 @@ impl Ghostkey {
                     now,
                 )?;
             }
-            store.erase_user(&assertion, now)?;
+            store.erase_user(&assertion.app_id, &assertion.user_id, Some(&assertion), now)?;
             Ok(())
         })
         .await

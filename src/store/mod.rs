@@ -411,8 +411,17 @@ pub trait Store: Send + Sync + 'static {
         notice: &NewMessage,
         now: UnixTime,
     ) -> Result<(), StoreError>;
-    /// Deletes every row of the assertion's user (right to erasure).
-    fn erase_user(&self, assertion: &VerifiedAssertion, now: UnixTime) -> Result<(), StoreError>;
+    /// Deletes every row of a user (right to erasure); consumes the assertion's `jti`
+    /// when one is given (operators act without one).
+    fn erase_user(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        assertion: Option<&VerifiedAssertion>,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// A user's recoveries, newest first.
+    fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError>;
 
     /// Takes one unit from each limit, all or none.
     fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;

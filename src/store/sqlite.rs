@@ -74,6 +74,39 @@ impl SqliteStore {
         })
     }
 
+    /// Writes a consistent copy of the database to `dest` (a new file) with SQLite's online
+    /// backup, in one read transaction, so the server keeps serving meanwhile; then checks
+    /// the copy. Returns the copy's size in bytes.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64, StoreError> {
+        if dest.exists() {
+            return Err(StoreError::Backend(format!(
+                "{} already exists",
+                dest.display()
+            )));
+        }
+        {
+            let conn = self.conn()?;
+            let mut copy = Connection::open(dest)?;
+            let backup = rusqlite::backup::Backup::new(&conn, &mut copy)?;
+            // All pages in one step: one snapshot, never restarted by concurrent writes.
+            backup.run_to_completion(i32::MAX, Duration::ZERO, None)?;
+        }
+        check_copy(dest)?;
+        Ok(std::fs::metadata(dest).map(|m| m.len()).unwrap_or(0))
+    }
+
+    /// Replaces this database's content with the backup at `src`, after checking it.
+    pub fn restore_from(&self, src: &Path) -> Result<(), StoreError> {
+        check_copy(src)?;
+        let mut conn = self.conn()?;
+        conn.restore(
+            rusqlite::MAIN_DB,
+            src,
+            None::<fn(rusqlite::backup::Progress)>,
+        )?;
+        Ok(())
+    }
+
     fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
         self.conn
             .lock()
@@ -100,6 +133,26 @@ impl SqliteStore {
         tx.commit()?;
         value
     }
+}
+
+/// A copy is usable if SQLite finds it intact and it has this version's schema.
+fn check_copy(path: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    if integrity != "ok" {
+        return Err(StoreError::Backend(format!(
+            "{}: integrity check failed: {integrity}",
+            path.display()
+        )));
+    }
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version != SCHEMA_VERSION {
+        return Err(StoreError::Backend(format!(
+            "{}: schema version {version}, this Ghostkey needs {SCHEMA_VERSION}",
+            path.display()
+        )));
+    }
+    Ok(())
 }
 
 fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
@@ -1191,12 +1244,19 @@ impl Store for SqliteStore {
         })
     }
 
-    fn erase_user(&self, assertion: &VerifiedAssertion, now: UnixTime) -> Result<(), StoreError> {
+    fn erase_user(
+        &self,
+        app: &str,
+        user: &str,
+        assertion: Option<&VerifiedAssertion>,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
         self.write(|tx| {
-            consume_jti(tx, assertion, now)?;
+            if let Some(assertion) = assertion {
+                consume_jti(tx, assertion, now)?;
+            }
             // Foreign keys cascade to guards, methods, challenges, recoveries and queued
             // messages; each is also deleted explicitly so erasure does not hang on them.
-            let (app, user) = (&assertion.app_id, &assertion.user_id);
             tx.execute(
                 "DELETE FROM outbox WHERE method_id IN (SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2)",
                 params![app, user],
@@ -1209,6 +1269,17 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
+    }
+
+    fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at DESC"
+        ))?;
+        let rows = stmt
+            .query_map(params![app_id, user_id], recovery_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
     }
 
     fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {

@@ -16,7 +16,11 @@ fn chain(len: usize, app: &AppSigningKey) -> Vec<Vec<u8>> {
     let vd = VirtualDevice::generate("app_bench", "user", 1);
     let user = UserKeys::generate();
     let root = app
-        .endorse_root(&root_block(&vd, &user, app.kid()).unwrap(), "app_bench", "user")
+        .endorse_root(
+            &root_block(&vd, &user, app.kid()).unwrap(),
+            "app_bench",
+            "user",
+        )
         .unwrap();
     let pinned = |kid: &str| (kid == app.kid()).then(|| app.public_key());
     let mut blocks: Vec<Block> = vec![root];
@@ -25,16 +29,17 @@ fn chain(len: usize, app: &AppSigningKey) -> Vec<Vec<u8>> {
     while blocks.len() < len {
         // The newest valid device admits the next; every fifth block, the virtual device
         // revokes the newest.
-        let block = if blocks.len() % 5 == 4 && newest.signing_public() != vd.keys().signing_public() {
-            let b = revoke_device(&state, vd.keys(), &newest.signing_public()).unwrap();
-            newest = vd.keys().clone();
-            b
-        } else {
-            let next = DeviceKeys::generate();
-            let b = add_device(&state, &newest, &next, &user).unwrap();
-            newest = next;
-            b
-        };
+        let block =
+            if blocks.len() % 5 == 4 && newest.signing_public() != vd.keys().signing_public() {
+                let b = revoke_device(&state, vd.keys(), &newest.signing_public()).unwrap();
+                newest = vd.keys().clone();
+                b
+            } else {
+                let next = DeviceKeys::generate();
+                let b = add_device(&state, &newest, &next, &user).unwrap();
+                newest = next;
+                b
+            };
         state.apply(&block).unwrap();
         blocks.push(block);
     }
