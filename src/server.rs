@@ -22,6 +22,26 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The server future; await it to serve, use its handle to stop it.
     pub server: Server,
+    /// The outbox worker; stop it once the server has stopped.
+    pub worker: WorkerHandle,
+}
+
+/// Stops the outbox worker after the message it is sending, if any.
+pub struct WorkerHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop and waits (at most `limit`) for it to finish its message.
+    pub async fn shutdown(self, limit: Duration) {
+        let _ = self.stop.send(true);
+        if tokio::time::timeout(limit, self.task).await.is_err() {
+            tracing::warn!(
+                "the outbox worker did not stop in time; its message is sent again after the lease"
+            );
+        }
+    }
 }
 
 /// Opens the store the configuration names.
@@ -128,7 +148,11 @@ pub fn start_with(
         // Twice the longest send, so a lease never ends while its send can still succeed.
         lease: Duration::from_millis(send_timeout.saturating_mul(2)).max(Duration::from_secs(5)),
     };
-    actix_web::rt::spawn(worker.run());
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let worker = WorkerHandle {
+        stop,
+        task: actix_web::rt::spawn(worker.run(stop_rx)),
+    };
     let body_limit = config.server.body_limit_bytes;
     let proxies = Arc::new(config.server.trusted_proxies.clone());
     let mut http = HttpServer::new(move || {
@@ -156,5 +180,6 @@ pub fn start_with(
     Ok(Running {
         addr,
         server: http.run(),
+        worker,
     })
 }

@@ -1,8 +1,8 @@
 //! `docs/PROTOCOL.md` against the server's code: every route registered in
 //! `src/http/mod.rs` and every error code is documented (with its status), the webhook
-//! signature vectors (§10.3) and the constants (§9) match the code, and the assertion
-//! vector (§10.2) is accepted by the server's own verifier. The sealed and assertion
-//! vectors are recomputed in `crates/ghostkey-client/tests/protocol_vectors.rs`.
+//! signature vectors (§11.4) and the constants (§10) match the code, and the assertion
+//! vector (§11.2) is accepted by the server's own verifier. The sealed, assertion and
+//! chain vectors are recomputed in `crates/ghostkey-client/tests/protocol_vectors.rs`.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +14,7 @@ use ghostkey::domain::challenge::MAX_BACKOFF_SECS;
 use ghostkey::domain::policy::AppPolicy;
 use ghostkey::service::methods::MAX_METHODS_PER_USER;
 use ghostkey_proto::assertion::{self, Purpose};
+use ghostkey_proto::chain;
 use ghostkey_proto::{b64, sealed, ErrorCode, Problem};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -25,6 +26,7 @@ const ROUTES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/http/mod.rs");
 const KNOWN_VECTORS: &[&str] = &[
     "sealed-v1",
     "assertion-eddsa",
+    "chain-v1",
     "webhook-signature",
     "webhook-signature-long-secret",
     "constants",
@@ -142,6 +144,9 @@ fn constants_match_the_code() {
             "max_jti_len",
             "max_methods_per_user",
             "body_limit_bytes",
+            "chain_format_version",
+            "max_block_len",
+            "max_chain_blocks",
             "max_backoff_secs",
             "code_digits",
             "totp_digits",
@@ -170,6 +175,9 @@ fn constants_match_the_code() {
         ("max_jti_len", assertion::MAX_JTI_LEN as i64),
         ("max_methods_per_user", MAX_METHODS_PER_USER as i64),
         ("body_limit_bytes", config.server.body_limit_bytes as i64),
+        ("chain_format_version", i64::from(chain::CHAIN_FORMAT_V1)),
+        ("max_block_len", chain::MAX_BLOCK_LEN as i64),
+        ("max_chain_blocks", chain::MAX_BLOCKS as i64),
         ("max_backoff_secs", MAX_BACKOFF_SECS),
         ("code_digits", i64::from(policy.code_digits)),
         ("totp_digits", i64::from(policy.totp_digits)),
@@ -265,13 +273,18 @@ fn the_assertion_vector_is_accepted_by_the_server() {
     );
 }
 
-/// `(status, code)` of every row of the document's error table (§7).
+/// `(code, status)` of every row of the table in the document's `## <n>. Error codes`
+/// section.
 fn documented_errors(doc: &str) -> Vec<(String, u16)> {
-    let section = doc
-        .split_once("\n## 7. Error codes\n")
-        .expect("the document has a `## 7. Error codes` section")
-        .1;
-    let section = section.split("\n## ").next().unwrap_or_default();
+    let mut sections = doc.split("\n## ").filter(|s| {
+        s.lines()
+            .next()
+            .is_some_and(|heading| heading.ends_with(". Error codes"))
+    });
+    let section = sections
+        .next()
+        .expect("the document has an `Error codes` section");
+    assert!(sections.next().is_none(), "two `Error codes` sections");
     section
         .lines()
         .filter(|l| l.starts_with("| `"))
@@ -362,7 +375,16 @@ fn every_registered_route_is_documented() {
         v1.len() >= 13,
         "the route extraction found only {v1:?} under /v1"
     );
-    assert!(routes.contains(&("GET".into(), "/healthz".into())));
+    for route in [
+        ("GET", "/healthz"),
+        ("GET", "/v1/methods"),
+        ("POST", "/v1/methods"),
+    ] {
+        assert!(
+            routes.contains(&(route.0.to_owned(), route.1.to_owned())),
+            "the route extraction missed {route:?}"
+        );
+    }
     let doc = doc();
     let missing: Vec<String> = routes
         .iter()

@@ -77,25 +77,29 @@ impl Worker {
             .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }
 
-    /// Runs until the task is dropped.
-    pub async fn run(self) {
+    /// Runs until `stop` turns true; a message being sent when it does is finished and
+    /// recorded first (graceful shutdown).
+    pub async fn run(self, mut stop: tokio::sync::watch::Receiver<bool>) {
         let poll = Duration::from_millis(self.config.poll_interval_ms);
-        loop {
-            match self.drain().await {
+        while !*stop.borrow() {
+            match self.drain(&stop).await {
                 Ok(_) => {}
                 Err(e) => tracing::error!(cause = ?e.cause, code = %e.code, "outbox worker error"),
             }
             tokio::select! {
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(poll) => {}
+                _ = stop.changed() => {}
             }
         }
+        tracing::info!("outbox worker stopped");
     }
 
-    /// Sends every due message; returns how many it handled.
-    pub async fn drain(&self) -> Result<usize, Error> {
+    /// Sends every due message until none is left or `stop` turns true; returns how many
+    /// it handled.
+    pub async fn drain(&self, stop: &tokio::sync::watch::Receiver<bool>) -> Result<usize, Error> {
         let mut handled = 0;
-        loop {
+        while !*stop.borrow() {
             let now = self.clock.now();
             let lease = i64::try_from(self.lease.as_secs()).unwrap_or(60).max(1);
             let Some(message) = self
@@ -111,6 +115,7 @@ impl Worker {
                 .await?;
             handled += 1;
         }
+        Ok(handled)
     }
 
     async fn send(&self, message: ClaimedMessage) -> SendResult {

@@ -1,17 +1,22 @@
-//! The test vectors of `docs/PROTOCOL.md` (§10.1 sealed virtual device, §10.2 assertion),
-//! read from the document at run time and recomputed with this crate's code, byte for
+//! The test vectors of `docs/PROTOCOL.md` (§11.1 sealed virtual device, §11.2 assertion,
+//! §11.3 device chain), read from the document at run time and recomputed with this crate's code, byte for
 //! byte. A change to the document or to the code that breaks one fails here.
 
 use std::collections::BTreeMap;
 
 use crypto_secretbox::aead::{AeadInPlace, KeyInit};
 use crypto_secretbox::{Nonce, XSalsa20Poly1305};
-use ed25519_dalek::{Signature, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use ghostkey_client::chain::{open_sealed, user_keys};
 use ghostkey_client::proto::assertion::{AssertionClaims, Purpose};
 use ghostkey_client::proto::b64;
+use ghostkey_client::proto::chain::{
+    verify_chain, Author, Block, BlockBody, ChainError, ChainFault, UnsignedBlock,
+};
 use ghostkey_client::proto::sealed::{SealedFormatError, SEALED_FORMAT_V1};
 use ghostkey_client::sealed::SealError;
-use ghostkey_client::{AppSigningKey, DeviceKeys, UserSecret, VirtualDevice};
+use ghostkey_client::{AppSigningKey, DeviceKeys, UserKeys, UserSecret, VirtualDevice};
+use sha2::{Digest, Sha256};
 
 const DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/PROTOCOL.md");
 
@@ -277,3 +282,233 @@ fn assertion_vector_matches_the_code() {
     assert!(public.verify_strict(&altered, &signature).is_err());
 }
 
+/// Signs an unsigned block with a device's Ed25519 key, as §4.1 says.
+fn signed_by(seed: &[u8; 32], unsigned: UnsignedBlock) -> Block {
+    Block {
+        signature: SigningKey::from_bytes(seed)
+            .sign(&unsigned.signing_input())
+            .to_bytes(),
+        unsigned,
+    }
+}
+
+#[test]
+fn device_chain_vector_matches_the_code() {
+    let v = vector(
+        "chain-v1",
+        &[
+            "app_key_seed",
+            "kid",
+            "app_id",
+            "user_id",
+            "vd_signing_seed",
+            "vd_encryption_secret",
+            "user_secret_key",
+            "device_signing_seed",
+            "device_encryption_secret",
+            "user_public",
+            "user_key_for_vd",
+            "user_key_for_device",
+            "root_block",
+            "root_hash",
+            "device_added_block",
+            "device_added_hash",
+            "device_revoked_block",
+            "device_revoked_hash",
+        ],
+    );
+    let (app_id, user_id, kid) = (
+        v["app_id"].as_str(),
+        v["user_id"].as_str(),
+        v["kid"].as_str(),
+    );
+    let app = AppSigningKey::from_seed(kid, &array(&v["app_key_seed"]));
+    let vd_seed: [u8; 32] = array(&v["vd_signing_seed"]);
+    let vd_secret: [u8; 32] = array(&v["vd_encryption_secret"]);
+    let device_seed: [u8; 32] = array(&v["device_signing_seed"]);
+    let device_secret: [u8; 32] = array(&v["device_encryption_secret"]);
+    let user_secret: [u8; 32] = array(&v["user_secret_key"]);
+    let vd = DeviceKeys::from_bytes(&vd_seed, &vd_secret);
+    let device = DeviceKeys::from_bytes(&device_seed, &device_secret);
+    let user = UserKeys::from_bytes(&user_secret);
+    assert_eq!(hex(&user.public()), v["user_public"], "user_public");
+
+    // The sealed user keys open with each recipient's X25519 secret (libsodium sealed box).
+    let for_vd = unhex(&v["user_key_for_vd"]);
+    let for_device = unhex(&v["user_key_for_device"]);
+    assert_eq!(for_vd.len(), 80);
+    assert_eq!(
+        open_sealed(&vd_secret, &for_vd).unwrap().as_slice(),
+        &user_secret
+    );
+    assert_eq!(
+        open_sealed(&device_secret, &for_device).unwrap().as_slice(),
+        &user_secret
+    );
+    assert!(open_sealed(&device_secret, &for_vd).is_none());
+
+    // The root, endorsed by the app key.
+    let root = app
+        .endorse_root(
+            &UnsignedBlock {
+                index: 0,
+                prev_hash: [0; 32],
+                app_id: app_id.into(),
+                user_id: user_id.into(),
+                body: BlockBody::Root {
+                    vd_signing: vd.signing_public(),
+                    vd_encryption: vd.encryption_public(),
+                    user_public: user.public(),
+                    user_key_for_vd: for_vd.clone(),
+                },
+                author: Author::App(kid.into()),
+            },
+            app_id,
+            user_id,
+        )
+        .unwrap();
+    assert_eq!(hex(&root.encode()), v["root_block"], "root_block");
+    assert_eq!(hex(&root.hash()), v["root_hash"], "root_hash");
+
+    // A device added by the virtual device, then revoking itself.
+    let added = signed_by(
+        &vd_seed,
+        UnsignedBlock {
+            index: 1,
+            prev_hash: root.hash(),
+            app_id: app_id.into(),
+            user_id: user_id.into(),
+            body: BlockBody::DeviceAdded {
+                signing: device.signing_public(),
+                encryption: device.encryption_public(),
+                user_key_for_device: for_device.clone(),
+            },
+            author: Author::Device(vd.signing_public()),
+        },
+    );
+    assert_eq!(
+        hex(&added.encode()),
+        v["device_added_block"],
+        "device_added_block"
+    );
+    assert_eq!(
+        hex(&added.hash()),
+        v["device_added_hash"],
+        "device_added_hash"
+    );
+    let revoked = signed_by(
+        &device_seed,
+        UnsignedBlock {
+            index: 2,
+            prev_hash: added.hash(),
+            app_id: app_id.into(),
+            user_id: user_id.into(),
+            body: BlockBody::DeviceRevoked {
+                revoked: device.signing_public(),
+            },
+            author: Author::Device(device.signing_public()),
+        },
+    );
+    assert_eq!(
+        hex(&revoked.encode()),
+        v["device_revoked_block"],
+        "device_revoked_block"
+    );
+    assert_eq!(
+        hex(&revoked.hash()),
+        v["device_revoked_hash"],
+        "device_revoked_hash"
+    );
+
+    // What §4.1 says of every block: the hash is SHA-256 of the whole encoding, the
+    // signature Ed25519 over the domain separator and every byte before it, and decoding
+    // then encoding gives the same bytes.
+    let blocks: Vec<Vec<u8>> = ["root_block", "device_added_block", "device_revoked_block"]
+        .iter()
+        .map(|k| unhex(&v[*k]))
+        .collect();
+    let signers = [
+        app.public_key(),
+        vd.signing_public(),
+        device.signing_public(),
+    ];
+    for (i, (bytes, kind)) in blocks
+        .iter()
+        .zip(["root", "device-added", "device-revoked"])
+        .enumerate()
+    {
+        let hash_key = ["root_hash", "device_added_hash", "device_revoked_hash"][i];
+        assert_eq!(hex(&Sha256::digest(bytes)), v[hash_key]);
+        assert_eq!(bytes[0], 1, "format version");
+        assert_eq!(usize::from(bytes[1]), i + 1, "kind");
+        assert_eq!(
+            u64::from_be_bytes(bytes[2..10].try_into().unwrap()),
+            i as u64
+        );
+        let (body, signature) = bytes.split_at(bytes.len() - 64);
+        let mut signing_input = format!("ghostkey/chain/v1/{kind}\0").into_bytes();
+        signing_input.extend_from_slice(body);
+        VerifyingKey::from_bytes(&signers[i])
+            .unwrap()
+            .verify_strict(
+                &signing_input,
+                &Signature::from_bytes(signature.try_into().unwrap()),
+            )
+            .unwrap_or_else(|_| panic!("block {i}: signature"));
+        assert_eq!(&Block::decode(bytes).unwrap().encode(), bytes);
+    }
+    // The root's fields at the offsets §4.1 gives.
+    let r = &blocks[0];
+    assert_eq!(&r[10..42], &[0u8; 32], "the root's prev_hash is zero");
+    assert_eq!(u16::from_be_bytes([r[42], r[43]]) as usize, app_id.len());
+    assert_eq!(&r[44..44 + app_id.len()], app_id.as_bytes());
+
+    // The chain verifies from the pinned app key, and says what it should.
+    let pinned = |k: &str| (k == kid).then(|| app.public_key());
+    let state = verify_chain(&blocks, &pinned).unwrap();
+    assert_eq!(
+        (state.app_id.as_str(), state.user_id.as_str()),
+        (app_id, user_id)
+    );
+    assert_eq!(state.user_public, user.public());
+    assert_eq!(state.len, 3);
+    assert_eq!(hex(&state.head), v["device_revoked_hash"]);
+    assert_eq!(state.devices.len(), 2);
+    assert!(state.devices[0].is_virtual && state.devices[0].revoked_at.is_none());
+    assert_eq!(state.devices[1].signing, device.signing_public());
+    assert_eq!(state.devices[1].revoked_at, Some(2));
+    assert_eq!(user_keys(&state, &vd).unwrap().public(), user.public());
+    let before_revocation = verify_chain(&blocks[..2], &pinned).unwrap();
+    assert_eq!(
+        user_keys(&before_revocation, &device).unwrap().public(),
+        user.public()
+    );
+
+    // And fails with the documented fault when it should not verify.
+    let other_app = AppSigningKey::from_seed(kid, &[7; 32]);
+    assert_eq!(
+        verify_chain(&blocks, &|k: &str| (k == kid)
+            .then(|| other_app.public_key())),
+        Err(ChainError {
+            index: 0,
+            fault: ChainFault::RootNotSignedByApp
+        })
+    );
+    let mut tampered = blocks.clone();
+    let last = tampered[1].len() - 1;
+    tampered[1][last] ^= 1;
+    assert_eq!(
+        verify_chain(&tampered, &pinned),
+        Err(ChainError {
+            index: 1,
+            fault: ChainFault::BadSignature
+        })
+    );
+    assert_eq!(
+        verify_chain(&[blocks[0].clone(), blocks[2].clone()], &pinned),
+        Err(ChainError {
+            index: 1,
+            fault: ChainFault::WrongIndex
+        })
+    );
+}
