@@ -1136,11 +1136,15 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
             let mut rec = load_recovery(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+            // A cancelled recovery says so, whatever the code, and counts nothing.
+            if rec.state == RecoveryState::Cancelled {
+                return Err(refused(crate::error::Error::new(
+                    ghostkey_proto::ErrorCode::RecoveryCancelled,
+                )));
+            }
             let (_, settlement) = settle_in(tx, &ch, verdict, now)?;
             let mut sealed = None;
             if settlement.outcome == Outcome::Accepted {
-                // A cancelled recovery stays cancelled even if its code arrives later.
-                recovery::check_cancel(&rec).map_err(refused)?;
                 let policy = load_policy(tx, &ch.app_id)?;
                 let (state, at) = recovery::after_verified_code(policy.waiting_period_secs, now);
                 rec.state = state;

@@ -1,6 +1,7 @@
 //! Sealing and opening the virtual device (DESIGN.md §2; `docs/PROTOCOL.md`).
 //!
-//! Sealed form: `0x01 || nonce (24) || crypto_secretbox(plaintext)` under the user secret.
+//! Sealed form: `0x01 || nonce (24) || crypto_secretbox(plaintext)` (tag, then ciphertext)
+//! under the user secret.
 //! Plaintext layout, version 1 (all integers big-endian):
 //!
 //! ```text

@@ -52,7 +52,8 @@ pub struct EnrollResponse {
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Health {
-    /// `ok`, or `unavailable` on `/readyz` when the store does not answer.
+    /// `ok`. (When the store does not answer, `/readyz` answers 503 with the problem
+    /// document `unavailable` instead.)
     pub status: String,
 }
 

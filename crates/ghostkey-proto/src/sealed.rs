@@ -1,6 +1,6 @@
 //! The outer format of a sealed virtual device (DESIGN.md §2).
 //!
-//! `version (1 byte) || nonce (24 bytes) || ciphertext + Poly1305 tag`, made with NaCl
+//! `version (1 byte) || nonce (24 bytes) || Poly1305 tag (16) || ciphertext`, made with NaCl
 //! `crypto_secretbox` (XSalsa20-Poly1305) under the 32-byte user secret. Ghostkey cannot
 //! open it; it checks only the version byte and the size bounds below.
 
@@ -38,7 +38,7 @@ pub struct SealedParts<'a> {
     pub version: u8,
     /// The 24-byte nonce.
     pub nonce: &'a [u8; NONCE_LEN],
-    /// Ciphertext followed by the 16-byte tag.
+    /// The 16-byte tag followed by the ciphertext (NaCl `crypto_secretbox_easy` order).
     pub ciphertext: &'a [u8],
 }
 
