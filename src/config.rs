@@ -219,6 +219,18 @@ pub struct ServerConfig {
     /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
     /// The header from anyone else is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// TLS termination in Ghostkey itself; without it, run behind a TLS-terminating proxy.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[server.tls]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain (leaf first).
+    pub cert_file: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
 }
 
 /// `[database]`
@@ -274,6 +286,7 @@ impl Default for Config {
                 body_limit_bytes: 64 * 1024,
                 workers: 0,
                 trusted_proxies: Vec::new(),
+                tls: None,
             },
             database: DatabaseConfig {
                 path: PathBuf::from("./ghostkey.db"),

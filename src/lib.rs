@@ -21,5 +21,6 @@ pub mod keys;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;
 
 pub use error::Error;

@@ -79,6 +79,16 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
             }
         );
     }
+    if config.mode == Mode::Production
+        && config.server.tls.is_none()
+        && config.server.trusted_proxies.is_empty()
+    {
+        tracing::warn!(
+            "PRODUCTION WITHOUT TLS: neither `server.tls` nor `server.trusted_proxies` is set. \
+             Assertions, codes and sealed keys must never cross a network in clear: terminate TLS \
+             here or in a reverse proxy listed in `server.trusted_proxies`."
+        );
+    }
     if source == DataKeySource::GeneratedDevelopmentFile {
         tracing::warn!(path = %config.dev_data_key_path().display(), "generated a new development data key");
     }
@@ -168,15 +178,17 @@ pub fn start_with(
     if config.server.workers > 0 {
         http = http.workers(config.server.workers);
     }
-    let http = http
-        .bind(config.server.listen)
-        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let http = match &config.server.tls {
+        Some(tls) => http.bind_rustls_0_23(config.server.listen, crate::tls::server_config(tls)?),
+        None => http.bind(config.server.listen),
+    }
+    .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
     let addr = http
         .addrs()
         .first()
         .copied()
         .ok_or_else(|| "the listener has no address".to_owned())?;
-    tracing::info!(%addr, service_id = %config.service_id, "listening");
+    tracing::info!(%addr, service_id = %config.service_id, tls = config.server.tls.is_some(), "listening");
     Ok(Running {
         addr,
         server: http.run(),
