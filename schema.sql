@@ -54,6 +54,9 @@ CREATE TABLE users (
     sealed_virtual_device  BLOB    NOT NULL,
     vd_signing_key         BLOB    NOT NULL CHECK (length(vd_signing_key) = 32),
     vd_encryption_key      BLOB    NOT NULL CHECK (length(vd_encryption_key) = 32),
+    -- A random name for the user in the audit log: erasing the user deletes the only link
+    -- between it and the user id, so the events stay (and still verify) but name no one.
+    audit_pseudonym        TEXT    NOT NULL,
     created_at             INTEGER NOT NULL,
     updated_at             INTEGER NOT NULL,
     PRIMARY KEY (app_id, user_id)
@@ -169,3 +172,15 @@ CREATE TABLE outbox (
     finished_at      INTEGER
 ) STRICT;
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+
+-- The audit log: append-only, hash-chained events with no secret or personal value (users
+-- appear under their audit pseudonym). `ghostkey audit verify` recomputes every link.
+CREATE TABLE audit_events (
+    seq        INTEGER PRIMARY KEY,
+    at         INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    app_id     TEXT    NOT NULL,
+    subject    TEXT    NOT NULL,
+    detail     TEXT    NOT NULL,
+    hash       BLOB    NOT NULL CHECK (length(hash) = 32)
+) STRICT;

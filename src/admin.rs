@@ -172,6 +172,7 @@ pub fn set_policy(
     store: &dyn Store,
     app_id: &str,
     change: &PolicyChange,
+    now: UnixTime,
 ) -> Result<AppPolicy, AdminError> {
     let app = store
         .app(app_id)
@@ -179,7 +180,7 @@ pub fn set_policy(
         .ok_or_else(|| explain(StoreError::UnknownApp, app_id, None))?;
     let policy = app.policy.apply(change).map_err(AdminError)?;
     store
-        .set_app_policy(app_id, &policy)
+        .set_app_policy(app_id, &policy, now)
         .map_err(|e| explain(e, app_id, None))?;
     Ok(policy)
 }
@@ -295,4 +296,46 @@ pub fn show_user(
             .count(),
         chain_blocks: chain.len(),
     })
+}
+
+/// Batch size when reading the audit log.
+const AUDIT_BATCH: usize = 1000;
+
+/// Recomputes the whole audit chain; returns the number of events, or the first broken
+/// link.
+pub fn verify_audit(store: &dyn Store) -> Result<i64, AdminError> {
+    let mut prev = [0u8; 32];
+    let mut next_seq = 1;
+    loop {
+        let events = store
+            .audit_events(next_seq - 1, AUDIT_BATCH)
+            .map_err(|e| AdminError(e.to_string()))?;
+        if events.is_empty() {
+            return Ok(next_seq - 1);
+        }
+        prev = crate::domain::audit::verify(&events, prev, next_seq).map_err(|broken| {
+            AdminError(format!(
+                "{broken}: the log was altered at or after this event"
+            ))
+        })?;
+        next_seq += events.len() as i64;
+    }
+}
+
+/// Writes the audit log as JSON lines.
+pub fn export_audit(store: &dyn Store, out: &mut dyn std::io::Write) -> Result<i64, AdminError> {
+    let mut after = 0;
+    loop {
+        let events = store
+            .audit_events(after, AUDIT_BATCH)
+            .map_err(|e| AdminError(e.to_string()))?;
+        if events.is_empty() {
+            return Ok(after);
+        }
+        for e in &events {
+            let line = serde_json::to_string(e).map_err(|e| AdminError(e.to_string()))?;
+            writeln!(out, "{line}").map_err(|e| AdminError(e.to_string()))?;
+            after = e.seq;
+        }
+    }
 }

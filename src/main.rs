@@ -36,6 +36,9 @@ enum Command {
     /// Act on one user of an app.
     #[command(subcommand)]
     User(UserCommand),
+    /// The audit log: verify its hash chain, or export it.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// Write a consistent copy of the database to PATH while the server runs.
     Backup {
         /// Where to write the copy (must not exist). Keep it apart from the data key.
@@ -56,6 +59,14 @@ enum Command {
     /// key file standing in for the app provider.
     #[command(subcommand)]
     Client(client_cli::ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain; report the first broken link.
+    Verify,
+    /// Write every event as JSON lines to standard output.
+    Export,
 }
 
 #[derive(Subcommand)]
@@ -360,7 +371,7 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
         }
         AppCommand::Policy(PolicyCommand::Set(args)) => {
             let change = args.change()?;
-            let policy = admin::set_policy(&store, &args.app_id, &change).map_err(|e| e.0)?;
+            let policy = admin::set_policy(&store, &args.app_id, &change, now).map_err(|e| e.0)?;
             eprintln!("policy of app `{}` updated:", args.app_id);
             print_policy(&policy);
         }
@@ -498,6 +509,14 @@ fn main() -> ExitCode {
         Command::App(cmd) => run_app_command(&config, cmd),
         Command::User(cmd) => run_user_command(&config, cmd),
         Command::Backup { path } => backup(&config, &path),
+        Command::Audit(cmd) => ghostkey::server::open_store(&config).and_then(|store| match cmd {
+            AuditCommand::Verify => admin::verify_audit(&store).map_err(|e| e.0).map(|n| {
+                eprintln!("audit log intact: {n} events, every link verified");
+            }),
+            AuditCommand::Export => admin::export_audit(&store, &mut std::io::stdout())
+                .map_err(|e| e.0)
+                .map(|_| ()),
+        }),
         Command::Restore { path, yes } => restore(&config, &path, yes),
         Command::Demo => tokio::runtime::Builder::new_multi_thread()
             .enable_all()

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod assertion;
+pub mod audit;
 pub mod chain;
 pub mod challenge;
 pub mod code;

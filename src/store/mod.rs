@@ -306,7 +306,12 @@ pub trait Store: Send + Sync + 'static {
     /// Revokes a key of an app, from `now` on.
     fn revoke_app_key(&self, app_id: &str, kid: &str, now: UnixTime) -> Result<(), StoreError>;
     /// Replaces an app's policy.
-    fn set_app_policy(&self, app_id: &str, policy: &AppPolicy) -> Result<(), StoreError>;
+    fn set_app_policy(
+        &self,
+        app_id: &str,
+        policy: &AppPolicy,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
     /// What is known of the key an assertion names.
     fn lookup_assertion_key(&self, app_id: &str, kid: &str) -> Result<KeyLookup, StoreError>;
 
@@ -420,6 +425,12 @@ pub trait Store: Send + Sync + 'static {
         assertion: Option<&VerifiedAssertion>,
         now: UnixTime,
     ) -> Result<(), StoreError>;
+    /// Audit events after `after_seq`, oldest first, at most `limit`.
+    fn audit_events(
+        &self,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::domain::audit::AuditEvent>, StoreError>;
     /// A user's recoveries, newest first.
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError>;
 

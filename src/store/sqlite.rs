@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use ghostkey_proto::api::EnrollmentState;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use serde_json::json;
 use sha2::Digest;
 
 use super::{
@@ -17,6 +18,7 @@ use crate::clock::UnixTime;
 use crate::config::Synchronous;
 use crate::domain::app::{App, AppKey, KeyLookup};
 use crate::domain::assertion::VerifiedAssertion;
+use crate::domain::audit::AuditEvent;
 use crate::domain::challenge::{
     self, Challenge, ChallengePurpose, ChallengeState, Guard, Outcome, Settlement, Verdict,
 };
@@ -454,6 +456,29 @@ fn settle_in(
     let guard = load_guard(tx, &ch.app_id, &ch.user_id)?;
     let settlement = challenge::settle(ch, &guard, verdict, method.totp_last_step, &policy, now);
     save_settlement(tx, ch, &settlement)?;
+    let detail = json!({
+        "challenge": ch.id,
+        "purpose": ch.purpose.as_str(),
+        "method": method.kind.as_str(),
+        "outcome": format!("{:?}", settlement.outcome),
+        "attempts": settlement.attempts,
+    });
+    let kind = if settlement.outcome == Outcome::Accepted {
+        "code_accepted"
+    } else {
+        "code_refused"
+    };
+    audit(tx, now, kind, &ch.app_id, Who::User(&ch.user_id), detail)?;
+    if settlement.guard.locked_at.is_some() && guard.locked_at.is_none() {
+        audit(
+            tx,
+            now,
+            "user_locked",
+            &ch.app_id,
+            Who::User(&ch.user_id),
+            json!({ "failures": settlement.guard.failures }),
+        )?;
+    }
     Ok((method, settlement))
 }
 
@@ -656,6 +681,56 @@ fn refused(e: crate::error::Error) -> StoreError {
     StoreError::Refused(Box::new(e))
 }
 
+/// Who an audit event is about.
+enum Who<'a> {
+    /// A user, recorded under their audit pseudonym.
+    User(&'a str),
+    /// The operator (admin commands).
+    Operator,
+}
+
+/// Appends an event to the audit log, chained to the previous one, in the caller's
+/// transaction (so it commits, or not, with what it records).
+fn audit(
+    tx: &Connection,
+    now: UnixTime,
+    kind: &str,
+    app_id: &str,
+    who: Who<'_>,
+    detail: serde_json::Value,
+) -> Result<(), StoreError> {
+    let subject = match who {
+        Who::Operator => "operator".to_owned(),
+        Who::User(user_id) => tx
+            .query_row(
+                "SELECT audit_pseudonym FROM users WHERE app_id = ?1 AND user_id = ?2",
+                params![app_id, user_id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .unwrap_or_default(),
+    };
+    let (prev_seq, prev_hash): (i64, Vec<u8>) = tx
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?
+        .unwrap_or((0, vec![0u8; 32]));
+    let prev: [u8; 32] = prev_hash
+        .try_into()
+        .map_err(|_| StoreError::Backend("stored audit hash is not 32 bytes".into()))?;
+    let seq = prev_seq + 1;
+    let detail = detail.to_string();
+    let hash = crate::domain::audit::chain_hash(&prev, seq, now, kind, app_id, &subject, &detail);
+    tx.execute(
+        "INSERT INTO audit_events (seq, at, kind, app_id, subject, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![seq, now, kind, app_id, subject, detail, hash],
+    )?;
+    Ok(())
+}
+
 fn state_to_text(state: EnrollmentState) -> &'static str {
     match state {
         EnrollmentState::Pending => "pending",
@@ -696,6 +771,7 @@ impl Store for SqliteStore {
                 "INSERT INTO app_keys (app_id, kid, public_key, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, NULL)",
                 params![app.id, first_key.kid, first_key.public_key, first_key.created_at],
             )?;
+            audit(tx, app.created_at, "app_added", &app.id, Who::Operator, json!({ "kid": first_key.kid }))?;
             Ok(())
         })
     }
@@ -746,6 +822,7 @@ impl Store for SqliteStore {
             if inserted == 0 {
                 return Err(StoreError::KeyExists);
             }
+            audit(tx, key.created_at, "app_key_added", app_id, Who::Operator, json!({ "kid": key.kid }))?;
             Ok(())
         })
     }
@@ -770,13 +847,21 @@ impl Store for SqliteStore {
                         "UPDATE app_keys SET revoked_at = ?3 WHERE app_id = ?1 AND kid = ?2",
                         params![app_id, kid, now],
                     )?;
+                    audit(
+                        tx,
+                        now,
+                        "app_key_revoked",
+                        app_id,
+                        Who::Operator,
+                        json!({ "kid": kid }),
+                    )?;
                     Ok(())
                 }
             }
         })
     }
 
-    fn set_app_policy(&self, app_id: &str, p: &AppPolicy) -> Result<(), StoreError> {
+    fn set_app_policy(&self, app_id: &str, p: &AppPolicy, now: UnixTime) -> Result<(), StoreError> {
         self.write(|tx| {
             let updated = tx.execute(
                 "UPDATE apps SET allowed_methods = ?2, code_digits = ?3, totp_digits = ?4, code_lifetime_secs = ?5, \
@@ -803,6 +888,8 @@ impl Store for SqliteStore {
             if updated == 0 {
                 return Err(StoreError::UnknownApp);
             }
+            let policy = serde_json::to_value(p).map_err(|e| StoreError::Backend(e.to_string()))?;
+            audit(tx, now, "app_policy_set", app_id, Who::Operator, policy)?;
             Ok(())
         })
     }
@@ -839,7 +926,7 @@ impl Store for SqliteStore {
             consume_jti(tx, assertion, now)?;
             let inserted = tx.execute(
                 "INSERT INTO users (app_id, user_id, state, sealed_virtual_device, vd_signing_key, \
-                 vd_encryption_key, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) \
+                 vd_encryption_key, audit_pseudonym, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
                  ON CONFLICT (app_id, user_id) DO NOTHING",
                 params![
                     e.app_id,
@@ -848,6 +935,7 @@ impl Store for SqliteStore {
                     e.sealed_virtual_device,
                     e.signing_key,
                     e.encryption_key,
+                    crate::domain::method::new_id("u_"),
                     e.created_at,
                 ],
             )?;
@@ -859,6 +947,7 @@ impl Store for SqliteStore {
                 "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
                 params![e.app_id, e.user_id, root_hash, e.root_block, now],
             )?;
+            audit(tx, now, "enrolled", &e.app_id, Who::User(&e.user_id), json!({}))?;
             Ok(())
         })
     }
@@ -956,6 +1045,7 @@ impl Store for SqliteStore {
             if let Some(msg) = cmd.message {
                 enqueue(tx, app_id, &m.id, msg, now)?;
             }
+            audit(tx, now, "method_added", app_id, Who::User(user_id), json!({ "method": m.id, "kind": m.kind.as_str() }))?;
             Ok(Ok(()))
         })
     }
@@ -970,6 +1060,7 @@ impl Store for SqliteStore {
             if let Some(msg) = cmd.message {
                 enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
             }
+            audit(tx, now, "challenge_started", &ch.app_id, Who::User(&ch.user_id), json!({ "challenge": ch.id, "purpose": ch.purpose.as_str(), "method": ch.method_id }))?;
             Ok(())
         })
     }
@@ -1012,6 +1103,7 @@ impl Store for SqliteStore {
                 if let Some(notice) = notice {
                     enqueue_to_others(tx, &ch.app_id, &ch.user_id, &method.id, notice, now)?;
                 }
+                audit(tx, now, "method_confirmed", &ch.app_id, Who::User(&ch.user_id), json!({ "method": method.id, "enrollment_completed": enrollment_completed }))?;
             }
             Ok(Answered { challenge: ch, settlement, enrollment_completed })
         })
@@ -1040,6 +1132,14 @@ impl Store for SqliteStore {
             }
             tx.execute("DELETE FROM methods WHERE id = ?1", [&target.id])?;
             enqueue_to_others(tx, app_id, user_id, &target.id, cmd.notice, now)?;
+            audit(
+                tx,
+                now,
+                "method_removed",
+                app_id,
+                Who::User(user_id),
+                json!({ "method": target.id, "kind": target.kind.as_str() }),
+            )?;
             Ok(Ok(()))
         })
     }
@@ -1060,6 +1160,19 @@ impl Store for SqliteStore {
             }
             let was_locked = load_guard(tx, app_id, user_id)?.locked_at.is_some();
             save_guard(tx, app_id, user_id, &Guard::default())?;
+            let by = if assertion.is_some() {
+                "manage_assertion"
+            } else {
+                "operator"
+            };
+            audit(
+                tx,
+                now,
+                "user_unlocked",
+                app_id,
+                Who::User(user_id),
+                json!({ "by": by, "was_locked": was_locked }),
+            )?;
             Ok(was_locked)
         })
     }
@@ -1099,6 +1212,7 @@ impl Store for SqliteStore {
                 "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![assertion.app_id, assertion.user_id, index as i64, hash, block, now],
             )?;
+            audit(tx, now, "chain_block_appended", &assertion.app_id, Who::User(&assertion.user_id), json!({ "index": index, "hash": hex::encode(hash) }))?;
             Ok(())
         })
     }
@@ -1118,6 +1232,7 @@ impl Store for SqliteStore {
                 enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
             }
             enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)?;
+            audit(tx, now, "recovery_started", &ch.app_id, Who::User(&ch.user_id), json!({ "recovery": ch.id, "method": ch.method_id }))?;
             Ok(())
         })
     }
@@ -1164,6 +1279,19 @@ impl Store for SqliteStore {
                     enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
                 }
                 save_recovery(tx, &rec)?;
+                let kind = if state == RecoveryState::Released {
+                    "recovery_released"
+                } else {
+                    "recovery_waiting"
+                };
+                audit(
+                    tx,
+                    now,
+                    kind,
+                    &ch.app_id,
+                    Who::User(&ch.user_id),
+                    json!({ "recovery": ch.id, "available_at": at }),
+                )?;
             }
             Ok(VerifiedRecovery {
                 settlement,
@@ -1189,6 +1317,14 @@ impl Store for SqliteStore {
             save_recovery(tx, &rec)?;
             let sealed = sealed_blob(tx, &rec.app_id, &rec.user_id)?;
             enqueue_to_others(tx, &rec.app_id, &rec.user_id, &rec.method_id, notice, now)?;
+            audit(
+                tx,
+                now,
+                "recovery_released",
+                &rec.app_id,
+                Who::User(&rec.user_id),
+                json!({ "recovery": rec.challenge_id, "after_waiting": true }),
+            )?;
             Ok((rec, sealed))
         })
     }
@@ -1219,6 +1355,19 @@ impl Store for SqliteStore {
                 [challenge_id],
             )?;
             enqueue_to_others(tx, &rec.app_id, &rec.user_id, "", notice, now)?;
+            let by = if proof.is_some() {
+                "user_proof"
+            } else {
+                "manage_assertion"
+            };
+            audit(
+                tx,
+                now,
+                "recovery_cancelled",
+                &rec.app_id,
+                Who::User(&rec.user_id),
+                json!({ "recovery": rec.challenge_id, "by": by }),
+            )?;
             Ok(Ok(rec))
         })
     }
@@ -1244,6 +1393,7 @@ impl Store for SqliteStore {
                 params![assertion.app_id, assertion.user_id, sealed, now],
             )?;
             enqueue_to_others(tx, &assertion.app_id, &assertion.user_id, "", notice, now)?;
+            audit(tx, now, "virtual_device_replaced", &assertion.app_id, Who::User(&assertion.user_id), json!({}))?;
             Ok(Ok(()))
         })
     }
@@ -1259,6 +1409,9 @@ impl Store for SqliteStore {
             if let Some(assertion) = assertion {
                 consume_jti(tx, assertion, now)?;
             }
+            // Recorded under the pseudonym, before the row that links it to the user goes.
+            let by = if assertion.is_some() { "manage_assertion" } else { "operator" };
+            audit(tx, now, "user_erased", app, Who::User(user), json!({ "by": by }))?;
             // Foreign keys cascade to guards, methods, challenges, recoveries and queued
             // messages; each is also deleted explicitly so erasure does not hang on them.
             tx.execute(
@@ -1273,6 +1426,28 @@ impl Store for SqliteStore {
             }
             Ok(())
         })
+    }
+
+    fn audit_events(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT seq, at, kind, app_id, subject, detail, hash FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let events = stmt
+            .query_map(params![after_seq, limit as i64], |r| {
+                let hash: Vec<u8> = r.get(6)?;
+                Ok(AuditEvent {
+                    seq: r.get(0)?,
+                    at: r.get(1)?,
+                    kind: r.get(2)?,
+                    app_id: r.get(3)?,
+                    subject: r.get(4)?,
+                    detail: r.get(5)?,
+                    hash: hash.try_into().map_err(|_| bad_blob(6))?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(events)
     }
 
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {

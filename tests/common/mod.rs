@@ -164,7 +164,7 @@ impl TestServer {
 
     /// Changes an app's policy through the admin code path.
     pub fn set_policy(&self, app: &TestApp, change: PolicyChange) {
-        ghostkey::admin::set_policy(&self.store(), &app.id, &change).unwrap();
+        ghostkey::admin::set_policy(&self.store(), &app.id, &change, self.now()).unwrap();
     }
 
     /// Raw row counts, read straight from the SQLite file.
