@@ -83,6 +83,16 @@ pub struct Config {
     pub email: EmailConfig,
     /// The outbox worker.
     pub delivery: DeliveryConfig,
+    /// Prometheus metrics.
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where to serve `GET /metrics`, apart from the API (keep it private); unset: off.
+    pub listen: Option<SocketAddr>,
 }
 
 /// Which SMS adapter sends codes.
@@ -323,6 +333,7 @@ impl Default for Config {
                 subject: "Your verification code".to_owned(),
                 timeout_ms: 10_000,
             },
+            metrics: MetricsConfig::default(),
             delivery: DeliveryConfig {
                 poll_interval_ms: 1000,
                 retry_base_ms: 2000,

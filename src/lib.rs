@@ -18,6 +18,7 @@ pub mod domain;
 pub mod error;
 pub mod http;
 pub mod keys;
+pub mod metrics;
 pub mod server;
 pub mod service;
 pub mod store;

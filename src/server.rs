@@ -24,6 +24,8 @@ pub struct Running {
     pub server: Server,
     /// The outbox worker; stop it once the server has stopped.
     pub worker: WorkerHandle,
+    /// Where `/metrics` is served, if it is.
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Stops the outbox worker after the message it is sending, if any.
@@ -157,6 +159,7 @@ pub fn start_with(
         wake: service.outbox_wake(),
         // Twice the longest send, so a lease never ends while its send can still succeed.
         lease: Duration::from_millis(send_timeout.saturating_mul(2)).max(Duration::from_secs(5)),
+        metrics: service.metrics(),
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let worker = WorkerHandle {
@@ -165,6 +168,10 @@ pub fn start_with(
     };
     let body_limit = config.server.body_limit_bytes;
     let proxies = Arc::new(config.server.trusted_proxies.clone());
+    let metrics_addr = match config.metrics.listen {
+        Some(listen) => Some(start_metrics(listen, service.clone())?),
+        None => None,
+    };
     let mut http = HttpServer::new(move || {
         App::new()
             .wrap(middleware::from_fn(crate::http::request_log))
@@ -193,5 +200,41 @@ pub fn start_with(
         addr,
         server: http.run(),
         worker,
+        metrics_addr,
     })
+}
+
+/// Serves `GET /metrics` on its own listener (one worker), so the API's port exposes no
+/// operational data. Runs on the current runtime until the process stops.
+fn start_metrics(listen: SocketAddr, service: Ghostkey) -> Result<SocketAddr, String> {
+    use actix_web::{web, HttpResponse};
+    async fn metrics(service: web::Data<Ghostkey>) -> HttpResponse {
+        // The depth is read fresh: the worker's own update may be a poll interval old.
+        if let Ok(counts) = service
+            .blocking(|store, _| Ok(store.outbox_counts()?))
+            .await
+        {
+            service.metrics().set_outbox_depth(counts.pending);
+        }
+        HttpResponse::Ok()
+            .content_type("text/plain; version=0.0.4")
+            .body(service.metrics().render())
+    }
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(web::Data::new(service.clone()))
+            .route("/metrics", web::get().to(metrics))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind(listen)
+    .map_err(|e| format!("cannot listen on {listen} (`metrics.listen`): {e}"))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .ok_or_else(|| "the metrics listener has no address".to_owned())?;
+    actix_web::rt::spawn(server.run());
+    tracing::info!(%addr, "metrics listening");
+    Ok(addr)
 }

@@ -48,6 +48,8 @@ pub struct Worker {
     pub wake: Arc<Notify>,
     /// How long a claimed message stays leased (longer than any send can take).
     pub lease: Duration,
+    /// Where sends and the outbox depth are counted.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// The delay before retry number `attempt` (1-based): `base * 2^(attempt-1)`, capped, or
@@ -106,10 +108,22 @@ impl Worker {
                 .blocking(move |store| Ok(store.claim_message(now, lease)?))
                 .await?
             else {
+                let counts = self.blocking(|store| Ok(store.outbox_counts()?)).await?;
+                self.metrics.set_outbox_depth(counts.pending);
                 return Ok(handled);
             };
             let id = message.id;
+            let channel = message.channel.as_str();
             let result = self.send(message).await;
+            let outcome = match &result {
+                SendResult::Sent => "sent",
+                SendResult::Retry { .. } => "retry",
+                SendResult::Failed { .. } => "failed",
+            };
+            self.metrics.inc(
+                "ghostkey_messages_total",
+                &[("channel", channel), ("result", outcome)],
+            );
             let finished_at = self.clock.now();
             self.blocking(move |store| Ok(store.finish_message(id, &result, finished_at)?))
                 .await?;

@@ -17,11 +17,22 @@ pub async fn request_log(
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "(unmatched)".to_owned());
+    let metrics = req
+        .app_data::<actix_web::web::Data<crate::service::Ghostkey>>()
+        .map(|service| service.metrics());
     let response = next.call(req).await;
     let status = match &response {
         Ok(res) => res.status().as_u16(),
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
+    if let Some(metrics) = metrics {
+        metrics.observe_request(
+            method.as_str(),
+            &route,
+            status,
+            started.elapsed().as_secs_f64(),
+        );
+    }
     tracing::info!(
         target: "ghostkey::request",
         method = %method,

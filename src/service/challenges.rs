@@ -115,6 +115,7 @@ impl Ghostkey {
             Ok(())
         })
         .await?;
+        self.record_challenge(request_purpose_name(purpose), method.kind);
         self.outbox_wake.notify_one();
         Ok(view)
     }
@@ -162,6 +163,7 @@ impl Ghostkey {
                 Ok(store.answer_challenge(&challenge_id, verdict, Some(&notice), now)?)
             })
             .await?;
+        self.record_code(answered.settlement.outcome, "confirm");
         if let Some(error) = answered.settlement.outcome.error(now) {
             return Err(error);
         }
@@ -216,4 +218,8 @@ impl Ghostkey {
         })
         .await
     }
+}
+
+fn request_purpose_name(purpose: ChallengePurpose) -> &'static str {
+    purpose.as_str()
 }

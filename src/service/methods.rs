@@ -319,6 +319,7 @@ impl Ghostkey {
             Ok(())
         })
         .await?;
+        self.record_challenge("confirm", kind);
         self.outbox_wake.notify_one();
         Ok(answer)
     }

@@ -70,6 +70,7 @@ pub struct Ghostkey {
     keys: Arc<ServerKeys>,
     argon2_permits: Arc<Semaphore>,
     outbox_wake: Arc<Notify>,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Ghostkey {
@@ -88,7 +89,38 @@ impl Ghostkey {
             keys,
             argon2_permits: Arc::new(Semaphore::new(argon2_concurrency.max(1))),
             outbox_wake: Arc::new(Notify::new()),
+            metrics: Arc::new(crate::metrics::Metrics::default()),
         }
+    }
+
+    /// The metrics this service records.
+    pub fn metrics(&self) -> Arc<crate::metrics::Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Records a code check's outcome (and a lock it caused).
+    pub(crate) fn record_code(&self, outcome: crate::domain::challenge::Outcome, purpose: &str) {
+        use crate::domain::challenge::Outcome;
+        let result = if outcome == Outcome::Accepted {
+            "accepted"
+        } else {
+            "refused"
+        };
+        self.metrics.inc(
+            "ghostkey_codes_total",
+            &[("result", result), ("purpose", purpose)],
+        );
+        if outcome == Outcome::WrongAndLocked {
+            self.metrics.inc("ghostkey_locks_total", &[]);
+        }
+    }
+
+    /// Records a challenge started.
+    pub(crate) fn record_challenge(&self, purpose: &str, kind: MethodKind) {
+        self.metrics.inc(
+            "ghostkey_challenges_started_total",
+            &[("purpose", purpose), ("method", kind.as_str())],
+        );
     }
 
     /// Wakes the delivery worker when a request queued a message.

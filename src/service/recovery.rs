@@ -94,6 +94,7 @@ impl Ghostkey {
             Ok(())
         })
         .await?;
+        self.record_challenge("recover", method.kind);
         self.outbox_wake.notify_one();
         Ok(view)
     }
@@ -141,8 +142,12 @@ impl Ghostkey {
                 )?)
             })
             .await?;
+        self.record_code(verified.settlement.outcome, "recover");
         if let Some(error) = verified.settlement.outcome.error(now) {
             return Err(error);
+        }
+        if verified.sealed.is_some() {
+            self.metrics.inc("ghostkey_releases_total", &[]);
         }
         self.outbox_wake.notify_one();
         Ok(response(&verified.recovery, verified.sealed.as_deref()))
@@ -167,6 +172,7 @@ impl Ghostkey {
                 Ok(response(&recovery, Some(&sealed)))
             })
             .await?;
+        self.metrics.inc("ghostkey_releases_total", &[]);
         self.outbox_wake.notify_one();
         Ok(answer)
     }

@@ -39,6 +39,8 @@ impl Clock for TestClock {
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, when `metrics.listen` is set.
+    pub metrics_addr: Option<SocketAddr>,
     pub base_url: String,
     pub config: Config,
     pub clock: Arc<TestClock>,
@@ -97,7 +99,7 @@ impl TestServer {
             actix_web::rt::System::new().block_on(async move {
                 let running =
                     ghostkey::server::start_with_clock(&server_config, server_clock).unwrap();
-                tx.send(running.addr).unwrap();
+                tx.send((running.addr, running.metrics_addr)).unwrap();
                 let handle = running.server.handle();
                 actix_web::rt::spawn(async move {
                     let _ = stop_rx.await;
@@ -106,9 +108,10 @@ impl TestServer {
                 running.server.await.unwrap();
             });
         });
-        let addr = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        let (addr, metrics_addr) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
         TestServer {
             addr,
+            metrics_addr,
             base_url: format!("http://{addr}"),
             config,
             clock,
