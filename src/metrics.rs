@@ -19,11 +19,14 @@ struct Histogram {
     sum: f64,
 }
 
+/// A counter's name and labels.
+type CounterKey = (&'static str, Vec<(&'static str, String)>);
+
 /// Every series Ghostkey exports.
 #[derive(Default)]
 pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
-    counters: Mutex<BTreeMap<(&'static str, Vec<(&'static str, String)>), u64>>,
+    counters: Mutex<BTreeMap<CounterKey, u64>>,
     outbox_depth: AtomicU64,
 }
 
