@@ -116,6 +116,7 @@ CREATE TABLE challenges (
     purpose       TEXT    NOT NULL CHECK (purpose IN ('confirm', 'proof', 'recover')),
     code_salt     BLOB,
     code_hash     BLOB,
+    code_key_id   TEXT,
     attempts      INTEGER NOT NULL DEFAULT 0,
     max_attempts  INTEGER NOT NULL,
     state         TEXT    NOT NULL CHECK (state IN ('open', 'used', 'dead')),

@@ -339,3 +339,104 @@ pub fn export_audit(store: &dyn Store, out: &mut dyn std::io::Write) -> Result<i
         }
     }
 }
+
+/// What a key rotation did and what still needs the retired keys.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RotationReport {
+    /// The current key.
+    pub current: String,
+    /// Methods re-encrypted under it.
+    pub methods: u64,
+    /// Queued messages re-encrypted under it.
+    pub messages: u64,
+    /// Per retired key: (id, methods, queued messages, live challenges) still under it.
+    pub retired: Vec<(String, u64, u64, u64)>,
+}
+
+/// Re-encrypts every value under a retired key with the current key, `batch` at a time,
+/// while the server runs (each row is replaced only if still under the key it was read
+/// under). Destination MACs are recomputed under the current key.
+pub fn rotate_keys(
+    store: &dyn Store,
+    keys: &crate::keys::ServerKeys,
+    batch: usize,
+    now: UnixTime,
+) -> Result<RotationReport, AdminError> {
+    use crate::domain::policy::MethodKind;
+    let err = |e: StoreError| AdminError(e.to_string());
+    let current = keys.key_id().to_owned();
+    let mut report = RotationReport {
+        current: current.clone(),
+        ..RotationReport::default()
+    };
+    loop {
+        let methods = store
+            .methods_under_other_keys(&current, batch)
+            .map_err(err)?;
+        if methods.is_empty() {
+            break;
+        }
+        let mut progressed = false;
+        for m in methods {
+            let plain = keys.open(&m.key_id, &m.secret).map_err(|e| {
+                AdminError(format!(
+                    "method {}: {e} (add that key to `keys.retired_key_files`)",
+                    m.id
+                ))
+            })?;
+            let mac = match m.kind {
+                MethodKind::Totp => None,
+                kind => {
+                    let text = String::from_utf8(plain.to_vec())
+                        .map_err(|_| AdminError(format!("method {}: not UTF-8", m.id)))?;
+                    Some(keys.destination_mac(kind.as_str(), &text))
+                }
+            };
+            if store
+                .rekey_method(
+                    &m.id,
+                    &m.key_id,
+                    &current,
+                    &keys.seal(&plain),
+                    mac.as_deref(),
+                )
+                .map_err(err)?
+            {
+                report.methods += 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    loop {
+        let messages = store
+            .messages_under_other_keys(&current, batch)
+            .map_err(err)?;
+        if messages.is_empty() {
+            break;
+        }
+        let mut progressed = false;
+        for (id, key_id, body) in messages {
+            let plain = keys
+                .open(&key_id, &body)
+                .map_err(|e| AdminError(format!("queued message {id}: {e}")))?;
+            if store
+                .rekey_message(id, &key_id, &current, &keys.seal(&plain))
+                .map_err(err)?
+            {
+                report.messages += 1;
+                progressed = true;
+            }
+        }
+        if !progressed {
+            break;
+        }
+    }
+    for id in keys.retired_ids() {
+        let (methods, messages, challenges) = store.key_usage(&id, now).map_err(err)?;
+        report.retired.push((id, methods, messages, challenges));
+    }
+    Ok(report)
+}

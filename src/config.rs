@@ -264,6 +264,10 @@ pub struct KeysConfig {
     pub data_key: Option<secrecy::SecretString>,
     /// A file holding the server data key (base64url, 32 bytes).
     pub data_key_file: Option<PathBuf>,
+    /// Files of earlier data keys, still read (never written) until `ghostkey keys
+    /// rotate` has moved every value off them.
+    #[serde(default)]
+    pub retired_key_files: Vec<PathBuf>,
 }
 
 /// `[assertions]`

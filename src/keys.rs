@@ -118,6 +118,23 @@ impl DataKey {
     }
 }
 
+/// Loads the retired keys the configuration lists.
+pub fn load_retired(config: &Config) -> Result<Vec<DataKey>, String> {
+    config
+        .keys
+        .retired_key_files
+        .iter()
+        .map(|path| read_key_file(path).map_err(|e| format!("`keys.retired_key_files` {e}")))
+        .collect()
+}
+
+/// The server's keys as the configuration describes them: current and retired.
+pub fn load_server_keys(config: &Config) -> Result<(ServerKeys, DataKeySource), String> {
+    let (current, source) = DataKey::load(config)?;
+    let retired = load_retired(config)?;
+    Ok((ServerKeys::derive(&current).with_retired(&retired), source))
+}
+
 /// Reads a key file, refusing one that others may read.
 pub fn read_key_file(path: &Path) -> Result<DataKey, String> {
     let text = std::fs::read_to_string(path)
@@ -209,18 +226,33 @@ mod tests {
     }
 }
 
-/// The keys Ghostkey derives from its data key, each for one purpose only.
-pub struct ServerKeys {
-    key_id: String,
+/// The keys derived from one data key, each for one purpose only.
+struct KeySet {
+    id: String,
     at_rest: SecretBox<[u8; 32]>,
     code_pepper: SecretBox<[u8; 32]>,
+}
+
+/// The keys Ghostkey works with: those of the current data key, and those of retired data
+/// keys that values not yet re-encrypted (or codes not yet expired) still need.
+pub struct ServerKeys {
+    current: KeySet,
+    retired: Vec<KeySet>,
     destination_mac: SecretBox<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ServerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerKeys")
-            .field("key_id", &self.key_id)
+            .field("key_id", &self.current.id)
+            .field(
+                "retired",
+                &self
+                    .retired
+                    .iter()
+                    .map(|k| k.id.as_str())
+                    .collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -247,35 +279,70 @@ fn derive(key: &[u8; 32], label: &[u8]) -> SecretBox<[u8; 32]> {
     SecretBox::new(out)
 }
 
+fn key_set(data_key: &DataKey) -> KeySet {
+    let k = data_key.expose();
+    KeySet {
+        id: data_key.id().to_owned(),
+        at_rest: derive(k, b"ghostkey/v1/at-rest-encryption"),
+        code_pepper: derive(k, b"ghostkey/v1/one-time-code-pepper"),
+    }
+}
+
 impl ServerKeys {
-    /// Derives the purpose keys from the data key.
+    /// Derives the purpose keys from the current data key.
     pub fn derive(data_key: &DataKey) -> ServerKeys {
-        let k = data_key.expose();
         ServerKeys {
-            key_id: data_key.id().to_owned(),
-            at_rest: derive(k, b"ghostkey/v1/at-rest-encryption"),
-            code_pepper: derive(k, b"ghostkey/v1/one-time-code-pepper"),
-            destination_mac: derive(k, b"ghostkey/v1/destination-mac"),
+            current: key_set(data_key),
+            retired: Vec::new(),
+            destination_mac: derive(data_key.expose(), b"ghostkey/v1/destination-mac"),
         }
+    }
+
+    /// Adds retired data keys: still read, never written.
+    pub fn with_retired(mut self, retired: &[DataKey]) -> ServerKeys {
+        self.retired = retired
+            .iter()
+            .filter(|k| k.id() != self.current.id)
+            .map(key_set)
+            .collect();
+        self
     }
 
     /// The id of the data key in use (stored beside each encrypted value).
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        &self.current.id
     }
 
-    /// The Argon2 secret (pepper) for one-time-code hashes.
+    /// The ids of the retired keys this server still reads.
+    pub fn retired_ids(&self) -> Vec<String> {
+        self.retired.iter().map(|k| k.id.clone()).collect()
+    }
+
+    fn set(&self, key_id: &str) -> Result<&KeySet, AtRestError> {
+        std::iter::once(&self.current)
+            .chain(self.retired.iter())
+            .find(|k| k.id == key_id)
+            .ok_or_else(|| AtRestError::UnknownKey(key_id.to_owned()))
+    }
+
+    /// The Argon2 secret (pepper) for new one-time-code hashes.
     pub fn code_pepper(&self) -> &[u8; 32] {
-        self.code_pepper.expose_secret()
+        self.current.code_pepper.expose_secret()
     }
 
-    /// Encrypts a value for storage: `nonce (24) || XSalsa20-Poly1305 ciphertext`.
+    /// The pepper of the data key `key_id` (codes hashed before a rotation).
+    pub fn code_pepper_for(&self, key_id: &str) -> Result<&[u8; 32], AtRestError> {
+        Ok(self.set(key_id)?.code_pepper.expose_secret())
+    }
+
+    /// Encrypts a value for storage under the current key:
+    /// `nonce (24) || XSalsa20-Poly1305 ciphertext`.
     pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
         use crypto_secretbox::aead::{Aead, KeyInit};
         use crypto_secretbox::{Nonce, XSalsa20Poly1305};
         let mut nonce = [0u8; 24];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let cipher = XSalsa20Poly1305::new(self.at_rest.expose_secret().into());
+        let cipher = XSalsa20Poly1305::new(self.current.at_rest.expose_secret().into());
         let mut out = nonce.to_vec();
         // Encryption with a valid key and nonce cannot fail for in-memory buffers.
         if let Ok(ct) = cipher.encrypt(Nonce::from_slice(&nonce), plaintext) {
@@ -284,7 +351,7 @@ impl ServerKeys {
         out
     }
 
-    /// Decrypts a value sealed by [`ServerKeys::seal`] under key `key_id`.
+    /// Decrypts a value sealed under key `key_id` (current or retired).
     pub fn open(
         &self,
         key_id: &str,
@@ -292,14 +359,12 @@ impl ServerKeys {
     ) -> Result<zeroize::Zeroizing<Vec<u8>>, AtRestError> {
         use crypto_secretbox::aead::{Aead, KeyInit};
         use crypto_secretbox::{Nonce, XSalsa20Poly1305};
-        if key_id != self.key_id {
-            return Err(AtRestError::UnknownKey(key_id.to_owned()));
-        }
+        let set = self.set(key_id)?;
         if sealed.len() < 24 + 16 {
             return Err(AtRestError::Corrupt);
         }
         let (nonce, ct) = sealed.split_at(24);
-        let cipher = XSalsa20Poly1305::new(self.at_rest.expose_secret().into());
+        let cipher = XSalsa20Poly1305::new(set.at_rest.expose_secret().into());
         cipher
             .decrypt(Nonce::from_slice(nonce), ct)
             .map(zeroize::Zeroizing::new)
@@ -354,7 +419,7 @@ mod server_key_tests {
     #[test]
     fn purpose_keys_differ_and_macs_are_stable() {
         let keys = ServerKeys::derive(&DataKey::from_bytes([1; 32]));
-        assert_ne!(keys.code_pepper(), keys.at_rest.expose_secret());
+        assert_ne!(keys.code_pepper(), keys.current.at_rest.expose_secret());
         assert_eq!(
             keys.destination_mac("sms", "+1"),
             keys.destination_mac("sms", "+1")

@@ -36,6 +36,9 @@ enum Command {
     /// Act on one user of an app.
     #[command(subcommand)]
     User(UserCommand),
+    /// Server data keys: generate a new one, rotate onto it.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// The audit log: verify its hash chain, or export it.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -59,6 +62,23 @@ enum Command {
     /// key file standing in for the app provider.
     #[command(subcommand)]
     Client(client_cli::ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new data key (mode 0600) to PATH and print its id.
+    Generate {
+        /// Where to write it (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Re-encrypt every value under a retired key with the current one, in batches, while
+    /// the server runs; report what still needs each retired key.
+    Rotate {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -452,6 +472,34 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
     Ok(())
 }
 
+fn rotate(config: &Config, batch: usize) -> Result<(), String> {
+    let (keys, _) = ghostkey::keys::load_server_keys(config)?;
+    if keys.retired_ids().is_empty() {
+        return Err(
+            "no retired key is configured (`keys.retired_key_files`): nothing to rotate from"
+                .into(),
+        );
+    }
+    let store = ghostkey::server::open_store(config)?;
+    let report = admin::rotate_keys(&store, &keys, batch, SystemClock.now()).map_err(|e| e.0)?;
+    eprintln!(
+        "re-encrypted {} method(s) and {} queued message(s) under key {}",
+        report.methods, report.messages, report.current
+    );
+    for (id, methods, messages, challenges) in &report.retired {
+        if methods + messages + challenges == 0 {
+            eprintln!("key {id}: nothing left under it; remove it from `keys.retired_key_files` and restart");
+        } else {
+            eprintln!(
+                "key {id}: still needed by {methods} method(s), {messages} queued message(s), \
+                 {challenges} live challenge(s) (codes expire within their lifetime; run again later)"
+            );
+        }
+    }
+    println!("{}", to_json(&report)?);
+    Ok(())
+}
+
 fn backup(config: &Config, path: &std::path::Path) -> Result<(), String> {
     let store = ghostkey::server::open_store(config)?;
     let bytes = store.backup_to(path).map_err(|e| e.to_string())?;
@@ -509,6 +557,20 @@ fn main() -> ExitCode {
         Command::App(cmd) => run_app_command(&config, cmd),
         Command::User(cmd) => run_user_command(&config, cmd),
         Command::Backup { path } => backup(&config, &path),
+        Command::Keys(KeysCommand::Generate { out }) => {
+            let key = ghostkey::keys::DataKey::generate();
+            ghostkey::keys::write_key_file(&out, &key)
+                .map_err(|e| format!("cannot write {}: {e}", out.display()))
+                .map(|()| {
+                    eprintln!(
+                        "wrote {}. To rotate: make it `keys.data_key_file`, move the old file to \
+                         `keys.retired_key_files`, restart the server, then run `ghostkey keys rotate`.",
+                        out.display()
+                    );
+                    println!("{}", key.id());
+                })
+        }
+        Command::Keys(KeysCommand::Rotate { batch }) => rotate(&config, batch.max(1)),
         Command::Audit(cmd) => ghostkey::server::open_store(&config).and_then(|store| match cmd {
             AuditCommand::Verify => admin::verify_audit(&store).map_err(|e| e.0).map(|n| {
                 eprintln!("audit log intact: {n} events, every link verified");

@@ -12,7 +12,7 @@ use crate::config::{Config, Mode};
 use crate::delivery::setup::Senders;
 use crate::delivery::worker::{Subjects, Worker};
 use crate::domain::assertion::AssertionRules;
-use crate::keys::{DataKey, DataKeySource, ServerKeys};
+use crate::keys::{DataKeySource, ServerKeys};
 use crate::service::Ghostkey;
 use crate::store::{SqliteStore, Store};
 
@@ -68,7 +68,7 @@ pub fn start(config: &Config) -> Result<Running, String> {
 
 /// As [`start`], with a given clock (tests move time forward with it).
 pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Running, String> {
-    let (data_key, source) = DataKey::load(config)?;
+    let (keys, source) = crate::keys::load_server_keys(config)?;
     if config.mode == Mode::Development {
         tracing::warn!(
             "DEVELOPMENT SETUP: not for real users. Service id `{}`, data key in {}. \
@@ -94,7 +94,7 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
     if source == DataKeySource::GeneratedDevelopmentFile {
         tracing::warn!(path = %config.dev_data_key_path().display(), "generated a new development data key");
     }
-    tracing::info!(data_key_id = data_key.id(), "server data key loaded");
+    tracing::info!(data_key_id = keys.key_id(), retired = ?keys.retired_ids(), "server data keys loaded");
     if config.database.synchronous != crate::config::Synchronous::Full {
         tracing::warn!(
             synchronous = config.database.synchronous.as_pragma(),
@@ -111,13 +111,7 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
             );
         }
     }
-    start_with(
-        config,
-        store,
-        clock,
-        Arc::new(ServerKeys::derive(&data_key)),
-        senders,
-    )
+    start_with(config, store, clock, Arc::new(keys), senders)
 }
 
 /// Binds a server over an already opened store, with a given clock, keys and senders,

@@ -68,6 +68,8 @@ pub struct Challenge {
     pub purpose: ChallengePurpose,
     /// Argon2 salt and hash of the code (SMS and e-mail); `None` for TOTP.
     pub code: Option<([u8; SALT_LEN], [u8; HASH_LEN])>,
+    /// The data key whose pepper hashed the code (it may have been rotated since).
+    pub code_key_id: Option<String>,
     /// Wrong answers so far.
     pub attempts: u32,
     /// Wrong answers it tolerates.
@@ -257,6 +259,7 @@ mod tests {
             method_id: "m_1".into(),
             purpose: ChallengePurpose::Confirm,
             code: None,
+            code_key_id: None,
             attempts: 0,
             max_attempts: 3,
             state: ChallengeState::Open,

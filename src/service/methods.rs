@@ -143,7 +143,7 @@ impl Ghostkey {
         } else {
             let code = code::generate(policy.code_digits);
             let salt = code::new_salt();
-            let hash = self.hash_code(salt, code.clone()).await?;
+            let hash = self.hash_code(salt, code.clone(), None).await?;
             let message = messages::code(&self.keys, &app.name, &code, policy.code_lifetime_secs);
             (Some(message), Some((salt, hash)))
         };
@@ -165,6 +165,7 @@ impl Ghostkey {
                 method_id: method.id.clone(),
                 purpose,
                 code: hashed,
+                code_key_id: hashed.map(|_| self.keys.key_id().to_owned()),
                 attempts: 0,
                 max_attempts: policy.max_attempts_per_challenge,
                 state: ChallengeState::Open,

@@ -152,10 +152,12 @@ impl Ghostkey {
     }
 
     /// Hashes a code with Argon2id on the blocking pool, at most N at once.
+    /// `key_id` names the data key whose pepper to use (`None`: the current one).
     async fn hash_code(
         &self,
         salt: [u8; code::SALT_LEN],
         code: SecretString,
+        key_id: Option<String>,
     ) -> Result<[u8; code::HASH_LEN], Error> {
         let _permit = self
             .argon2_permits
@@ -165,7 +167,11 @@ impl Ghostkey {
         let keys = Arc::clone(&self.keys);
         tokio::task::spawn_blocking(move || {
             use secrecy::ExposeSecret;
-            code::hash(keys.code_pepper(), &salt, code.expose_secret())
+            let pepper = match &key_id {
+                Some(id) => keys.code_pepper_for(id).map_err(Error::internal)?,
+                None => keys.code_pepper(),
+            };
+            code::hash(pepper, &salt, code.expose_secret())
         })
         .await
         .map_err(|e| Error::internal(format!("argon2 task failed: {e}")))?
@@ -204,7 +210,8 @@ impl Ghostkey {
         let salt = expected
             .map(|(salt, _)| salt)
             .unwrap_or([0u8; code::SALT_LEN]);
-        let got = self.hash_code(salt, code.clone()).await?;
+        let key_id = found.and_then(|(ch, _, _)| ch.code_key_id.clone());
+        let got = self.hash_code(salt, code.clone(), key_id).await?;
         Ok(match expected {
             Some((_, want)) if code::hashes_equal(&got, &want) => {
                 Verdict::Correct { totp_step: None }

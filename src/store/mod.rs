@@ -431,6 +431,40 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<crate::domain::audit::AuditEvent>, StoreError>;
+    /// Up to `limit` methods whose secret is under another data key than `current`.
+    fn methods_under_other_keys(
+        &self,
+        current: &str,
+        limit: usize,
+    ) -> Result<Vec<Method>, StoreError>;
+    /// Replaces a method's secret (and destination MAC) if it is still under `old_key`;
+    /// returns whether it was.
+    fn rekey_method(
+        &self,
+        method_id: &str,
+        old_key: &str,
+        new_key: &str,
+        secret: &[u8],
+        destination_mac: Option<&[u8]>,
+    ) -> Result<bool, StoreError>;
+    /// Up to `limit` queued message bodies under another data key than `current`:
+    /// (outbox id, key id, body).
+    fn messages_under_other_keys(
+        &self,
+        current: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError>;
+    /// Replaces a queued body if it is still under `old_key`; returns whether it was.
+    fn rekey_message(
+        &self,
+        id: i64,
+        old_key: &str,
+        new_key: &str,
+        body: &[u8],
+    ) -> Result<bool, StoreError>;
+    /// What still needs data key `key_id`: methods, queued bodies, live challenges whose
+    /// code it hashed.
+    fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError>;
     /// A user's recoveries, newest first.
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError>;
 

@@ -306,7 +306,7 @@ fn method_from_row(row: &Row<'_>) -> rusqlite::Result<Method> {
 }
 
 const CHALLENGE_COLUMNS: &str =
-    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at";
+    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id";
 
 fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
     let purpose: String = row.get(4)?;
@@ -340,6 +340,7 @@ fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
         },
         created_at: row.get(10)?,
         expires_at: row.get(11)?,
+        code_key_id: row.get(12)?,
     })
 }
 
@@ -515,7 +516,7 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
         None => (None, None),
     };
     tx.execute(
-        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
+        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
         params![
             ch.id,
             ch.app_id,
@@ -528,7 +529,8 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
             ch.max_attempts,
             ch.state.as_str(),
             ch.created_at,
-            ch.expires_at
+            ch.expires_at,
+            ch.code_key_id
         ],
     )?;
     Ok(())
@@ -1448,6 +1450,84 @@ impl Store for SqliteStore {
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(events)
+    }
+
+    fn methods_under_other_keys(
+        &self,
+        current: &str,
+        limit: usize,
+    ) -> Result<Vec<Method>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {METHOD_COLUMNS} FROM methods WHERE key_id != ?1 LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(params![current, limit as i64], method_from_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn rekey_method(
+        &self,
+        method_id: &str,
+        old_key: &str,
+        new_key: &str,
+        secret: &[u8],
+        destination_mac: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE methods SET key_id = ?3, secret = ?4, destination_mac = ?5 WHERE id = ?1 AND key_id = ?2",
+                params![method_id, old_key, new_key, secret, destination_mac],
+            )? == 1)
+        })
+    }
+
+    fn messages_under_other_keys(
+        &self,
+        current: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(
+            "SELECT id, key_id, body FROM outbox WHERE key_id != ?1 AND length(body) > 0 LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![current, limit as i64], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn rekey_message(
+        &self,
+        id: i64,
+        old_key: &str,
+        new_key: &str,
+        body: &[u8],
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE outbox SET key_id = ?3, body = ?4 WHERE id = ?1 AND key_id = ?2 AND length(body) > 0",
+                params![id, old_key, new_key, body],
+            )? == 1)
+        })
+    }
+
+    fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError> {
+        let conn = self.conn()?;
+        let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
+            Ok(conn.query_row(sql, p, |r| r.get(0))?)
+        };
+        Ok((
+            count("SELECT count(*) FROM methods WHERE key_id = ?1", &[&key_id])?,
+            count("SELECT count(*) FROM outbox WHERE key_id = ?1 AND length(body) > 0", &[&key_id])?,
+            count(
+                "SELECT count(*) FROM challenges WHERE code_key_id = ?1 AND state = 'open' AND expires_at > ?2",
+                &[&key_id, &now],
+            )?,
+        ))
     }
 
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {
