@@ -55,6 +55,8 @@ enum Command {
         #[arg(long)]
         yes: bool,
     },
+    /// Print the OpenAPI 3.1 document of the API (also served at /v1/openapi.json).
+    Openapi,
     /// Play the whole story (enrol, share a document, lose the device, recover, read it
     /// again) against an in-process Ghostkey.
     Demo,
@@ -580,6 +582,10 @@ fn main() -> ExitCode {
                 .map(|_| ()),
         }),
         Command::Restore { path, yes } => restore(&config, &path, yes),
+        Command::Openapi => {
+            println!("{}", ghostkey::http::openapi::document());
+            Ok(())
+        }
         Command::Demo => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()

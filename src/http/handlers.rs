@@ -63,12 +63,22 @@ fn bearer(req: &HttpRequest) -> Result<String, Error> {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    responses((status = 200, description = "Alive", body = ghostkey_proto::api::Health), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+)]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health {
         status: "ok".into(),
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    responses((status = 200, description = "Ready: the store answers", body = ghostkey_proto::api::Health), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+)]
 pub async fn readyz(service: web::Data<Ghostkey>) -> Result<HttpResponse, Error> {
     match service.ready().await {
         Ok(()) => Ok(HttpResponse::Ok().json(Health {
@@ -81,6 +91,13 @@ pub async fn readyz(service: web::Data<Ghostkey>) -> Result<HttpResponse, Error>
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/enrollments",
+    request_body = ghostkey_proto::api::EnrollRequest,
+    responses((status = 201, description = "Stored, pending until a method is confirmed (`enroll` assertion)", body = ghostkey_proto::api::EnrollResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn enroll(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -94,6 +111,13 @@ pub async fn enroll(
     Ok(HttpResponse::Created().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/methods",
+    request_body = ghostkey_proto::api::AddMethodRequest,
+    responses((status = 201, description = "Pending method and its confirmation challenge (`enroll`; `manage` and a proof once a method is confirmed)", body = ghostkey_proto::api::AddMethodResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn add_method(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -107,6 +131,12 @@ pub async fn add_method(
     Ok(HttpResponse::Created().json(answer))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/methods",
+    responses((status = 200, description = "The user's methods, masked (`manage` or `recover`)", body = ghostkey_proto::api::MethodList), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn list_methods(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -117,6 +147,14 @@ pub async fn list_methods(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/methods/{method_id}/remove",
+    params(("method_id" = String, Path, description = "The method")),
+    request_body = ghostkey_proto::api::RemoveMethodRequest,
+    responses((status = 204, description = "Removed (`manage` and a proof)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn remove_method(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -132,6 +170,13 @@ pub async fn remove_method(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/challenges",
+    request_body = ghostkey_proto::api::StartChallengeRequest,
+    responses((status = 201, description = "Started", body = ghostkey_proto::api::ChallengeView), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn start_challenge(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -145,6 +190,13 @@ pub async fn start_challenge(
     Ok(HttpResponse::Created().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/challenges/{challenge_id}/answer",
+    params(("challenge_id" = String, Path, description = "The challenge")),
+    request_body = ghostkey_proto::api::AnswerRequest,
+    responses((status = 200, description = "Code accepted: the method is confirmed", body = ghostkey_proto::api::AnswerResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+)]
 pub async fn answer(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -159,6 +211,12 @@ pub async fn answer(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users/unlock",
+    responses((status = 200, description = "Lock lifted (`manage`)", body = ghostkey_proto::api::UnlockResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn unlock(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -169,6 +227,13 @@ pub async fn unlock(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/recoveries",
+    request_body = ghostkey_proto::api::StartRecoveryRequest,
+    responses((status = 201, description = "Recovery started (`recover`)", body = ghostkey_proto::api::ChallengeView), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn start_recovery(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -182,6 +247,13 @@ pub async fn start_recovery(
     Ok(HttpResponse::Created().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/recoveries/{recovery_id}/verify",
+    params(("recovery_id" = String, Path, description = "The recovery")),
+    request_body = ghostkey_proto::api::AnswerRequest,
+    responses((status = 200, description = "Released, or waiting", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+)]
 pub async fn verify_recovery(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -196,6 +268,13 @@ pub async fn verify_recovery(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/recoveries/{recovery_id}/release",
+    params(("recovery_id" = String, Path, description = "The recovery")),
+    responses((status = 200, description = "Released after the waiting period (`recover`)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn release_recovery(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -210,6 +289,14 @@ pub async fn release_recovery(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/recoveries/{recovery_id}/cancel",
+    params(("recovery_id" = String, Path, description = "The recovery")),
+    request_body = ghostkey_proto::api::CancelRecoveryRequest,
+    responses((status = 200, description = "Cancelled (`manage`, or `recover` and a proof)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn cancel_recovery(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -230,6 +317,13 @@ pub async fn cancel_recovery(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/virtual-device/replace",
+    request_body = ghostkey_proto::api::ReplaceVirtualDeviceRequest,
+    responses((status = 204, description = "Replaced (`manage` and a proof)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn replace_virtual_device(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -243,6 +337,12 @@ pub async fn replace_virtual_device(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/users/erase",
+    responses((status = 204, description = "Every row of the user deleted (`manage`)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn erase_user(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -253,6 +353,13 @@ pub async fn erase_user(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/chain/blocks",
+    request_body = ghostkey_proto::api::AppendBlockRequest,
+    responses((status = 204, description = "Appended (`recover` or `manage` to admit, `manage` to revoke)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn append_block(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -266,6 +373,13 @@ pub async fn append_block(
     Ok(HttpResponse::NoContent().finish())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/chains/{user_id}",
+    params(("user_id" = String, Path, description = "Whose chain")),
+    responses((status = 200, description = "The chain as stored: verify it from the app's pinned keys", body = ghostkey_proto::api::ChainResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    security(("assertion" = []))
+)]
 pub async fn chain(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
@@ -277,6 +391,12 @@ pub async fn chain(
         .chain(token, caller(&req, &proxies), user_id.into_inner())
         .await?;
     Ok(HttpResponse::Ok().json(answer))
+}
+
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(super::openapi::document())
 }
 
 pub async fn not_found() -> Result<HttpResponse, Error> {

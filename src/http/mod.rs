@@ -3,6 +3,7 @@
 mod client_addr;
 mod handlers;
 mod logging;
+pub mod openapi;
 mod problem;
 
 use std::sync::Arc;
@@ -42,6 +43,11 @@ pub fn configure(
             )
             .service(
                 web::scope("/v1")
+                    .service(
+                        web::resource("/openapi.json")
+                            .route(web::get().to(handlers::openapi))
+                            .default_service(web::to(handlers::method_not_allowed)),
+                    )
                     .service(
                         web::resource("/enrollments")
                             .route(web::post().to(handlers::enroll))

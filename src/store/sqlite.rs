@@ -60,7 +60,13 @@ impl SqliteStore {
         synchronous: Synchronous,
         busy_timeout: Duration,
     ) -> Result<SqliteStore, StoreError> {
+        let fresh = !path.exists();
         let mut conn = Connection::open(path)?;
+        if fresh {
+            // The file holds sealed keys and encrypted secrets: owner only. SQLite gives
+            // the -wal and -shm files the same mode.
+            make_private(path)?;
+        }
         conn.busy_timeout(busy_timeout)?;
         let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
@@ -89,6 +95,7 @@ impl SqliteStore {
         {
             let conn = self.conn()?;
             let mut copy = Connection::open(dest)?;
+            make_private(dest)?;
             let backup = rusqlite::backup::Backup::new(&conn, &mut copy)?;
             // All pages in one step: one snapshot, never restarted by concurrent writes.
             backup.run_to_completion(i32::MAX, Duration::ZERO, None)?;
@@ -135,6 +142,18 @@ impl SqliteStore {
         tx.commit()?;
         value
     }
+}
+
+#[cfg(unix)]
+fn make_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| StoreError::Backend(format!("cannot restrict {}: {e}", path.display())))
+}
+
+#[cfg(not(unix))]
+fn make_private(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
 }
 
 /// A copy is usable if SQLite finds it intact and it has this version's schema.

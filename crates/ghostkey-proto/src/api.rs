@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The public keys of a device: Ed25519 for signing, X25519 for encryption.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DevicePublicKeys {
     /// Ed25519 public key, 32 bytes, base64url.
@@ -16,6 +17,7 @@ pub struct DevicePublicKeys {
 
 /// `POST /v1/enrollments`, with an `enroll` assertion as bearer token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnrollRequest {
     /// The sealed virtual device (see [`crate::sealed`]), base64url.
@@ -28,6 +30,7 @@ pub struct EnrollRequest {
 
 /// The state of a user's enrolment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EnrollmentState {
     /// Stored, waiting for a first verification method to be confirmed.
@@ -38,6 +41,7 @@ pub enum EnrollmentState {
 
 /// The answer to an enrolment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnrollResponse {
     /// The app id (the assertion's `iss`).
     pub app_id: String,
@@ -51,6 +55,7 @@ pub struct EnrollResponse {
 
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     /// `ok`. (When the store does not answer, `/readyz` answers 503 with the problem
     /// document `unavailable` instead.)
@@ -59,6 +64,7 @@ pub struct Health {
 
 /// A kind of verification method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MethodKind {
     /// Time-based one-time password (RFC 6238) in an authenticator app.
@@ -92,6 +98,7 @@ impl MethodKind {
 
 /// Whether a method counts yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum MethodState {
     /// Added, waiting for its first correct code.
@@ -102,6 +109,7 @@ pub enum MethodState {
 
 /// A proof through a confirmed method: a `proof` challenge and the code the user typed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Proof {
     /// The proof challenge.
@@ -113,6 +121,7 @@ pub struct Proof {
 /// `POST /v1/methods`: an `enroll` assertion while the user has no confirmed method, a
 /// `manage` assertion and a `proof` afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AddMethodRequest {
     /// The kind of method.
@@ -128,6 +137,7 @@ pub struct AddMethodRequest {
 
 /// A method as Ghostkey shows it: destinations only masked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MethodView {
     /// The method id.
     pub id: String,
@@ -147,6 +157,7 @@ pub struct MethodView {
 
 /// What a challenge is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ChallengePurpose {
     /// Confirms a pending method.
@@ -159,6 +170,7 @@ pub enum ChallengePurpose {
 
 /// A challenge as Ghostkey shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChallengeView {
     /// The challenge id: answer with it.
     pub id: String,
@@ -179,6 +191,7 @@ pub struct ChallengeView {
 
 /// What an authenticator app needs. Shown once: it holds the TOTP seed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TotpProvisioning {
     /// `otpauth://totp/...`
     pub otpauth_uri: String,
@@ -188,6 +201,7 @@ pub struct TotpProvisioning {
 
 /// The answer to `POST /v1/methods`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddMethodResponse {
     /// The new, pending method.
     pub method: MethodView,
@@ -200,6 +214,7 @@ pub struct AddMethodResponse {
 
 /// `POST /v1/challenges`: a new challenge on an existing method.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartChallengeRequest {
     /// The method.
@@ -210,6 +225,7 @@ pub struct StartChallengeRequest {
 
 /// `POST /v1/challenges/{id}/answer`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnswerRequest {
     /// The code the user typed (digits only).
@@ -218,6 +234,7 @@ pub struct AnswerRequest {
 
 /// The answer to a correct code.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AnswerResponse {
     /// The challenge.
     pub challenge_id: String,
@@ -231,6 +248,7 @@ pub struct AnswerResponse {
 
 /// `GET /v1/methods`, with a `manage` assertion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MethodList {
     /// Every method of the user, oldest first.
     pub methods: Vec<MethodView>,
@@ -238,6 +256,7 @@ pub struct MethodList {
 
 /// `POST /v1/methods/{id}/remove`, with a `manage` assertion.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RemoveMethodRequest {
     /// A fresh proof through a confirmed method.
@@ -246,6 +265,7 @@ pub struct RemoveMethodRequest {
 
 /// The answer to `POST /v1/users/unlock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UnlockResponse {
     /// Whether the user was locked.
     pub was_locked: bool,
@@ -254,6 +274,7 @@ pub struct UnlockResponse {
 /// `POST /v1/recoveries`, with a `recover` assertion: starts a recovery with one of the
 /// user's confirmed methods.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartRecoveryRequest {
     /// The confirmed method to check the user with.
@@ -262,6 +283,7 @@ pub struct StartRecoveryRequest {
 
 /// Where a recovery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RecoveryState {
     /// Started: waiting for the code.
@@ -276,6 +298,7 @@ pub enum RecoveryState {
 
 /// The answer to a verified code, a release or a cancellation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RecoveryResponse {
     /// The recovery (its challenge id).
     pub recovery_id: String,
@@ -292,6 +315,7 @@ pub struct RecoveryResponse {
 /// `POST /v1/recoveries/{id}/cancel`: a `manage` assertion alone, or a `recover`
 /// assertion with a proof through a confirmed method.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CancelRecoveryRequest {
     /// Required with a `recover` assertion.
@@ -303,6 +327,7 @@ pub struct CancelRecoveryRequest {
 /// app provider rotated the user secret, the same virtual device sealed under the new one
 /// (with a higher version).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ReplaceVirtualDeviceRequest {
     /// The new sealed virtual device, base64url.
@@ -314,6 +339,7 @@ pub struct ReplaceVirtualDeviceRequest {
 /// `POST /v1/chain/blocks`: appends a block to the assertion user's chain (`recover` or
 /// `manage` assertion to admit a device, `manage` to revoke one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AppendBlockRequest {
     /// The encoded block, base64url.
@@ -322,6 +348,7 @@ pub struct AppendBlockRequest {
 
 /// A user's device chain, as stored: verify it yourself from the app's pinned keys.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChainResponse {
     /// The user whose chain it is.
     pub user_id: String,

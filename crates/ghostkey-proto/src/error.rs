@@ -160,6 +160,7 @@ pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
 
 /// An RFC 9457 problem document with Ghostkey's stable `code` extension member.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Problem {
     /// A URI naming the problem type: `urn:ghostkey:error:<code>`.
     #[serde(rename = "type")]
