@@ -42,6 +42,12 @@ pub struct AppReport {
     pub policy: AppPolicy,
     /// Keys.
     pub keys: Vec<KeyReport>,
+    /// Enrolled users.
+    pub users: u64,
+    /// Audit events in the last 24 hours.
+    pub events_last_24h: u64,
+    /// When the app last did anything.
+    pub last_activity: Option<UnixTime>,
 }
 
 /// A key as the admin commands show it.
@@ -57,8 +63,11 @@ pub struct KeyReport {
     pub revoked_at: Option<UnixTime>,
 }
 
-fn report(app: App, keys: Vec<AppKey>) -> AppReport {
+fn report(app: App, keys: Vec<AppKey>, activity: (u64, u64, Option<UnixTime>)) -> AppReport {
     AppReport {
+        users: activity.0,
+        events_last_24h: activity.1,
+        last_activity: activity.2,
         id: app.id,
         name: app.name,
         created_at: app.created_at,
@@ -104,21 +113,24 @@ pub fn add_app(
     Ok(app.id)
 }
 
-/// Every app with its keys.
-pub fn list_apps(store: &dyn Store) -> Result<Vec<AppReport>, AdminError> {
+/// Every app with its keys and recent activity.
+pub fn list_apps(store: &dyn Store, now: UnixTime) -> Result<Vec<AppReport>, AdminError> {
     let apps = store.list_apps().map_err(|e| AdminError(e.to_string()))?;
     apps.into_iter()
         .map(|app| {
             let keys = store
                 .app_keys(&app.id)
                 .map_err(|e| explain(e, &app.id, None))?;
-            Ok(report(app, keys))
+            let activity = store
+                .app_activity(&app.id, now - 86_400)
+                .map_err(|e| explain(e, &app.id, None))?;
+            Ok(report(app, keys, activity))
         })
         .collect()
 }
 
 /// One app with its keys.
-pub fn show_app(store: &dyn Store, app_id: &str) -> Result<AppReport, AdminError> {
+pub fn show_app(store: &dyn Store, app_id: &str, now: UnixTime) -> Result<AppReport, AdminError> {
     let app = store
         .app(app_id)
         .map_err(|e| explain(e, app_id, None))?
@@ -126,7 +138,10 @@ pub fn show_app(store: &dyn Store, app_id: &str) -> Result<AppReport, AdminError
     let keys = store
         .app_keys(app_id)
         .map_err(|e| explain(e, app_id, None))?;
-    Ok(report(app, keys))
+    let activity = store
+        .app_activity(app_id, now - 86_400)
+        .map_err(|e| explain(e, app_id, None))?;
+    Ok(report(app, keys, activity))
 }
 
 /// Adds a key to an app (to rotate: add the new key, switch the app provider, revoke the old).

@@ -360,7 +360,7 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             println!("{id}");
         }
         AppCommand::List { json } => {
-            let apps = admin::list_apps(&store).map_err(|e| e.0)?;
+            let apps = admin::list_apps(&store, now).map_err(|e| e.0)?;
             if json {
                 println!("{}", to_json(&apps)?);
             } else if apps.is_empty() {
@@ -368,12 +368,19 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             } else {
                 for app in &apps {
                     let active = app.keys.iter().filter(|k| k.revoked_at.is_none()).count();
-                    println!("{}  {}  ({} active key(s))", app.id, app.name, active);
+                    let last = app
+                        .last_activity
+                        .map(|t| t.to_string())
+                        .unwrap_or_else(|| "never".into());
+                    println!(
+                        "{}  {}  ({} active key(s), {} user(s), {} event(s) in 24 h, last activity {last})",
+                        app.id, app.name, active, app.users, app.events_last_24h
+                    );
                 }
             }
         }
         AppCommand::Show { app_id, json } => {
-            let app = admin::show_app(&store, &app_id).map_err(|e| e.0)?;
+            let app = admin::show_app(&store, &app_id, now).map_err(|e| e.0)?;
             if json {
                 println!("{}", to_json(&app)?);
             } else {

@@ -210,6 +210,10 @@ fn app_registry_commands() {
     assert_eq!(shown["keys"][0]["kid"], "k1");
     assert!(shown["keys"][0]["revoked_at"].is_i64());
     assert!(shown["keys"][1]["revoked_at"].is_null());
+    // Recent activity from the audit log: added, key added, key revoked, policy set.
+    assert_eq!(shown["users"], 0);
+    assert_eq!(shown["events_last_24h"], 4);
+    assert!(shown["last_activity"].is_i64());
 
     // Clear errors, and nothing changed.
     let pk = key.public_key_b64();

@@ -465,6 +465,13 @@ pub trait Store: Send + Sync + 'static {
     /// What still needs data key `key_id`: methods, queued bodies, live challenges whose
     /// code it hashed.
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError>;
+    /// An app's activity: enrolled users, audit events since `since`, and the time of its
+    /// last event.
+    fn app_activity(
+        &self,
+        app_id: &str,
+        since: UnixTime,
+    ) -> Result<(u64, u64, Option<UnixTime>), StoreError>;
     /// A user's recoveries, newest first.
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError>;
 

@@ -1549,6 +1549,25 @@ impl Store for SqliteStore {
         ))
     }
 
+    fn app_activity(
+        &self,
+        app_id: &str,
+        since: UnixTime,
+    ) -> Result<(u64, u64, Option<UnixTime>), StoreError> {
+        let conn = self.conn()?;
+        let users: u64 = conn.query_row(
+            "SELECT count(*) FROM users WHERE app_id = ?1",
+            [app_id],
+            |r| r.get(0),
+        )?;
+        let (recent, last): (u64, Option<UnixTime>) = conn.query_row(
+            "SELECT count(*) FILTER (WHERE at >= ?2), max(at) FROM audit_events WHERE app_id = ?1",
+            params![app_id, since],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        Ok((users, recent, last))
+    }
+
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(&format!(
