@@ -140,7 +140,11 @@ async fn a_backup_taken_under_load_restores_and_serves_a_recovery() {
     drop(conn);
     // The restored audit log verifies.
     let out = ghostkey(&db).args(["audit", "verify"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let gateway2 = sms_gateway::accepting().await;
     let restored_server = server.restart(|c| {
