@@ -203,15 +203,7 @@ impl Client {
         code: &str,
     ) -> Result<AnswerResponse, ClientError> {
         let path = format!("/v1/challenges/{}/answer", path_segment(challenge_id)?);
-        let res = self
-            .http
-            .post(self.url(&path)?)
-            .json(&AnswerRequest {
-                code: code.to_owned(),
-            })
-            .send()
-            .await?;
-        answer(res, StatusCode::OK).await
+        self.post_code(&path, code).await
     }
 
     /// `POST /v1/users/unlock`: lifts the user's lock (`manage` assertion).
@@ -247,15 +239,7 @@ impl Client {
         code: &str,
     ) -> Result<RecoveryResponse, ClientError> {
         let path = format!("/v1/recoveries/{}/verify", path_segment(recovery_id)?);
-        let res = self
-            .http
-            .post(self.url(&path)?)
-            .json(&AnswerRequest {
-                code: code.to_owned(),
-            })
-            .send()
-            .await?;
-        answer(res, StatusCode::OK).await
+        self.post_code(&path, code).await
     }
 
     /// `POST /v1/recoveries/{id}/release`: after the waiting period (`recover` assertion).
@@ -339,6 +323,20 @@ impl Client {
                 })
             })
             .collect()
+    }
+
+    /// Posts a typed code to a challenge's own URL: the challenge id is the handle, no
+    /// assertion goes with it.
+    async fn post_code<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        code: &str,
+    ) -> Result<T, ClientError> {
+        let body = AnswerRequest {
+            code: code.to_owned(),
+        };
+        let res = self.http.post(self.url(path)?).json(&body).send().await?;
+        answer(res, StatusCode::OK).await
     }
 
     async fn post_no_content<B: Serialize>(
