@@ -28,6 +28,7 @@ fn main() {
     let signature = key.sign(message);
     let public = key.verifying_key();
 
+    let mut memory = code::Argon2Memory::new().expect("argon2 parameters");
     let mut ratios = Vec::new();
     for round in 1..=3 {
         let baseline = time_per_op(
@@ -39,7 +40,7 @@ fn main() {
         );
         let argon = time_per_op(
             || {
-                let h = code::hash(&pepper, &salt, "12345678");
+                let h = code::hash(&mut memory, &pepper, &salt, "12345678");
                 assert!(h.is_ok());
             },
             Duration::from_secs(2),

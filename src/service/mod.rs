@@ -60,6 +60,21 @@ pub struct Caller {
     pub address: IpAddr,
 }
 
+/// At most `permits` Argon2 hashes at once, each in one of the reusable working memories.
+struct Argon2Pool {
+    permits: Semaphore,
+    memory: std::sync::Mutex<Vec<code::Argon2Memory>>,
+}
+
+impl Argon2Pool {
+    fn new(concurrency: usize) -> Argon2Pool {
+        Argon2Pool {
+            permits: Semaphore::new(concurrency.max(1)),
+            memory: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
 /// The service: the store, the clock, the keys and the deployment's rules, shared by all
 /// workers.
 #[derive(Clone)]
@@ -68,7 +83,7 @@ pub struct Ghostkey {
     clock: Arc<dyn Clock>,
     rules: Arc<AssertionRules>,
     keys: Arc<ServerKeys>,
-    argon2_permits: Arc<Semaphore>,
+    argon2: Arc<Argon2Pool>,
     outbox_wake: Arc<Notify>,
     metrics: Arc<crate::metrics::Metrics>,
 }
@@ -87,7 +102,7 @@ impl Ghostkey {
             clock,
             rules: Arc::new(rules),
             keys,
-            argon2_permits: Arc::new(Semaphore::new(argon2_concurrency.max(1))),
+            argon2: Arc::new(Argon2Pool::new(argon2_concurrency)),
             outbox_wake: Arc::new(Notify::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
         }
@@ -160,18 +175,30 @@ impl Ghostkey {
         key_id: Option<String>,
     ) -> Result<[u8; code::HASH_LEN], Error> {
         let _permit = self
-            .argon2_permits
+            .argon2
+            .permits
             .acquire()
             .await
             .map_err(|_| Error::internal("argon2 semaphore closed"))?;
         let keys = Arc::clone(&self.keys);
+        let pool = Arc::clone(&self.argon2);
         tokio::task::spawn_blocking(move || {
             use secrecy::ExposeSecret;
             let pepper = match &key_id {
                 Some(id) => keys.code_pepper_for(id).map_err(Error::internal)?,
                 None => keys.code_pepper(),
             };
-            code::hash(pepper, &salt, code.expose_secret())
+            // Holding a permit guarantees a free buffer; allocate only on first use.
+            let mut memory = match pool.memory.lock() {
+                Ok(mut free) => free.pop(),
+                Err(_) => None,
+            }
+            .map_or_else(code::Argon2Memory::new, Ok)?;
+            let hashed = code::hash(&mut memory, pepper, &salt, code.expose_secret());
+            if let Ok(mut free) = pool.memory.lock() {
+                free.push(memory);
+            }
+            hashed
         })
         .await
         .map_err(|e| Error::internal(format!("argon2 task failed: {e}")))?
