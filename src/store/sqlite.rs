@@ -1,11 +1,12 @@
 //! The SQLite backend: one file, WAL mode, durable commits by default.
 
-use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use ghostkey_proto::api::EnrollmentState;
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use serde_json::json;
 use sha2::Digest;
 
@@ -41,9 +42,70 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// A SQLite database behind one connection.
+/// Most transactions one commit carries (bounds how long the first of them waits).
+const MAX_BATCH: usize = 128;
+/// Idle read connections kept open.
+const MAX_IDLE_READERS: usize = 8;
+
+/// A SQLite database: one write connection that commits concurrent transactions in
+/// batches, and a pool of read connections.
+///
+/// Group commit: every write transaction runs alone, in order, inside a savepoint of the
+/// write connection's open transaction. A transaction that finishes while others queue
+/// for the connection leaves the commit to the last of them, so one `COMMIT` (one fsync
+/// with `synchronous=full`) makes the whole batch durable. Nobody gets an answer before
+/// the commit that holds their transaction has succeeded, so no acknowledged write is
+/// lost, and a failed commit fails every transaction in its batch. Transactions still
+/// see each other's writes in order, exactly as if each had committed alone.
+///
+/// Reads use their own connections, which in WAL mode see the last commit: never a
+/// batch still waiting for its commit.
 pub struct SqliteStore {
-    conn: Mutex<Connection>,
+    writer: Mutex<Writer>,
+    /// Signalled when a batch is committed (or failed).
+    batch_done: Condvar,
+    /// Write transactions waiting for the write connection.
+    queued: AtomicUsize,
+    readers: Mutex<Vec<Connection>>,
+    path: PathBuf,
+    busy_timeout: Duration,
+}
+
+/// The write connection and the batch it has open, if any.
+struct Writer {
+    conn: Connection,
+    open: Option<Arc<Batch>>,
+    transactions_in_batch: usize,
+}
+
+/// How a batch ended: set once, by whoever committed it.
+#[derive(Default)]
+struct Batch(OnceLock<Result<(), String>>);
+
+/// A read connection, back to the pool when dropped.
+struct Reader<'a> {
+    conn: Option<Connection>,
+    pool: &'a Mutex<Vec<Connection>>,
+}
+
+impl std::ops::Deref for Reader<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        // Always Some until drop.
+        self.conn
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("reader used after drop"))
+    }
+}
+
+impl Drop for Reader<'_> {
+    fn drop(&mut self) {
+        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.lock()) {
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(conn);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -78,7 +140,16 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         init_schema(&mut conn)?;
         Ok(SqliteStore {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(Writer {
+                conn,
+                open: None,
+                transactions_in_batch: 0,
+            }),
+            batch_done: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            readers: Mutex::new(Vec::new()),
+            path: path.to_owned(),
+            busy_timeout,
         })
     }
 
@@ -93,7 +164,7 @@ impl SqliteStore {
             )));
         }
         {
-            let conn = self.conn()?;
+            let conn = self.reader()?;
             let mut copy = Connection::open(dest)?;
             make_private(dest)?;
             let backup = rusqlite::backup::Backup::new(&conn, &mut copy)?;
@@ -107,8 +178,8 @@ impl SqliteStore {
     /// Replaces this database's content with the backup at `src`, after checking it.
     pub fn restore_from(&self, src: &Path) -> Result<(), StoreError> {
         check_copy(src)?;
-        let mut conn = self.conn()?;
-        conn.restore(
+        let mut writer = self.idle_writer()?;
+        writer.conn.restore(
             rusqlite::MAIN_DB,
             src,
             None::<fn(rusqlite::backup::Progress)>,
@@ -116,31 +187,121 @@ impl SqliteStore {
         Ok(())
     }
 
-    fn conn(&self) -> Result<MutexGuard<'_, Connection>, StoreError> {
-        self.conn
+    /// A read connection from the pool (or a new one).
+    fn reader(&self) -> Result<Reader<'_>, StoreError> {
+        let idle = self
+            .readers
             .lock()
-            .map_err(|_| StoreError::Backend("connection mutex poisoned".into()))
+            .map_err(|_| StoreError::Backend("reader pool poisoned".into()))?
+            .pop();
+        let conn = match idle {
+            Some(conn) => conn,
+            None => {
+                let conn = Connection::open(&self.path)?;
+                conn.busy_timeout(self.busy_timeout)?;
+                conn.pragma_update(None, "query_only", "ON")?;
+                conn
+            }
+        };
+        Ok(Reader {
+            conn: Some(conn),
+            pool: &self.readers,
+        })
+    }
+
+    /// The write connection with no batch open (for work outside transactions).
+    fn idle_writer(&self) -> Result<MutexGuard<'_, Writer>, StoreError> {
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.batch_done
+            .wait_while(writer, |w| w.open.is_some())
+            .map_err(|_| StoreError::Backend("write connection poisoned".into()))
     }
 
     fn write<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError>,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.write_keeping(|tx| f(tx).map(Ok))
     }
 
     /// Like `write`, but an inner error still commits: for refusals that must leave a
     /// trace (a wrong proof code counts as a failure).
+    ///
+    /// An outer error rolls back this transaction only; the rest of its batch commits.
     fn write_keeping<T>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<Result<T, StoreError>, StoreError>,
+        f: impl FnOnce(&Connection) -> Result<Result<T, StoreError>, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut conn = self.conn()?;
-        // IMMEDIATE takes the write lock at once, so checks and writes see one state.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let value = f(&tx)?;
-        tx.commit()?;
-        value
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        // A panic in another transaction leaves the connection usable: its savepoint
+        // was rolled back while unwinding.
+        let mut w = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        let batch = match &w.open {
+            Some(batch) => Arc::clone(batch),
+            None => {
+                // IMMEDIATE takes the write lock at once, so checks and writes see one
+                // state (other processes, such as `ghostkey keys rotate`, wait for it).
+                w.conn.execute_batch("BEGIN IMMEDIATE")?;
+                let batch = Arc::new(Batch::default());
+                w.open = Some(Arc::clone(&batch));
+                w.transactions_in_batch = 0;
+                batch
+            }
+        };
+        // This transaction, in a savepoint of the batch: an error rolls back this one only
+        // (dropping the savepoint rolls it back).
+        let value: Result<Result<T, StoreError>, StoreError> = match w.conn.savepoint() {
+            Err(e) => Err(e.into()),
+            Ok(sp) => match f(&sp) {
+                Ok(inner) => sp.commit().map(|()| inner).map_err(StoreError::from),
+                Err(e) => Err(e),
+            },
+        };
+        w.transactions_in_batch += 1;
+        if w.conn.is_autocommit() {
+            // SQLite rolled the whole transaction back (I/O error, disk full): the batch
+            // is lost, and everyone in it is told so.
+            let failed = Err("the transaction was rolled back by SQLite".to_owned());
+            self.finish(&mut w, &batch, failed);
+            return Err(StoreError::Backend(
+                "the transaction was rolled back by SQLite".into(),
+            ));
+        }
+        let outcome =
+            if self.queued.load(Ordering::SeqCst) > 0 && w.transactions_in_batch < MAX_BATCH {
+                // Someone is queued for the connection: they join the batch and commit it
+                // (or pass it on). Wait for that commit before answering.
+                let w = self
+                    .batch_done
+                    .wait_while(w, |_| batch.0.get().is_none())
+                    .unwrap_or_else(|p| p.into_inner());
+                drop(w);
+                batch
+                    .0
+                    .get()
+                    .cloned()
+                    .unwrap_or_else(|| Err("batch never finished".into()))
+            } else {
+                let committed = w.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+                if committed.is_err() && !w.conn.is_autocommit() {
+                    let _ = w.conn.execute_batch("ROLLBACK");
+                }
+                self.finish(&mut w, &batch, committed.clone());
+                committed
+            };
+        match outcome {
+            Ok(()) => value.and_then(|inner| inner),
+            Err(e) => Err(StoreError::Backend(format!("commit failed: {e}"))),
+        }
+    }
+
+    /// Closes the open batch with `outcome` and wakes its waiters.
+    fn finish(&self, w: &mut Writer, batch: &Batch, outcome: Result<(), String>) {
+        let _ = batch.0.set(outcome);
+        w.open = None;
+        w.transactions_in_batch = 0;
+        self.batch_done.notify_all();
     }
 }
 
@@ -256,7 +417,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<AppKey> {
     })
 }
 
-fn app_exists(tx: &Transaction<'_>, app_id: &str) -> Result<bool, StoreError> {
+fn app_exists(tx: &Connection, app_id: &str) -> Result<bool, StoreError> {
     Ok(tx
         .query_row("SELECT 1 FROM apps WHERE id = ?1", [app_id], |_| Ok(()))
         .optional()?
@@ -265,7 +426,7 @@ fn app_exists(tx: &Transaction<'_>, app_id: &str) -> Result<bool, StoreError> {
 
 /// Records a `jti` as used; refuses one seen before. Also forgets a few expired ones.
 fn consume_jti(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     assertion: &VerifiedAssertion,
     now: UnixTime,
 ) -> Result<(), StoreError> {
@@ -761,7 +922,7 @@ fn state_to_text(state: EnrollmentState) -> &'static str {
 
 impl Store for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
-        self.conn()?.query_row("SELECT 1", [], |_| Ok(()))?;
+        self.reader()?.query_row("SELECT 1", [], |_| Ok(()))?;
         Ok(())
     }
 
@@ -798,7 +959,7 @@ impl Store for SqliteStore {
     }
 
     fn list_apps(&self) -> Result<Vec<App>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"
         ))?;
@@ -809,7 +970,7 @@ impl Store for SqliteStore {
     }
 
     fn app(&self, app_id: &str) -> Result<Option<App>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         Ok(conn
             .query_row(
                 &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"),
@@ -820,7 +981,7 @@ impl Store for SqliteStore {
     }
 
     fn app_keys(&self, app_id: &str) -> Result<Vec<AppKey>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(
             "SELECT kid, public_key, created_at, revoked_at FROM app_keys WHERE app_id = ?1 ORDER BY created_at, kid",
         )?;
@@ -916,7 +1077,7 @@ impl Store for SqliteStore {
     }
 
     fn lookup_assertion_key(&self, app_id: &str, kid: &str) -> Result<KeyLookup, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         // One query answers all three questions: does the app exist, the key, is it revoked.
         let row: Option<(Option<Vec<u8>>, Option<UnixTime>)> = conn
             .query_row(
@@ -974,7 +1135,7 @@ impl Store for SqliteStore {
     }
 
     fn enrollment(&self, app_id: &str, user_id: &str) -> Result<Option<Enrollment>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         Ok(conn
             .query_row(
                 "SELECT u.state, u.sealed_virtual_device, u.vd_signing_key, u.vd_encryption_key, u.created_at, \
@@ -1011,7 +1172,7 @@ impl Store for SqliteStore {
         let Some(enrollment) = self.enrollment(app_id, user_id)? else {
             return Ok(None);
         };
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         Ok(Some(UserRecord {
             enrollment,
             guard: load_guard(&conn, app_id, user_id)?,
@@ -1090,7 +1251,7 @@ impl Store for SqliteStore {
         &self,
         challenge_id: &str,
     ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let Some(ch) = load_challenge(&conn, challenge_id)? else {
             return Ok(None);
         };
@@ -1199,7 +1360,7 @@ impl Store for SqliteStore {
     }
 
     fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(
             "SELECT block FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2 ORDER BY idx",
         )?;
@@ -1259,7 +1420,7 @@ impl Store for SqliteStore {
     }
 
     fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
-        load_recovery(&*self.conn()?, challenge_id)
+        load_recovery(&*self.reader()?, challenge_id)
     }
 
     fn verify_recovery(
@@ -1450,7 +1611,7 @@ impl Store for SqliteStore {
     }
 
     fn audit_events(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(
             "SELECT seq, at, kind, app_id, subject, detail, hash FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
@@ -1476,7 +1637,7 @@ impl Store for SqliteStore {
         current: &str,
         limit: usize,
     ) -> Result<Vec<Method>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {METHOD_COLUMNS} FROM methods WHERE key_id != ?1 LIMIT ?2"
         ))?;
@@ -1507,7 +1668,7 @@ impl Store for SqliteStore {
         current: &str,
         limit: usize,
     ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(
             "SELECT id, key_id, body FROM outbox WHERE key_id != ?1 AND length(body) > 0 LIMIT ?2",
         )?;
@@ -1535,7 +1696,7 @@ impl Store for SqliteStore {
     }
 
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
             Ok(conn.query_row(sql, p, |r| r.get(0))?)
         };
@@ -1554,7 +1715,7 @@ impl Store for SqliteStore {
         app_id: &str,
         since: UnixTime,
     ) -> Result<(u64, u64, Option<UnixTime>), StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let users: u64 = conn.query_row(
             "SELECT count(*) FROM users WHERE app_id = ?1",
             [app_id],
@@ -1569,7 +1730,7 @@ impl Store for SqliteStore {
     }
 
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut stmt = conn.prepare(&format!(
             "SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at DESC"
         ))?;
@@ -1649,7 +1810,7 @@ impl Store for SqliteStore {
     }
 
     fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
-        let conn = self.conn()?;
+        let conn = self.reader()?;
         let mut counts = OutboxCounts::default();
         let mut stmt = conn.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
@@ -1668,6 +1829,136 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn store_in(dir: &tempfile::TempDir) -> SqliteStore {
+        let store = SqliteStore::open(
+            &dir.path().join("g.db"),
+            Synchronous::Full,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        store
+            .write(|tx| {
+                tx.execute_batch("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT NOT NULL)")?;
+                Ok(())
+            })
+            .unwrap();
+        store
+    }
+
+    #[test]
+    fn concurrent_writes_are_batched_and_each_answer_follows_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store_in(&dir));
+        let threads: Vec<_> = (0..32)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let k = t * 1000 + i;
+                        store
+                            .write(|tx| {
+                                tx.execute("INSERT INTO t (k, v) VALUES (?1, 'x')", [k])?;
+                                Ok(())
+                            })
+                            .unwrap();
+                        // Acknowledged means committed: a fresh connection sees it.
+                        let seen: i64 = Connection::open(dir_path(&store))
+                            .unwrap()
+                            .query_row("SELECT count(*) FROM t WHERE k = ?1", [k], |r| r.get(0))
+                            .unwrap();
+                        assert_eq!(seen, 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n: i64 = store
+            .reader()
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 32 * 50);
+    }
+
+    fn dir_path(store: &SqliteStore) -> &Path {
+        &store.path
+    }
+
+    #[test]
+    fn a_failed_transaction_rolls_back_alone_and_refusals_that_keep_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(store_in(&dir));
+        let threads: Vec<_> = (0..16)
+            .map(|t| {
+                let store = Arc::clone(&store);
+                std::thread::spawn(move || {
+                    for i in 0..30 {
+                        let k = t * 1000 + i;
+                        let outcome = match k % 3 {
+                            // Writes, then fails: nothing of it may remain.
+                            0 => store.write(|tx| {
+                                tx.execute("INSERT INTO t (k, v) VALUES (?1, 'gone')", [k])?;
+                                Err::<(), _>(StoreError::Locked)
+                            }),
+                            // Writes, then refuses while keeping the write.
+                            1 => store.write_keeping(|tx| {
+                                tx.execute("INSERT INTO t (k, v) VALUES (?1, 'kept')", [k])?;
+                                Ok(Err::<(), _>(StoreError::Locked))
+                            }),
+                            _ => store.write(|tx| {
+                                tx.execute("INSERT INTO t (k, v) VALUES (?1, 'ok')", [k])?;
+                                Ok(())
+                            }),
+                        };
+                        assert_eq!(outcome.is_ok(), k % 3 == 2, "key {k}");
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let reader = store.reader().unwrap();
+        let count = |v: &str| -> i64 {
+            reader
+                .query_row("SELECT count(*) FROM t WHERE v = ?1", [v], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count("gone"), 0);
+        assert_eq!(
+            count("kept") + count("ok"),
+            (0..16)
+                .flat_map(|t| (0..30).map(move |i| t * 1000 + i))
+                .filter(|k| k % 3 != 0)
+                .count() as i64
+        );
+    }
+
+    #[test]
+    fn readers_never_see_a_batch_before_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir);
+        store
+            .write(|tx| {
+                tx.execute("INSERT INTO t (k, v) VALUES (1, 'x')", [])?;
+                // Inside the open transaction, a read connection still sees the last commit.
+                let seen: i64 = store
+                    .reader()?
+                    .query_row("SELECT count(*) FROM t", [], |r| r.get(0))?;
+                assert_eq!(seen, 0);
+                Ok(())
+            })
+            .unwrap();
+        let seen: i64 = store
+            .reader()
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 1);
+    }
 
     fn schema_of(conn: &Connection) -> Vec<(String, String, String)> {
         let mut stmt = conn
