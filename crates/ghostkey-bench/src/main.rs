@@ -1,0 +1,475 @@
+//! Ghostkey's benchmark harness. `bench/run.sh` is the documented entry point; it builds
+//! the release binaries and runs `ghostkey-bench run` pinned to its own core.
+//!
+//! `run` starts the durable-write baseline and then Ghostkey (each pinned to another
+//! core), drives both with the same closed-loop HTTP load generator, and writes the JSON
+//! result and the Markdown table (docs/BENCHMARKS.md).
+#![forbid(unsafe_code)]
+
+mod baseline;
+mod fill;
+mod load;
+mod procs;
+mod receiver;
+mod report;
+mod scenarios;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ghostkey_client::kit::unix_now;
+use ghostkey_client::{AppSigningKey, Client};
+
+use load::{closed_loop, PhaseResult};
+use report::{DatabaseSize, Machine, RunResult};
+use scenarios::Target;
+
+#[derive(Parser)]
+#[command(name = "ghostkey-bench", about = "Ghostkey's benchmark harness")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The baseline service: one durable SQLite write per `POST /write`.
+    BaselineServer {
+        /// Its database file.
+        #[arg(long)]
+        db: PathBuf,
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// The whole benchmark: baseline, then Ghostkey, same load generator, same run.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The release `ghostkey` binary.
+    #[arg(long)]
+    ghostkey: PathBuf,
+    /// A scratch directory for databases, configuration and server logs (emptied first).
+    #[arg(long)]
+    work: PathBuf,
+    /// Where to write the JSON result.
+    #[arg(long)]
+    json: PathBuf,
+    /// The Markdown file whose section for this run's label is replaced.
+    #[arg(long)]
+    markdown: PathBuf,
+    /// Names the run (and its section in the Markdown).
+    #[arg(long, default_value = "small")]
+    label: String,
+    /// Users to bulk-load into Ghostkey's database before the run (the scale test).
+    #[arg(long, default_value_t = 0)]
+    preload_users: usize,
+    /// Concurrency levels.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, 16, 64])]
+    concurrency: Vec<usize>,
+    /// Operations per concurrency level, as a multiple of the defaults (0.1 for a quick try).
+    #[arg(long, default_value_t = 1.0)]
+    scale: f64,
+    /// The core the servers run on; the load generator should be pinned elsewhere
+    /// (bench/run.sh pins it). Negative: no pinning.
+    #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+    server_cpu: i64,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::BaselineServer { db, listen } => baseline::serve(&db, listen),
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| rt.block_on(run(args))),
+    };
+    if let Err(e) = result {
+        eprintln!("ghostkey-bench: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Operations per level: enough for a stable p99 at each concurrency.
+fn ops(per_worker: usize, floor: usize, concurrency: usize, scale: f64) -> usize {
+    (((per_worker * concurrency).max(floor)) as f64 * scale).ceil() as usize
+}
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+fn print_phase(p: &PhaseResult) {
+    eprintln!(
+        "  {:<40} c={:<3} {:>7} ops in {:>6.2} s = {:>8.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  errors {}",
+        p.scenario,
+        p.concurrency,
+        p.operations,
+        p.seconds,
+        p.ops_per_sec,
+        p.operation.p50_ms,
+        p.operation.p99_ms,
+        p.operation.max_ms,
+        p.errors
+    );
+    for e in &p.error_samples {
+        eprintln!("    error: {e}");
+    }
+}
+
+async fn run(args: RunArgs) -> Result<(), String> {
+    let cpu = (args.server_cpu >= 0).then_some(args.server_cpu as usize);
+    let pinning = match cpu {
+        Some(c) => format!(
+            "servers pinned to core {c} with taskset, load generator on the other core(s) (bench/run.sh)"
+        ),
+        None => "no pinning".into(),
+    };
+    if args.work.exists() {
+        std::fs::remove_dir_all(&args.work).map_err(|e| e.to_string())?;
+    }
+    std::fs::create_dir_all(&args.work).map_err(|e| e.to_string())?;
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
+
+    // --- Baseline -------------------------------------------------------------------
+    eprintln!("baseline: one durable SQLite write per request");
+    let port = procs::free_port()?;
+    let mut cmd = procs::pinned(&me, cpu);
+    cmd.arg("baseline-server")
+        .arg("--db")
+        .arg(args.work.join("baseline.db"))
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{port}"));
+    let base = procs::start(
+        cmd,
+        format!("http://127.0.0.1:{port}"),
+        "/healthz",
+        &args.work.join("baseline.log"),
+    )
+    .await?;
+    let http = http_client()?;
+    let write_url = Arc::new(format!("{}/write", base.url));
+    let mut baseline = Vec::new();
+    for &c in &args.concurrency {
+        let n = ops(150, 500, c, args.scale);
+        let (h, u) = (http.clone(), Arc::clone(&write_url));
+        let p = closed_loop("baseline: one durable write", vec![(); n], c, move |()| {
+            scenarios::baseline_write(h.clone(), Arc::clone(&u))
+        })
+        .await;
+        print_phase(&p);
+        baseline.push(p);
+    }
+    let baseline_peak_mib = base.peak_memory_mib();
+    drop(base);
+
+    // --- Ghostkey ---------------------------------------------------------------------
+    let (gateway, inbox) = receiver::start()?;
+    let setup = GhostkeySetup::create(&args.work, &args.ghostkey, gateway)?;
+    let key = AppSigningKey::generate("bench-1");
+    let app_id = setup.register_app(&key)?;
+    if args.preload_users > 0 {
+        let filler = AppSigningKey::generate("fill-1");
+        let fill_app = setup.register_app(&filler)?;
+        eprintln!("preloading {} users", args.preload_users);
+        fill::fill(&setup.db, &fill_app, &filler, args.preload_users)?;
+    }
+    let users_before = count_users(&setup.db)?;
+    let mut cmd = procs::pinned(&args.ghostkey, cpu);
+    cmd.arg("--config").arg(&setup.config).arg("serve");
+    let gk = procs::start(
+        cmd,
+        setup.url.clone(),
+        "/readyz",
+        &args.work.join("ghostkey.log"),
+    )
+    .await?;
+    eprintln!(
+        "ghostkey: pid {}, {users_before} users before the run",
+        gk.pid()
+    );
+    let t = Arc::new(Target {
+        client: Client::with_http(&setup.url, http.clone()).map_err(|e| e.to_string())?,
+        app_id,
+        key,
+        audience: setup.service_id.clone(),
+        inbox,
+    });
+    let mut results = Vec::new();
+    let mut setups = Vec::new();
+
+    // Enrolments; the users enrolled here recover below.
+    let mut enrolled = Vec::new();
+    for &c in &args.concurrency {
+        let n = ops(40, 300, c, args.scale);
+        let ids: Vec<String> = (0..n).map(|i| format!("bench-c{c}-{i}")).collect();
+        let prepared = ids
+            .iter()
+            .map(|id| scenarios::prepare_enrolment(&t, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tt = Arc::clone(&t);
+        let p = closed_loop("enrolment", prepared, c, move |e| {
+            scenarios::enrol(Arc::clone(&tt), e)
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+        enrolled.push((c, ids));
+    }
+
+    // Each of those users confirms a TOTP method (untimed setup, recorded).
+    let mut totp_users: Vec<(usize, Vec<scenarios::TotpUser>)> = Vec::new();
+    for (c, ids) in enrolled {
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tt, d) = (Arc::clone(&t), Arc::clone(&done));
+        let p = closed_loop("setup: add and confirm TOTP", ids, 16, move |id| {
+            let (tt, d) = (Arc::clone(&tt), Arc::clone(&d));
+            async move {
+                let t0 = std::time::Instant::now();
+                let user = scenarios::setup_totp(tt, id).await?;
+                d.lock().map_err(|e| e.to_string())?.push(user);
+                Ok(vec![("add + confirm TOTP", t0.elapsed())])
+            }
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        setups.push(p);
+        let users = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
+        totp_users.push((c, users));
+    }
+    // A TOTP step is spent once per method: recoveries use the step after confirmation.
+    let wait = 31 - unix_now().rem_euclid(30);
+    eprintln!("waiting {wait} s for the next TOTP step");
+    tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+
+    for (c, users) in totp_users {
+        let prepared = users
+            .into_iter()
+            .map(|u| scenarios::prepare_totp_recovery(&t, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tt = Arc::clone(&t);
+        let p = closed_loop("complete TOTP recovery", prepared, c, move |r| {
+            scenarios::totp_recovery(Arc::clone(&tt), r)
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+    }
+
+    // SMS: users with a confirmed phone and a started recovery, then the verification.
+    for &c in &args.concurrency {
+        let n = ops(6, 40, c, args.scale);
+        let users: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                (
+                    format!("sms-c{c}-{i}"),
+                    format!("+4179{:07}", c * 100_000 + i),
+                )
+            })
+            .collect();
+        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tt, r) = (Arc::clone(&t), Arc::clone(&ready));
+        let p = closed_loop(
+            "setup: enrol, confirm SMS, start recovery",
+            users,
+            16,
+            move |(id, phone)| {
+                let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
+                async move {
+                    let t0 = std::time::Instant::now();
+                    let v = scenarios::setup_sms_recovery(tt, id, phone).await?;
+                    r.lock().map_err(|e| e.to_string())?.push(v);
+                    Ok(vec![("setup", t0.elapsed())])
+                }
+            },
+        )
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        setups.push(p);
+        let ready = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        let tt = Arc::clone(&t);
+        let p = closed_loop("SMS-code verification (Argon2id)", ready, c, move |v| {
+            scenarios::sms_verification(Arc::clone(&tt), v)
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+    }
+    let ghostkey_peak_mib = gk.peak_memory_mib();
+    eprintln!("SMS gateway received {} code messages", t.inbox.total());
+    drop(gk);
+
+    let database = database_size(&setup.db)?;
+    let run = RunResult {
+        label: args.label.clone(),
+        at: unix_now(),
+        machine: Machine::probe(pinning),
+        command: std::env::var("BENCH_COMMAND_LINE")
+            .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        users_before,
+        baseline,
+        ghostkey: results,
+        setup: setups,
+        baseline_peak_mib,
+        ghostkey_peak_mib,
+        database,
+    };
+    report::write(&run, &args.json, &args.markdown)?;
+    eprint!("{}", report::markdown(&run));
+    eprintln!(
+        "wrote {} and the `{}` section of {}",
+        args.json.display(),
+        args.label,
+        args.markdown.display()
+    );
+    Ok(())
+}
+
+/// A phase with errors is not a benchmark result.
+fn check_clean(p: &PhaseResult) -> Result<(), String> {
+    if p.errors > 0 {
+        return Err(format!(
+            "{} at c={} had {} errors, first: {:?}",
+            p.scenario, p.concurrency, p.errors, p.error_samples
+        ));
+    }
+    Ok(())
+}
+
+/// A Ghostkey deployment in the work directory: data key, webhook secret, configuration.
+struct GhostkeySetup {
+    binary: PathBuf,
+    config: PathBuf,
+    db: PathBuf,
+    url: String,
+    service_id: String,
+}
+
+impl GhostkeySetup {
+    fn create(work: &Path, binary: &Path, gateway: SocketAddr) -> Result<GhostkeySetup, String> {
+        let dir = work.join("ghostkey");
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let data_key = dir.join("data.key");
+        procs::run(
+            std::process::Command::new(binary)
+                .args(["keys", "generate", "--out"])
+                .arg(&data_key),
+        )?;
+        let secret = dir.join("webhook.secret");
+        std::fs::write(&secret, "bench-webhook-signing-secret-0123456789")
+            .map_err(|e| e.to_string())?;
+        let port = procs::free_port()?;
+        let db = dir.join("ghostkey.db");
+        let service_id = "bench.ghostkey.test".to_owned();
+        let config = dir.join("ghostkey.toml");
+        // Production mode, durable writes, request logs at info level to a file: what an
+        // operator runs, minus TLS (a proxy in front would terminate it).
+        let text = format!(
+            r#"mode = "production"
+service_id = "{service_id}"
+
+[server]
+listen = "127.0.0.1:{port}"
+
+[database]
+path = "{db}"
+synchronous = "full"
+
+[keys]
+data_key_file = "{key}"
+
+[log]
+format = "json"
+level = "info"
+
+[sms]
+provider = "webhook"
+
+[sms.webhook]
+url = "http://{gateway}/sms"
+secret_file = "{secret}"
+
+[email]
+provider = "smtp"
+smtp_host = "127.0.0.1"
+smtp_port = 2525
+smtp_tls = "none"
+from = "Ghostkey <no-reply@bench.ghostkey.test>"
+"#,
+            db = db.display(),
+            key = data_key.display(),
+            secret = secret.display(),
+        );
+        std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        Ok(GhostkeySetup {
+            binary: binary.to_owned(),
+            config,
+            db,
+            url: format!("http://127.0.0.1:{port}"),
+            service_id,
+        })
+    }
+
+    /// Registers an app with `key` and a policy fit for load from one address; its id.
+    fn register_app(&self, key: &AppSigningKey) -> Result<String, String> {
+        let out = procs::run(
+            std::process::Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["app", "add", "--name", "bench", "--key-id", key.kid()])
+                .arg(format!("--public-key={}", key.public_key_b64())),
+        )?;
+        let app_id = out.trim().to_owned();
+        procs::run(
+            std::process::Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["app", "policy", "set", &app_id])
+                .args(["--requests-per-address-per-minute", "100000"])
+                .args(["--sends-per-destination-per-hour", "100"])
+                .args(["--sends-per-destination-per-day", "1000"])
+                .args(["--app-daily-send-budget", "10000000"]),
+        )?;
+        Ok(app_id)
+    }
+}
+
+fn count_users(db: &Path) -> Result<i64, String> {
+    let conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .map_err(|e| e.to_string())
+}
+
+/// The database's size once its WAL is checkpointed, per enrolled user.
+fn database_size(db: &Path) -> Result<DatabaseSize, String> {
+    let conn = rusqlite::Connection::open(db).map_err(|e| e.to_string())?;
+    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| e.to_string())?;
+    let users: i64 = conn
+        .query_row("SELECT count(*) FROM users", [], |r| r.get(0))
+        .map_err(|e| e.to_string())?;
+    drop(conn);
+    let bytes = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    Ok(DatabaseSize {
+        bytes,
+        users,
+        bytes_per_user: bytes as f64 / (users.max(1) as f64),
+    })
+}
