@@ -42,6 +42,35 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
+/// Statements through the connection's cache: parsed and planned once, not per request.
+trait Cached {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    fn one<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>;
+}
+
+impl Cached for Connection {
+    fn exec<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn one<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T> {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
+/// Distinct statements the store uses, so the cache holds them all.
+const STATEMENT_CACHE: usize = 128;
+
 /// Most transactions one commit carries (bounds how long the first of them waits).
 const MAX_BATCH: usize = 128;
 /// Idle read connections kept open.
@@ -130,7 +159,8 @@ impl SqliteStore {
             make_private(path)?;
         }
         conn.busy_timeout(busy_timeout)?;
-        let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        let mode: String = conn.one("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Backend(format!(
                 "cannot enable WAL mode (got {mode})"
@@ -199,6 +229,7 @@ impl SqliteStore {
             None => {
                 let conn = Connection::open(&self.path)?;
                 conn.busy_timeout(self.busy_timeout)?;
+                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
                 conn.pragma_update(None, "query_only", "ON")?;
                 conn
             }
@@ -320,14 +351,14 @@ fn make_private(_path: &Path) -> Result<(), StoreError> {
 /// A copy is usable if SQLite finds it intact and it has this version's schema.
 fn check_copy(path: &Path) -> Result<(), StoreError> {
     let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    let integrity: String = conn.one("PRAGMA integrity_check", [], |r| r.get(0))?;
     if integrity != "ok" {
         return Err(StoreError::Backend(format!(
             "{}: integrity check failed: {integrity}",
             path.display()
         )));
     }
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0))?;
     if version != SCHEMA_VERSION {
         return Err(StoreError::Backend(format!(
             "{}: schema version {version}, this Ghostkey needs {SCHEMA_VERSION}",
@@ -338,8 +369,8 @@ fn check_copy(path: &Path) -> Result<(), StoreError> {
 }
 
 fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let tables: i64 = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
+    let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0))?;
+    let tables: i64 = conn.one("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))?;
     match version {
         0 if tables == 0 => {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
@@ -419,7 +450,7 @@ fn key_from_row(row: &Row<'_>) -> rusqlite::Result<AppKey> {
 
 fn app_exists(tx: &Connection, app_id: &str) -> Result<bool, StoreError> {
     Ok(tx
-        .query_row("SELECT 1 FROM apps WHERE id = ?1", [app_id], |_| Ok(()))
+        .one("SELECT 1 FROM apps WHERE id = ?1", [app_id], |_| Ok(()))
         .optional()?
         .is_some())
 }
@@ -430,12 +461,12 @@ fn consume_jti(
     assertion: &VerifiedAssertion,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "DELETE FROM assertion_jtis WHERE (app_id, jti) IN \
          (SELECT app_id, jti FROM assertion_jtis WHERE expires_at < ?1 LIMIT ?2)",
         params![now, JTI_PURGE_BATCH],
     )?;
-    let inserted = tx.execute(
+    let inserted = tx.exec(
         "INSERT INTO assertion_jtis (app_id, jti, expires_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT (app_id, jti) DO NOTHING",
         params![
@@ -534,7 +565,7 @@ fn bad_blob(column: usize) -> rusqlite::Error {
 
 fn load_method(tx: &Connection, id: &str) -> Result<Option<Method>, StoreError> {
     Ok(tx
-        .query_row(
+        .one(
             &format!("SELECT {METHOD_COLUMNS} FROM methods WHERE id = ?1"),
             [id],
             method_from_row,
@@ -543,7 +574,7 @@ fn load_method(tx: &Connection, id: &str) -> Result<Option<Method>, StoreError> 
 }
 
 fn load_methods(tx: &Connection, app_id: &str, user_id: &str) -> Result<Vec<Method>, StoreError> {
-    let mut stmt = tx.prepare(&format!(
+    let mut stmt = tx.prepare_cached(&format!(
         "SELECT {METHOD_COLUMNS} FROM methods WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at, id"
     ))?;
     let methods = stmt
@@ -554,7 +585,7 @@ fn load_methods(tx: &Connection, app_id: &str, user_id: &str) -> Result<Vec<Meth
 
 fn load_challenge(tx: &Connection, id: &str) -> Result<Option<Challenge>, StoreError> {
     Ok(tx
-        .query_row(
+        .one(
             &format!("SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE id = ?1"),
             [id],
             challenge_from_row,
@@ -563,7 +594,7 @@ fn load_challenge(tx: &Connection, id: &str) -> Result<Option<Challenge>, StoreE
 }
 
 fn load_policy(tx: &Connection, app_id: &str) -> Result<AppPolicy, StoreError> {
-    tx.query_row(
+    tx.one(
         &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"),
         [app_id],
         app_from_row,
@@ -575,7 +606,7 @@ fn load_policy(tx: &Connection, app_id: &str) -> Result<AppPolicy, StoreError> {
 
 fn load_guard(tx: &Connection, app_id: &str, user_id: &str) -> Result<Guard, StoreError> {
     Ok(tx
-        .query_row(
+        .one(
             "SELECT failures, backoff_until, locked_at FROM user_guards WHERE app_id = ?1 AND user_id = ?2",
             params![app_id, user_id],
             |r| Ok(Guard { failures: r.get(0)?, backoff_until: r.get(1)?, locked_at: r.get(2)? }),
@@ -590,7 +621,7 @@ fn save_guard(
     user_id: &str,
     guard: &Guard,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO user_guards (app_id, user_id, failures, backoff_until, locked_at) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (app_id, user_id) DO UPDATE SET failures = ?3, backoff_until = ?4, locked_at = ?5",
         params![app_id, user_id, guard.failures, guard.backoff_until, guard.locked_at],
@@ -600,7 +631,7 @@ fn save_guard(
 
 fn user_exists(tx: &Connection, app_id: &str, user_id: &str) -> Result<bool, StoreError> {
     Ok(tx
-        .query_row(
+        .one(
             "SELECT 1 FROM users WHERE app_id = ?1 AND user_id = ?2",
             params![app_id, user_id],
             |_| Ok(()),
@@ -611,13 +642,13 @@ fn user_exists(tx: &Connection, app_id: &str, user_id: &str) -> Result<bool, Sto
 
 /// Writes back what [`challenge::settle`] decided.
 fn save_settlement(tx: &Connection, ch: &Challenge, s: &Settlement) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "UPDATE challenges SET attempts = ?2, state = ?3 WHERE id = ?1",
         params![ch.id, s.attempts, s.state.as_str()],
     )?;
     save_guard(tx, &ch.app_id, &ch.user_id, &s.guard)?;
     if let Some(step) = s.totp_step {
-        tx.execute(
+        tx.exec(
             "UPDATE methods SET totp_last_step = ?2 WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
             params![ch.method_id, step],
         )?;
@@ -695,7 +726,7 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
         Some((salt, hash)) => (Some(salt.to_vec()), Some(hash.to_vec())),
         None => (None, None),
     };
-    tx.execute(
+    tx.exec(
         &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
         params![
             ch.id,
@@ -723,7 +754,7 @@ fn enqueue(
     msg: &NewMessage,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at) \
          VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
         params![app_id, method_id, msg.kind.as_str(), msg.key_id, msg.body, now],
@@ -740,7 +771,7 @@ fn enqueue_to_others(
     msg: &NewMessage,
     now: UnixTime,
 ) -> Result<usize, StoreError> {
-    Ok(tx.execute(
+    Ok(tx.exec(
         "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at) \
          SELECT app_id, id, ?4, ?5, ?6, 'pending', ?7, ?7 FROM methods \
          WHERE app_id = ?1 AND user_id = ?2 AND id != ?3 AND state = 'confirmed' AND kind IN ('sms', 'email') \
@@ -755,14 +786,14 @@ fn take_limits_in(
     limits: &[Limit],
     now: UnixTime,
 ) -> Result<Result<(), StoreError>, StoreError> {
-    tx.execute(
+    tx.exec(
         "DELETE FROM rate_counters WHERE (scope, subject, window_start) IN \
          (SELECT scope, subject, window_start FROM rate_counters WHERE expires_at < ?1 LIMIT 64)",
         [now],
     )?;
     for limit in limits {
         let count: u32 = tx
-            .query_row(
+            .one(
                 "SELECT count FROM rate_counters WHERE scope = ?1 AND subject = ?2 AND window_start = ?3",
                 params![limit.scope, limit.subject, limit.window_start(now)],
                 |r| r.get(0),
@@ -778,7 +809,7 @@ fn take_limits_in(
     }
     for limit in limits {
         let start = limit.window_start(now);
-        tx.execute(
+        tx.exec(
             "INSERT INTO rate_counters (scope, subject, window_start, count, expires_at) VALUES (?1, ?2, ?3, 1, ?4) \
              ON CONFLICT (scope, subject, window_start) DO UPDATE SET count = count + 1",
             params![limit.scope, limit.subject, start, start + limit.window_secs],
@@ -820,7 +851,7 @@ fn recovery_from_row(row: &Row<'_>) -> rusqlite::Result<Recovery> {
 
 fn load_recovery(tx: &Connection, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
     Ok(tx
-        .query_row(
+        .one(
             &format!("SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE challenge_id = ?1"),
             [challenge_id],
             recovery_from_row,
@@ -842,7 +873,7 @@ fn load_own_recovery(
 }
 
 fn save_recovery(tx: &Connection, r: &Recovery) -> Result<(), StoreError> {
-    tx.execute(
+    tx.exec(
         "UPDATE recoveries SET state = ?2, available_at = ?3, released_at = ?4, cancelled_at = ?5 WHERE challenge_id = ?1",
         params![r.challenge_id, r.state.as_str(), r.available_at, r.released_at, r.cancelled_at],
     )?;
@@ -850,7 +881,7 @@ fn save_recovery(tx: &Connection, r: &Recovery) -> Result<(), StoreError> {
 }
 
 fn sealed_blob(tx: &Connection, app_id: &str, user_id: &str) -> Result<Vec<u8>, StoreError> {
-    tx.query_row(
+    tx.one(
         "SELECT sealed_virtual_device FROM users WHERE app_id = ?1 AND user_id = ?2",
         params![app_id, user_id],
         |r| r.get(0),
@@ -884,7 +915,7 @@ fn audit(
     let subject = match who {
         Who::Operator => "operator".to_owned(),
         Who::User(user_id) => tx
-            .query_row(
+            .one(
                 "SELECT audit_pseudonym FROM users WHERE app_id = ?1 AND user_id = ?2",
                 params![app_id, user_id],
                 |r| r.get::<_, String>(0),
@@ -893,7 +924,7 @@ fn audit(
             .unwrap_or_default(),
     };
     let (prev_seq, prev_hash): (i64, Vec<u8>) = tx
-        .query_row(
+        .one(
             "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -906,7 +937,7 @@ fn audit(
     let seq = prev_seq + 1;
     let detail = detail.to_string();
     let hash = crate::domain::audit::chain_hash(&prev, seq, now, kind, app_id, &subject, &detail);
-    tx.execute(
+    tx.exec(
         "INSERT INTO audit_events (seq, at, kind, app_id, subject, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![seq, now, kind, app_id, subject, detail, hash],
     )?;
@@ -922,14 +953,14 @@ fn state_to_text(state: EnrollmentState) -> &'static str {
 
 impl Store for SqliteStore {
     fn ping(&self) -> Result<(), StoreError> {
-        self.reader()?.query_row("SELECT 1", [], |_| Ok(()))?;
+        self.reader()?.one("SELECT 1", [], |_| Ok(()))?;
         Ok(())
     }
 
     fn create_app(&self, app: &App, first_key: &AppKey) -> Result<(), StoreError> {
         let p = &app.policy;
         self.write(|tx| {
-            tx.execute(
+            tx.exec(
                 &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
                 params![
                     app.id,
@@ -949,7 +980,7 @@ impl Store for SqliteStore {
                     p.waiting_period_secs,
                 ],
             )?;
-            tx.execute(
+            tx.exec(
                 "INSERT INTO app_keys (app_id, kid, public_key, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, NULL)",
                 params![app.id, first_key.kid, first_key.public_key, first_key.created_at],
             )?;
@@ -960,7 +991,7 @@ impl Store for SqliteStore {
 
     fn list_apps(&self) -> Result<Vec<App>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"
         ))?;
         let apps = stmt
@@ -972,7 +1003,7 @@ impl Store for SqliteStore {
     fn app(&self, app_id: &str) -> Result<Option<App>, StoreError> {
         let conn = self.reader()?;
         Ok(conn
-            .query_row(
+            .one(
                 &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = ?1"),
                 [app_id],
                 app_from_row,
@@ -982,7 +1013,7 @@ impl Store for SqliteStore {
 
     fn app_keys(&self, app_id: &str) -> Result<Vec<AppKey>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT kid, public_key, created_at, revoked_at FROM app_keys WHERE app_id = ?1 ORDER BY created_at, kid",
         )?;
         let keys = stmt
@@ -996,7 +1027,7 @@ impl Store for SqliteStore {
             if !app_exists(tx, app_id)? {
                 return Err(StoreError::UnknownApp);
             }
-            let inserted = tx.execute(
+            let inserted = tx.exec(
                 "INSERT INTO app_keys (app_id, kid, public_key, created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, NULL) \
                  ON CONFLICT (app_id, kid) DO NOTHING",
                 params![app_id, key.kid, key.public_key, key.created_at],
@@ -1015,7 +1046,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::UnknownApp);
             }
             let revoked_at: Option<Option<UnixTime>> = tx
-                .query_row(
+                .one(
                     "SELECT revoked_at FROM app_keys WHERE app_id = ?1 AND kid = ?2",
                     params![app_id, kid],
                     |r| r.get(0),
@@ -1025,7 +1056,7 @@ impl Store for SqliteStore {
                 None => Err(StoreError::UnknownKey),
                 Some(Some(_)) => Err(StoreError::KeyAlreadyRevoked),
                 Some(None) => {
-                    tx.execute(
+                    tx.exec(
                         "UPDATE app_keys SET revoked_at = ?3 WHERE app_id = ?1 AND kid = ?2",
                         params![app_id, kid, now],
                     )?;
@@ -1045,7 +1076,7 @@ impl Store for SqliteStore {
 
     fn set_app_policy(&self, app_id: &str, p: &AppPolicy, now: UnixTime) -> Result<(), StoreError> {
         self.write(|tx| {
-            let updated = tx.execute(
+            let updated = tx.exec(
                 "UPDATE apps SET allowed_methods = ?2, code_digits = ?3, totp_digits = ?4, code_lifetime_secs = ?5, \
                  max_attempts_per_challenge = ?6, user_lock_threshold = ?7, user_backoff_base_secs = ?8, \
                  sends_per_destination_per_hour = ?9, sends_per_destination_per_day = ?10, \
@@ -1080,7 +1111,7 @@ impl Store for SqliteStore {
         let conn = self.reader()?;
         // One query answers all three questions: does the app exist, the key, is it revoked.
         let row: Option<(Option<Vec<u8>>, Option<UnixTime>)> = conn
-            .query_row(
+            .one(
                 "SELECT k.public_key, k.revoked_at FROM apps a \
                  LEFT JOIN app_keys k ON k.app_id = a.id AND k.kid = ?2 WHERE a.id = ?1",
                 params![app_id, kid],
@@ -1106,7 +1137,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             consume_jti(tx, assertion, now)?;
-            let inserted = tx.execute(
+            let inserted = tx.exec(
                 "INSERT INTO users (app_id, user_id, state, sealed_virtual_device, vd_signing_key, \
                  vd_encryption_key, audit_pseudonym, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8) \
                  ON CONFLICT (app_id, user_id) DO NOTHING",
@@ -1125,7 +1156,7 @@ impl Store for SqliteStore {
                 return Err(StoreError::AlreadyEnrolled);
             }
             let root_hash: [u8; 32] = sha2::Sha256::digest(&e.root_block).into();
-            tx.execute(
+            tx.exec(
                 "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES (?1, ?2, 0, ?3, ?4, ?5)",
                 params![e.app_id, e.user_id, root_hash, e.root_block, now],
             )?;
@@ -1137,7 +1168,7 @@ impl Store for SqliteStore {
     fn enrollment(&self, app_id: &str, user_id: &str) -> Result<Option<Enrollment>, StoreError> {
         let conn = self.reader()?;
         Ok(conn
-            .query_row(
+            .one(
                 "SELECT u.state, u.sealed_virtual_device, u.vd_signing_key, u.vd_encryption_key, u.created_at, \
                  coalesce(c.block, x'') FROM users u \
                  LEFT JOIN chain_blocks c ON c.app_id = u.app_id AND c.user_id = u.user_id AND c.idx = 0 \
@@ -1207,7 +1238,7 @@ impl Store for SqliteStore {
                 return if cmd.proof.is_some() { Ok(Err(limit)) } else { Err(limit) };
             }
             let m = cmd.method;
-            tx.execute(
+            tx.exec(
                 &format!("INSERT INTO methods ({METHOD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
                 params![
                     m.id,
@@ -1274,11 +1305,11 @@ impl Store for SqliteStore {
             let (method, settlement) = settle_in(tx, &ch, verdict, now)?;
             let mut enrollment_completed = false;
             if settlement.outcome == Outcome::Accepted && ch.purpose == ChallengePurpose::Confirm {
-                tx.execute(
+                tx.exec(
                     "UPDATE methods SET state = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND state = 'pending'",
                     params![method.id, now],
                 )?;
-                enrollment_completed = tx.execute(
+                enrollment_completed = tx.exec(
                     "UPDATE users SET state = 'active', updated_at = ?3 WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'",
                     params![ch.app_id, ch.user_id, now],
                 )? == 1;
@@ -1312,7 +1343,7 @@ impl Store for SqliteStore {
             if let Err(refused) = settle_proof(tx, cmd.proof, cmd.assertion, now)? {
                 return Ok(Err(refused));
             }
-            tx.execute("DELETE FROM methods WHERE id = ?1", [&target.id])?;
+            tx.exec("DELETE FROM methods WHERE id = ?1", [&target.id])?;
             enqueue_to_others(tx, app_id, user_id, &target.id, cmd.notice, now)?;
             audit(
                 tx,
@@ -1361,7 +1392,7 @@ impl Store for SqliteStore {
 
     fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT block FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2 ORDER BY idx",
         )?;
         let blocks = stmt
@@ -1380,7 +1411,7 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             consume_jti(tx, assertion, now)?;
-            let len: i64 = tx.query_row(
+            let len: i64 = tx.one(
                 "SELECT count(*) FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2",
                 params![assertion.app_id, assertion.user_id],
                 |r| r.get(0),
@@ -1390,7 +1421,7 @@ impl Store for SqliteStore {
             if usize::try_from(len).ok() != Some(index) {
                 return Err(StoreError::ChainFork);
             }
-            tx.execute(
+            tx.exec(
                 "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![assertion.app_id, assertion.user_id, index as i64, hash, block, now],
             )?;
@@ -1406,7 +1437,7 @@ impl Store for SqliteStore {
             guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
             take_limits_in(tx, cmd.limits, now)??;
             insert_challenge(tx, ch)?;
-            tx.execute(
+            tx.exec(
                 &format!("INSERT INTO recoveries ({RECOVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 'started', NULL, NULL, NULL, ?5)"),
                 params![ch.id, ch.app_id, ch.user_id, ch.method_id, now],
             )?;
@@ -1532,7 +1563,7 @@ impl Store for SqliteStore {
             rec.cancelled_at = Some(now);
             save_recovery(tx, &rec)?;
             // The challenge dies with it: a late right code releases nothing.
-            tx.execute(
+            tx.exec(
                 "UPDATE challenges SET state = 'dead' WHERE id = ?1 AND state = 'open'",
                 [challenge_id],
             )?;
@@ -1570,7 +1601,7 @@ impl Store for SqliteStore {
             if let Err(refusal) = settle_proof(tx, proof, assertion, now)? {
                 return Ok(Err(refusal));
             }
-            tx.execute(
+            tx.exec(
                 "UPDATE users SET sealed_virtual_device = ?3, updated_at = ?4 WHERE app_id = ?1 AND user_id = ?2",
                 params![assertion.app_id, assertion.user_id, sealed, now],
             )?;
@@ -1596,14 +1627,14 @@ impl Store for SqliteStore {
             audit(tx, now, "user_erased", app, Who::User(user), json!({ "by": by }))?;
             // Foreign keys cascade to guards, methods, challenges, recoveries and queued
             // messages; each is also deleted explicitly so erasure does not hang on them.
-            tx.execute(
+            tx.exec(
                 "DELETE FROM outbox WHERE method_id IN (SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2)",
                 params![app, user],
             )?;
             for table in ["recoveries", "challenges", "methods", "user_guards", "chain_blocks"] {
-                tx.execute(&format!("DELETE FROM {table} WHERE app_id = ?1 AND user_id = ?2"), params![app, user])?;
+                tx.exec(&format!("DELETE FROM {table} WHERE app_id = ?1 AND user_id = ?2"), params![app, user])?;
             }
-            if tx.execute("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2", params![app, user])? == 0 {
+            if tx.exec("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2", params![app, user])? == 0 {
                 return Err(StoreError::NotEnrolled);
             }
             Ok(())
@@ -1612,7 +1643,7 @@ impl Store for SqliteStore {
 
     fn audit_events(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT seq, at, kind, app_id, subject, detail, hash FROM audit_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
         )?;
         let events = stmt
@@ -1638,7 +1669,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Method>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {METHOD_COLUMNS} FROM methods WHERE key_id != ?1 LIMIT ?2"
         ))?;
         let rows = stmt
@@ -1656,7 +1687,7 @@ impl Store for SqliteStore {
         destination_mac: Option<&[u8]>,
     ) -> Result<bool, StoreError> {
         self.write(|tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "UPDATE methods SET key_id = ?3, secret = ?4, destination_mac = ?5 WHERE id = ?1 AND key_id = ?2",
                 params![method_id, old_key, new_key, secret, destination_mac],
             )? == 1)
@@ -1669,7 +1700,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare_cached(
             "SELECT id, key_id, body FROM outbox WHERE key_id != ?1 AND length(body) > 0 LIMIT ?2",
         )?;
         let rows = stmt
@@ -1688,7 +1719,7 @@ impl Store for SqliteStore {
         body: &[u8],
     ) -> Result<bool, StoreError> {
         self.write(|tx| {
-            Ok(tx.execute(
+            Ok(tx.exec(
                 "UPDATE outbox SET key_id = ?3, body = ?4 WHERE id = ?1 AND key_id = ?2 AND length(body) > 0",
                 params![id, old_key, new_key, body],
             )? == 1)
@@ -1698,7 +1729,7 @@ impl Store for SqliteStore {
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError> {
         let conn = self.reader()?;
         let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
-            Ok(conn.query_row(sql, p, |r| r.get(0))?)
+            Ok(conn.one(sql, p, |r| r.get(0))?)
         };
         Ok((
             count("SELECT count(*) FROM methods WHERE key_id = ?1", &[&key_id])?,
@@ -1716,12 +1747,12 @@ impl Store for SqliteStore {
         since: UnixTime,
     ) -> Result<(u64, u64, Option<UnixTime>), StoreError> {
         let conn = self.reader()?;
-        let users: u64 = conn.query_row(
+        let users: u64 = conn.one(
             "SELECT count(*) FROM users WHERE app_id = ?1",
             [app_id],
             |r| r.get(0),
         )?;
-        let (recent, last): (u64, Option<UnixTime>) = conn.query_row(
+        let (recent, last): (u64, Option<UnixTime>) = conn.one(
             "SELECT count(*) FILTER (WHERE at >= ?2), max(at) FROM audit_events WHERE app_id = ?1",
             params![app_id, since],
             |r| Ok((r.get(0)?, r.get(1)?)),
@@ -1731,7 +1762,7 @@ impl Store for SqliteStore {
 
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare(&format!(
+        let mut stmt = conn.prepare_cached(&format!(
             "SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at DESC"
         ))?;
         let rows = stmt
@@ -1751,7 +1782,7 @@ impl Store for SqliteStore {
     ) -> Result<Option<ClaimedMessage>, StoreError> {
         self.write(|tx| {
             let row = tx
-                .query_row(
+                .one(
                     "SELECT o.id, o.app_id, o.kind, m.kind, m.key_id, m.secret, o.key_id, o.body, o.attempts \
                      FROM outbox o JOIN methods m ON m.id = o.method_id \
                      WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 AND o.leased_until <= ?1 \
@@ -1775,7 +1806,7 @@ impl Store for SqliteStore {
                 )
                 .optional()?;
             if let Some(m) = &row {
-                tx.execute("UPDATE outbox SET leased_until = ?2 WHERE id = ?1", params![m.id, now + lease_secs])?;
+                tx.exec("UPDATE outbox SET leased_until = ?2 WHERE id = ?1", params![m.id, now + lease_secs])?;
             }
             Ok(row)
         })
@@ -1789,17 +1820,17 @@ impl Store for SqliteStore {
     ) -> Result<(), StoreError> {
         self.write(|tx| {
             match result {
-                SendResult::Sent => tx.execute(
+                SendResult::Sent => tx.exec(
                     "UPDATE outbox SET state = 'sent', body = x'', attempts = attempts + 1, leased_until = 0, \
                      finished_at = ?2, last_error = NULL WHERE id = ?1",
                     params![id, now],
                 )?,
-                SendResult::Retry { at, error } => tx.execute(
+                SendResult::Retry { at, error } => tx.exec(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2, leased_until = 0, last_error = ?3 \
                      WHERE id = ?1",
                     params![id, at, error],
                 )?,
-                SendResult::Failed { error } => tx.execute(
+                SendResult::Failed { error } => tx.exec(
                     "UPDATE outbox SET state = 'failed', body = x'', attempts = attempts + 1, leased_until = 0, \
                      finished_at = ?2, last_error = ?3 WHERE id = ?1",
                     params![id, now, error],
@@ -1812,7 +1843,7 @@ impl Store for SqliteStore {
     fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
         let conn = self.reader()?;
         let mut counts = OutboxCounts::default();
-        let mut stmt = conn.prepare("SELECT state, count(*) FROM outbox GROUP BY state")?;
+        let mut stmt = conn.prepare_cached("SELECT state, count(*) FROM outbox GROUP BY state")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
         for row in rows {
             let (state, n) = row?;
