@@ -10,7 +10,7 @@ use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{authenticate, messages, parse_code, Caller, Ghostkey};
+use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
 use crate::clock::UnixTime;
 use crate::domain::app::App;
 use crate::domain::assertion::{AssertionRules, VerifiedAssertion};
@@ -305,18 +305,20 @@ impl Ghostkey {
             }),
         };
         self.blocking(move |store, _| {
-            store.add_method(
-                &AddMethod {
-                    assertion: &ctx.assertion,
-                    proof: proof.as_ref(),
-                    method: &method,
-                    challenge: &new.challenge,
-                    message: new.message.as_ref(),
-                    limits: &new.limits,
-                    max_methods: MAX_METHODS_PER_USER,
-                },
-                now,
-            )?;
+            store
+                .add_method(
+                    &AddMethod {
+                        assertion: &ctx.assertion,
+                        proof: proof.as_ref(),
+                        method: &method,
+                        challenge: &new.challenge,
+                        message: new.message.as_ref(),
+                        limits: &new.limits,
+                        max_methods: MAX_METHODS_PER_USER,
+                    },
+                    now,
+                )
+                .map_err(|e| refusal_at(e, now))?;
             Ok(())
         })
         .await?;
@@ -389,15 +391,17 @@ impl Ghostkey {
             challenge_id: request.proof.challenge_id,
         };
         self.blocking(move |store, _| {
-            store.remove_method(
-                &RemoveMethod {
-                    assertion: &ctx.assertion,
-                    proof: &proof,
-                    method_id: &method_id,
-                    notice: &notice,
-                },
-                now,
-            )?;
+            store
+                .remove_method(
+                    &RemoveMethod {
+                        assertion: &ctx.assertion,
+                        proof: &proof,
+                        method_id: &method_id,
+                        notice: &notice,
+                    },
+                    now,
+                )
+                .map_err(|e| refusal_at(e, now))?;
             Ok(())
         })
         .await?;

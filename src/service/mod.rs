@@ -52,6 +52,18 @@ impl From<StoreError> for Error {
     }
 }
 
+/// A store error as the answer to a request made at `now`. A proof refused during the
+/// user's back-off says how long to wait from `now` (the store knows only the end of the
+/// back-off); every other error converts as usual.
+pub(crate) fn refusal_at(error: StoreError, now: UnixTime) -> Error {
+    match error {
+        StoreError::ProofRefused(outcome) => outcome
+            .error(now)
+            .unwrap_or_else(|| Error::internal("a proof was refused with an accepting outcome")),
+        other => other.into(),
+    }
+}
+
 /// Who is calling: the client address, as the HTTP layer resolved it (trusted proxies
 /// included). Only an HMAC of it ever reaches the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

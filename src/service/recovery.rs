@@ -9,7 +9,7 @@ use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::{b64, sealed, ErrorCode};
 
 use super::methods::{challenge_view, load_user, masked};
-use super::{authenticate, messages, parse_code, Caller, Ghostkey};
+use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
 use crate::domain::challenge::ChallengePurpose;
 use crate::domain::limits::address_limit;
 use crate::domain::method::MethodState;
@@ -227,13 +227,9 @@ impl Ghostkey {
         let notice = messages::recovery_cancelled(&self.keys, &ctx.app.name, &recovery_id);
         let recovery = self
             .blocking(move |store, _| {
-                Ok(store.cancel_recovery(
-                    &ctx.assertion,
-                    proof.as_ref(),
-                    &recovery_id,
-                    &notice,
-                    now,
-                )?)
+                store
+                    .cancel_recovery(&ctx.assertion, proof.as_ref(), &recovery_id, &notice, now)
+                    .map_err(|e| refusal_at(e, now))
             })
             .await?;
         self.outbox_wake.notify_one();
@@ -279,7 +275,9 @@ impl Ghostkey {
         };
         let notice = messages::virtual_device_replaced(&self.keys, &ctx.app.name);
         self.blocking(move |store, _| {
-            store.replace_virtual_device(&ctx.assertion, &proof, &blob, &notice, now)?;
+            store
+                .replace_virtual_device(&ctx.assertion, &proof, &blob, &notice, now)
+                .map_err(|e| refusal_at(e, now))?;
             Ok(())
         })
         .await?;
