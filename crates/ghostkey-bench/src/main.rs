@@ -180,12 +180,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let setup = GhostkeySetup::create(&args.work, &args.ghostkey, gateway)?;
     let key = AppSigningKey::generate("bench-1");
     let app_id = setup.register_app(&key)?;
-    if args.preload_users > 0 {
-        let filler = AppSigningKey::generate("fill-1");
-        let fill_app = setup.register_app(&filler)?;
-        eprintln!("preloading {} users", args.preload_users);
-        fill::fill(&setup.db, &fill_app, &filler, args.preload_users)?;
-    }
     let users_before = count_users(&setup.db)?;
     let mut cmd = procs::pinned(&args.ghostkey, cpu);
     cmd.arg("--config").arg(&setup.config).arg("serve");
@@ -207,110 +201,37 @@ async fn run(args: RunArgs) -> Result<(), String> {
         audience: setup.service_id.clone(),
         inbox,
     });
-    let mut results = Vec::new();
-    let mut setups = Vec::new();
-
-    // Enrolments; the users enrolled here recover below.
-    let mut enrolled = Vec::new();
-    for &c in &args.concurrency {
-        let n = ops(40, 300, c, args.scale);
-        let ids: Vec<String> = (0..n).map(|i| format!("bench-c{c}-{i}")).collect();
-        let prepared = ids
-            .iter()
-            .map(|id| scenarios::prepare_enrolment(&t, id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tt = Arc::clone(&t);
-        let p = closed_loop("enrolment", prepared, c, move |e| {
-            scenarios::enrol(Arc::clone(&tt), e)
-        })
-        .await;
-        print_phase(&p);
-        check_clean(&p)?;
-        results.push(p);
-        enrolled.push((c, ids));
-    }
-
-    // Each of those users confirms a TOTP method (untimed setup, recorded).
-    let mut totp_users: Vec<(usize, Vec<scenarios::TotpUser>)> = Vec::new();
-    for (c, ids) in enrolled {
-        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tt, d) = (Arc::clone(&t), Arc::clone(&done));
-        let p = closed_loop("setup: add and confirm TOTP", ids, 16, move |id| {
-            let (tt, d) = (Arc::clone(&tt), Arc::clone(&d));
-            async move {
-                let t0 = std::time::Instant::now();
-                let user = scenarios::setup_totp(tt, id).await?;
-                d.lock().map_err(|e| e.to_string())?.push(user);
-                Ok(vec![("add + confirm TOTP", t0.elapsed())])
-            }
-        })
-        .await;
-        print_phase(&p);
-        check_clean(&p)?;
-        setups.push(p);
-        let users = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
-        totp_users.push((c, users));
-    }
-    // A TOTP step is spent once per method: recoveries use the step after confirmation.
-    let wait = 31 - unix_now().rem_euclid(30);
-    eprintln!("waiting {wait} s for the next TOTP step");
-    tokio::time::sleep(Duration::from_secs(wait as u64)).await;
-
-    for (c, users) in totp_users {
-        let prepared = users
-            .into_iter()
-            .map(|u| scenarios::prepare_totp_recovery(&t, u))
-            .collect::<Result<Vec<_>, _>>()?;
-        let tt = Arc::clone(&t);
-        let p = closed_loop("complete TOTP recovery", prepared, c, move |r| {
-            scenarios::totp_recovery(Arc::clone(&tt), r)
-        })
-        .await;
-        print_phase(&p);
-        check_clean(&p)?;
-        results.push(p);
-    }
-
-    // SMS: users with a confirmed phone and a started recovery, then the verification.
-    for &c in &args.concurrency {
-        let n = ops(6, 40, c, args.scale);
-        let users: Vec<(String, String)> = (0..n)
-            .map(|i| {
-                (
-                    format!("sms-c{c}-{i}"),
-                    format!("+4179{:07}", c * 100_000 + i),
-                )
-            })
-            .collect();
-        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tt, r) = (Arc::clone(&t), Arc::clone(&ready));
-        let p = closed_loop(
-            "setup: enrol, confirm SMS, start recovery",
-            users,
-            16,
-            move |(id, phone)| {
-                let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
-                async move {
-                    let t0 = std::time::Instant::now();
-                    let v = scenarios::setup_sms_recovery(tt, id, phone).await?;
-                    r.lock().map_err(|e| e.to_string())?.push(v);
-                    Ok(vec![("setup", t0.elapsed())])
-                }
-            },
+    let (results, setups) = ghostkey_phases(&t, &args.concurrency, args.scale, "a", 0).await?;
+    let mut preload_comparison = None;
+    let mut gk = gk;
+    if args.preload_users > 0 {
+        // The same phases again after bulk-loading users, in the same run, so the
+        // comparison is not blurred by the machine's speed changing between runs.
+        drop(gk);
+        let filler = AppSigningKey::generate("fill-1");
+        let fill_app = setup.register_app(&filler)?;
+        eprintln!("preloading {} users", args.preload_users);
+        let t0 = std::time::Instant::now();
+        fill::fill(&setup.db, &fill_app, &filler, args.preload_users)?;
+        let fill_seconds = t0.elapsed().as_secs_f64();
+        let users = count_users(&setup.db)?;
+        let mut cmd = procs::pinned(&args.ghostkey, cpu);
+        cmd.arg("--config").arg(&setup.config).arg("serve");
+        gk = procs::start(
+            cmd,
+            setup.url.clone(),
+            "/readyz",
+            &args.work.join("ghostkey-2.log"),
         )
-        .await;
-        print_phase(&p);
-        check_clean(&p)?;
-        setups.push(p);
-        let ready = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
-        let tt = Arc::clone(&t);
-        let p = closed_loop("SMS-code verification (Argon2id)", ready, c, move |v| {
-            scenarios::sms_verification(Arc::clone(&tt), v)
-        })
-        .await;
-        print_phase(&p);
-        check_clean(&p)?;
-        results.push(p);
+        .await?;
+        eprintln!("ghostkey restarted: pid {}, {users} users", gk.pid());
+        let (after, _) = ghostkey_phases(&t, &args.concurrency, args.scale, "b", 1).await?;
+        preload_comparison = Some(report::Preloaded {
+            users_loaded: args.preload_users,
+            fill_seconds,
+            users_before: users,
+            phases: after,
+        });
     }
     let ghostkey_peak_mib = gk.peak_memory_mib();
     eprintln!("SMS gateway received {} code messages", t.inbox.total());
@@ -329,6 +250,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         setup: setups,
         baseline_peak_mib,
         ghostkey_peak_mib,
+        preloaded: preload_comparison,
         database,
     };
     report::write(&run, &args.json, &args.markdown)?;
@@ -472,4 +394,121 @@ fn database_size(db: &Path) -> Result<DatabaseSize, String> {
         users,
         bytes_per_user: bytes as f64 / (users.max(1) as f64),
     })
+}
+
+/// Ghostkey's measured phases (and their setup) against the running server; `pass` names
+/// the users, so a second pass on the same database enrols new ones.
+async fn ghostkey_phases(
+    t: &Arc<Target>,
+    concurrency: &[usize],
+    scale: f64,
+    pass: &str,
+    pass_no: usize,
+) -> Result<(Vec<PhaseResult>, Vec<PhaseResult>), String> {
+    let mut results = Vec::new();
+    let mut setups = Vec::new();
+
+    // Enrolments; the users enrolled here recover below.
+    let mut enrolled = Vec::new();
+    for &c in concurrency {
+        let n = ops(40, 300, c, scale);
+        let ids: Vec<String> = (0..n).map(|i| format!("bench-{pass}-c{c}-{i}")).collect();
+        let prepared = ids
+            .iter()
+            .map(|id| scenarios::prepare_enrolment(t, id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tt = Arc::clone(t);
+        let p = closed_loop("enrolment", prepared, c, move |e| {
+            scenarios::enrol(Arc::clone(&tt), e)
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+        enrolled.push((c, ids));
+    }
+
+    // Each of those users confirms a TOTP method (untimed setup, recorded).
+    let mut totp_users: Vec<(usize, Vec<scenarios::TotpUser>)> = Vec::new();
+    for (c, ids) in enrolled {
+        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tt, d) = (Arc::clone(t), Arc::clone(&done));
+        let p = closed_loop("setup: add and confirm TOTP", ids, 16, move |id| {
+            let (tt, d) = (Arc::clone(&tt), Arc::clone(&d));
+            async move {
+                let t0 = std::time::Instant::now();
+                let user = scenarios::setup_totp(tt, id).await?;
+                d.lock().map_err(|e| e.to_string())?.push(user);
+                Ok(vec![("add + confirm TOTP", t0.elapsed())])
+            }
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        setups.push(p);
+        let users = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
+        totp_users.push((c, users));
+    }
+    // A TOTP step is spent once per method: recoveries use the step after confirmation.
+    let wait = 31 - unix_now().rem_euclid(30);
+    eprintln!("waiting {wait} s for the next TOTP step");
+    tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+
+    for (c, users) in totp_users {
+        let prepared = users
+            .into_iter()
+            .map(|u| scenarios::prepare_totp_recovery(t, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tt = Arc::clone(t);
+        let p = closed_loop("complete TOTP recovery", prepared, c, move |r| {
+            scenarios::totp_recovery(Arc::clone(&tt), r)
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+    }
+
+    // SMS: users with a confirmed phone and a started recovery, then the verification.
+    for &c in concurrency {
+        let n = ops(6, 40, c, scale);
+        let users: Vec<(String, String)> = (0..n)
+            .map(|i| {
+                (
+                    format!("sms-{pass}-c{c}-{i}"),
+                    format!("+41{}{:07}", 76 + pass_no, c * 100_000 + i),
+                )
+            })
+            .collect();
+        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tt, r) = (Arc::clone(t), Arc::clone(&ready));
+        let p = closed_loop(
+            "setup: enrol, confirm SMS, start recovery",
+            users,
+            16,
+            move |(id, phone)| {
+                let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
+                async move {
+                    let t0 = std::time::Instant::now();
+                    let v = scenarios::setup_sms_recovery(tt, id, phone).await?;
+                    r.lock().map_err(|e| e.to_string())?.push(v);
+                    Ok(vec![("setup", t0.elapsed())])
+                }
+            },
+        )
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        setups.push(p);
+        let ready = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        let tt = Arc::clone(t);
+        let p = closed_loop("SMS-code verification (Argon2id)", ready, c, move |v| {
+            scenarios::sms_verification(Arc::clone(&tt), v)
+        })
+        .await;
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+    }
+    Ok((results, setups))
 }

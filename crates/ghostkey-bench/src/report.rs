@@ -31,6 +31,21 @@ pub struct RunResult {
     pub ghostkey_peak_mib: Option<f64>,
     /// Ghostkey's database after the run.
     pub database: DatabaseSize,
+    /// The scale test: the same phases after bulk-loading users.
+    pub preloaded: Option<Preloaded>,
+}
+
+/// The second pass of a scale test.
+#[derive(Debug, Clone, Serialize)]
+pub struct Preloaded {
+    /// Users the bulk loader added.
+    pub users_loaded: usize,
+    /// How long the bulk load took, in seconds.
+    pub fill_seconds: f64,
+    /// Enrolled users when the second pass began.
+    pub users_before: i64,
+    /// Ghostkey's phases on the loaded database.
+    pub phases: Vec<PhaseResult>,
 }
 
 /// The machine the run used.
@@ -152,6 +167,35 @@ pub fn markdown(run: &RunResult) -> String {
                     ratio(l.p99_ms, base_p99),
                 ));
             }
+        }
+    }
+    if let Some(pre) = &run.preloaded {
+        s.push_str(&format!(
+            "\nThe same phases after bulk-loading {} users in {:.0} s ({} users enrolled), compared with the first pass above:\n\n",
+            pre.users_loaded, pre.fill_seconds, pre.users_before
+        ));
+        s.push_str("| scenario | c | ops/s | ops/s vs first pass | p50 ms | p50 vs first pass | p99 ms | p99 vs first pass | errors |\n");
+        s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        for p in &pre.phases {
+            let first = find(&run.ghostkey, &p.scenario, p.concurrency);
+            s.push_str(&format!(
+                "| {} | {} | {:.0} | {} | {:.2} | {} | {:.2} | {} | {} |\n",
+                p.scenario,
+                p.concurrency,
+                p.ops_per_sec,
+                ratio(p.ops_per_sec, first.map_or(0.0, |f| f.ops_per_sec)),
+                p.operation.p50_ms,
+                ratio(
+                    p.operation.p50_ms,
+                    first.map_or(0.0, |f| f.operation.p50_ms)
+                ),
+                p.operation.p99_ms,
+                ratio(
+                    p.operation.p99_ms,
+                    first.map_or(0.0, |f| f.operation.p99_ms)
+                ),
+                p.errors
+            ));
         }
     }
     s.push_str(&format!(
