@@ -180,4 +180,23 @@ async fn unknown_routes_and_methods_get_problem_documents() {
         .await
         .unwrap();
     assert_eq!(res.status(), 200);
+    // RFC 9110: a 405 names the methods the resource has.
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/v1/enrollments", "POST"),
+        (reqwest::Method::PUT, "/v1/methods", "GET, POST"),
+        (reqwest::Method::DELETE, "/healthz", "GET"),
+        (reqwest::Method::TRACE, "/v1/chains/someone", "GET"),
+    ] {
+        let res = http
+            .request(method.clone(), format!("{}{path}", server.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 405, "{method} {path}");
+        assert_eq!(
+            res.headers().get("allow").and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! Handlers: extract, call the service, answer. No logic of their own.
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::ResponseError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ghostkey_proto::api::{
     AddMethodRequest, AnswerRequest, EnrollRequest, Health, RemoveMethodRequest,
@@ -150,7 +151,7 @@ pub async fn list_methods(
 #[utoipa::path(
     post,
     path = "/v1/methods/{method_id}/remove",
-    params(("method_id" = String, Path, description = "The method")),
+    params(("method_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The method")),
     request_body = ghostkey_proto::api::RemoveMethodRequest,
     responses((status = 204, description = "Removed (`manage` and a proof)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
     security(("assertion" = []))
@@ -193,7 +194,7 @@ pub async fn start_challenge(
 #[utoipa::path(
     post,
     path = "/v1/challenges/{challenge_id}/answer",
-    params(("challenge_id" = String, Path, description = "The challenge")),
+    params(("challenge_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The challenge")),
     request_body = ghostkey_proto::api::AnswerRequest,
     responses((status = 200, description = "Code accepted: the method is confirmed", body = ghostkey_proto::api::AnswerResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
 )]
@@ -250,7 +251,7 @@ pub async fn start_recovery(
 #[utoipa::path(
     post,
     path = "/v1/recoveries/{recovery_id}/verify",
-    params(("recovery_id" = String, Path, description = "The recovery")),
+    params(("recovery_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The recovery")),
     request_body = ghostkey_proto::api::AnswerRequest,
     responses((status = 200, description = "Released, or waiting", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
 )]
@@ -271,7 +272,7 @@ pub async fn verify_recovery(
 #[utoipa::path(
     post,
     path = "/v1/recoveries/{recovery_id}/release",
-    params(("recovery_id" = String, Path, description = "The recovery")),
+    params(("recovery_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The recovery")),
     responses((status = 200, description = "Released after the waiting period (`recover`)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
     security(("assertion" = []))
 )]
@@ -292,7 +293,7 @@ pub async fn release_recovery(
 #[utoipa::path(
     post,
     path = "/v1/recoveries/{recovery_id}/cancel",
-    params(("recovery_id" = String, Path, description = "The recovery")),
+    params(("recovery_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The recovery")),
     request_body = ghostkey_proto::api::CancelRecoveryRequest,
     responses((status = 200, description = "Cancelled (`manage`, or `recover` and a proof)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
     security(("assertion" = []))
@@ -376,7 +377,7 @@ pub async fn append_block(
 #[utoipa::path(
     get,
     path = "/v1/chains/{user_id}",
-    params(("user_id" = String, Path, description = "Whose chain")),
+    params(("user_id" = String, Path, pattern = r"^[!-~]{1,128}$", description = "Whose chain")),
     responses((status = 200, description = "The chain as stored: verify it from the app's pinned keys", body = ghostkey_proto::api::ChainResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
     security(("assertion" = []))
 )]
@@ -403,6 +404,10 @@ pub async fn not_found() -> Result<HttpResponse, Error> {
     Err(Error::new(ErrorCode::NotFound))
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, Error> {
-    Err(Error::new(ErrorCode::MethodNotAllowed))
+pub async fn method_not_allowed(allow: &'static str) -> HttpResponse {
+    let mut response = Error::new(ErrorCode::MethodNotAllowed).error_response();
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    response
 }

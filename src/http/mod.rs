@@ -15,6 +15,11 @@ use crate::service::Ghostkey;
 
 pub use problem::json_error_handler;
 
+/// Any other method on a known resource: 405, with the `Allow` header RFC 9110 requires.
+fn other_methods(allow: &'static str) -> actix_web::Route {
+    web::to(move || handlers::method_not_allowed(allow))
+}
+
 /// Registers every route on an actix-web app.
 pub fn configure(
     service: Ghostkey,
@@ -34,90 +39,90 @@ pub fn configure(
             .service(
                 web::resource("/healthz")
                     .route(web::get().to(handlers::healthz))
-                    .default_service(web::to(handlers::method_not_allowed)),
+                    .default_service(other_methods("GET")),
             )
             .service(
                 web::resource("/readyz")
                     .route(web::get().to(handlers::readyz))
-                    .default_service(web::to(handlers::method_not_allowed)),
+                    .default_service(other_methods("GET")),
             )
             .service(
                 web::scope("/v1")
                     .service(
                         web::resource("/openapi.json")
                             .route(web::get().to(handlers::openapi))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("GET")),
                     )
                     .service(
                         web::resource("/enrollments")
                             .route(web::post().to(handlers::enroll))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/methods")
                             .route(web::post().to(handlers::add_method))
                             .route(web::get().to(handlers::list_methods))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("GET, POST")),
                     )
                     .service(
                         web::resource("/methods/{method_id}/remove")
                             .route(web::post().to(handlers::remove_method))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/challenges")
                             .route(web::post().to(handlers::start_challenge))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/challenges/{challenge_id}/answer")
                             .route(web::post().to(handlers::answer))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/chain/blocks")
                             .route(web::post().to(handlers::append_block))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/chains/{user_id}")
                             .route(web::get().to(handlers::chain))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("GET")),
                     )
                     .service(
                         web::resource("/recoveries")
                             .route(web::post().to(handlers::start_recovery))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/recoveries/{recovery_id}/verify")
                             .route(web::post().to(handlers::verify_recovery))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/recoveries/{recovery_id}/release")
                             .route(web::post().to(handlers::release_recovery))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/recoveries/{recovery_id}/cancel")
                             .route(web::post().to(handlers::cancel_recovery))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/virtual-device/replace")
                             .route(web::post().to(handlers::replace_virtual_device))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/users/erase")
                             .route(web::post().to(handlers::erase_user))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     )
                     .service(
                         web::resource("/users/unlock")
                             .route(web::post().to(handlers::unlock))
-                            .default_service(web::to(handlers::method_not_allowed)),
+                            .default_service(other_methods("POST")),
                     ),
             )
             .default_service(web::to(handlers::not_found));

@@ -113,8 +113,10 @@ pub enum MethodState {
 #[serde(deny_unknown_fields)]
 pub struct Proof {
     /// The proof challenge.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub challenge_id: String,
-    /// The code.
+    /// The code (4 to 10 digits).
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9]{4,10}$"))]
     pub code: String,
 }
 
@@ -218,6 +220,7 @@ pub struct AddMethodResponse {
 #[serde(deny_unknown_fields)]
 pub struct StartChallengeRequest {
     /// The method.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub method_id: String,
     /// `confirm` (a pending method: a new code) or `proof` (a confirmed method).
     pub purpose: ChallengePurpose,
@@ -228,7 +231,8 @@ pub struct StartChallengeRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnswerRequest {
-    /// The code the user typed (digits only).
+    /// The code the user typed (4 to 10 digits).
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9]{4,10}$"))]
     pub code: String,
 }
 
@@ -278,6 +282,7 @@ pub struct UnlockResponse {
 #[serde(deny_unknown_fields)]
 pub struct StartRecoveryRequest {
     /// The confirmed method to check the user with.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub method_id: String,
 }
 
