@@ -46,7 +46,9 @@ conf_app=$(gk app add --name conformance --key-id k1 --public-key "$(cat "$conf_
 # the per-address limit, and let the hooks lift the lock of the seeded user without waiting.
 gk app policy set "$conf_app" --requests-per-address-per-minute 100000 \
     --user-lock-threshold 100 --user-backoff-base-secs 0 >/dev/null
-gk serve > "$conf_dir/server.log" 2>&1 &
+# Not through `gk`: a function in the background runs in a subshell, whose pid is not the
+# server's, and a TERM to it would leave the server running.
+"$ghostkey_bin" --config "$conf_dir/ghostkey.toml" serve > "$conf_dir/server.log" 2>&1 &
 conf_pid=$!
 for _ in $(seq 1 100); do
     curl -sf "http://127.0.0.1:$conf_port/healthz" >/dev/null 2>&1 && break
