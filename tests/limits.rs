@@ -403,3 +403,113 @@ async fn concurrent_wrong_guesses_count_at_most_the_attempt_cap() {
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TooManyAttempts));
 }
+
+// The recovery requests spend their address unit inside the write that records them (one
+// transaction, not two): refused requests still spend one, and a full limit changes nothing.
+#[tokio::test]
+async fn recovery_requests_spend_one_address_unit_each_even_refused_and_a_full_limit_changes_nothing(
+) {
+    let (server, app, gateway) = setup(PolicyChange {
+        user_backoff_base_secs: Some(0),
+        ..Default::default()
+    })
+    .await;
+    // Start at the beginning of a minute, so that every unit below lands in one window.
+    server.clock.advance(61 - server.now().rem_euclid(60));
+    enrol(&server, &app, "u").await;
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let client = server.client();
+    client
+        .answer(&added.challenge.id, &sms_gateway::code(&gateway, 0).await)
+        .await
+        .unwrap();
+    let spent = || {
+        server.query_i64(
+            "SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'",
+        )
+    };
+    let attempts = || server.query_i64("SELECT COALESCE(SUM(attempts), 0) FROM challenges");
+    let before = spent();
+
+    // Refused before the write: the unit is still spent, and nothing else changes.
+    let err = client
+        .start_recovery(
+            &app.assertion("u", Purpose::Recover),
+            "m_AAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MethodNotFound));
+    assert_eq!(spent(), before + 1);
+    assert_eq!(server.count("recoveries"), 0);
+
+    let started = client
+        .start_recovery(&app.assertion("u", Purpose::Recover), &added.method.id)
+        .await
+        .unwrap();
+    assert_eq!(spent(), before + 2);
+    let code = sms_gateway::next_code(&gateway, 1).await;
+
+    // A wrong code: one unit and one attempt.
+    let err = client
+        .verify_recovery(&started.id, &wrong(&code))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    assert_eq!(spent(), before + 3);
+    assert_eq!(attempts(), 1);
+
+    // An unknown recovery: the same answer, one unit (under no app: nothing names one),
+    // no attempt anywhere.
+    let mut unknown = started.id.clone();
+    let last = if unknown.ends_with('A') { "B" } else { "A" };
+    unknown.replace_range(unknown.len() - 1.., last);
+    let err = client.verify_recovery(&unknown, &code).await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    assert_eq!(spent(), before + 4);
+    assert_eq!(attempts(), 1);
+
+    // The limit is now full: the right code and a new start are refused, and change
+    // nothing (no unit, no attempt, no release, no recovery, no message).
+    let full = u32::try_from(spent() - 1).unwrap();
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(full),
+            ..Default::default()
+        },
+    );
+    let messages = server.count("outbox");
+    let err = client
+        .verify_recovery(&started.id, &code)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AddressRateLimited));
+    let err = client
+        .start_recovery(&app.assertion("u", Purpose::Recover), &added.method.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AddressRateLimited));
+    assert_eq!(spent(), i64::from(full) + 1);
+    assert_eq!(attempts(), 1);
+    assert_eq!(server.count("recoveries"), 1);
+    assert_eq!(server.count("outbox"), messages);
+    assert_eq!(
+        server.query_i64("SELECT COUNT(*) FROM recoveries WHERE state = 'started'"),
+        1
+    );
+
+    // Room again: the same code releases the sealed virtual device.
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(full + 1),
+            ..Default::default()
+        },
+    );
+    let released = client.verify_recovery(&started.id, &code).await.unwrap();
+    assert!(released.sealed_virtual_device.is_some());
+    assert_eq!(spent(), i64::from(full) + 2);
+}

@@ -11,12 +11,12 @@ use super::methods::{challenge_view, load_user, masked, method_view};
 use super::{messages, parse_code, Caller, Ghostkey};
 use crate::clock::UnixTime;
 use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
-use crate::domain::limits::address_limit;
+use crate::domain::limits::{address_limit, Limit};
 use crate::domain::method::Method;
 use crate::domain::method::MethodState;
 use crate::domain::policy::AppPolicy;
 use crate::error::Error;
-use crate::store::StartChallenge;
+use crate::store::{StartChallenge, Store};
 
 impl Ghostkey {
     /// Starts a challenge: `confirm` sends a new code for a pending method; `proof` checks
@@ -197,27 +197,46 @@ impl Ghostkey {
         let mac = self.caller_mac(caller);
         let id = id.to_owned();
         self.blocking(move |store, _| {
-            let found = store.challenge(&id)?;
-            let (app_id, policy) = match &found {
-                Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
-                None => (String::new(), AppPolicy::default()),
-            };
-            store.take_limits(
-                &[address_limit(
-                    &app_id,
-                    &mac,
-                    policy.requests_per_address_per_minute,
-                )],
-                now,
-            )?;
-            let app_name = match &found {
-                Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
-                None => String::new(),
-            };
-            Ok((found, app_name))
+            let (answering, address) = answering(store, &id, &mac)?;
+            store.take_limits(&[address], now)?;
+            Ok(answering)
         })
         .await
     }
+
+    /// Like `challenge_for_answer`, but the caller's address limit is only checked, and
+    /// its unit returned for the request's own write to spend (or `spend_refused`).
+    pub(crate) async fn challenge_for_answer_unspent(
+        &self,
+        id: &str,
+        caller: Caller,
+        now: UnixTime,
+    ) -> Result<(Answering, Limit), Error> {
+        let mac = self.caller_mac(caller);
+        let id = id.to_owned();
+        self.blocking(move |store, _| {
+            let (answering, address) = answering(store, &id, &mac)?;
+            store.limits_allow(std::slice::from_ref(&address), now)?;
+            Ok((answering, address))
+        })
+        .await
+    }
+}
+
+/// The challenge `id` with its method and policy, its app's name, and the caller's
+/// address limit under that app (the default policy's when there is no such challenge).
+fn answering(store: &dyn Store, id: &str, address_mac: &[u8]) -> Result<(Answering, Limit), Error> {
+    let found = store.challenge(id)?;
+    let (app_id, policy) = match &found {
+        Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
+        None => (String::new(), AppPolicy::default()),
+    };
+    let address = address_limit(&app_id, address_mac, policy.requests_per_address_per_minute);
+    let app_name = match &found {
+        Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
+        None => String::new(),
+    };
+    Ok(((found, app_name), address))
 }
 
 fn request_purpose_name(purpose: ChallengePurpose) -> &'static str {

@@ -45,18 +45,9 @@ pub(crate) fn load_user(
     address_mac: &[u8],
     now: UnixTime,
 ) -> Result<UserContext, Error> {
-    let assertion = authenticate(store, rules, token, purposes, now)?;
-    let app = store
-        .app(&assertion.app_id)?
-        .ok_or_else(|| Error::internal("a verified assertion names a missing app"))?;
-    store.take_limits(
-        &[address_limit(
-            &app.id,
-            address_mac,
-            app.policy.requests_per_address_per_minute,
-        )],
-        now,
-    )?;
+    let (assertion, app, address) =
+        authenticate_caller(store, rules, token, purposes, address_mac, now)?;
+    store.take_limits(&[address], now)?;
     let user = store
         .user(&assertion.app_id, &assertion.user_id)?
         .ok_or_else(|| Error::new(ErrorCode::NotEnrolled))?;
@@ -65,6 +56,55 @@ pub(crate) fn load_user(
         user,
         app,
     })
+}
+
+/// Like `load_user`, but the caller's address limit is only checked, and its unit
+/// returned: the request's own write spends it (one transaction instead of two on the
+/// recovery path), or `Ghostkey::spend_refused` when the request stops before that write.
+pub(crate) fn load_user_unspent(
+    store: &dyn Store,
+    rules: &AssertionRules,
+    token: &str,
+    purposes: &[Purpose],
+    address_mac: &[u8],
+    now: UnixTime,
+) -> Result<(UserContext, Limit), Error> {
+    let (assertion, app, address) =
+        authenticate_caller(store, rules, token, purposes, address_mac, now)?;
+    store.limits_allow(std::slice::from_ref(&address), now)?;
+    let Some(user) = store.user(&assertion.app_id, &assertion.user_id)? else {
+        store.take_limits(&[address], now)?;
+        return Err(Error::new(ErrorCode::NotEnrolled));
+    };
+    Ok((
+        UserContext {
+            assertion,
+            user,
+            app,
+        },
+        address,
+    ))
+}
+
+/// Verifies the assertion and names the caller's address limit under its app.
+fn authenticate_caller(
+    store: &dyn Store,
+    rules: &AssertionRules,
+    token: &str,
+    purposes: &[Purpose],
+    address_mac: &[u8],
+    now: UnixTime,
+) -> Result<(VerifiedAssertion, App, Limit), Error> {
+    let assertion = authenticate(store, rules, token, purposes, now)?;
+    let app = store
+        .app(&assertion.app_id)?
+        .ok_or_else(|| Error::internal("a verified assertion names a missing app"))?;
+    let address = address_limit(
+        &app.id,
+        address_mac,
+        app.policy.requests_per_address_per_minute,
+    );
+    Ok((assertion, app, address))
 }
 
 /// The masked destination of a method (`None` for TOTP).

@@ -168,6 +168,24 @@ impl Ghostkey {
             .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }
 
+    /// Spends the caller's address unit for a request refused before the write that would
+    /// have spent it, so that every refused request counts against its address. Answers
+    /// the refusal, or `rate_limited` if the unit was no longer there.
+    pub(crate) async fn spend_refused(
+        &self,
+        address: crate::domain::limits::Limit,
+        now: UnixTime,
+        refusal: Error,
+    ) -> Error {
+        match self
+            .blocking(move |store, _| Ok(store.take_limits(&[address], now)?))
+            .await
+        {
+            Ok(()) => refusal,
+            Err(limited) => limited,
+        }
+    }
+
     /// The current time, read once per request.
     pub fn now(&self) -> UnixTime {
         self.clock.now()

@@ -8,11 +8,11 @@ use ghostkey_proto::api::{
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::{b64, sealed, ErrorCode};
 
-use super::methods::{challenge_view, load_user, masked};
+use super::methods::{challenge_view, load_user, load_user_unspent, masked, UserContext};
 use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
 use crate::domain::challenge::ChallengePurpose;
 use crate::domain::limits::address_limit;
-use crate::domain::method::MethodState;
+use crate::domain::method::{Method, MethodState};
 use crate::domain::recovery::{Recovery, RecoveryState};
 use crate::error::Error;
 use crate::store::{ProofAnswer, RecoveryNotices, StartRecovery};
@@ -34,6 +34,29 @@ fn response(recovery: &Recovery, sealed: Option<&[u8]>) -> RecoveryResponse {
     }
 }
 
+/// The method a recovery would use, if the user, the method and the app's policy allow it.
+fn recovery_method(ctx: &UserContext, method_id: &str) -> Result<Method, Error> {
+    if ctx.user.enrollment.state != EnrollmentState::Active {
+        return Err(Error::new(ErrorCode::EnrollmentPending));
+    }
+    let method = ctx
+        .user
+        .methods
+        .iter()
+        .find(|m| m.id == method_id)
+        .ok_or_else(|| Error::new(ErrorCode::MethodNotFound))?;
+    if method.state != MethodState::Confirmed {
+        return Err(Error::new(ErrorCode::MethodNotConfirmed));
+    }
+    if !ctx.app.policy.allowed_methods.contains(&method.kind) {
+        return Err(Error::new(ErrorCode::MethodKindNotAllowed));
+    }
+    if ctx.user.guard.locked_at.is_some() {
+        return Err(Error::new(ErrorCode::Locked));
+    }
+    Ok(method.clone())
+}
+
 impl Ghostkey {
     /// Starts a recovery with a confirmed method (`recover` assertion): sends the code (or
     /// expects a TOTP code) and tells the user's other methods.
@@ -45,30 +68,15 @@ impl Ghostkey {
     ) -> Result<ChallengeView, Error> {
         let now = self.now();
         let mac = self.caller_mac(caller);
-        let ctx = self
+        let (ctx, address) = self
             .blocking(move |store, rules| {
-                load_user(store, rules, &token, &[Purpose::Recover], &mac, now)
+                load_user_unspent(store, rules, &token, &[Purpose::Recover], &mac, now)
             })
             .await?;
-        if ctx.user.enrollment.state != EnrollmentState::Active {
-            return Err(Error::new(ErrorCode::EnrollmentPending));
-        }
-        let method = ctx
-            .user
-            .methods
-            .iter()
-            .find(|m| m.id == request.method_id)
-            .ok_or_else(|| Error::new(ErrorCode::MethodNotFound))?
-            .clone();
-        if method.state != MethodState::Confirmed {
-            return Err(Error::new(ErrorCode::MethodNotConfirmed));
-        }
-        if !ctx.app.policy.allowed_methods.contains(&method.kind) {
-            return Err(Error::new(ErrorCode::MethodKindNotAllowed));
-        }
-        if ctx.user.guard.locked_at.is_some() {
-            return Err(Error::new(ErrorCode::Locked));
-        }
+        let method = match recovery_method(&ctx, &request.method_id) {
+            Ok(method) => method,
+            Err(refusal) => return Err(self.spend_refused(address, now, refusal).await),
+        };
         let new = self
             .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
             .await?;
@@ -87,6 +95,7 @@ impl Ghostkey {
                     challenge: &new.challenge,
                     message: new.message.as_ref(),
                     limits: &new.limits,
+                    address: &address,
                     notice: &notice,
                 },
                 now,
@@ -109,18 +118,19 @@ impl Ghostkey {
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
         let code = parse_code(&request.code)?;
-        let (found, app_name) = self.challenge_for_answer(&recovery_id, caller, now).await?;
+        let ((found, app_name), address) = self
+            .challenge_for_answer_unspent(&recovery_id, caller, now)
+            .await?;
         if let Some((ch, _, _)) = &found {
             if ch.purpose != ChallengePurpose::Recover {
-                return Err(Error::with_detail(
-                    ErrorCode::WrongChallenge,
-                    "not a recovery",
-                ));
+                let refusal = Error::with_detail(ErrorCode::WrongChallenge, "not a recovery");
+                return Err(self.spend_refused(address, now, refusal).await);
             }
         }
         let verdict = self.judge(found.as_ref(), &code, now).await?;
         let Some((_, _, policy)) = found else {
-            return Err(Error::new(ErrorCode::InvalidCode));
+            let refusal = Error::new(ErrorCode::InvalidCode);
+            return Err(self.spend_refused(address, now, refusal).await);
         };
         let released = messages::recovery_released(&self.keys, &app_name);
         let waiting = messages::recovery_waiting(
@@ -133,6 +143,7 @@ impl Ghostkey {
             .blocking(move |store, _| {
                 Ok(store.verify_recovery(
                     &recovery_id,
+                    &address,
                     verdict,
                     &RecoveryNotices {
                         released: &released,

@@ -264,6 +264,8 @@ pub struct StartRecovery<'a> {
     pub message: Option<&'a NewMessage>,
     /// The limits the message spends.
     pub limits: &'a [Limit],
+    /// The caller's address limit: a unit is spent even when the start is refused.
+    pub address: &'a Limit,
     /// "A recovery was started", to the user's other confirmed methods.
     pub notice: &'a NewMessage,
 }
@@ -382,9 +384,12 @@ pub trait Store: Send + Sync + 'static {
     fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError>;
     /// Settles a recovery code; when right, releases now (returning the sealed virtual
     /// device) or starts the waiting period, and queues the matching notices.
+    /// A unit of the caller's `address` limit is spent first, even when the code is
+    /// refused; a full limit refuses the request and changes nothing.
     fn verify_recovery(
         &self,
         challenge_id: &str,
+        address: &Limit,
         verdict: Verdict,
         notices: &RecoveryNotices<'_>,
         now: UnixTime,
@@ -477,6 +482,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes one unit from each limit, all or none.
     fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;
+    /// Refuses (`LimitReached`) if any of `limits` is full, spending nothing: a cheap
+    /// early check for requests that spend their unit later, in the write that records
+    /// them (the cap itself is enforced by that write).
+    fn limits_allow(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;
 
     /// Leases the oldest due message for `lease_secs`.
     fn claim_message(

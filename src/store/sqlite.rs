@@ -780,6 +780,31 @@ fn enqueue_to_others(
     )?)
 }
 
+/// The refusal for the first full limit of `limits`, if any.
+fn full_limit(
+    conn: &Connection,
+    limits: &[Limit],
+    now: UnixTime,
+) -> Result<Option<StoreError>, StoreError> {
+    for limit in limits {
+        let count: u32 = conn
+            .one(
+                "SELECT count FROM rate_counters WHERE scope = ?1 AND subject = ?2 AND window_start = ?3",
+                params![limit.scope, limit.subject, limit.window_start(now)],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        if count >= limit.max {
+            return Ok(Some(StoreError::LimitReached {
+                code: limit.code,
+                retry_after: limit.retry_after(now),
+            }));
+        }
+    }
+    Ok(None)
+}
+
 /// Takes a unit from every limit, or none if any is full.
 fn take_limits_in(
     tx: &Connection,
@@ -791,21 +816,8 @@ fn take_limits_in(
          (SELECT scope, subject, window_start FROM rate_counters WHERE expires_at < ?1 LIMIT 64)",
         [now],
     )?;
-    for limit in limits {
-        let count: u32 = tx
-            .one(
-                "SELECT count FROM rate_counters WHERE scope = ?1 AND subject = ?2 AND window_start = ?3",
-                params![limit.scope, limit.subject, limit.window_start(now)],
-                |r| r.get(0),
-            )
-            .optional()?
-            .unwrap_or(0);
-        if count >= limit.max {
-            return Ok(Err(StoreError::LimitReached {
-                code: limit.code,
-                retry_after: limit.retry_after(now),
-            }));
-        }
+    if let Some(full) = full_limit(tx, limits, now)? {
+        return Ok(Err(full));
     }
     for limit in limits {
         let start = limit.window_start(now);
@@ -816,6 +828,30 @@ fn take_limits_in(
         )?;
     }
     Ok(Ok(()))
+}
+
+/// Spends a unit of the caller's `address` limit, then runs `f`: when `f` fails, its
+/// writes are undone but the unit stays spent (for `write_keeping`), so a refused
+/// request counts against its address as it did when the unit had a transaction of its
+/// own. A full limit is an outer error: nothing is written.
+fn spending<T>(
+    tx: &Connection,
+    address: &Limit,
+    now: UnixTime,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<Result<T, StoreError>, StoreError> {
+    take_limits_in(tx, std::slice::from_ref(address), now)??;
+    tx.execute_batch("SAVEPOINT after_address_unit")?;
+    match f(tx) {
+        Ok(value) => {
+            tx.execute_batch("RELEASE after_address_unit")?;
+            Ok(Ok(value))
+        }
+        Err(refusal) => {
+            tx.execute_batch("ROLLBACK TO after_address_unit; RELEASE after_address_unit")?;
+            Ok(Err(refusal))
+        }
+    }
 }
 
 fn guard_allows_start(guard: &Guard) -> Result<(), StoreError> {
@@ -1431,7 +1467,7 @@ impl Store for SqliteStore {
     }
 
     fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError> {
-        self.write(|tx| {
+        self.write_keeping(|tx| spending(tx, cmd.address, now, |tx| {
             consume_jti(tx, cmd.assertion, now)?;
             let ch = cmd.challenge;
             guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
@@ -1447,7 +1483,7 @@ impl Store for SqliteStore {
             enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)?;
             audit(tx, now, "recovery_started", &ch.app_id, Who::User(&ch.user_id), json!({ "recovery": ch.id, "method": ch.method_id }))?;
             Ok(())
-        })
+        }))
     }
 
     fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
@@ -1457,59 +1493,64 @@ impl Store for SqliteStore {
     fn verify_recovery(
         &self,
         challenge_id: &str,
+        address: &Limit,
         verdict: Verdict,
         notices: &RecoveryNotices<'_>,
         now: UnixTime,
     ) -> Result<VerifiedRecovery, StoreError> {
-        self.write(|tx| {
-            let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
-            let mut rec = load_recovery(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
-            // A cancelled recovery says so, whatever the code, and counts nothing.
-            if rec.state == RecoveryState::Cancelled {
-                return Err(refused(crate::error::Error::new(
-                    ghostkey_proto::ErrorCode::RecoveryCancelled,
-                )));
-            }
-            let (_, settlement) = settle_in(tx, &ch, verdict, now)?;
-            let mut sealed = None;
-            if settlement.outcome == Outcome::Accepted {
-                let policy = load_policy(tx, &ch.app_id)?;
-                let (state, at) = recovery::after_verified_code(policy.waiting_period_secs, now);
-                rec.state = state;
-                rec.available_at = Some(at);
-                if state == RecoveryState::Released {
-                    rec.released_at = Some(now);
-                    sealed = Some(sealed_blob(tx, &ch.app_id, &ch.user_id)?);
-                    enqueue_to_others(
-                        tx,
-                        &ch.app_id,
-                        &ch.user_id,
-                        &ch.method_id,
-                        notices.released,
-                        now,
-                    )?;
-                } else {
-                    enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
+        self.write_keeping(|tx| {
+            spending(tx, address, now, |tx| {
+                let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+                let mut rec =
+                    load_recovery(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+                // A cancelled recovery says so, whatever the code, and counts nothing.
+                if rec.state == RecoveryState::Cancelled {
+                    return Err(refused(crate::error::Error::new(
+                        ghostkey_proto::ErrorCode::RecoveryCancelled,
+                    )));
                 }
-                save_recovery(tx, &rec)?;
-                let kind = if state == RecoveryState::Released {
-                    "recovery_released"
-                } else {
-                    "recovery_waiting"
-                };
-                audit(
-                    tx,
-                    now,
-                    kind,
-                    &ch.app_id,
-                    Who::User(&ch.user_id),
-                    json!({ "recovery": ch.id, "available_at": at }),
-                )?;
-            }
-            Ok(VerifiedRecovery {
-                settlement,
-                recovery: rec,
-                sealed,
+                let (_, settlement) = settle_in(tx, &ch, verdict, now)?;
+                let mut sealed = None;
+                if settlement.outcome == Outcome::Accepted {
+                    let policy = load_policy(tx, &ch.app_id)?;
+                    let (state, at) =
+                        recovery::after_verified_code(policy.waiting_period_secs, now);
+                    rec.state = state;
+                    rec.available_at = Some(at);
+                    if state == RecoveryState::Released {
+                        rec.released_at = Some(now);
+                        sealed = Some(sealed_blob(tx, &ch.app_id, &ch.user_id)?);
+                        enqueue_to_others(
+                            tx,
+                            &ch.app_id,
+                            &ch.user_id,
+                            &ch.method_id,
+                            notices.released,
+                            now,
+                        )?;
+                    } else {
+                        enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
+                    }
+                    save_recovery(tx, &rec)?;
+                    let kind = if state == RecoveryState::Released {
+                        "recovery_released"
+                    } else {
+                        "recovery_waiting"
+                    };
+                    audit(
+                        tx,
+                        now,
+                        kind,
+                        &ch.app_id,
+                        Who::User(&ch.user_id),
+                        json!({ "recovery": ch.id, "available_at": at }),
+                    )?;
+                }
+                Ok(VerifiedRecovery {
+                    settlement,
+                    recovery: rec,
+                    sealed,
+                })
             })
         })
     }
@@ -1773,6 +1814,13 @@ impl Store for SqliteStore {
 
     fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
         self.write(|tx| take_limits_in(tx, limits, now)?)
+    }
+
+    fn limits_allow(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
+        match full_limit(&*self.reader()?, limits, now)? {
+            Some(full) => Err(full),
+            None => Ok(()),
+        }
     }
 
     fn claim_message(
