@@ -170,7 +170,7 @@ impl Ghostkey {
 
     /// Spends the caller's address unit for a request refused before the write that would
     /// have spent it, so that every refused request counts against its address. Answers
-    /// the refusal, or `rate_limited` if the unit was no longer there.
+    /// the refusal, or `address_rate_limited` if the unit was no longer there.
     pub(crate) async fn spend_refused(
         &self,
         address: crate::domain::limits::Limit,
