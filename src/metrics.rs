@@ -37,7 +37,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Names and help of the counters.
-const COUNTERS: [(&str, &str); 5] = [
+const COUNTERS: [(&str, &str); 6] = [
     (
         "ghostkey_challenges_started_total",
         "Challenges started, by purpose and method kind.",
@@ -49,6 +49,10 @@ const COUNTERS: [(&str, &str); 5] = [
     (
         "ghostkey_releases_total",
         "Sealed virtual devices released.",
+    ),
+    (
+        "ghostkey_code_hashes_total",
+        "Argon2id hashes of one-time codes computed (new codes and checks, dummy ones included).",
     ),
     (
         "ghostkey_locks_total",

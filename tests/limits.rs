@@ -513,3 +513,185 @@ async fn recovery_requests_spend_one_address_unit_each_even_refused_and_a_full_l
     assert!(released.sealed_virtual_device.is_some());
     assert_eq!(spent(), i64::from(full) + 2);
 }
+
+async fn metric(server: &TestServer, series: &str) -> i64 {
+    let addr = server.metrics_addr.expect("metrics listener");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+}
+
+fn addr_units(server: &TestServer) -> i64 {
+    server
+        .query_i64("SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'")
+}
+
+// A read-only check of the address limit cannot see the requests in flight: the unit of a
+// request that will hash a code (Argon2) is spent before the hash, so parallel requests
+// from one address get no more hashes than the limit allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_sms_code_guesses_over_the_address_limit_cost_no_argon2_hash() {
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_with(|c| {
+        sms_gateway::configure(c, &gateway);
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            user_backoff_base_secs: Some(0),
+            user_lock_threshold: Some(100),
+            ..Default::default()
+        },
+    );
+    server.clock.advance(61 - server.now().rem_euclid(60));
+    enrol(&server, &app, "u").await;
+    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    let client = server.client();
+    client
+        .answer(&added.challenge.id, &sms_gateway::code(&gateway, 0).await)
+        .await
+        .unwrap();
+    let started = client
+        .start_recovery(&app.assertion("u", Purpose::Recover), &added.method.id)
+        .await
+        .unwrap();
+    let code = sms_gateway::next_code(&gateway, 1).await;
+    // Room for five more requests from this address.
+    let room = 5;
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(
+                u32::try_from(addr_units(&server)).unwrap() + room,
+            ),
+            ..Default::default()
+        },
+    );
+    let hashes = metric(&server, "ghostkey_code_hashes_total").await;
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let client = server.client();
+            let (id, guess) = (started.id.clone(), wrong(&code));
+            tokio::spawn(async move { client.verify_recovery(&id, &guess).await })
+        })
+        .collect();
+    let mut limited = 0;
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        match err.code() {
+            Some(ErrorCode::AddressRateLimited) => limited += 1,
+            Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts) => {}
+            other => panic!("unexpected {other:?}: {err}"),
+        }
+    }
+    assert_eq!(limited, 20 - room);
+    assert_eq!(
+        metric(&server, "ghostkey_code_hashes_total").await - hashes,
+        i64::from(room),
+        "only the requests within the limit were hashed"
+    );
+}
+
+// TOTP requests spend their address unit inside their final write; what that write refuses
+// keeps the unit and nothing else, and the cap holds there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn totp_recovery_refusals_in_the_final_write_keep_the_unit_and_nothing_else() {
+    let (server, app, _gateway) = setup(PolicyChange {
+        user_backoff_base_secs: Some(0),
+        user_lock_threshold: Some(100),
+        ..Default::default()
+    })
+    .await;
+    server.clock.advance(61 - server.now().rem_euclid(60));
+    enrol(&server, &app, "u").await;
+    let client = server.client();
+    let totp = client
+        .add_method(
+            &app.assertion("u", Purpose::Enroll),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let authenticator = totp_rs::Totp::from_url(&totp.totp.unwrap().otpauth_uri).unwrap();
+    let current = authenticator.generate(server.now() as u64).to_string();
+    client.answer(&totp.challenge.id, &current).await.unwrap();
+    let method = totp.method.id;
+
+    // A replayed assertion: refused by the write, which keeps the unit only.
+    let assertion = app.assertion("u", Purpose::Recover);
+    let first = client.start_recovery(&assertion, &method).await.unwrap();
+    let (units, jtis) = (addr_units(&server), server.count("assertion_jtis"));
+    let err = client
+        .start_recovery(&assertion, &method)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AssertionReplayed));
+    assert_eq!(addr_units(&server), units + 1);
+    assert_eq!(server.count("assertion_jtis"), jtis);
+    assert_eq!(server.count("recoveries"), 1);
+
+    // A cancelled recovery: refused by the write, one unit, no attempt.
+    client
+        .cancel_recovery(&app.assertion("u", Purpose::Manage), &first.id, None)
+        .await
+        .unwrap();
+    let (units, attempts) = (
+        addr_units(&server),
+        server.query_i64("SELECT SUM(attempts) FROM challenges"),
+    );
+    let err = client
+        .verify_recovery(&first.id, &wrong(&current))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RecoveryCancelled));
+    assert_eq!(addr_units(&server), units + 1);
+    assert_eq!(
+        server.query_i64("SELECT SUM(attempts) FROM challenges"),
+        attempts
+    );
+
+    // Parallel wrong codes with room for five: the write holds the cap.
+    let second = client
+        .start_recovery(&app.assertion("u", Purpose::Recover), &method)
+        .await
+        .unwrap();
+    let room = 5;
+    let cap = u32::try_from(addr_units(&server)).unwrap() + room;
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(cap),
+            ..Default::default()
+        },
+    );
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let client = server.client();
+            let (id, guess) = (second.id.clone(), wrong(&current));
+            tokio::spawn(async move { client.verify_recovery(&id, &guess).await })
+        })
+        .collect();
+    let mut limited = 0;
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        match err.code() {
+            Some(ErrorCode::AddressRateLimited) => limited += 1,
+            Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts) => {}
+            other => panic!("unexpected {other:?}: {err}"),
+        }
+    }
+    assert_eq!(limited, 20 - room);
+    assert_eq!(addr_units(&server), i64::from(cap));
+}

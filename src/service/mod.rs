@@ -168,6 +168,18 @@ impl Ghostkey {
             .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }
 
+    /// Spends the caller's address unit now: before Argon2 work, which the unit must pay
+    /// for up front (a check on a read connection does not see the requests in flight,
+    /// so it cannot bound how many hashes one address queues).
+    pub(crate) async fn spend_address(
+        &self,
+        address: crate::domain::limits::Limit,
+        now: UnixTime,
+    ) -> Result<(), Error> {
+        self.blocking(move |store, _| Ok(store.take_limits(&[address], now)?))
+            .await
+    }
+
     /// Spends the caller's address unit for a request refused before the write that would
     /// have spent it, so that every refused request counts against its address. Answers
     /// the refusal, or `address_rate_limited` if the unit was no longer there.
@@ -177,10 +189,7 @@ impl Ghostkey {
         now: UnixTime,
         refusal: Error,
     ) -> Error {
-        match self
-            .blocking(move |store, _| Ok(store.take_limits(&[address], now)?))
-            .await
-        {
+        match self.spend_address(address, now).await {
             Ok(()) => refusal,
             Err(limited) => limited,
         }
@@ -212,6 +221,7 @@ impl Ghostkey {
             .map_err(|_| Error::internal("argon2 semaphore closed"))?;
         let keys = Arc::clone(&self.keys);
         let pool = Arc::clone(&self.argon2);
+        self.metrics.inc("ghostkey_code_hashes_total", &[]);
         tokio::task::spawn_blocking(move || {
             use secrecy::ExposeSecret;
             let pepper = match &key_id {

@@ -13,6 +13,7 @@ use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
 use crate::domain::challenge::ChallengePurpose;
 use crate::domain::limits::address_limit;
 use crate::domain::method::{Method, MethodState};
+use crate::domain::policy::MethodKind;
 use crate::domain::recovery::{Recovery, RecoveryState};
 use crate::error::Error;
 use crate::store::{ProofAnswer, RecoveryNotices, StartRecovery};
@@ -77,6 +78,14 @@ impl Ghostkey {
             Ok(method) => method,
             Err(refusal) => return Err(self.spend_refused(address, now, refusal).await),
         };
+        // A new SMS or e-mail code is Argon2 work: its unit is spent before it. A TOTP start
+        // has none, and spends the unit in its own write.
+        let unspent = if method.kind == MethodKind::Totp {
+            Some(address)
+        } else {
+            self.spend_address(address, now).await?;
+            None
+        };
         let new = self
             .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
             .await?;
@@ -95,7 +104,7 @@ impl Ghostkey {
                     challenge: &new.challenge,
                     message: new.message.as_ref(),
                     limits: &new.limits,
-                    address: &address,
+                    address: unspent.as_ref(),
                     notice: &notice,
                 },
                 now,
@@ -121,16 +130,29 @@ impl Ghostkey {
         let ((found, app_name), address) = self
             .challenge_for_answer_unspent(&recovery_id, caller, now)
             .await?;
+        // An SMS or e-mail code (or an unknown id, which gets a dummy check) is Argon2 work:
+        // its unit is spent before it, so that one address cannot queue more hashes than
+        // its limit. A TOTP check is cheap: its unit is spent by the final write.
+        let totp = matches!(&found, Some((_, method, _)) if method.kind == MethodKind::Totp);
+        let unspent = if totp {
+            Some(address)
+        } else {
+            self.spend_address(address, now).await?;
+            None
+        };
         if let Some((ch, _, _)) = &found {
             if ch.purpose != ChallengePurpose::Recover {
                 let refusal = Error::with_detail(ErrorCode::WrongChallenge, "not a recovery");
-                return Err(self.spend_refused(address, now, refusal).await);
+                return Err(match unspent {
+                    Some(address) => self.spend_refused(address, now, refusal).await,
+                    None => refusal,
+                });
             }
         }
         let verdict = self.judge(found.as_ref(), &code, now).await?;
         let Some((_, _, policy)) = found else {
-            let refusal = Error::new(ErrorCode::InvalidCode);
-            return Err(self.spend_refused(address, now, refusal).await);
+            // Unknown: not TOTP, so its unit is already spent.
+            return Err(Error::new(ErrorCode::InvalidCode));
         };
         let released = messages::recovery_released(&self.keys, &app_name);
         let waiting = messages::recovery_waiting(
@@ -143,7 +165,7 @@ impl Ghostkey {
             .blocking(move |store, _| {
                 Ok(store.verify_recovery(
                     &recovery_id,
-                    &address,
+                    unspent.as_ref(),
                     verdict,
                     &RecoveryNotices {
                         released: &released,

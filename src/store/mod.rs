@@ -264,8 +264,9 @@ pub struct StartRecovery<'a> {
     pub message: Option<&'a NewMessage>,
     /// The limits the message spends.
     pub limits: &'a [Limit],
-    /// The caller's address limit: a unit is spent even when the start is refused.
-    pub address: &'a Limit,
+    /// The caller's address limit, when its unit is still to be spent: it is spent even
+    /// when the start is refused (`None`: the caller already spent it).
+    pub address: Option<&'a Limit>,
     /// "A recovery was started", to the user's other confirmed methods.
     pub notice: &'a NewMessage,
 }
@@ -384,12 +385,13 @@ pub trait Store: Send + Sync + 'static {
     fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError>;
     /// Settles a recovery code; when right, releases now (returning the sealed virtual
     /// device) or starts the waiting period, and queues the matching notices.
-    /// A unit of the caller's `address` limit is spent first, even when the code is
-    /// refused; a full limit refuses the request and changes nothing.
+    /// A unit of the caller's `address` limit (unless the caller already spent it: `None`)
+    /// is spent first, even when the code is refused; a full limit refuses the request and
+    /// changes nothing.
     fn verify_recovery(
         &self,
         challenge_id: &str,
-        address: &Limit,
+        address: Option<&Limit>,
         verdict: Verdict,
         notices: &RecoveryNotices<'_>,
         now: UnixTime,

@@ -830,17 +830,19 @@ fn take_limits_in(
     Ok(Ok(()))
 }
 
-/// Spends a unit of the caller's `address` limit, then runs `f`: when `f` fails, its
-/// writes are undone but the unit stays spent (for `write_keeping`), so a refused
-/// request counts against its address as it did when the unit had a transaction of its
-/// own. A full limit is an outer error: nothing is written.
+/// Spends a unit of the caller's `address` limit (if it is still to be spent), then runs
+/// `f`: when `f` fails, its writes are undone but the unit stays spent (for
+/// `write_keeping`), so a refused request counts against its address as it did when the
+/// unit had a transaction of its own. A full limit is an outer error: nothing is written.
 fn spending<T>(
     tx: &Connection,
-    address: &Limit,
+    address: Option<&Limit>,
     now: UnixTime,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<Result<T, StoreError>, StoreError> {
-    take_limits_in(tx, std::slice::from_ref(address), now)??;
+    if let Some(address) = address {
+        take_limits_in(tx, std::slice::from_ref(address), now)??;
+    }
     tx.execute_batch("SAVEPOINT after_address_unit")?;
     match f(tx) {
         Ok(value) => {
@@ -848,7 +850,15 @@ fn spending<T>(
             Ok(Ok(value))
         }
         Err(refusal) => {
-            tx.execute_batch("ROLLBACK TO after_address_unit; RELEASE after_address_unit")?;
+            if let Err(e) =
+                tx.execute_batch("ROLLBACK TO after_address_unit; RELEASE after_address_unit")
+            {
+                // SQLite rolled the whole transaction back (an I/O error): that is the
+                // error worth reporting, and `write_keeping` fails the batch.
+                return Err(StoreError::Backend(format!(
+                    "{refusal} (then the rollback failed: {e})"
+                )));
+            }
             Ok(Err(refusal))
         }
     }
@@ -1493,7 +1503,7 @@ impl Store for SqliteStore {
     fn verify_recovery(
         &self,
         challenge_id: &str,
-        address: &Limit,
+        address: Option<&Limit>,
         verdict: Verdict,
         notices: &RecoveryNotices<'_>,
         now: UnixTime,
