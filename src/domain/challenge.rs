@@ -225,9 +225,12 @@ pub fn settle(
             };
             let failures = guard.failures.saturating_add(1);
             let locked = failures >= policy.user_lock_threshold;
+            // No back-off means none at all: `now` is when this request read the clock, and
+            // a parallel answer that read it a second earlier must not be told to wait.
+            let wait = backoff_secs(policy.user_backoff_base_secs, failures);
             let guard = Guard {
                 failures,
-                backoff_until: now + backoff_secs(policy.user_backoff_base_secs, failures),
+                backoff_until: if wait > 0 { now + wait } else { 0 },
                 locked_at: locked.then_some(now),
             };
             Settlement {
@@ -398,5 +401,27 @@ mod tests {
         assert_eq!(delays, vec![2, 4, 8, 16]);
         assert!(guard.locked_at.is_some());
         assert_eq!(backoff_secs(2, 40), MAX_BACKOFF_SECS);
+    }
+
+    #[test]
+    fn without_a_back_off_base_a_wrong_answer_makes_no_one_wait() {
+        let p = AppPolicy {
+            user_backoff_base_secs: 0,
+            ..AppPolicy::default()
+        };
+        let s = settle(
+            &challenge(),
+            &Guard::default(),
+            Verdict::Wrong,
+            None,
+            &p,
+            NOW + 1,
+        );
+        assert_eq!(s.outcome, Outcome::Wrong);
+        assert_eq!(s.guard.backoff_until, 0);
+        // A parallel answer whose clock read came a second earlier is still judged.
+        let late = settle(&challenge(), &s.guard, Verdict::Wrong, None, &p, NOW);
+        assert_eq!(late.outcome, Outcome::Wrong);
+        assert_eq!(late.guard.failures, 2);
     }
 }
