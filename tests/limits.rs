@@ -532,6 +532,33 @@ fn addr_units(server: &TestServer) -> i64 {
         .query_i64("SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'")
 }
 
+/// Sends `n` copies of a wrong `guess` for `recovery_id` at once; answers how many were
+/// refused with `address_rate_limited` (every other answer must be a counted wrong code).
+async fn parallel_wrong_guesses(
+    server: &TestServer,
+    recovery_id: &str,
+    guess: &str,
+    n: u32,
+) -> u32 {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let client = server.client();
+            let (id, guess) = (recovery_id.to_owned(), guess.to_owned());
+            tokio::spawn(async move { client.verify_recovery(&id, &guess).await })
+        })
+        .collect();
+    let mut limited = 0;
+    for t in tasks {
+        let err = t.await.unwrap().unwrap_err();
+        match err.code() {
+            Some(ErrorCode::AddressRateLimited) => limited += 1,
+            Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts) => {}
+            other => panic!("unexpected {other:?}: {err}"),
+        }
+    }
+    limited
+}
+
 // A read-only check of the address limit cannot see the requests in flight: the unit of a
 // request that will hash a code (Argon2) is spent before the hash, so parallel requests
 // from one address get no more hashes than the limit allows.
@@ -578,22 +605,7 @@ async fn parallel_sms_code_guesses_over_the_address_limit_cost_no_argon2_hash() 
         },
     );
     let hashes = metric(&server, "ghostkey_code_hashes_total").await;
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let client = server.client();
-            let (id, guess) = (started.id.clone(), wrong(&code));
-            tokio::spawn(async move { client.verify_recovery(&id, &guess).await })
-        })
-        .collect();
-    let mut limited = 0;
-    for t in tasks {
-        let err = t.await.unwrap().unwrap_err();
-        match err.code() {
-            Some(ErrorCode::AddressRateLimited) => limited += 1,
-            Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts) => {}
-            other => panic!("unexpected {other:?}: {err}"),
-        }
-    }
+    let limited = parallel_wrong_guesses(&server, &started.id, &wrong(&code), 20).await;
     assert_eq!(limited, 20 - room);
     assert_eq!(
         metric(&server, "ghostkey_code_hashes_total").await - hashes,
@@ -676,22 +688,7 @@ async fn totp_recovery_refusals_in_the_final_write_keep_the_unit_and_nothing_els
             ..Default::default()
         },
     );
-    let tasks: Vec<_> = (0..20)
-        .map(|_| {
-            let client = server.client();
-            let (id, guess) = (second.id.clone(), wrong(&current));
-            tokio::spawn(async move { client.verify_recovery(&id, &guess).await })
-        })
-        .collect();
-    let mut limited = 0;
-    for t in tasks {
-        let err = t.await.unwrap().unwrap_err();
-        match err.code() {
-            Some(ErrorCode::AddressRateLimited) => limited += 1,
-            Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts) => {}
-            other => panic!("unexpected {other:?}: {err}"),
-        }
-    }
+    let limited = parallel_wrong_guesses(&server, &second.id, &wrong(&current), 20).await;
     assert_eq!(limited, 20 - room);
     assert_eq!(addr_units(&server), i64::from(cap));
 }
