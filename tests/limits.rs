@@ -416,20 +416,9 @@ async fn recovery_requests_spend_one_address_unit_each_even_refused_and_a_full_l
     .await;
     // Start at the beginning of a minute, so that every unit below lands in one window.
     server.clock.advance(61 - server.now().rem_euclid(60));
-    enrol(&server, &app, "u").await;
-    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
-        .await
-        .unwrap();
+    let added = enrol_with_confirmed_phone(&server, &app, &gateway).await;
     let client = server.client();
-    client
-        .answer(&added.challenge.id, &sms_gateway::code(&gateway, 0).await)
-        .await
-        .unwrap();
-    let spent = || {
-        server.query_i64(
-            "SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'",
-        )
-    };
+    let spent = || addr_units(&server);
     let attempts = || server.query_i64("SELECT COALESCE(SUM(attempts), 0) FROM challenges");
     let before = spent();
 
@@ -527,6 +516,24 @@ async fn metric(server: &TestServer, series: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {series} in /metrics"))
 }
 
+/// Enrols user "u" with one confirmed phone (the gateway's first code); returns the method.
+async fn enrol_with_confirmed_phone(
+    server: &TestServer,
+    app: &TestApp,
+    gateway: &MockServer,
+) -> AddMethodResponse {
+    enrol(server, app, "u").await;
+    let added = add_phone(server, app, "u", "+33 6 12 34 56 78")
+        .await
+        .unwrap();
+    server
+        .client()
+        .answer(&added.challenge.id, &sms_gateway::code(gateway, 0).await)
+        .await
+        .unwrap();
+    added
+}
+
 fn addr_units(server: &TestServer) -> i64 {
     server
         .query_i64("SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'")
@@ -579,15 +586,8 @@ async fn parallel_sms_code_guesses_over_the_address_limit_cost_no_argon2_hash() 
         },
     );
     server.clock.advance(61 - server.now().rem_euclid(60));
-    enrol(&server, &app, "u").await;
-    let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
-        .await
-        .unwrap();
+    let added = enrol_with_confirmed_phone(&server, &app, &gateway).await;
     let client = server.client();
-    client
-        .answer(&added.challenge.id, &sms_gateway::code(&gateway, 0).await)
-        .await
-        .unwrap();
     let started = client
         .start_recovery(&app.assertion("u", Purpose::Recover), &added.method.id)
         .await
