@@ -3,7 +3,7 @@
 -- A fresh database is created by running this file as it is; a test checks that the
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
 -- a later version adds a migration in src/store/sqlite.rs and bumps it here.
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -22,7 +22,10 @@ CREATE TABLE apps (
     sends_per_destination_per_day   INTEGER NOT NULL,
     app_daily_send_budget           INTEGER NOT NULL,
     requests_per_address_per_minute INTEGER NOT NULL,
-    waiting_period_secs             INTEGER NOT NULL
+    waiting_period_secs             INTEGER NOT NULL,
+    -- Added in schema version 2.
+    user_failures_per_day            INTEGER NOT NULL DEFAULT 10,
+    recovery_starts_per_user_per_day INTEGER NOT NULL DEFAULT 5
 ) STRICT;
 
 -- Ed25519 public keys that sign an app's assertions (JWT header `kid`).
@@ -76,7 +79,7 @@ CREATE TABLE chain_blocks (
 ) STRICT, WITHOUT ROWID;
 
 -- Abuse-limit state per user: failures back off exponentially, then lock the user until
--- a `manage` assertion or an operator lifts the lock.
+-- a proof through a confirmed method or an operator lifts the lock.
 CREATE TABLE user_guards (
     app_id         TEXT    NOT NULL,
     user_id        TEXT    NOT NULL,
@@ -86,6 +89,16 @@ CREATE TABLE user_guards (
     PRIMARY KEY (app_id, user_id),
     FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
 ) STRICT, WITHOUT ROWID;
+
+-- Every failed code check of a user, kept 24 hours: the rolling failure budget
+-- (`user_failures_per_day`) counts them, and nothing the app provider does removes them
+-- (schema version 2).
+CREATE TABLE user_failures (
+    app_id   TEXT    NOT NULL,
+    user_id  TEXT    NOT NULL,
+    at       INTEGER NOT NULL
+) STRICT;
+CREATE INDEX user_failures_by_user ON user_failures (app_id, user_id, at);
 
 -- Verification methods. The secret part (TOTP seed, phone number, e-mail address) is
 -- encrypted with the server data key named by `key_id`; `destination_mac` is an HMAC of

@@ -200,16 +200,32 @@ pub fn set_policy(
     Ok(policy)
 }
 
-/// Lifts a user's lock and clears their failures (operator action). Returns whether the
-/// user was locked.
+/// Lifts a user's lock and clears their failures and failure budget (operator action,
+/// audited, notified to every confirmed method of the user). Returns whether the user was
+/// locked.
 pub fn unlock_user(
     store: &dyn Store,
+    keys: &crate::keys::ServerKeys,
     app_id: &str,
     user_id: &str,
     now: UnixTime,
 ) -> Result<bool, AdminError> {
+    let app = store
+        .app(app_id)
+        .map_err(|e| explain(e, app_id, None))?
+        .ok_or_else(|| AdminError(format!("no app `{app_id}`")))?;
+    let notice = crate::service::messages::unlocked(keys, &app.name, true);
     store
-        .unlock_user(app_id, user_id, None, now)
+        .unlock_user(
+            &crate::store::UnlockUser {
+                app_id,
+                user_id,
+                assertion: None,
+                proof: None,
+                notice: &notice,
+            },
+            now,
+        )
         .map_err(|e| match e {
             StoreError::NotEnrolled => {
                 AdminError(format!("app `{app_id}` has no enrolled user `{user_id}`"))

@@ -221,7 +221,8 @@ struct PolicySetArgs {
     /// Digits of TOTP codes (6-8; default 6).
     #[arg(long)]
     totp_digits: Option<u32>,
-    /// Lifetime of SMS and e-mail codes in seconds (60-3600; default 600).
+    /// Lifetime of SMS and e-mail codes, and of TOTP challenges, in seconds (60-3600;
+    /// default 600).
     #[arg(long)]
     code_lifetime_secs: Option<i64>,
     /// Wrong answers per challenge before it dies (1-10; default 3).
@@ -233,6 +234,13 @@ struct PolicySetArgs {
     /// First back-off after a failure, doubled each time, in seconds (0-600; default 2).
     #[arg(long)]
     user_backoff_base_secs: Option<i64>,
+    /// Failed checks per user in any 24 hours, every challenge kind together; nothing the
+    /// app does resets it (1-20; default 10).
+    #[arg(long)]
+    user_failures_per_day: Option<u32>,
+    /// Recoveries a user may start per UTC day (1-20; default 5).
+    #[arg(long)]
+    recovery_starts_per_user_per_day: Option<u32>,
     /// Codes per destination per hour (1-100; default 5).
     #[arg(long)]
     sends_per_destination_per_hour: Option<u32>,
@@ -273,6 +281,8 @@ impl PolicySetArgs {
             max_attempts_per_challenge: self.max_attempts_per_challenge,
             user_lock_threshold: self.user_lock_threshold,
             user_backoff_base_secs: self.user_backoff_base_secs,
+            user_failures_per_day: self.user_failures_per_day,
+            recovery_starts_per_user_per_day: self.recovery_starts_per_user_per_day,
             sends_per_destination_per_hour: self.sends_per_destination_per_hour,
             sends_per_destination_per_day: self.sends_per_destination_per_day,
             app_daily_send_budget: self.app_daily_send_budget,
@@ -325,6 +335,11 @@ fn print_policy(p: &ghostkey::domain::policy::AppPolicy) {
     );
     println!("    user_lock_threshold: {}", p.user_lock_threshold);
     println!("    user_backoff_base_secs: {}", p.user_backoff_base_secs);
+    println!("    user_failures_per_day: {}", p.user_failures_per_day);
+    println!(
+        "    recovery_starts_per_user_per_day: {}",
+        p.recovery_starts_per_user_per_day
+    );
     println!(
         "    sends_per_destination_per_hour: {}",
         p.sends_per_destination_per_hour
@@ -469,12 +484,17 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
             eprintln!("user `{user_id}` of app `{app_id}` erased");
         }
         UserCommand::Unlock { app_id, user_id } => {
-            let was_locked = admin::unlock_user(&store, &app_id, &user_id, SystemClock.now())
-                .map_err(|e| e.0)?;
+            let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
+            let keys = ghostkey::keys::ServerKeys::derive(&data_key);
+            let was_locked =
+                admin::unlock_user(&store, &keys, &app_id, &user_id, SystemClock.now())
+                    .map_err(|e| e.0)?;
             if was_locked {
-                eprintln!("user unlocked; their failure count is cleared");
+                eprintln!("user unlocked; their failure count and failure budget are cleared");
             } else {
-                eprintln!("the user was not locked; their failure count is cleared");
+                eprintln!(
+                    "the user was not locked; their failure count and failure budget are cleared"
+                );
             }
         }
     }

@@ -62,8 +62,7 @@ async fn the_audit_chain_verifies_names_no_one_and_catches_an_edit() {
         .verify_recovery(&started.id, &sms_gateway::code(&gateway, 1).await)
         .await
         .unwrap();
-    client
-        .unlock(&app.assertion("alice-7", Purpose::Manage))
+    common::unlock_with_sms_proof(&server, &app, "alice-7", &added.method.id, &gateway)
         .await
         .unwrap();
     client

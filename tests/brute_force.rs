@@ -27,6 +27,7 @@ fn unthrottled(change: PolicyChange) -> PolicyChange {
         requests_per_address_per_minute: Some(100_000),
         sends_per_destination_per_hour: Some(100),
         sends_per_destination_per_day: Some(1000),
+        recovery_starts_per_user_per_day: Some(20),
         ..change
     }
 }
@@ -342,10 +343,20 @@ async fn a_patient_attacker_waiting_out_every_back_off_is_locked_after_ten_guess
         started_at.elapsed().as_secs_f64()
     );
 
-    // The app provider checks the user and lifts the lock; the victim recovers.
+    // The app provider alone cannot lift the lock: it takes the user's own proof, and the
+    // attacker's ten failures spent the user's budget for 24 hours, so even that waits.
+    let err = client
+        .unlock(&app.assertion("victim", Purpose::Manage), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ProofRequired));
+    let err = common::unlock_with_sms_proof(&server, &app, "victim", &phone, &gateway)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FailureBudgetExhausted), "{err}");
+    server.clock.advance(86_400);
     assert!(
-        client
-            .unlock(&app.assertion("victim", Purpose::Manage))
+        common::unlock_with_sms_proof(&server, &app, "victim", &phone, &gateway)
             .await
             .unwrap()
             .was_locked

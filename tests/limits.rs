@@ -133,7 +133,7 @@ async fn expired_and_replayed_codes_are_refused() {
 }
 
 #[tokio::test]
-async fn failures_back_off_then_lock_until_a_manage_assertion_or_an_operator_unlocks() {
+async fn failures_back_off_then_lock_until_lifted_or_an_operator_unlocks() {
     let (server, app, gateway) = setup(PolicyChange {
         user_lock_threshold: Some(4),
         max_attempts_per_challenge: Some(10),
@@ -176,15 +176,16 @@ async fn failures_back_off_then_lock_until_a_manage_assertion_or_an_operator_unl
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::Locked));
 
-    // Only a manage assertion (or an operator) lifts it; an enroll assertion cannot.
+    // The user has no confirmed method yet (nothing a guess could reach): a manage
+    // assertion lifts the lock without a proof; an enroll assertion cannot.
     let err = client
-        .unlock(&app.assertion("u", Purpose::Enroll))
+        .unlock(&app.assertion("u", Purpose::Enroll), None)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::AssertionWrongPurpose));
     assert!(
         client
-            .unlock(&app.assertion("u", Purpose::Manage))
+            .unlock(&app.assertion("u", Purpose::Manage), None)
             .await
             .unwrap()
             .was_locked
@@ -228,6 +229,9 @@ async fn sends_per_destination_are_limited_per_hour_and_per_day_and_survive_a_re
         ..Default::default()
     })
     .await;
+    // Start at 01:00 UTC (the next one, from wherever the clock is): the test moves two
+    // hours forward and must stay inside one day window and begin one hour window.
+    server.clock.align(86_400, 3600);
     let client = server.client();
     enrol(&server, &app, "u").await;
     let added = add_phone(&server, &app, "u", "+33 6 12 34 56 78")
@@ -289,6 +293,8 @@ async fn the_daily_send_budget_of_an_app_is_enforced() {
         ..Default::default()
     })
     .await;
+    // Every send below must fall in one day window.
+    server.clock.align(86_400, 3600);
     for (user, phone) in [("a", "+33 6 12 34 56 01"), ("b", "+33 6 12 34 56 02")] {
         enrol(&server, &app, user).await;
         add_phone(&server, &app, user, phone).await.unwrap();
@@ -322,6 +328,8 @@ async fn requests_per_client_address_are_limited_and_forwarded_for_needs_a_trust
                 ..Default::default()
             },
         );
+        // The enrolment and the five requests must fall in one minute window.
+        server.clock.align(60, 1);
         enrol(&server, &app, "u").await;
         let http = reqwest::Client::new();
         let url = format!("{}/v1/methods", server.base_url);
@@ -415,7 +423,7 @@ async fn recovery_requests_spend_one_address_unit_each_even_refused_and_a_full_l
     })
     .await;
     // Start at the beginning of a minute, so that every unit below lands in one window.
-    server.clock.advance(61 - server.now().rem_euclid(60));
+    server.clock.align(60, 1);
     let added = enrol_with_confirmed_phone(&server, &app, &gateway).await;
     let client = server.client();
     let spent = || addr_units(&server);
@@ -585,7 +593,7 @@ async fn parallel_sms_code_guesses_over_the_address_limit_cost_no_argon2_hash() 
             ..Default::default()
         },
     );
-    server.clock.advance(61 - server.now().rem_euclid(60));
+    server.clock.align(60, 1);
     let added = enrol_with_confirmed_phone(&server, &app, &gateway).await;
     let client = server.client();
     let started = client
@@ -624,7 +632,7 @@ async fn totp_recovery_refusals_in_the_final_write_keep_the_unit_and_nothing_els
         ..Default::default()
     })
     .await;
-    server.clock.advance(61 - server.now().rem_euclid(60));
+    server.clock.align(60, 1);
     enrol(&server, &app, "u").await;
     let client = server.client();
     let totp = client

@@ -373,15 +373,20 @@ async fn wrong_codes_kill_the_recovery_and_the_lock_yields_only_to_manage() {
         .await
         .unwrap_err();
     assert_eq!(code_of(&err), Some(ErrorCode::Locked));
-    // A recover assertion cannot lift it; manage can.
+    // A recover assertion cannot lift it; manage alone neither; manage with the user's
+    // proof can.
     let err = client
-        .unlock(&w.app.assertion("u", Purpose::Recover))
+        .unlock(&w.app.assertion("u", Purpose::Recover), None)
         .await
         .unwrap_err();
     assert_eq!(code_of(&err), Some(ErrorCode::AssertionWrongPurpose));
+    let err = client
+        .unlock(&w.app.assertion("u", Purpose::Manage), None)
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), Some(ErrorCode::ProofRequired));
     assert!(
-        client
-            .unlock(&w.app.assertion("u", Purpose::Manage))
+        common::unlock_with_sms_proof(&w.server, &w.app, "u", &phone, &w.gateway)
             .await
             .unwrap()
             .was_locked

@@ -91,6 +91,31 @@ pub struct Guard {
     pub backoff_until: UnixTime,
     /// When the user was locked, if they are.
     pub locked_at: Option<UnixTime>,
+    /// The rolling failure budget: failures in the last [`FAILURE_WINDOW_SECS`], whatever
+    /// happened since (a success, an unlock). Read from the store; never reset by a settle.
+    pub window: FailureWindow,
+}
+
+/// Failed checks of one user in the last [`FAILURE_WINDOW_SECS`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FailureWindow {
+    /// How many.
+    pub count: u32,
+    /// When the oldest of them happened.
+    pub oldest: Option<UnixTime>,
+}
+
+/// The length of the rolling window of the per-user failure budget.
+pub const FAILURE_WINDOW_SECS: i64 = 86_400;
+
+/// Whether a lock stops the check. Only the proof that lifts a lock is checked despite it;
+/// the failure budget and the back-off hold even then.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRule {
+    /// A locked user's codes are not checked.
+    Enforce,
+    /// The answer is the proof that lifts the lock.
+    Lift,
 }
 
 /// The result of checking the code itself (done before the transaction: Argon2 is slow).
@@ -126,6 +151,15 @@ pub enum Outcome {
     Locked,
     /// The user must wait until this time; nothing checked.
     Backoff(UnixTime),
+    /// The user's failure budget is spent until this time; nothing checked.
+    BudgetSpent(UnixTime),
+}
+
+impl Outcome {
+    /// Whether this answer was a checked, wrong code (it counts in every budget).
+    pub fn is_failure(self) -> bool {
+        matches!(self, Outcome::Wrong | Outcome::WrongAndLocked)
+    }
 }
 
 impl Outcome {
@@ -139,6 +173,9 @@ impl Outcome {
             Outcome::Dead => Error::new(ErrorCode::TooManyAttempts),
             Outcome::AlreadyUsed | Outcome::StepReplayed => Error::new(ErrorCode::CodeAlreadyUsed),
             Outcome::Backoff(until) => Error::retry_after(ErrorCode::UserBackoff, until - now),
+            Outcome::BudgetSpent(until) => {
+                Error::retry_after(ErrorCode::FailureBudgetExhausted, until - now)
+            }
         })
     }
 }
@@ -180,6 +217,37 @@ pub fn settle(
     policy: &AppPolicy,
     now: UnixTime,
 ) -> Settlement {
+    settle_with(
+        challenge,
+        guard,
+        verdict,
+        totp_last_step,
+        policy,
+        now,
+        LockRule::Enforce,
+    )
+}
+
+/// When the user's failure budget is spent at `now`, the time it has room again.
+pub fn budget_spent_until(guard: &Guard, policy: &AppPolicy, now: UnixTime) -> Option<UnixTime> {
+    if guard.window.count < policy.user_failures_per_day {
+        return None;
+    }
+    // The budget is back when the oldest failure leaves the window.
+    let until = guard.window.oldest.unwrap_or(now) + FAILURE_WINDOW_SECS;
+    Some(until.max(now + 1))
+}
+
+/// [`settle`], with the lock enforced or (for the proof that lifts it) not.
+pub fn settle_with(
+    challenge: &Challenge,
+    guard: &Guard,
+    verdict: Verdict,
+    totp_last_step: Option<i64>,
+    policy: &AppPolicy,
+    now: UnixTime,
+    lock: LockRule,
+) -> Settlement {
     let unchanged = |outcome| Settlement {
         outcome,
         attempts: challenge.attempts,
@@ -187,8 +255,13 @@ pub fn settle(
         guard: *guard,
         totp_step: None,
     };
-    if guard.locked_at.is_some() {
+    if guard.locked_at.is_some() && lock == LockRule::Enforce {
         return unchanged(Outcome::Locked);
+    }
+    // The budget comes before everything that looks at the code: a spent budget answers
+    // the same whether the code is right or wrong.
+    if let Some(until) = budget_spent_until(guard, policy, now) {
+        return unchanged(Outcome::BudgetSpent(until));
     }
     match challenge.state {
         ChallengeState::Used => return unchanged(Outcome::AlreadyUsed),
@@ -212,7 +285,11 @@ pub fn settle(
                 outcome: Outcome::Accepted,
                 attempts: challenge.attempts,
                 state: ChallengeState::Used,
-                guard: Guard::default(),
+                // A success clears the back-off and the lock, never the rolling budget.
+                guard: Guard {
+                    window: guard.window,
+                    ..Guard::default()
+                },
                 totp_step,
             }
         }
@@ -231,7 +308,12 @@ pub fn settle(
             let guard = Guard {
                 failures,
                 backoff_until: if wait > 0 { now + wait } else { 0 },
-                locked_at: locked.then_some(now),
+                // A lock stays from when it was first set.
+                locked_at: guard.locked_at.or(locked.then_some(now)),
+                window: FailureWindow {
+                    count: guard.window.count.saturating_add(1),
+                    oldest: guard.window.oldest.or(Some(now)),
+                },
             };
             Settlement {
                 outcome: if locked {
@@ -310,6 +392,7 @@ mod tests {
             failures: 2,
             backoff_until: 0,
             locked_at: None,
+            ..Guard::default()
         };
         let s = settle(
             &ch,
@@ -365,6 +448,7 @@ mod tests {
             failures: 1,
             backoff_until: NOW + 5,
             locked_at: None,
+            ..Guard::default()
         };
         let s = settle(&ch, &waiting, Verdict::Wrong, None, &policy(), NOW);
         assert_eq!((s.outcome, s.attempts), (Outcome::Backoff(NOW + 5), 0));
@@ -372,6 +456,7 @@ mod tests {
             failures: 10,
             backoff_until: 0,
             locked_at: Some(NOW - 1),
+            ..Guard::default()
         };
         assert_eq!(
             settle(&ch, &locked, right, None, &policy(), NOW).outcome,
@@ -401,6 +486,73 @@ mod tests {
         assert_eq!(delays, vec![2, 4, 8, 16]);
         assert!(guard.locked_at.is_some());
         assert_eq!(backoff_secs(2, 40), MAX_BACKOFF_SECS);
+    }
+
+    #[test]
+    fn the_rolling_budget_stops_every_check_and_no_success_or_lift_resets_it() {
+        let p = AppPolicy {
+            user_backoff_base_secs: 0,
+            user_lock_threshold: 100,
+            user_failures_per_day: 3,
+            ..AppPolicy::default()
+        };
+        let right = Verdict::Correct { totp_step: None };
+        let mut guard = Guard::default();
+        for i in 0..3 {
+            let s = settle(&challenge(), &guard, Verdict::Wrong, None, &p, NOW + i);
+            assert!(s.outcome.is_failure());
+            guard = s.guard;
+        }
+        assert_eq!(guard.window.count, 3);
+        assert_eq!(guard.window.oldest, Some(NOW));
+        // Spent: a right code is not even checked, and the proof that lifts a lock neither.
+        for lock in [LockRule::Enforce, LockRule::Lift] {
+            let s = settle_with(&challenge(), &guard, right, None, &p, NOW + 10, lock);
+            assert_eq!(s.outcome, Outcome::BudgetSpent(NOW + FAILURE_WINDOW_SECS));
+            assert_eq!(s.attempts, 0);
+        }
+        let e = Outcome::BudgetSpent(NOW + FAILURE_WINDOW_SECS)
+            .error(NOW + 10)
+            .unwrap();
+        assert_eq!(e.code, ErrorCode::FailureBudgetExhausted);
+        // A success before the budget is spent keeps the window.
+        let mut two = guard;
+        two.window.count = 2;
+        let s = settle(&challenge(), &two, right, None, &p, NOW + 10);
+        assert_eq!((s.outcome, s.guard.window), (Outcome::Accepted, two.window));
+    }
+
+    #[test]
+    fn only_the_lifting_proof_is_checked_while_locked() {
+        let locked = Guard {
+            failures: 10,
+            locked_at: Some(NOW - 1),
+            ..Guard::default()
+        };
+        let right = Verdict::Correct { totp_step: None };
+        let s = settle_with(
+            &challenge(),
+            &locked,
+            right,
+            None,
+            &policy(),
+            NOW,
+            LockRule::Lift,
+        );
+        assert_eq!(s.outcome, Outcome::Accepted);
+        assert_eq!(s.guard.locked_at, None);
+        let s = settle_with(
+            &challenge(),
+            &locked,
+            Verdict::Wrong,
+            None,
+            &policy(),
+            NOW,
+            LockRule::Lift,
+        );
+        assert_eq!(s.outcome, Outcome::WrongAndLocked);
+        assert_eq!(s.guard.locked_at, Some(NOW - 1));
+        assert_eq!(s.guard.window.count, 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use crate::clock::UnixTime;
 /// One limit to take a unit from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limit {
-    /// What is counted (`dest-hour`, `dest-day`, `app-day`, `addr-minute`).
+    /// What is counted (`dest-hour`, `dest-day`, `app-day`, `addr-minute`,
+    /// `user-recovery-day`).
     pub scope: &'static str,
     /// Who is counted: an HMAC of a destination or address, or an app id.
     pub subject: Vec<u8>,
@@ -78,6 +79,19 @@ pub fn address_limit(app_id: &str, address_mac: &[u8], per_minute: u32) -> Limit
         window_secs: 60,
         max: per_minute,
         code: ErrorCode::AddressRateLimited,
+    }
+}
+
+/// The limit on recoveries one user may start per (UTC) day; `user_mac` is an HMAC of the
+/// app and user ids (the counter outlives an erasure and must not name the user).
+pub fn recovery_start_limit(user_mac: &[u8], per_day: u32) -> Limit {
+    let subject = user_mac.to_vec();
+    Limit {
+        scope: "user-recovery-day",
+        subject,
+        window_secs: DAY,
+        max: per_day,
+        code: ErrorCode::RecoveryRateLimited,
     }
 }
 

@@ -4,6 +4,13 @@ use serde::{Deserialize, Serialize};
 
 pub use ghostkey_proto::api::MethodKind;
 
+/// The hard ceiling of [`AppPolicy::user_failures_per_day`]: whatever an app sets, nobody
+/// gets more than this many wrong guesses at one user's codes in 24 hours.
+pub const MAX_USER_FAILURES_PER_DAY: u32 = 20;
+
+/// The hard ceiling of [`AppPolicy::recovery_starts_per_user_per_day`].
+pub const MAX_RECOVERY_STARTS_PER_DAY: u32 = 20;
+
 /// The per-app values of DESIGN.md §5.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AppPolicy {
@@ -22,6 +29,12 @@ pub struct AppPolicy {
     pub user_lock_threshold: u32,
     /// First back-off delay after a failure, doubled with each further failure, in seconds.
     pub user_backoff_base_secs: i64,
+    /// Failed checks per user in any 24 hours, across every kind of challenge: once spent,
+    /// no code of the user is checked until the oldest failure is 24 hours old. Nothing
+    /// the app provider does resets it (at most [`MAX_USER_FAILURES_PER_DAY`]).
+    pub user_failures_per_day: u32,
+    /// Recoveries a user may start per UTC day (at most [`MAX_RECOVERY_STARTS_PER_DAY`]).
+    pub recovery_starts_per_user_per_day: u32,
     /// Codes sent to one destination per hour.
     pub sends_per_destination_per_hour: u32,
     /// Codes sent to one destination per day.
@@ -44,6 +57,8 @@ impl Default for AppPolicy {
             max_attempts_per_challenge: 3,
             user_lock_threshold: 10,
             user_backoff_base_secs: 2,
+            user_failures_per_day: 10,
+            recovery_starts_per_user_per_day: 5,
             sends_per_destination_per_hour: 5,
             sends_per_destination_per_day: 10,
             app_daily_send_budget: 10_000,
@@ -70,6 +85,10 @@ pub struct PolicyChange {
     pub user_lock_threshold: Option<u32>,
     /// See [`AppPolicy::user_backoff_base_secs`].
     pub user_backoff_base_secs: Option<i64>,
+    /// See [`AppPolicy::user_failures_per_day`].
+    pub user_failures_per_day: Option<u32>,
+    /// See [`AppPolicy::recovery_starts_per_user_per_day`].
+    pub recovery_starts_per_user_per_day: Option<u32>,
     /// See [`AppPolicy::sends_per_destination_per_hour`].
     pub sends_per_destination_per_hour: Option<u32>,
     /// See [`AppPolicy::sends_per_destination_per_day`].
@@ -113,6 +132,8 @@ impl AppPolicy {
             max_attempts_per_challenge,
             user_lock_threshold,
             user_backoff_base_secs,
+            user_failures_per_day,
+            recovery_starts_per_user_per_day,
             sends_per_destination_per_hour,
             sends_per_destination_per_day,
             app_daily_send_budget,
@@ -145,6 +166,16 @@ impl AppPolicy {
             "user_backoff_base_secs",
             self.user_backoff_base_secs,
             0..=600,
+        )?;
+        in_range(
+            "user_failures_per_day",
+            self.user_failures_per_day,
+            1..=MAX_USER_FAILURES_PER_DAY,
+        )?;
+        in_range(
+            "recovery_starts_per_user_per_day",
+            self.recovery_starts_per_user_per_day,
+            1..=MAX_RECOVERY_STARTS_PER_DAY,
         )?;
         in_range(
             "sends_per_destination_per_hour",

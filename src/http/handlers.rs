@@ -5,7 +5,7 @@ use actix_web::ResponseError;
 use actix_web::{web, HttpRequest, HttpResponse};
 use ghostkey_proto::api::{
     AddMethodRequest, AnswerRequest, EnrollRequest, Health, RemoveMethodRequest,
-    StartChallengeRequest,
+    StartChallengeRequest, UnlockRequest,
 };
 use ghostkey_proto::api::{
     CancelRecoveryRequest, ReplaceVirtualDeviceRequest, StartRecoveryRequest,
@@ -215,16 +215,20 @@ pub async fn answer(
 #[utoipa::path(
     post,
     path = "/v1/users/unlock",
-    responses((status = 200, description = "Lock lifted (`manage`)", body = ghostkey_proto::api::UnlockResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    request_body = ghostkey_proto::api::UnlockRequest,
+    responses((status = 200, description = "Lock lifted (`manage` and the user's proof)", body = ghostkey_proto::api::UnlockResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
     security(("assertion" = []))
 )]
 pub async fn unlock(
     service: web::Data<Ghostkey>,
     proxies: web::Data<Vec<IpNet>>,
     req: HttpRequest,
+    body: web::Json<UnlockRequest>,
 ) -> Result<HttpResponse, Error> {
     let token = bearer(&req)?;
-    let answer = service.unlock(token, caller(&req, &proxies)).await?;
+    let answer = service
+        .unlock(token, caller(&req, &proxies), body.into_inner())
+        .await?;
     Ok(HttpResponse::Ok().json(answer))
 }
 

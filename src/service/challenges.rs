@@ -16,7 +16,7 @@ use crate::domain::method::Method;
 use crate::domain::method::MethodState;
 use crate::domain::policy::AppPolicy;
 use crate::error::Error;
-use crate::store::{StartChallenge, Store};
+use crate::store::{AnswerNotices, StartChallenge, Store};
 
 impl Ghostkey {
     /// Starts a challenge: `confirm` sends a new code for a pending method; `proof` checks
@@ -152,15 +152,22 @@ impl Ghostkey {
         let Some((ch, method, _)) = found else {
             return Err(Error::new(ErrorCode::InvalidCode));
         };
-        let notice = messages::method_added(
+        let added = messages::method_added(
             &self.keys,
             &app_name,
             method.kind,
             masked(&self.keys, &method)?.as_deref(),
         );
+        let locked = messages::locked(&self.keys, &app_name);
+        let pending_removed = messages::pending_methods_removed(&self.keys, &app_name);
         let answered = self
             .blocking(move |store, _| {
-                Ok(store.answer_challenge(&challenge_id, verdict, Some(&notice), now)?)
+                let notices = AnswerNotices {
+                    added: &added,
+                    locked: &locked,
+                    pending_removed: &pending_removed,
+                };
+                Ok(store.answer_challenge(&challenge_id, verdict, &notices, now)?)
             })
             .await?;
         self.record_code(answered.settlement.outcome, "confirm");

@@ -146,6 +146,40 @@ pub fn virtual_device_replaced(keys: &ServerKeys, app_name: &str) -> NewMessage 
     seal(keys, MessageKind::Notice, &text)
 }
 
+/// To every method: too many wrong codes locked the account's recovery.
+pub fn locked(keys: &ServerKeys, app_name: &str) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: after too many wrong verification codes, recovery of your \
+         account is locked. Only a code sent to you (or from your authenticator app) unlocks it. \
+         If you did not try to recover your account, someone else did: contact {app_name}."
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+/// To every method: the lock was lifted.
+pub fn unlocked(keys: &ServerKeys, app_name: &str, by_operator: bool) -> NewMessage {
+    let by = if by_operator {
+        "by the recovery service's operator"
+    } else {
+        "with a verification code"
+    };
+    let text = format!(
+        "{app_name} security notice: recovery of your account was unlocked {by}. \
+         If this was not you, contact {app_name} now."
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
+/// To the first confirmed method: other methods added while enrolling were removed.
+pub fn pending_methods_removed(keys: &ServerKeys, app_name: &str) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: this is now the way to recover your account. Other \
+         verification methods that were added while you enrolled, and not confirmed, were \
+         removed; adding one from now on needs a code sent here."
+    );
+    seal(keys, MessageKind::Notice, &text)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -4,7 +4,7 @@
 use ghostkey_proto::api::{
     AddMethodRequest, AddMethodResponse, ChallengePurpose as WireChallengePurpose, ChallengeView,
     MethodList, MethodState as WireMethodState, MethodView, RemoveMethodRequest, TotpProvisioning,
-    UnlockResponse,
+    UnlockRequest, UnlockResponse,
 };
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
@@ -23,7 +23,9 @@ use crate::domain::policy::MethodKind;
 use crate::domain::{code, totp};
 use crate::error::Error;
 use crate::keys::ServerKeys;
-use crate::store::{AddMethod, NewMessage, ProofAnswer, RemoveMethod, Store, UserRecord};
+use crate::store::{
+    AddMethod, NewMessage, ProofAnswer, RemoveMethod, Store, UnlockUser, UserRecord,
+};
 
 /// Most methods (pending included) a user may have.
 pub const MAX_METHODS_PER_USER: usize = 10;
@@ -282,6 +284,7 @@ impl Ghostkey {
             (Some(p), Some(code)) => Some(ProofAnswer {
                 verdict: self.judge(proof_found.as_ref(), &code, now).await?,
                 challenge_id: p.challenge_id,
+                locked_notice: messages::locked(&self.keys, &ctx.app.name),
             }),
             _ => None,
         };
@@ -429,6 +432,7 @@ impl Ghostkey {
         let proof = ProofAnswer {
             verdict: self.judge(proof_found.as_ref(), &proof_code, now).await?,
             challenge_id: request.proof.challenge_id,
+            locked_notice: messages::locked(&self.keys, &ctx.app.name),
         };
         self.blocking(move |store, _| {
             store
@@ -449,21 +453,60 @@ impl Ghostkey {
         Ok(())
     }
 
-    /// Lifts the user's lock (`manage` assertion: the app provider vouches for the user).
-    pub async fn unlock(&self, token: String, caller: Caller) -> Result<UnlockResponse, Error> {
+    /// Lifts the user's lock: a `manage` assertion and the user's own proof through a
+    /// confirmed method (the app provider alone cannot lift it). The proof is checked
+    /// despite the lock, within the failure budget and the back-off.
+    pub async fn unlock(
+        &self,
+        token: String,
+        caller: Caller,
+        request: UnlockRequest,
+    ) -> Result<UnlockResponse, Error> {
         let now = self.now();
+        let proof_code = request
+            .proof
+            .as_ref()
+            .map(|p| parse_code(&p.code))
+            .transpose()?;
         let mac = self.caller_mac(caller);
-        self.blocking(move |store, rules| {
-            let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
-            let was_locked = store.unlock_user(
-                &ctx.assertion.app_id,
-                &ctx.assertion.user_id,
-                Some(&ctx.assertion),
-                now,
-            )?;
-            Ok(UnlockResponse { was_locked })
-        })
-        .await
+        let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
+        let (ctx, proof_found) = self
+            .blocking(move |store, rules| {
+                let ctx = load_user(store, rules, &token, &[Purpose::Manage], &mac, now)?;
+                let found = match &proof_id {
+                    Some(id) => store.challenge(id)?,
+                    None => None,
+                };
+                Ok((ctx, found))
+            })
+            .await?;
+        let proof = match (request.proof, proof_code) {
+            (Some(p), Some(code)) => Some(ProofAnswer {
+                verdict: self.judge(proof_found.as_ref(), &code, now).await?,
+                challenge_id: p.challenge_id,
+                locked_notice: messages::locked(&self.keys, &ctx.app.name),
+            }),
+            _ => None,
+        };
+        let notice = messages::unlocked(&self.keys, &ctx.app.name, false);
+        let was_locked = self
+            .blocking(move |store, _| {
+                store
+                    .unlock_user(
+                        &UnlockUser {
+                            app_id: &ctx.assertion.app_id,
+                            user_id: &ctx.assertion.user_id,
+                            assertion: Some(&ctx.assertion),
+                            proof: proof.as_ref(),
+                            notice: &notice,
+                        },
+                        now,
+                    )
+                    .map_err(|e| refusal_at(e, now))
+            })
+            .await?;
+        self.outbox_wake.notify_one();
+        Ok(UnlockResponse { was_locked })
     }
 }
 

@@ -11,7 +11,7 @@ use ghostkey_proto::{b64, sealed, ErrorCode};
 use super::methods::{challenge_view, load_user, load_user_unspent, masked, UserContext};
 use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
 use crate::domain::challenge::ChallengePurpose;
-use crate::domain::limits::address_limit;
+use crate::domain::limits::{address_limit, recovery_start_limit};
 use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::MethodKind;
 use crate::domain::recovery::{Recovery, RecoveryState};
@@ -86,9 +86,18 @@ impl Ghostkey {
             self.spend_address(address, now).await?;
             None
         };
-        let new = self
+        let mut new = self
             .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
             .await?;
+        // However many assertions the app mints, a user sees few recovery starts a day.
+        let user_mac = self.keys.destination_mac(
+            "recovery-user",
+            &format!("{}\0{}", ctx.app.id, ctx.assertion.user_id),
+        );
+        new.limits.push(recovery_start_limit(
+            &user_mac,
+            ctx.app.policy.recovery_starts_per_user_per_day,
+        ));
         let masked_destination = masked(&self.keys, &method)?;
         let notice = messages::recovery_started(
             &self.keys,
@@ -155,6 +164,7 @@ impl Ghostkey {
             return Err(Error::new(ErrorCode::InvalidCode));
         };
         let released = messages::recovery_released(&self.keys, &app_name);
+        let locked = messages::locked(&self.keys, &app_name);
         let waiting = messages::recovery_waiting(
             &self.keys,
             &app_name,
@@ -170,6 +180,7 @@ impl Ghostkey {
                     &RecoveryNotices {
                         released: &released,
                         waiting: &waiting,
+                        locked: &locked,
                     },
                     now,
                 )?)
@@ -248,6 +259,7 @@ impl Ghostkey {
             (Some(p), Some(code)) => Some(ProofAnswer {
                 verdict: self.judge(proof_found.as_ref(), &code, now).await?,
                 challenge_id: p.challenge_id,
+                locked_notice: messages::locked(&self.keys, &ctx.app.name),
             }),
             _ => None,
         };
@@ -305,6 +317,7 @@ impl Ghostkey {
         let proof = ProofAnswer {
             verdict: self.judge(proof_found.as_ref(), &proof_code, now).await?,
             challenge_id: request.proof.challenge_id,
+            locked_notice: messages::locked(&self.keys, &ctx.app.name),
         };
         let notice = messages::virtual_device_replaced(&self.keys, &ctx.app.name);
         self.blocking(move |store, _| {

@@ -141,6 +141,37 @@ pub struct ProofAnswer {
     pub challenge_id: String,
     /// Whether the code was right.
     pub verdict: Verdict,
+    /// "Your account is locked", to every confirmed method, if this answer locks the user.
+    pub locked_notice: NewMessage,
+}
+
+/// The notices an answer to a `confirm` challenge may send.
+#[derive(Debug)]
+pub struct AnswerNotices<'a> {
+    /// "A method was added", to the user's other confirmed methods.
+    pub added: &'a NewMessage,
+    /// "Your account is locked", to every confirmed method, if this answer locks the user.
+    pub locked: &'a NewMessage,
+    /// "Methods added while you enrolled were removed", to the first confirmed method.
+    pub pending_removed: &'a NewMessage,
+}
+
+/// Lifts a user's lock.
+#[derive(Debug)]
+pub struct UnlockUser<'a> {
+    /// The app.
+    pub app_id: &'a str,
+    /// The user.
+    pub user_id: &'a str,
+    /// The app provider's `manage` assertion (the `jti` is consumed); `None`: an operator,
+    /// who also clears the failure budget.
+    pub assertion: Option<&'a VerifiedAssertion>,
+    /// With an assertion: the user's proof through a confirmed method, checked despite the
+    /// lock (the failure budget and the back-off still hold). Required when the user has a
+    /// confirmed method.
+    pub proof: Option<&'a ProofAnswer>,
+    /// "Your account was unlocked", to every confirmed method.
+    pub notice: &'a NewMessage,
 }
 
 /// Adds a method with its confirmation challenge (and code message), in one transaction.
@@ -262,7 +293,7 @@ pub struct StartRecovery<'a> {
     pub challenge: &'a Challenge,
     /// The code message (SMS and e-mail).
     pub message: Option<&'a NewMessage>,
-    /// The limits the message spends.
+    /// The limits the message spends, and the user's daily recovery starts.
     pub limits: &'a [Limit],
     /// The caller's address limit, when its unit is still to be spent: it is spent even
     /// when the start is refused (`None`: the caller already spent it).
@@ -278,6 +309,8 @@ pub struct RecoveryNotices<'a> {
     pub released: &'a NewMessage,
     /// "Will be released at ..., cancel if it is not you", to every confirmed method.
     pub waiting: &'a NewMessage,
+    /// "Your account is locked", to every confirmed method, if this answer locks the user.
+    pub locked: &'a NewMessage,
 }
 
 /// What a recovery code did.
@@ -348,25 +381,21 @@ pub trait Store: Send + Sync + 'static {
         challenge_id: &str,
     ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError>;
     /// Settles an answer; on a correct `confirm` answer, confirms the method, activates
-    /// the user and queues `notice` to the user's other confirmed methods.
+    /// the user and queues the `added` notice to the user's other confirmed methods. The
+    /// first confirmed method removes every other pending method of the user.
     fn answer_challenge(
         &self,
         challenge_id: &str,
         verdict: Verdict,
-        notice: Option<&NewMessage>,
+        notices: &AnswerNotices<'_>,
         now: UnixTime,
     ) -> Result<Answered, StoreError>;
     /// Removes a confirmed method after settling the proof.
     fn remove_method(&self, cmd: &RemoveMethod<'_>, now: UnixTime) -> Result<(), StoreError>;
-    /// Lifts a user's lock and clears their failures; consumes the assertion's `jti` if
-    /// one is given (operators act without one). Returns whether the user was locked.
-    fn unlock_user(
-        &self,
-        app_id: &str,
-        user_id: &str,
-        assertion: Option<&VerifiedAssertion>,
-        now: UnixTime,
-    ) -> Result<bool, StoreError>;
+    /// Lifts a user's lock and clears their back-off, after the app's proof (or for an
+    /// operator), notifying every confirmed method. A refused proof records its failure
+    /// and the `jti`, and unlocks nothing. Returns whether the user was locked.
+    fn unlock_user(&self, cmd: &UnlockUser<'_>, now: UnixTime) -> Result<bool, StoreError>;
     /// The encoded blocks of a user's chain, in order (empty if none).
     fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Appends a checked block at `index`, consuming the assertion; refuses with

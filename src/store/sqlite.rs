@@ -11,9 +11,9 @@ use serde_json::json;
 use sha2::Digest;
 
 use super::{
-    AddMethod, Answered, ClaimedMessage, MessageKind, NewMessage, OutboxCounts, ProofAnswer,
-    RecoveryNotices, RemoveMethod, SendResult, StartChallenge, StartRecovery, Store, StoreError,
-    UserRecord, VerifiedRecovery,
+    AddMethod, AnswerNotices, Answered, ClaimedMessage, MessageKind, NewMessage, OutboxCounts,
+    ProofAnswer, RecoveryNotices, RemoveMethod, SendResult, StartChallenge, StartRecovery, Store,
+    StoreError, UnlockUser, UserRecord, VerifiedRecovery,
 };
 use crate::clock::UnixTime;
 use crate::config::Synchronous;
@@ -21,7 +21,8 @@ use crate::domain::app::{App, AppKey, KeyLookup};
 use crate::domain::assertion::VerifiedAssertion;
 use crate::domain::audit::AuditEvent;
 use crate::domain::challenge::{
-    self, Challenge, ChallengePurpose, ChallengeState, Guard, Outcome, Settlement, Verdict,
+    self, Challenge, ChallengePurpose, ChallengeState, FailureWindow, Guard, LockRule, Outcome,
+    Settlement, Verdict, FAILURE_WINDOW_SECS,
 };
 use crate::domain::enrollment::Enrollment;
 use crate::domain::limits::Limit;
@@ -32,7 +33,11 @@ use crate::domain::recovery::{self, Recovery, RecoveryState};
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
+/// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
+const MIGRATIONS: &[(i64, &str)] = &[(2, include_str!("migrations/v2.sql"))];
 /// Expired `jti`s deleted per write, so the replay cache stays small without a sweeper.
 const JTI_PURGE_BATCH: i64 = 32;
 
@@ -385,6 +390,15 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
         v if v > SCHEMA_VERSION => Err(StoreError::Backend(format!(
             "the database has schema version {v}, newer than this Ghostkey ({SCHEMA_VERSION}); upgrade Ghostkey"
         ))),
+        v if MIGRATIONS.first().is_some_and(|(to, _)| *to == v + 1) => {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
+            for (_, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > v) {
+                tx.execute_batch(sql)?;
+            }
+            tx.commit()?;
+            tracing::info!(from = v, to = SCHEMA_VERSION, "database schema upgraded");
+            Ok(())
+        }
         v => Err(StoreError::Backend(format!(
             "the database has schema version {v} and no migration to {SCHEMA_VERSION} exists"
         ))),
@@ -394,7 +408,8 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
 const APP_COLUMNS: &str = "id, name, created_at, allowed_methods, code_digits, totp_digits, \
     code_lifetime_secs, max_attempts_per_challenge, user_lock_threshold, user_backoff_base_secs, \
     sends_per_destination_per_hour, sends_per_destination_per_day, app_daily_send_budget, \
-    requests_per_address_per_minute, waiting_period_secs";
+    requests_per_address_per_minute, waiting_period_secs, user_failures_per_day, \
+    recovery_starts_per_user_per_day";
 
 fn methods_to_text(methods: &[MethodKind]) -> String {
     methods
@@ -435,6 +450,8 @@ fn app_from_row(row: &Row<'_>) -> rusqlite::Result<App> {
             app_daily_send_budget: row.get(12)?,
             requests_per_address_per_minute: row.get(13)?,
             waiting_period_secs: row.get(14)?,
+            user_failures_per_day: row.get(15)?,
+            recovery_starts_per_user_per_day: row.get(16)?,
         },
     })
 }
@@ -609,7 +626,7 @@ fn load_guard(tx: &Connection, app_id: &str, user_id: &str) -> Result<Guard, Sto
         .one(
             "SELECT failures, backoff_until, locked_at FROM user_guards WHERE app_id = ?1 AND user_id = ?2",
             params![app_id, user_id],
-            |r| Ok(Guard { failures: r.get(0)?, backoff_until: r.get(1)?, locked_at: r.get(2)? }),
+            |r| Ok(Guard { failures: r.get(0)?, backoff_until: r.get(1)?, locked_at: r.get(2)?, window: FailureWindow::default() }),
         )
         .optional()?
         .unwrap_or_default())
@@ -640,13 +657,44 @@ fn user_exists(tx: &Connection, app_id: &str, user_id: &str) -> Result<bool, Sto
         .is_some())
 }
 
+/// The user's failures in the rolling window ending at `now`.
+fn load_window(
+    tx: &Connection,
+    app_id: &str,
+    user_id: &str,
+    now: UnixTime,
+) -> Result<FailureWindow, StoreError> {
+    let (count, oldest): (u32, Option<UnixTime>) = tx.one(
+        "SELECT count(*), min(at) FROM user_failures WHERE app_id = ?1 AND user_id = ?2 AND at > ?3",
+        params![app_id, user_id, now - FAILURE_WINDOW_SECS],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(FailureWindow { count, oldest })
+}
+
 /// Writes back what [`challenge::settle`] decided.
-fn save_settlement(tx: &Connection, ch: &Challenge, s: &Settlement) -> Result<(), StoreError> {
+fn save_settlement(
+    tx: &Connection,
+    ch: &Challenge,
+    s: &Settlement,
+    now: UnixTime,
+) -> Result<(), StoreError> {
     tx.exec(
         "UPDATE challenges SET attempts = ?2, state = ?3 WHERE id = ?1",
         params![ch.id, s.attempts, s.state.as_str()],
     )?;
     save_guard(tx, &ch.app_id, &ch.user_id, &s.guard)?;
+    if s.outcome.is_failure() {
+        // Failures older than the window no longer count: drop them as new ones come.
+        tx.exec(
+            "DELETE FROM user_failures WHERE app_id = ?1 AND user_id = ?2 AND at <= ?3",
+            params![ch.app_id, ch.user_id, now - FAILURE_WINDOW_SECS],
+        )?;
+        tx.exec(
+            "INSERT INTO user_failures (app_id, user_id, at) VALUES (?1, ?2, ?3)",
+            params![ch.app_id, ch.user_id, now],
+        )?;
+    }
     if let Some(step) = s.totp_step {
         tx.exec(
             "UPDATE methods SET totp_last_step = ?2 WHERE id = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
@@ -656,18 +704,30 @@ fn save_settlement(tx: &Connection, ch: &Challenge, s: &Settlement) -> Result<()
     Ok(())
 }
 
-/// Loads and settles a challenge; the caller commits whatever the outcome.
+/// Loads and settles a challenge; the caller commits whatever the outcome. When the
+/// answer locks the user, `locked_notice` goes to every confirmed method of theirs.
 fn settle_in(
     tx: &Connection,
     ch: &Challenge,
     verdict: Verdict,
+    lock: LockRule,
+    locked_notice: &NewMessage,
     now: UnixTime,
 ) -> Result<(Method, Settlement), StoreError> {
     let method = load_method(tx, &ch.method_id)?.ok_or(StoreError::MethodNotFound)?;
     let policy = load_policy(tx, &ch.app_id)?;
-    let guard = load_guard(tx, &ch.app_id, &ch.user_id)?;
-    let settlement = challenge::settle(ch, &guard, verdict, method.totp_last_step, &policy, now);
-    save_settlement(tx, ch, &settlement)?;
+    let mut guard = load_guard(tx, &ch.app_id, &ch.user_id)?;
+    guard.window = load_window(tx, &ch.app_id, &ch.user_id, now)?;
+    let settlement = challenge::settle_with(
+        ch,
+        &guard,
+        verdict,
+        method.totp_last_step,
+        &policy,
+        now,
+        lock,
+    );
+    save_settlement(tx, ch, &settlement, now)?;
     let detail = json!({
         "challenge": ch.id,
         "purpose": ch.purpose.as_str(),
@@ -690,6 +750,7 @@ fn settle_in(
             Who::User(&ch.user_id),
             json!({ "failures": settlement.guard.failures }),
         )?;
+        enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", locked_notice, now)?;
     }
     Ok((method, settlement))
 }
@@ -702,6 +763,17 @@ fn settle_proof(
     assertion: &VerifiedAssertion,
     now: UnixTime,
 ) -> Result<Result<(), StoreError>, StoreError> {
+    settle_proof_with(tx, proof, assertion, LockRule::Enforce, now)
+}
+
+/// [`settle_proof`], with the lock enforced or (for the proof that lifts it) not.
+fn settle_proof_with(
+    tx: &Connection,
+    proof: &ProofAnswer,
+    assertion: &VerifiedAssertion,
+    lock: LockRule,
+    now: UnixTime,
+) -> Result<Result<(), StoreError>, StoreError> {
     let Some(ch) = load_challenge(tx, &proof.challenge_id)? else {
         return Ok(Err(StoreError::InvalidProof));
     };
@@ -711,7 +783,7 @@ fn settle_proof(
     {
         return Ok(Err(StoreError::InvalidProof));
     }
-    let (method, settlement) = settle_in(tx, &ch, proof.verdict, now)?;
+    let (method, settlement) = settle_in(tx, &ch, proof.verdict, lock, &proof.locked_notice, now)?;
     if method.state != MethodState::Confirmed {
         return Ok(Err(StoreError::InvalidProof));
     }
@@ -719,6 +791,28 @@ fn settle_proof(
         Outcome::Accepted => Ok(()),
         other => Err(StoreError::ProofRefused(other)),
     })
+}
+
+/// Deletes every pending method of a user, with their challenges and unsent messages;
+/// answers how many methods went.
+fn remove_pending_methods(
+    tx: &Connection,
+    app_id: &str,
+    user_id: &str,
+) -> Result<usize, StoreError> {
+    let pending = "SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'";
+    tx.exec(
+        &format!("DELETE FROM outbox WHERE state = 'pending' AND method_id IN ({pending})"),
+        params![app_id, user_id],
+    )?;
+    tx.exec(
+        &format!("DELETE FROM challenges WHERE method_id IN ({pending})"),
+        params![app_id, user_id],
+    )?;
+    Ok(tx.exec(
+        "DELETE FROM methods WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'",
+        params![app_id, user_id],
+    )?)
 }
 
 fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
@@ -1007,7 +1101,7 @@ impl Store for SqliteStore {
         let p = &app.policy;
         self.write(|tx| {
             tx.exec(
-                &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+                &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
                 params![
                     app.id,
                     app.name,
@@ -1024,6 +1118,8 @@ impl Store for SqliteStore {
                     p.app_daily_send_budget,
                     p.requests_per_address_per_minute,
                     p.waiting_period_secs,
+                    p.user_failures_per_day,
+                    p.recovery_starts_per_user_per_day,
                 ],
             )?;
             tx.exec(
@@ -1126,7 +1222,8 @@ impl Store for SqliteStore {
                 "UPDATE apps SET allowed_methods = ?2, code_digits = ?3, totp_digits = ?4, code_lifetime_secs = ?5, \
                  max_attempts_per_challenge = ?6, user_lock_threshold = ?7, user_backoff_base_secs = ?8, \
                  sends_per_destination_per_hour = ?9, sends_per_destination_per_day = ?10, \
-                 app_daily_send_budget = ?11, requests_per_address_per_minute = ?12, waiting_period_secs = ?13 \
+                 app_daily_send_budget = ?11, requests_per_address_per_minute = ?12, waiting_period_secs = ?13, \
+                 user_failures_per_day = ?14, recovery_starts_per_user_per_day = ?15 \
                  WHERE id = ?1",
                 params![
                     app_id,
@@ -1142,6 +1239,8 @@ impl Store for SqliteStore {
                     p.app_daily_send_budget,
                     p.requests_per_address_per_minute,
                     p.waiting_period_secs,
+                    p.user_failures_per_day,
+                    p.recovery_starts_per_user_per_day,
                 ],
             )?;
             if updated == 0 {
@@ -1313,7 +1412,11 @@ impl Store for SqliteStore {
         self.write(|tx| {
             consume_jti(tx, cmd.assertion, now)?;
             let ch = cmd.challenge;
-            guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+            // A locked user may still get a proof challenge: its answer is what lifts the
+            // lock (`POST /v1/users/unlock`), and nothing else accepts it while locked.
+            if ch.purpose != ChallengePurpose::Proof {
+                guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+            }
             take_limits_in(tx, cmd.limits, now)??;
             insert_challenge(tx, ch)?;
             if let Some(msg) = cmd.message {
@@ -1343,12 +1446,13 @@ impl Store for SqliteStore {
         &self,
         challenge_id: &str,
         verdict: Verdict,
-        notice: Option<&NewMessage>,
+        notices: &AnswerNotices<'_>,
         now: UnixTime,
     ) -> Result<Answered, StoreError> {
         self.write(|tx| {
             let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::MethodNotFound)?;
-            let (method, settlement) = settle_in(tx, &ch, verdict, now)?;
+            let (method, settlement) =
+                settle_in(tx, &ch, verdict, LockRule::Enforce, notices.locked, now)?;
             let mut enrollment_completed = false;
             if settlement.outcome == Outcome::Accepted && ch.purpose == ChallengePurpose::Confirm {
                 tx.exec(
@@ -1359,10 +1463,19 @@ impl Store for SqliteStore {
                     "UPDATE users SET state = 'active', updated_at = ?3 WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'",
                     params![ch.app_id, ch.user_id, now],
                 )? == 1;
-                if let Some(notice) = notice {
-                    enqueue_to_others(tx, &ch.app_id, &ch.user_id, &method.id, notice, now)?;
+                let mut pending_removed = 0;
+                if enrollment_completed {
+                    // The first confirmed method is the user's: every other method added
+                    // while they were pending (perhaps by someone else) goes, with its
+                    // challenges and queued codes, so none can be confirmed later without
+                    // a proof through this one.
+                    pending_removed = remove_pending_methods(tx, &ch.app_id, &ch.user_id)?;
+                    if pending_removed > 0 {
+                        enqueue(tx, &ch.app_id, &method.id, notices.pending_removed, now)?;
+                    }
                 }
-                audit(tx, now, "method_confirmed", &ch.app_id, Who::User(&ch.user_id), json!({ "method": method.id, "enrollment_completed": enrollment_completed }))?;
+                enqueue_to_others(tx, &ch.app_id, &ch.user_id, &method.id, notices.added, now)?;
+                audit(tx, now, "method_confirmed", &ch.app_id, Who::User(&ch.user_id), json!({ "method": method.id, "enrollment_completed": enrollment_completed, "pending_removed": pending_removed }))?;
             }
             Ok(Answered { challenge: ch, settlement, enrollment_completed })
         })
@@ -1403,26 +1516,53 @@ impl Store for SqliteStore {
         })
     }
 
-    fn unlock_user(
-        &self,
-        app_id: &str,
-        user_id: &str,
-        assertion: Option<&VerifiedAssertion>,
-        now: UnixTime,
-    ) -> Result<bool, StoreError> {
-        self.write(|tx| {
-            if let Some(assertion) = assertion {
+    fn unlock_user(&self, cmd: &UnlockUser<'_>, now: UnixTime) -> Result<bool, StoreError> {
+        let (app_id, user_id) = (cmd.app_id, cmd.user_id);
+        self.write_keeping(|tx| {
+            if let Some(assertion) = cmd.assertion {
                 consume_jti(tx, assertion, now)?;
             }
             if !user_exists(tx, app_id, user_id)? {
                 return Err(StoreError::NotEnrolled);
             }
             let was_locked = load_guard(tx, app_id, user_id)?.locked_at.is_some();
-            save_guard(tx, app_id, user_id, &Guard::default())?;
-            let by = if assertion.is_some() {
-                "manage_assertion"
-            } else {
-                "operator"
+            let cleared_failures = match (cmd.assertion, cmd.proof) {
+                (Some(assertion), Some(proof)) => {
+                    // The proof is checked despite the lock; an accepted one clears the
+                    // lock and the back-off as any success does. The budget stays.
+                    if let Err(refused) =
+                        settle_proof_with(tx, proof, assertion, LockRule::Lift, now)?
+                    {
+                        return Ok(Err(refused));
+                    }
+                    0
+                }
+                (Some(_), None) => {
+                    // Only a user with no confirmed method (nothing a guess could reach)
+                    // is unlocked without a proof; the budget stays.
+                    let confirmed = load_methods(tx, app_id, user_id)?
+                        .iter()
+                        .any(|m| m.state == MethodState::Confirmed);
+                    if confirmed {
+                        return Err(StoreError::ProofRequired);
+                    }
+                    let guard = load_guard(tx, app_id, user_id)?;
+                    save_guard(tx, app_id, user_id, &Guard { window: guard.window, ..Guard::default() })?;
+                    0
+                }
+                (None, _) => {
+                    save_guard(tx, app_id, user_id, &Guard::default())?;
+                    tx.exec(
+                        "DELETE FROM user_failures WHERE app_id = ?1 AND user_id = ?2",
+                        params![app_id, user_id],
+                    )?
+                }
+            };
+            enqueue_to_others(tx, app_id, user_id, "", cmd.notice, now)?;
+            let by = match (cmd.assertion, cmd.proof) {
+                (Some(_), Some(_)) => "proof",
+                (Some(_), None) => "manage_assertion_no_confirmed_method",
+                (None, _) => "operator",
             };
             audit(
                 tx,
@@ -1430,9 +1570,9 @@ impl Store for SqliteStore {
                 "user_unlocked",
                 app_id,
                 Who::User(user_id),
-                json!({ "by": by, "was_locked": was_locked }),
+                json!({ "by": by, "was_locked": was_locked, "budget_failures_cleared": cleared_failures }),
             )?;
-            Ok(was_locked)
+            Ok(Ok(was_locked))
         })
     }
 
@@ -1480,7 +1620,11 @@ impl Store for SqliteStore {
         self.write_keeping(|tx| spending(tx, cmd.address, now, |tx| {
             consume_jti(tx, cmd.assertion, now)?;
             let ch = cmd.challenge;
-            guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+            // A locked user may still get a proof challenge: its answer is what lifts the
+            // lock (`POST /v1/users/unlock`), and nothing else accepts it while locked.
+            if ch.purpose != ChallengePurpose::Proof {
+                guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+            }
             take_limits_in(tx, cmd.limits, now)??;
             insert_challenge(tx, ch)?;
             tx.exec(
@@ -1519,7 +1663,8 @@ impl Store for SqliteStore {
                         ghostkey_proto::ErrorCode::RecoveryCancelled,
                     )));
                 }
-                let (_, settlement) = settle_in(tx, &ch, verdict, now)?;
+                let (_, settlement) =
+                    settle_in(tx, &ch, verdict, LockRule::Enforce, notices.locked, now)?;
                 let mut sealed = None;
                 if settlement.outcome == Outcome::Accepted {
                     let policy = load_policy(tx, &ch.app_id)?;
@@ -1682,7 +1827,7 @@ impl Store for SqliteStore {
                 "DELETE FROM outbox WHERE method_id IN (SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2)",
                 params![app, user],
             )?;
-            for table in ["recoveries", "challenges", "methods", "user_guards", "chain_blocks"] {
+            for table in ["recoveries", "challenges", "methods", "user_guards", "user_failures", "chain_blocks"] {
                 tx.exec(&format!("DELETE FROM {table} WHERE app_id = ?1 AND user_id = ?2"), params![app, user])?;
             }
             if tx.exec("DELETE FROM users WHERE app_id = ?1 AND user_id = ?2", params![app, user])? == 0 {

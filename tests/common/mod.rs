@@ -20,15 +20,75 @@ use ghostkey_client::{AppSigningKey, Client};
 pub const SERVICE_ID: &str = "ghostkey-test";
 
 /// The system clock plus an offset that tests advance, shared with the server.
-#[derive(Debug, Default)]
+///
+/// A test whose result depends on where it starts in a day, an hour or a minute starts
+/// its clock at a fixed instant ([`TestClock::starting_at`]) or aligns it first. To show
+/// that no other test depends on the time of day, run the suite with
+/// `TEST_CLOCK_START=HH:MM:SS` (for example `23:59:59`): every default test
+/// clock then starts at that time of the current UTC day.
+#[derive(Debug)]
 pub struct TestClock {
     offset: AtomicI64,
 }
 
+impl Default for TestClock {
+    fn default() -> TestClock {
+        match std::env::var("TEST_CLOCK_START") {
+            Ok(start) if !start.is_empty() => {
+                let secs_of_day = parse_time_of_day(&start)
+                    .unwrap_or_else(|| panic!("TEST_CLOCK_START must be HH:MM:SS, got {start:?}"));
+                TestClock::starting_at(start_of_utc_day(SystemClock.now()) + secs_of_day)
+            }
+            _ => TestClock {
+                offset: AtomicI64::new(0),
+            },
+        }
+    }
+}
+
 impl TestClock {
+    /// A clock that reads `instant` now and then runs with the wall clock.
+    pub fn starting_at(instant: UnixTime) -> TestClock {
+        TestClock {
+            offset: AtomicI64::new(instant - SystemClock.now()),
+        }
+    }
+
     pub fn advance(&self, secs: i64) {
         self.offset.fetch_add(secs, Ordering::SeqCst);
     }
+
+    /// Moves the clock forward to the next instant `at` seconds into a `window`-second
+    /// window (epoch-aligned, as the rate windows are), leaving at least one second of
+    /// margin, so that what follows runs inside one window.
+    pub fn align(&self, window: i64, at: i64) {
+        let now = self.now();
+        let mut target = now - now.rem_euclid(window) + at;
+        while target <= now {
+            target += window;
+        }
+        self.advance(target - now);
+    }
+}
+
+/// Midnight UTC of the day containing `t`.
+pub fn start_of_utc_day(t: UnixTime) -> UnixTime {
+    t - t.rem_euclid(86_400)
+}
+
+/// One hour after the last UTC midnight: a start for tests that move the clock by hours
+/// and must stay in one UTC day whenever they run.
+pub fn one_am_today() -> UnixTime {
+    start_of_utc_day(SystemClock.now()) + 3600
+}
+
+fn parse_time_of_day(s: &str) -> Option<i64> {
+    let mut parts = s.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, sec) = (parts.next()??, parts.next()??, parts.next()??);
+    if parts.next().is_some() || !(0..24).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    (0..60).contains(&sec).then_some(h * 3600 + m * 60 + sec)
 }
 
 impl Clock for TestClock {
@@ -71,10 +131,19 @@ impl TestServer {
 
     /// Starts a server in a fresh directory after `adjust` changed the configuration.
     pub fn start_with(adjust: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_with_clock(TestClock::default(), adjust)
+    }
+
+    /// Starts a server whose clock reads `instant` now.
+    pub fn start_at(instant: UnixTime, adjust: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::start_with_clock(TestClock::starting_at(instant), adjust)
+    }
+
+    fn start_with_clock(clock: TestClock, adjust: impl FnOnce(&mut Config)) -> TestServer {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = test_config(dir.path());
         adjust(&mut config);
-        TestServer::launch(config, dir, Arc::new(TestClock::default()))
+        TestServer::launch(config, dir, Arc::new(clock))
     }
 
     /// Stops this server and starts another on the same database, key and clock, with
@@ -366,4 +435,34 @@ pub fn enrol_body(app: &TestApp, user: &str) -> serde_json::Value {
         "virtual_device": prepared.virtual_device.keys().public(),
         "root_block": ghostkey_client::proto::b64::encode(root.encode()),
     })
+}
+
+/// Lifts `user`'s lock as the app provider can: a `manage` assertion and the user's own
+/// proof through their confirmed SMS method `method_id` (its code read from `gateway`).
+pub async fn unlock_with_sms_proof(
+    server: &TestServer,
+    app: &TestApp,
+    user: &str,
+    method_id: &str,
+    gateway: &wiremock::MockServer,
+) -> Result<ghostkey_client::proto::api::UnlockResponse, ghostkey_client::ClientError> {
+    let client = server.client();
+    let before = sms_gateway::received(gateway).await.len();
+    let proof = client
+        .start_challenge(
+            &app.assertion(user, Purpose::Manage),
+            method_id,
+            ghostkey_client::proto::api::ChallengePurpose::Proof,
+        )
+        .await?;
+    let code = sms_gateway::next_code(gateway, before).await;
+    client
+        .unlock(
+            &app.assertion(user, Purpose::Manage),
+            Some(ghostkey_client::proto::api::Proof {
+                challenge_id: proof.id,
+                code,
+            }),
+        )
+        .await
 }

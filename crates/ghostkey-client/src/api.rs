@@ -6,7 +6,8 @@ use ghostkey_proto::api::{
     AddMethodRequest, AddMethodResponse, AnswerRequest, AnswerResponse, CancelRecoveryRequest,
     ChallengePurpose, ChallengeView, DevicePublicKeys, EnrollRequest, EnrollResponse, Health,
     MethodKind, MethodList, Proof, RecoveryResponse, RemoveMethodRequest,
-    ReplaceVirtualDeviceRequest, StartChallengeRequest, StartRecoveryRequest, UnlockResponse,
+    ReplaceVirtualDeviceRequest, StartChallengeRequest, StartRecoveryRequest, UnlockRequest,
+    UnlockResponse,
 };
 use ghostkey_proto::{b64, ErrorCode, Problem};
 use reqwest::{StatusCode, Url};
@@ -206,12 +207,17 @@ impl Client {
         self.post_code(&path, code).await
     }
 
-    /// `POST /v1/users/unlock`: lifts the user's lock (`manage` assertion).
-    pub async fn unlock(&self, assertion: &str) -> Result<UnlockResponse, ClientError> {
+    /// `POST /v1/users/unlock`: lifts the user's lock (`manage` assertion) with the user's
+    /// proof through a confirmed method (required once they have one).
+    pub async fn unlock(
+        &self,
+        assertion: &str,
+        proof: Option<Proof>,
+    ) -> Result<UnlockResponse, ClientError> {
         self.post(
             "/v1/users/unlock",
             assertion,
-            &serde_json::json!({}),
+            &UnlockRequest { proof },
             StatusCode::OK,
         )
         .await

@@ -267,6 +267,19 @@ pub struct RemoveMethodRequest {
     pub proof: Proof,
 }
 
+/// `POST /v1/users/unlock`, with a `manage` assertion: lifts the user's lock with the
+/// user's own proof through a confirmed method (started with `purpose: proof` while the
+/// user is locked; it is checked despite the lock, within the failure budget).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct UnlockRequest {
+    /// A fresh proof through a confirmed method; required once the user has one (a user
+    /// with no confirmed method has nothing a guess could reach).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proof: Option<Proof>,
+}
+
 /// The answer to `POST /v1/users/unlock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

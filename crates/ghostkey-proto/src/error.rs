@@ -111,10 +111,16 @@ error_codes! {
     CodeAlreadyUsed = ("code_already_used", 409, "The code has already been used"),
     /// The challenge took too many wrong answers and is dead, even for the right code.
     TooManyAttempts = ("too_many_attempts", 403, "Too many wrong codes for this challenge"),
-    /// The user is locked after too many failures; a `manage` assertion or an operator lifts it.
+    /// The user is locked after too many failures; a proof through a confirmed method
+    /// (`POST /v1/users/unlock`) or an operator lifts it.
     Locked = ("locked", 403, "The user is locked after too many failures"),
     /// The user must wait before trying another code (exponential back-off after failures).
     UserBackoff = ("user_backoff", 429, "Too many recent failures; wait before trying again"),
+    /// The user's failure budget (failed checks in the last 24 hours, across every kind of
+    /// challenge) is spent: no code is checked until the oldest failure ages out.
+    FailureBudgetExhausted = ("failure_budget_exhausted", 429, "Too many failed checks for this user in the last 24 hours"),
+    /// Too many recoveries started for this user today.
+    RecoveryRateLimited = ("recovery_rate_limited", 429, "Too many recoveries started for this user"),
     /// Too many codes sent to this destination recently (per hour or per day).
     DestinationRateLimited = ("destination_rate_limited", 429, "Too many codes sent to this destination"),
     /// The app's daily sending budget is spent.

@@ -1,0 +1,187 @@
+-- Ghostkey's canonical database schema (SQLite).
+--
+-- A fresh database is created by running this file as it is; a test checks that the
+-- store creates exactly this schema. `PRAGMA user_version` records the schema version;
+-- a later version adds a migration in src/store/sqlite.rs and bumps it here.
+PRAGMA user_version = 1;
+
+-- App providers registered by the operator.
+CREATE TABLE apps (
+    id          TEXT    PRIMARY KEY,
+    name        TEXT    NOT NULL,
+    created_at  INTEGER NOT NULL,
+    -- The per-app policy (DESIGN.md §5); see src/domain/policy.rs for meanings and bounds.
+    allowed_methods                 TEXT    NOT NULL,
+    code_digits                     INTEGER NOT NULL,
+    totp_digits                     INTEGER NOT NULL,
+    code_lifetime_secs              INTEGER NOT NULL,
+    max_attempts_per_challenge      INTEGER NOT NULL,
+    user_lock_threshold             INTEGER NOT NULL,
+    user_backoff_base_secs          INTEGER NOT NULL,
+    sends_per_destination_per_hour  INTEGER NOT NULL,
+    sends_per_destination_per_day   INTEGER NOT NULL,
+    app_daily_send_budget           INTEGER NOT NULL,
+    requests_per_address_per_minute INTEGER NOT NULL,
+    waiting_period_secs             INTEGER NOT NULL
+) STRICT;
+
+-- Ed25519 public keys that sign an app's assertions (JWT header `kid`).
+CREATE TABLE app_keys (
+    app_id      TEXT    NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    kid         TEXT    NOT NULL,
+    public_key  BLOB    NOT NULL CHECK (length(public_key) = 32),
+    created_at  INTEGER NOT NULL,
+    revoked_at  INTEGER,
+    PRIMARY KEY (app_id, kid)
+) STRICT, WITHOUT ROWID;
+
+-- Single use of assertion ids: a `jti` is remembered until its assertion can no longer
+-- be accepted anyway.
+CREATE TABLE assertion_jtis (
+    app_id      TEXT    NOT NULL,
+    jti         TEXT    NOT NULL,
+    expires_at  INTEGER NOT NULL,
+    PRIMARY KEY (app_id, jti)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX assertion_jtis_by_expiry ON assertion_jtis (expires_at);
+
+-- Enrolled users: the sealed virtual device (ciphertext Ghostkey cannot open) and the
+-- virtual device's public keys.
+CREATE TABLE users (
+    app_id                 TEXT    NOT NULL REFERENCES apps(id),
+    user_id                TEXT    NOT NULL,
+    state                  TEXT    NOT NULL CHECK (state IN ('pending', 'active')),
+    sealed_virtual_device  BLOB    NOT NULL,
+    vd_signing_key         BLOB    NOT NULL CHECK (length(vd_signing_key) = 32),
+    vd_encryption_key      BLOB    NOT NULL CHECK (length(vd_encryption_key) = 32),
+    -- A random name for the user in the audit log: erasing the user deletes the only link
+    -- between it and the user id, so the events stay (and still verify) but name no one.
+    audit_pseudonym        TEXT    NOT NULL,
+    created_at             INTEGER NOT NULL,
+    updated_at             INTEGER NOT NULL,
+    PRIMARY KEY (app_id, user_id)
+) STRICT, WITHOUT ROWID;
+
+-- Each user's device chain (DESIGN.md §4): blocks as their clients encoded them, the
+-- root written at enrolment, each later block checked against the whole chain first.
+CREATE TABLE chain_blocks (
+    app_id   TEXT    NOT NULL,
+    user_id  TEXT    NOT NULL,
+    idx      INTEGER NOT NULL,
+    hash     BLOB    NOT NULL CHECK (length(hash) = 32),
+    block    BLOB    NOT NULL,
+    added_at INTEGER NOT NULL,
+    PRIMARY KEY (app_id, user_id, idx),
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
+-- Abuse-limit state per user: failures back off exponentially, then lock the user until
+-- a `manage` assertion or an operator lifts the lock.
+CREATE TABLE user_guards (
+    app_id         TEXT    NOT NULL,
+    user_id        TEXT    NOT NULL,
+    failures       INTEGER NOT NULL DEFAULT 0,
+    backoff_until  INTEGER NOT NULL DEFAULT 0,
+    locked_at      INTEGER,
+    PRIMARY KEY (app_id, user_id),
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT, WITHOUT ROWID;
+
+-- Verification methods. The secret part (TOTP seed, phone number, e-mail address) is
+-- encrypted with the server data key named by `key_id`; `destination_mac` is an HMAC of
+-- the normalised destination, the only form rate limits ever see.
+CREATE TABLE methods (
+    id               TEXT    PRIMARY KEY,
+    app_id           TEXT    NOT NULL,
+    user_id          TEXT    NOT NULL,
+    kind             TEXT    NOT NULL CHECK (kind IN ('totp', 'sms', 'email')),
+    state            TEXT    NOT NULL CHECK (state IN ('pending', 'confirmed')),
+    key_id           TEXT    NOT NULL,
+    secret           BLOB    NOT NULL,
+    destination_mac  BLOB,
+    totp_last_step   INTEGER,
+    created_at       INTEGER NOT NULL,
+    confirmed_at     INTEGER,
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX methods_by_user ON methods (app_id, user_id);
+
+-- One-time-code challenges. SMS and e-mail codes are kept only as an Argon2id hash keyed
+-- with the server pepper; TOTP challenges have no code of their own.
+CREATE TABLE challenges (
+    id            TEXT    PRIMARY KEY,
+    app_id        TEXT    NOT NULL,
+    user_id       TEXT    NOT NULL,
+    method_id     TEXT    NOT NULL REFERENCES methods(id) ON DELETE CASCADE,
+    purpose       TEXT    NOT NULL CHECK (purpose IN ('confirm', 'proof', 'recover')),
+    code_salt     BLOB,
+    code_hash     BLOB,
+    code_key_id   TEXT,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    max_attempts  INTEGER NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('open', 'used', 'dead')),
+    created_at    INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX challenges_by_user ON challenges (app_id, user_id);
+
+-- Recoveries: one per `recover` challenge. The sealed virtual device is released once,
+-- after a correct code and the app's waiting period, unless someone cancelled.
+CREATE TABLE recoveries (
+    challenge_id  TEXT    PRIMARY KEY REFERENCES challenges(id) ON DELETE CASCADE,
+    app_id        TEXT    NOT NULL,
+    user_id       TEXT    NOT NULL,
+    method_id     TEXT    NOT NULL,
+    state         TEXT    NOT NULL CHECK (state IN ('started', 'waiting', 'released', 'cancelled')),
+    available_at  INTEGER,
+    released_at   INTEGER,
+    cancelled_at  INTEGER,
+    created_at    INTEGER NOT NULL,
+    FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
+) STRICT;
+CREATE INDEX recoveries_by_user ON recoveries (app_id, user_id);
+
+-- Fixed-window counters for rate limits and budgets; `subject` is an HMAC or an app id,
+-- never a destination or an address in clear.
+CREATE TABLE rate_counters (
+    scope         TEXT    NOT NULL,
+    subject       BLOB    NOT NULL,
+    window_start  INTEGER NOT NULL,
+    count         INTEGER NOT NULL,
+    expires_at    INTEGER NOT NULL,
+    PRIMARY KEY (scope, subject, window_start)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX rate_counters_by_expiry ON rate_counters (expires_at);
+
+-- Messages to send (codes and notices), written in the same transaction as what caused
+-- them and sent by the delivery worker. The destination is the method's own (encrypted)
+-- one, read at send time; the body is encrypted with the data key and wiped once sent.
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id           TEXT    NOT NULL,
+    method_id        TEXT    NOT NULL REFERENCES methods(id) ON DELETE CASCADE,
+    kind             TEXT    NOT NULL CHECK (kind IN ('code', 'notice')),
+    key_id           TEXT    NOT NULL,
+    body             BLOB    NOT NULL,
+    state            TEXT    NOT NULL CHECK (state IN ('pending', 'sent', 'failed')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  INTEGER NOT NULL,
+    leased_until     INTEGER NOT NULL DEFAULT 0,
+    last_error       TEXT,
+    created_at       INTEGER NOT NULL,
+    finished_at      INTEGER
+) STRICT;
+CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+
+-- The audit log: append-only, hash-chained events with no secret or personal value (users
+-- appear under their audit pseudonym). `ghostkey audit verify` recomputes every link.
+CREATE TABLE audit_events (
+    seq        INTEGER PRIMARY KEY,
+    at         INTEGER NOT NULL,
+    kind       TEXT    NOT NULL,
+    app_id     TEXT    NOT NULL,
+    subject    TEXT    NOT NULL,
+    detail     TEXT    NOT NULL,
+    hash       BLOB    NOT NULL CHECK (length(hash) = 32)
+) STRICT;

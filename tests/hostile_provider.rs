@@ -1,0 +1,501 @@
+//! The app provider turned hostile: it mints any assertion for any user, knows every user
+//! secret and drives its own clients. Each test replays an attack through the HTTP API of
+//! a real server with the default policy; none may yield a sealed virtual device without a
+//! factor the user confirmed, and each leaves its notices on the user's methods.
+
+mod common;
+
+use common::{enrol, sms_gateway, TestApp, TestServer};
+use ghostkey::domain::policy::{AppPolicy, PolicyChange};
+use ghostkey_client::proto::api::{ChallengePurpose, MethodKind, Proof};
+use ghostkey_client::proto::assertion::Purpose;
+use ghostkey_client::proto::ErrorCode;
+use ghostkey_client::{Client, ClientError};
+use wiremock::MockServer;
+
+const PHONE: &str = "+33 6 12 34 56 78";
+
+async fn setup() -> (TestServer, TestApp, MockServer) {
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
+    let app = server.register_app("Health");
+    // The attacker has as many addresses as it likes: the per-address limit is no defence
+    // here, so it is out of the way.
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(100_000),
+            ..Default::default()
+        },
+    );
+    (server, app, gateway)
+}
+
+/// An authenticator app holding a TOTP method's seed.
+struct Authenticator(totp_rs::Totp);
+
+impl Authenticator {
+    fn code(&self, server: &TestServer) -> String {
+        self.0.generate(server.now() as u64).to_string()
+    }
+
+    /// A code that is neither the current step's nor the previous one's.
+    fn wrong_code(&self, server: &TestServer) -> String {
+        let now = server.now();
+        let valid = [
+            self.code(server),
+            self.0.generate((now - 30) as u64).to_string(),
+        ];
+        (0..)
+            .map(|n| format!("{:06}", n * 111_111 % 1_000_000))
+            .find(|c| !valid.contains(c))
+            .unwrap()
+    }
+}
+
+/// Enrols `user` with a confirmed TOTP method (the user's authenticator app); returns the
+/// method id and the authenticator.
+async fn enrol_with_totp(
+    server: &TestServer,
+    app: &TestApp,
+    user: &str,
+) -> (String, Authenticator) {
+    enrol(server, app, user).await;
+    let client = server.client();
+    let added = client
+        .add_method(
+            &app.assertion(user, Purpose::Enroll),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let authenticator =
+        Authenticator(totp_rs::Totp::from_url(&added.totp.unwrap().otpauth_uri).unwrap());
+    client
+        .answer(&added.challenge.id, &authenticator.code(server))
+        .await
+        .unwrap();
+    (added.method.id, authenticator)
+}
+
+/// Adds and confirms the user's phone with a proof through their authenticator app.
+async fn add_phone_with_totp_proof(
+    server: &TestServer,
+    app: &TestApp,
+    gateway: &MockServer,
+    user: &str,
+    totp_method: &str,
+    authenticator: &Authenticator,
+) -> String {
+    let client = server.client();
+    // A later TOTP step than the one that confirmed the authenticator.
+    server.clock.advance(30);
+    let proof = client
+        .start_challenge(
+            &app.assertion(user, Purpose::Manage),
+            totp_method,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let before = sms_gateway::received(gateway).await.len();
+    let added = client
+        .add_method(
+            &app.assertion(user, Purpose::Manage),
+            MethodKind::Sms,
+            Some(PHONE),
+            Some(Proof {
+                challenge_id: proof.id,
+                code: authenticator.code(server),
+            }),
+        )
+        .await
+        .unwrap();
+    let code = sms_gateway::next_code(gateway, before).await;
+    client.answer(&added.challenge.id, &code).await.unwrap();
+    added.method.id
+}
+
+/// Wrong codes that Ghostkey actually checked for the user: the audit log's refused
+/// answers that counted (wrong, or wrong and locking).
+fn checked_wrong_guesses(server: &TestServer) -> i64 {
+    server.query_i64(
+        "SELECT count(*) FROM audit_events WHERE kind = 'code_refused' \
+         AND (detail LIKE '%\"outcome\":\"Wrong\"%' OR detail LIKE '%\"outcome\":\"WrongAndLocked\"%')",
+    )
+}
+
+fn releases(server: &TestServer) -> i64 {
+    server.query_i64("SELECT count(*) FROM recoveries WHERE state = 'released'")
+}
+
+fn retry_after(err: &ClientError) -> i64 {
+    match err {
+        ClientError::Api { problem, .. } => problem.retry_after.unwrap_or(1) as i64,
+        _ => 1,
+    }
+}
+
+/// Bodies of the SMS messages the user's phone received after the first `after`.
+async fn texts_after(gateway: &MockServer, after: usize) -> Vec<String> {
+    sms_gateway::received(gateway)
+        .await
+        .iter()
+        .skip(after)
+        .filter_map(|m| m["body"].as_str().map(str::to_owned))
+        .collect()
+}
+
+async fn wait_for_text(gateway: &MockServer, after: usize, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        if let Some(t) = texts_after(gateway, after)
+            .await
+            .into_iter()
+            .find(|t| t.contains(needle))
+        {
+            return t;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no message containing {needle:?}: {:?}",
+            texts_after(gateway, after).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+}
+
+/// The provider guesses a TOTP-only user's code for a whole day, as fast as it is
+/// answered: new recoveries, every back-off waited out, the lock lifted with `manage`
+/// assertions and with guessed proofs. Attack 1: `unlock` used to reset every counter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlocking_never_resets_the_guess_budget_of_a_totp_only_user() {
+    let (server, app, _gateway) = setup().await;
+    let (totp, authenticator) = enrol_with_totp(&server, &app, "victim").await;
+    let client = server.client();
+    let policy = AppPolicy::default();
+    let day_ends = server.now() + 86_400 - 60;
+    let mut recovery: Option<String> = None;
+    let mut requests = 0;
+    let mut unlock_refusals = Vec::new();
+    while server.now() < day_ends && requests < 400 {
+        requests += 1;
+        let id = match &recovery {
+            Some(id) => id.clone(),
+            None => match client
+                .start_recovery(&app.assertion("victim", Purpose::Recover), &totp)
+                .await
+            {
+                Ok(r) => {
+                    recovery = Some(r.id.clone());
+                    r.id
+                }
+                Err(e) if e.code() == Some(ErrorCode::Locked) => {
+                    let refusals =
+                        try_to_unlock(&server, &app, &client, &totp, &authenticator).await;
+                    let spent = refusals.contains(&ErrorCode::FailureBudgetExhausted);
+                    unlock_refusals.push(refusals);
+                    if spent {
+                        // Even a right proof would now wait for the oldest failure to age
+                        // out: the day is over for this attacker.
+                        break;
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Some(ErrorCode::RecoveryRateLimited), "{e}");
+                    break;
+                }
+            },
+        };
+        let err = client
+            .verify_recovery(&id, &authenticator.wrong_code(&server))
+            .await
+            .unwrap_err();
+        match err.code() {
+            Some(ErrorCode::InvalidCode) => {}
+            Some(ErrorCode::TooManyAttempts) => recovery = None,
+            Some(ErrorCode::UserBackoff) => server.clock.advance(retry_after(&err)),
+            Some(ErrorCode::Locked) => {
+                unlock_refusals
+                    .push(try_to_unlock(&server, &app, &client, &totp, &authenticator).await);
+            }
+            Some(ErrorCode::FailureBudgetExhausted) => {
+                // Waiting it out means waiting for the day to end.
+                assert!(server.now() + retry_after(&err) >= day_ends - 3600, "{err}");
+                break;
+            }
+            other => panic!("unexpected {other:?}: {err}"),
+        }
+    }
+    let guesses = checked_wrong_guesses(&server);
+    eprintln!(
+        "hostile provider, one day: {requests} requests, {guesses} guesses checked, unlock refusals {unlock_refusals:?}"
+    );
+    assert!(
+        guesses <= i64::from(policy.user_failures_per_day),
+        "{guesses} wrong guesses checked in one day"
+    );
+    assert!(
+        !unlock_refusals.is_empty(),
+        "the attacker never met the lock"
+    );
+    assert_eq!(releases(&server), 0);
+}
+
+/// What the provider does when it meets the lock: unlock with its `manage` assertion
+/// alone, then with a proof challenge answered by a guess. Returns the refusal codes.
+async fn try_to_unlock(
+    server: &TestServer,
+    app: &TestApp,
+    client: &Client,
+    totp: &str,
+    authenticator: &Authenticator,
+) -> Vec<ErrorCode> {
+    let mut refusals = Vec::new();
+    let err = client
+        .unlock(&app.assertion("victim", Purpose::Manage), None)
+        .await
+        .expect_err("manage alone lifted the lock");
+    refusals.push(err.code().unwrap());
+    let proof = client
+        .start_challenge(
+            &app.assertion("victim", Purpose::Manage),
+            totp,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let err = client
+        .unlock(
+            &app.assertion("victim", Purpose::Manage),
+            Some(Proof {
+                challenge_id: proof.id,
+                code: authenticator.wrong_code(server),
+            }),
+        )
+        .await
+        .expect_err("a wrong proof lifted the lock");
+    refusals.push(err.code().unwrap());
+    if err.code() == Some(ErrorCode::UserBackoff) {
+        server.clock.advance(retry_after(&err));
+    }
+    refusals
+}
+
+/// Locks and unlocks are told to every confirmed method; only the user's own proof (or an
+/// operator) lifts a lock, and a success does not give the attacker a fresh budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_and_unlocks_are_notified_and_need_the_users_proof() {
+    let (server, app, gateway) = setup().await;
+    let (totp, authenticator) = enrol_with_totp(&server, &app, "victim").await;
+    let phone =
+        add_phone_with_totp_proof(&server, &app, &gateway, "victim", &totp, &authenticator).await;
+    let client = server.client();
+    let before = sms_gateway::received(&gateway).await.len();
+    // Ten wrong TOTP answers (waiting out the back-off) lock the user.
+    let mut locked = false;
+    for _ in 0..40 {
+        let recovery = match client
+            .start_recovery(&app.assertion("victim", Purpose::Recover), &totp)
+            .await
+        {
+            Ok(r) => r.id,
+            Err(e) => {
+                assert_eq!(e.code(), Some(ErrorCode::Locked), "{e}");
+                locked = true;
+                break;
+            }
+        };
+        loop {
+            let err = client
+                .verify_recovery(&recovery, &authenticator.wrong_code(&server))
+                .await
+                .unwrap_err();
+            match err.code() {
+                Some(ErrorCode::InvalidCode) => {}
+                Some(ErrorCode::UserBackoff) => server.clock.advance(retry_after(&err)),
+                Some(ErrorCode::TooManyAttempts) => break,
+                Some(ErrorCode::Locked) => {
+                    locked = true;
+                    break;
+                }
+                other => panic!("unexpected {other:?}: {err}"),
+            }
+        }
+        if locked {
+            break;
+        }
+    }
+    assert!(locked);
+    let notice = wait_for_text(&gateway, before, "locked").await;
+    assert!(notice.contains("Health security notice"), "{notice}");
+    // The provider's manage assertion alone does nothing.
+    let err = client
+        .unlock(&app.assertion("victim", Purpose::Manage), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ProofRequired));
+    // Ten failures spent the day's budget: even the user's own proof waits it out.
+    let err = common::unlock_with_sms_proof(&server, &app, "victim", &phone, &gateway)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::FailureBudgetExhausted));
+    // Until the first failure is 24 hours old (the back-offs waited out took minutes).
+    assert!(
+        (86_400 - 3600..=86_400).contains(&retry_after(&err)),
+        "{err}"
+    );
+    server.clock.advance(retry_after(&err));
+    let before = sms_gateway::received(&gateway).await.len();
+    assert!(
+        common::unlock_with_sms_proof(&server, &app, "victim", &phone, &gateway)
+            .await
+            .unwrap()
+            .was_locked
+    );
+    let notice = wait_for_text(&gateway, before, "unlocked").await;
+    assert!(notice.contains("with a verification code"), "{notice}");
+
+    // The operator's unlock is notified too.
+    let before = sms_gateway::received(&gateway).await.len();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"))
+        .args(["user", "unlock", &app.id, "victim"])
+        .env("GHOSTKEY_DATABASE__PATH", server.db_path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notice = wait_for_text(&gateway, before, "operator").await;
+    assert!(notice.contains("unlocked"), "{notice}");
+    assert_eq!(releases(&server), 0);
+}
+
+/// Attack 2: while the user is still pending, the provider adds its own TOTP method; the
+/// user confirms their phone; later the provider confirms its planted method with a
+/// `manage` assertion and recovers with it.
+#[tokio::test]
+async fn a_method_planted_during_enrolment_dies_when_the_user_confirms_theirs() {
+    let (server, app, gateway) = setup().await;
+    let client = server.client();
+    enrol(&server, &app, "victim").await;
+    // The provider plants its authenticator while the user enrols.
+    let planted = client
+        .add_method(
+            &app.assertion("victim", Purpose::Enroll),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let planted_app =
+        Authenticator(totp_rs::Totp::from_url(&planted.totp.unwrap().otpauth_uri).unwrap());
+    // The user adds and confirms their phone.
+    let phone = client
+        .add_method(
+            &app.assertion("victim", Purpose::Enroll),
+            MethodKind::Sms,
+            Some(PHONE),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .answer(&phone.challenge.id, &sms_gateway::code(&gateway, 0).await)
+        .await
+        .unwrap();
+    let notice = wait_for_text(&gateway, 1, "were").await;
+    assert!(notice.contains("removed"), "{notice}");
+    server.clock.advance(60);
+
+    // Every path to confirming the planted method is closed.
+    let err = client
+        .answer(&planted.challenge.id, &planted_app.code(&server))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    let err = client
+        .start_challenge(
+            &app.assertion("victim", Purpose::Manage),
+            &planted.method.id,
+            ChallengePurpose::Confirm,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MethodNotFound));
+    let err = client
+        .start_recovery(
+            &app.assertion("victim", Purpose::Recover),
+            &planted.method.id,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::MethodNotFound));
+    // A new TOTP method needs a proof through the phone, which the provider cannot give.
+    let err = client
+        .add_method(
+            &app.assertion("victim", Purpose::Manage),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ProofRequired));
+    let err = client
+        .add_method(
+            &app.assertion("victim", Purpose::Enroll),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AssertionWrongPurpose));
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM methods WHERE state = 'pending'"),
+        0
+    );
+    assert_eq!(server.count("methods"), 1);
+    assert_eq!(releases(&server), 0);
+}
+
+/// However many `recover` assertions the provider mints, a user sees a handful of
+/// recovery starts a day.
+#[tokio::test]
+async fn recovery_starts_are_limited_per_user_per_day() {
+    let (server, app, _gateway) = setup().await;
+    // All the starts below in one UTC day.
+    server.clock.align(86_400, 3600);
+    let (totp, _) = enrol_with_totp(&server, &app, "victim").await;
+    let client = server.client();
+    let policy = AppPolicy::default();
+    for _ in 0..policy.recovery_starts_per_user_per_day {
+        client
+            .start_recovery(&app.assertion("victim", Purpose::Recover), &totp)
+            .await
+            .unwrap();
+    }
+    let err = client
+        .start_recovery(&app.assertion("victim", Purpose::Recover), &totp)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RecoveryRateLimited));
+    assert!((1..=86_400).contains(&retry_after(&err)));
+    assert_eq!(
+        server.count("recoveries"),
+        i64::from(policy.recovery_starts_per_user_per_day)
+    );
+    // Another user of the app has their own count.
+    let (other, _) = enrol_with_totp(&server, &app, "other").await;
+    client
+        .start_recovery(&app.assertion("other", Purpose::Recover), &other)
+        .await
+        .unwrap();
+}
