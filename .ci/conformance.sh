@@ -43,7 +43,8 @@ gk() { "$ghostkey_bin" --config "$conf_dir/ghostkey.toml" "$@"; }
 "$ghostkey_bin" client keygen --out "$conf_dir/app.key" > "$conf_dir/app.pub" 2>/dev/null
 conf_app=$(gk app add --name conformance --key-id k1 --public-key "$(cat "$conf_dir/app.pub")")
 # The run sends thousands of requests from one address, and wrong codes on purpose: raise
-# the per-address limit, and let the hooks lift the lock of the seeded user without waiting.
+# the per-address limit, and let the hooks lift the lock (and clear the failure budget) of
+# the seeded user as an operator, without waiting.
 gk app policy set "$conf_app" --requests-per-address-per-minute 100000 \
     --user-lock-threshold 100 --user-backoff-base-secs 0 >/dev/null
 # Not through `gk`: a function in the background runs in a subshell, whose pid is not the
@@ -56,7 +57,7 @@ for _ in $(seq 1 100); do
 done
 export GK_BASE_URL="http://127.0.0.1:$conf_port" GK_SERVICE_ID=ghostkey-conformance \
     GK_APP_ID="$conf_app" GK_KEY_ID=k1 GK_KEY_FILE="$conf_dir/app.key" GK_BIN="$ghostkey_bin" \
-    GK_SEED_FILE="$conf_dir/seed.json"
+    GK_SEED_FILE="$conf_dir/seed.json" GK_CONFIG="$conf_dir/ghostkey.toml"
 "$venv/bin/python" .ci/schemathesis_hooks.py seed "$GK_SEED_FILE"
 # A fixed seed keeps CI reproducible; CONFORMANCE_SEED picks another exploration.
 if ! SCHEMATHESIS_HOOKS=.ci/schemathesis_hooks.py "$venv/bin/schemathesis" \

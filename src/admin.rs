@@ -420,7 +420,10 @@ pub fn rotate_keys(
                 kind => {
                     let text = String::from_utf8(plain.to_vec())
                         .map_err(|_| AdminError(format!("method {}: not UTF-8", m.id)))?;
-                    Some(keys.destination_mac(kind.as_str(), &text))
+                    Some(keys.destination_mac(
+                        kind.as_str(),
+                        &crate::domain::method::rate_limit_form(kind, &text),
+                    ))
                 }
             };
             if store

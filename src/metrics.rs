@@ -64,12 +64,26 @@ const COUNTERS: [(&str, &str); 6] = [
     ),
 ];
 
+/// The label of an HTTP method: the methods the API knows, or `other`. A client chooses
+/// the method string; a label set it could grow would grow the server's memory for good.
+pub fn method_label(method: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT",
+    ];
+    KNOWN
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("other")
+}
+
 impl Metrics {
-    /// Records one HTTP request.
+    /// Records one HTTP request (`method` is reduced to [`method_label`]; `route` must be
+    /// a route template or a fixed name, never a raw path).
     pub fn observe_request(&self, method: &str, route: &str, status: u16, seconds: f64) {
         if let Ok(mut map) = self.requests.lock() {
             let h = map
-                .entry((method.to_owned(), route.to_owned(), status))
+                .entry((method_label(method).to_owned(), route.to_owned(), status))
                 .or_default();
             for (i, bound) in BUCKETS.iter().enumerate() {
                 if seconds <= *bound {

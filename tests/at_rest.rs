@@ -41,29 +41,45 @@ async fn the_database_file_holds_no_secret_or_personal_value_in_clear() {
         )
         .await
         .unwrap();
+    let sms_code = sms_gateway::code(&gateway, 0).await;
+    client.answer(&sms.challenge.id, &sms_code).await.unwrap();
+    // The other methods come with a proof through the phone; both stay pending, so one
+    // e-mail code stays in the outbox and the challenges.
+    let proof = || async {
+        let before = sms_gateway::received(&gateway).await.len();
+        let challenge = client
+            .start_challenge(
+                &app.assertion("patient-42", Purpose::Manage),
+                &sms.method.id,
+                ghostkey_client::proto::api::ChallengePurpose::Proof,
+            )
+            .await
+            .unwrap();
+        Some(ghostkey_client::proto::api::Proof {
+            challenge_id: challenge.id,
+            code: sms_gateway::next_code(&gateway, before).await,
+        })
+    };
     let mail = client
         .add_method(
-            &app.assertion("patient-42", Purpose::Enroll),
+            &app.assertion("patient-42", Purpose::Manage),
             MethodKind::Email,
             Some(email),
-            None,
+            proof().await,
         )
         .await
         .unwrap();
     let totp = client
         .add_method(
-            &app.assertion("patient-42", Purpose::Enroll),
+            &app.assertion("patient-42", Purpose::Manage),
             MethodKind::Totp,
             None,
-            None,
+            proof().await,
         )
         .await
         .unwrap();
-    let sms_code = sms_gateway::code(&gateway, 0).await;
     let mails = smtp.wait_for(1, Duration::from_secs(20)).await;
     let mail_code = find_code(&mails[0].data, 8).unwrap();
-    // Leave one code pending in the outbox and challenges, confirm the others.
-    client.answer(&sms.challenge.id, &sms_code).await.unwrap();
     let uri = totp.totp.unwrap().otpauth_uri;
     let seed_b32 = uri
         .split("secret=")

@@ -499,3 +499,68 @@ async fn recovery_starts_are_limited_per_user_per_day() {
         .await
         .unwrap();
 }
+
+/// Attack 5: the rate-limit key lower-cased the domain only, so case variants and `+tags`
+/// of one mailbox each had their own budget (ten spellings put 50 codes in one mailbox).
+#[tokio::test]
+async fn spellings_of_one_mailbox_share_its_send_budget() {
+    let smtp = common::smtp_server::SmtpServer::start().await;
+    let server = TestServer::start_with(|c| {
+        c.email.provider = ghostkey::config::EmailProvider::Smtp;
+        c.email.smtp_host = "127.0.0.1".into();
+        c.email.smtp_port = smtp.port();
+        c.email.smtp_tls = ghostkey::config::SmtpTls::None;
+        c.email.from = "Ghostkey <no-reply@ghostkey.test>".into();
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(100_000),
+            ..Default::default()
+        },
+    );
+    // Every send below in one clock hour.
+    server.clock.align(3600, 1);
+    let client = server.client();
+    let spellings = [
+        "jo@example.org",
+        "Jo@example.org",
+        "JO@example.org",
+        "jO@Example.ORG",
+        "jo+a@example.org",
+        "jo+b@example.org",
+        "Jo+c@example.org",
+        "JO+D@EXAMPLE.ORG",
+        "jo+e@example.org",
+        "jo+f@example.org",
+    ];
+    let mut sent = 0;
+    for (i, address) in spellings.iter().enumerate() {
+        let user = format!("user-{i}");
+        enrol(&server, &app, &user).await;
+        match client
+            .add_method(
+                &app.assertion(&user, Purpose::Enroll),
+                MethodKind::Email,
+                Some(address),
+                None,
+            )
+            .await
+        {
+            Ok(_) => sent += 1,
+            Err(e) => assert_eq!(e.code(), Some(ErrorCode::DestinationRateLimited), "{e}"),
+        }
+    }
+    let policy = AppPolicy::default();
+    assert_eq!(sent, policy.sends_per_destination_per_hour);
+    // Delivery keeps the address as it was given.
+    let mails = smtp
+        .wait_for(sent as usize, std::time::Duration::from_secs(20))
+        .await;
+    let recipients: Vec<&str> = mails
+        .iter()
+        .flat_map(|m| m.to.iter().map(String::as_str))
+        .collect();
+    assert!(recipients.contains(&"Jo@example.org"), "{recipients:?}");
+}

@@ -97,3 +97,74 @@ async fn metrics_expose_the_named_series_and_no_personal_value() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// Attack 6: request metrics were keyed by the raw method string, so every junk method
+/// added a series for good (800 requests with 100 KB methods grew the server by 80 MiB).
+#[tokio::test]
+async fn junk_methods_and_paths_add_no_series() {
+    let server = TestServer::start_with(|c| {
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let metrics_url = format!("http://{}/metrics", server.metrics_addr.unwrap());
+    let series = || async {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let lines: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with("ghostkey_http_requests_total{"))
+            .map(str::to_owned)
+            .collect();
+        (text.len(), lines)
+    };
+    let http = reqwest::Client::new();
+    // Warm the series an attacker can reach: one junk method, one junk path.
+    let junk = |i: usize| {
+        reqwest::Method::from_bytes(format!("JUNK{i}{}", "X".repeat(8 * 1024)).as_bytes()).unwrap()
+    };
+    let send = |method: reqwest::Method, path: String| {
+        let http = http.clone();
+        let url = format!("{}{path}", server.base_url);
+        async move { http.request(method, url).send().await.unwrap().status() }
+    };
+    send(junk(0), "/v1/methods/m_0/remove".into()).await;
+    send(reqwest::Method::GET, "/v1/nothing-0".into()).await;
+    let (size_before, before) = series().await;
+    for i in 1..200 {
+        send(junk(i), format!("/v1/methods/m_{i}/remove")).await;
+        send(
+            reqwest::Method::GET,
+            format!("/v1/nothing-{i}/{}", "y".repeat(2048)),
+        )
+        .await;
+    }
+    let (size_after, after) = series().await;
+    // Counts grew; the set of series did not.
+    let labels = |lines: &[String]| -> Vec<String> {
+        lines
+            .iter()
+            .map(|l| {
+                l.rsplit_once('}')
+                    .map_or(l.as_str(), |(labels, _)| labels)
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(labels(&before), labels(&after));
+    assert_eq!(before.len(), after.len(), "{after:#?}");
+    assert!(after
+        .iter()
+        .all(|l| !l.contains("JUNK") && !l.contains("nothing")));
+    assert!(
+        after.iter().any(|l| l.contains("method=\"other\"")),
+        "{after:#?}"
+    );
+    // The exposition grows only by the digits of the counts.
+    assert!(
+        size_after < size_before + 1024,
+        "{size_before} -> {size_after}"
+    );
+}

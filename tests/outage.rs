@@ -98,8 +98,12 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
             ..Default::default()
         },
     );
+    // One enrolment per method: a user's first confirmed method removes their other
+    // pending ones, and every code below must still confirm its own.
     for u in 0..USERS {
-        enrol(&server, &app, &format!("u{u}")).await;
+        for i in 0..3 {
+            enrol(&server, &app, &format!("u{u}-{i}")).await;
+        }
     }
 
     // Every user at once: a phone with two codes, two addresses with one each.
@@ -109,7 +113,6 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
             let client = server.client();
             let app = app.clone_for_test();
             tokio::spawn(async move {
-                let user = format!("u{u}");
                 let phone = format!("+33 6 20 00 {:02} {:02}", u / 100, u % 100);
                 let (a, b) = (
                     format!("user{u}a@example.org"),
@@ -118,11 +121,15 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
                 let mut challenges = Vec::new();
                 // A second code for the phone; one each for two addresses (mails carry no
                 // outbox id to tell two codes to one address apart).
-                for (kind, to, resend) in [
+                for (i, (kind, to, resend)) in [
                     (MethodKind::Sms, &phone, true),
                     (MethodKind::Email, &a, false),
                     (MethodKind::Email, &b, false),
-                ] {
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    let user = format!("u{u}-{i}");
                     let added = bounded(
                         "add method",
                         client.add_method(

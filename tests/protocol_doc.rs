@@ -154,6 +154,9 @@ fn constants_match_the_code() {
             "max_attempts_per_challenge",
             "user_lock_threshold",
             "user_backoff_base_secs",
+            "user_failures_per_day",
+            "max_user_failures_per_day",
+            "recovery_starts_per_user_per_day",
             "sends_per_destination_per_hour",
             "sends_per_destination_per_day",
             "app_daily_send_budget",
@@ -188,6 +191,18 @@ fn constants_match_the_code() {
         ),
         ("user_lock_threshold", i64::from(policy.user_lock_threshold)),
         ("user_backoff_base_secs", policy.user_backoff_base_secs),
+        (
+            "user_failures_per_day",
+            i64::from(policy.user_failures_per_day),
+        ),
+        (
+            "max_user_failures_per_day",
+            i64::from(ghostkey::domain::policy::MAX_USER_FAILURES_PER_DAY),
+        ),
+        (
+            "recovery_starts_per_user_per_day",
+            i64::from(policy.recovery_starts_per_user_per_day),
+        ),
         (
             "sends_per_destination_per_hour",
             i64::from(policy.sends_per_destination_per_hour),

@@ -104,6 +104,23 @@ pub fn normalise_email(input: &str) -> Result<SecretString, Error> {
     Ok(SecretString::from(format!("{}@{}", address.user(), domain)))
 }
 
+/// The form of a normalised destination that rate limits count: one mailbox, however it is
+/// spelled. E-mail local parts are compared without case and without a `+tag` (providers
+/// deliver `Jo+x@example.org` to `jo@example.org`); phone numbers are already E.164. The
+/// message itself still goes to the address as the user gave it.
+pub fn rate_limit_form(kind: MethodKind, normalised: &str) -> String {
+    match kind {
+        MethodKind::Email => match normalised.rsplit_once('@') {
+            Some((local, domain)) => {
+                let local = local.split('+').next().unwrap_or(local);
+                format!("{}@{}", local.to_lowercase(), domain.to_ascii_lowercase())
+            }
+            None => normalised.to_lowercase(),
+        },
+        _ => normalised.to_owned(),
+    }
+}
+
 /// `+33612345678` → `+33 6******78`: the country code, the first national digit and the
 /// last two, enough for the user to recognise their number.
 pub fn mask_phone(e164: &SecretString) -> String {
@@ -140,6 +157,37 @@ pub fn mask_email(address: &SecretString) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn spellings_of_one_mailbox_share_one_rate_limit_form() {
+        use super::{normalise_email, rate_limit_form, MethodKind};
+        use secrecy::ExposeSecret;
+        let form = |a: &str| {
+            rate_limit_form(
+                MethodKind::Email,
+                normalise_email(a).unwrap().expose_secret(),
+            )
+        };
+        let one = form("jo@example.org");
+        for spelling in [
+            "Jo@Example.org",
+            "JO@EXAMPLE.ORG",
+            "jo+news@example.org",
+            "Jo+A+b@example.ORG",
+        ] {
+            assert_eq!(form(spelling), one, "{spelling}");
+        }
+        assert_ne!(form("jo2@example.org"), one);
+        // Delivery keeps the local part as given.
+        assert_eq!(
+            normalise_email("Jo+x@Example.org").unwrap().expose_secret(),
+            "Jo+x@example.org"
+        );
+        assert_eq!(
+            rate_limit_form(MethodKind::Sms, "+33612345678"),
+            "+33612345678"
+        );
+    }
+
     use super::*;
 
     #[test]

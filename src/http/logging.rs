@@ -13,7 +13,8 @@ pub async fn request_log(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let started = Instant::now();
-    let method = req.method().clone();
+    // A fixed label, never the client's string: it can be any token of any length.
+    let method = crate::metrics::method_label(req.method().as_str());
     let route = req
         .match_pattern()
         .unwrap_or_else(|| "(unmatched)".to_owned());
@@ -26,12 +27,7 @@ pub async fn request_log(
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
     if let Some(metrics) = metrics {
-        metrics.observe_request(
-            method.as_str(),
-            &route,
-            status,
-            started.elapsed().as_secs_f64(),
-        );
+        metrics.observe_request(method, &route, status, started.elapsed().as_secs_f64());
     }
     tracing::info!(
         target: "ghostkey::request",

@@ -17,7 +17,8 @@ use crate::domain::assertion::{AssertionRules, VerifiedAssertion};
 use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
 use crate::domain::limits::{address_limit, send_limits, Limit};
 use crate::domain::method::{
-    mask_email, mask_phone, new_id, normalise_email, normalise_phone, Method, MethodState,
+    mask_email, mask_phone, new_id, normalise_email, normalise_phone, rate_limit_form, Method,
+    MethodState,
 };
 use crate::domain::policy::MethodKind;
 use crate::domain::{code, totp};
@@ -307,7 +308,9 @@ impl Ghostkey {
                 } else {
                     mask_email(d)
                 };
-                let mac = self.keys.destination_mac(kind.as_str(), d.expose_secret());
+                let mac = self
+                    .keys
+                    .destination_mac(kind.as_str(), &rate_limit_form(kind, d.expose_secret()));
                 (
                     self.keys.seal(d.expose_secret().as_bytes()),
                     Some(mac),
