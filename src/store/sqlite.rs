@@ -219,7 +219,8 @@ impl SqliteStore {
             src,
             None::<fn(rusqlite::backup::Progress)>,
         )?;
-        Ok(())
+        // A copy from before an upgrade gets this version's schema now.
+        init_schema(&mut writer.conn)
     }
 
     /// A read connection from the pool (or a new one).
@@ -364,9 +365,12 @@ fn check_copy(path: &Path) -> Result<(), StoreError> {
         )));
     }
     let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0))?;
-    if version != SCHEMA_VERSION {
+    // An older copy is fine if a migration leads from it to this version (it is migrated
+    // once restored).
+    let oldest = MIGRATIONS.first().map_or(SCHEMA_VERSION, |(to, _)| to - 1);
+    if !(oldest..=SCHEMA_VERSION).contains(&version) {
         return Err(StoreError::Backend(format!(
-            "{}: schema version {version}, this Ghostkey needs {SCHEMA_VERSION}",
+            "{}: schema version {version}, this Ghostkey reads versions {oldest} to {SCHEMA_VERSION}",
             path.display()
         )));
     }
@@ -2227,6 +2231,76 @@ mod tests {
             .query_row("PRAGMA journal_mode", [], |r| r.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// The columns of every table, and every index, as SQLite describes them.
+    fn shape_of(conn: &Connection) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut tables = conn
+            .prepare("SELECT type, name FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name")
+            .unwrap();
+        let names: Vec<(String, String)> = tables
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        for (kind, name) in names {
+            let pragma = if kind == "index" {
+                "index_info"
+            } else {
+                "table_xinfo"
+            };
+            let mut cols = conn.prepare(&format!("PRAGMA {pragma}('{name}')")).unwrap();
+            let n = cols.column_count();
+            let rows: Vec<String> = cols
+                .query_map([], |r| {
+                    Ok((0..n)
+                        .map(|i| format!("{:?}", r.get_ref(i).unwrap()))
+                        .collect::<Vec<_>>()
+                        .join(","))
+                })
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            out.push(format!("{kind} {name}: {}", rows.join(" | ")));
+        }
+        out
+    }
+
+    #[test]
+    fn a_version_1_database_is_migrated_with_its_data_to_the_current_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("migrations/v1.sql"))
+                .unwrap();
+            conn.execute(
+                &format!(
+                    "INSERT INTO apps ({}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0)",
+                    APP_COLUMNS.split(", user_failures_per_day").next().unwrap()
+                ),
+                [],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        let app = store.app("app_1").unwrap().unwrap();
+        // The old values are kept; the new ones take their defaults.
+        assert_eq!(app.policy.user_lock_threshold, 7);
+        assert_eq!(app.policy.user_failures_per_day, 10);
+        assert_eq!(app.policy.recovery_starts_per_user_per_day, 5);
+        drop(store);
+        let migrated = Connection::open(&path).unwrap();
+        let version: i64 = migrated
+            .one("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // The same tables, columns (types, defaults, constraints) and indexes as a fresh one.
+        let fresh_path = dir.path().join("fresh.db");
+        drop(SqliteStore::open(&fresh_path, Synchronous::Full, Duration::from_secs(1)).unwrap());
+        let fresh = Connection::open(&fresh_path).unwrap();
+        assert_eq!(shape_of(&migrated), shape_of(&fresh));
     }
 
     #[test]
