@@ -230,3 +230,115 @@ async fn chains_are_served_to_the_same_app_only() {
     // Verification from the wrong pinned keys fails on the client.
     assert!(verify_chain(&blocks, &pinned(&other)).is_err());
 }
+
+async fn blocks_verified(server: &TestServer) -> i64 {
+    let addr = server.metrics_addr.expect("metrics listener");
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("ghostkey_chain_blocks_verified_total")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("ghostkey_chain_blocks_verified_total")
+}
+
+/// Attack 7: a stale append re-verified the whole stored chain before looking at the head,
+/// and did not spend its assertion, so one assertion replayed stale blocks made the server
+/// check every block again and again.
+#[tokio::test]
+async fn stale_appends_cost_no_verification_and_every_refusal_spends_its_assertion() {
+    let server = TestServer::start_with(|c| {
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let app = server.register_app("Health");
+    let client = server.client();
+    let u = enrolled(&server, &app, "u").await;
+    // A chain of 40 devices, each admitted by the virtual device.
+    let mut state_now = state(&client, &app, "u").await;
+    let mut stale = Vec::new();
+    for _ in 0..40 {
+        let block = add_device(
+            &state_now,
+            u.virtual_device.keys(),
+            &DeviceKeys::generate(),
+            &u.user_keys,
+        )
+        .unwrap();
+        stale.push(block.encode());
+        client
+            .append_block(&app.assertion("u", Purpose::Manage), &block.encode())
+            .await
+            .unwrap();
+        state_now.apply(&block).unwrap();
+    }
+    // Each append after the first checked one block: the verified state is kept.
+    let before = blocks_verified(&server).await;
+
+    // Stale blocks (built on old heads): refused at the head, no block checked.
+    let old = verify_chain(
+        &client
+            .chain(&app.assertion("u", Purpose::Manage), "u")
+            .await
+            .unwrap()[..10],
+        &pinned(&app),
+    )
+    .unwrap();
+    for _ in 0..5 {
+        let fork = add_device(
+            &old,
+            u.virtual_device.keys(),
+            &DeviceKeys::generate(),
+            &u.user_keys,
+        )
+        .unwrap();
+        let err = client
+            .append_block(&app.assertion("u", Purpose::Manage), &fork.encode())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::ChainFork));
+    }
+    assert_eq!(
+        blocks_verified(&server).await,
+        before,
+        "a stale append checked blocks"
+    );
+
+    // One assertion, replayed with stale blocks: refused as a replay after its first use.
+    let assertion = app.assertion("u", Purpose::Manage);
+    let err = client
+        .append_block(&assertion, &stale[3])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ChainBlockReplayed));
+    for block in &stale[4..8] {
+        let err = client.append_block(&assertion, block).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::AssertionReplayed));
+    }
+    // So does an invalid block's.
+    let assertion = app.assertion("u", Purpose::Manage);
+    let err = client.append_block(&assertion, b"junk").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidBlock));
+    let err = client.append_block(&assertion, b"junk").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AssertionReplayed));
+
+    // A valid append on the current head: one block checked.
+    let next = add_device(
+        &state_now,
+        u.virtual_device.keys(),
+        &DeviceKeys::generate(),
+        &u.user_keys,
+    )
+    .unwrap();
+    client
+        .append_block(&app.assertion("u", Purpose::Manage), &next.encode())
+        .await
+        .unwrap();
+    assert_eq!(blocks_verified(&server).await, before + 1);
+}

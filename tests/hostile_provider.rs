@@ -80,6 +80,31 @@ async fn enrol_with_totp(
     (added.method.id, authenticator)
 }
 
+/// Adds and confirms a TOTP method for an enrolled, still pending user.
+async fn enrol_with_totp_method(
+    server: &TestServer,
+    app: &TestApp,
+    user: &str,
+) -> (String, Authenticator) {
+    let client = server.client();
+    let added = client
+        .add_method(
+            &app.assertion(user, Purpose::Enroll),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let authenticator =
+        Authenticator(totp_rs::Totp::from_url(&added.totp.unwrap().otpauth_uri).unwrap());
+    client
+        .answer(&added.challenge.id, &authenticator.code(server))
+        .await
+        .unwrap();
+    (added.method.id, authenticator)
+}
+
 /// Adds and confirms the user's phone with a proof through their authenticator app.
 async fn add_phone_with_totp_proof(
     server: &TestServer,
@@ -563,4 +588,105 @@ async fn spellings_of_one_mailbox_share_its_send_budget() {
         .flat_map(|m| m.to.iter().map(String::as_str))
         .collect();
     assert!(recipients.contains(&"Jo@example.org"), "{recipients:?}");
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Attack 8: after an erasure answered 204, the WAL and the free pages still held the user
+/// id, the sealed blob and the chain; a backup taken afterwards held them too. Same for
+/// the old blob after a replacement.
+#[tokio::test]
+async fn erasure_and_replacement_leave_nothing_in_the_file_its_wal_or_a_later_backup() {
+    let (server, app, _gateway) = setup().await;
+    let user = "erase-me-7f3a9c21";
+    let secret = enrol(&server, &app, user).await;
+    let (totp, authenticator) = enrol_with_totp_method(&server, &app, user).await;
+    let row = |column: &str| -> Vec<u8> {
+        let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+        conn.query_row(
+            &format!("SELECT {column} FROM users WHERE user_id = ?1"),
+            [user],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let old_blob = row("sealed_virtual_device");
+    let chain: Vec<Vec<u8>> = {
+        let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+        let mut stmt = conn
+            .prepare("SELECT block FROM chain_blocks WHERE user_id = ?1")
+            .unwrap();
+        let blocks = stmt
+            .query_map([user], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        blocks
+    };
+    assert!(!chain.is_empty());
+    let method_secret: Vec<u8> =
+        server.query_blob(&format!("SELECT secret FROM methods WHERE id = '{totp}'"));
+
+    // Replace the sealed virtual device: the old blob goes from the file and the WAL.
+    let client = server.client();
+    server.clock.advance(30);
+    let proof = client
+        .start_challenge(
+            &app.assertion(user, Purpose::Manage),
+            &totp,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let prepared = ghostkey_client::prepare_enrolment(&app.id, user, app.key.kid()).unwrap();
+    let new_blob = prepared.virtual_device.seal(&secret).unwrap();
+    client
+        .replace_virtual_device(
+            &app.assertion(user, Purpose::Manage),
+            &new_blob,
+            Proof {
+                challenge_id: proof.id,
+                code: authenticator.code(&server),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(row("sealed_virtual_device"), new_blob);
+    assert!(
+        !contains(&server.raw_database(), &old_blob),
+        "the old blob is still in the file"
+    );
+
+    client
+        .erase_user(&app.assertion(user, Purpose::Manage))
+        .await
+        .unwrap();
+    let backup = server.dir.path().join("after-erase.db");
+    server.store().backup_to(&backup).unwrap();
+    let raw = server.raw_database();
+    let copy = std::fs::read(&backup).unwrap();
+    let mut secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("user id", user.as_bytes().to_vec()),
+        ("old sealed blob", old_blob.clone()),
+        ("new sealed blob", new_blob.clone()),
+        ("TOTP seed (encrypted)", method_secret.clone()),
+    ];
+    for (i, block) in chain.iter().enumerate() {
+        secrets.push((
+            if i == 0 { "root block" } else { "chain block" },
+            block.clone(),
+        ));
+    }
+    for (what, bytes) in &secrets {
+        assert!(
+            !contains(&raw, bytes),
+            "the {what} is in the database or its WAL"
+        );
+        assert!(
+            !contains(&copy, bytes),
+            "the {what} is in a backup taken after the erasure"
+        );
+    }
 }

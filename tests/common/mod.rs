@@ -249,6 +249,11 @@ impl TestServer {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    pub fn query_blob(&self, sql: &str) -> Vec<u8> {
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
     /// Every byte of the database: the main file and the write-ahead log.
     pub fn raw_database(&self) -> Vec<u8> {
         let mut bytes = std::fs::read(self.db_path()).unwrap();
