@@ -155,6 +155,16 @@ CREATE TABLE recoveries (
 ) STRICT;
 CREATE INDEX recoveries_by_user ON recoveries (app_id, user_id);
 
+-- Cancel codes of recoveries, as a MAC keyed from the data key: each notice about a started
+-- or waiting recovery carries one, and it cancels that recovery with no assertion
+-- (schema version 2).
+CREATE TABLE cancel_codes (
+    mac          BLOB    PRIMARY KEY CHECK (length(mac) = 32),
+    challenge_id TEXT    NOT NULL REFERENCES recoveries(challenge_id) ON DELETE CASCADE,
+    created_at   INTEGER NOT NULL
+) STRICT, WITHOUT ROWID;
+CREATE INDEX cancel_codes_by_recovery ON cancel_codes (challenge_id);
+
 -- Fixed-window counters for rate limits and budgets; `subject` is an HMAC or an app id,
 -- never a destination or an address in clear.
 CREATE TABLE rate_counters (

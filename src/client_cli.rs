@@ -46,6 +46,16 @@ pub enum ClientCommand {
         #[arg(long)]
         method_id: Option<String>,
     },
+    /// Stop a recovery with the cancel code a notice carried: what a user does when a
+    /// recovery they did not start is announced. Needs nothing from the app provider.
+    Cancel {
+        /// Ghostkey's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        server: String,
+        /// The cancel code (`XXXX-XXXX-XXXX-XXXX-XXXX`); asked on standard input if absent.
+        #[arg(long)]
+        cancel_code: Option<String>,
+    },
     /// Complete a recovery whose waiting period is over.
     Release {
         #[command(flatten)]
@@ -283,6 +293,21 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                     );
                 }
             }
+        }
+        ClientCommand::Cancel {
+            server,
+            cancel_code,
+        } => {
+            let client = Client::new(&server).map_err(|e| e.to_string())?;
+            let code = match cancel_code {
+                Some(code) => code,
+                None => prompt("Cancel code from the notice: ")?,
+            };
+            let recovery = client.cancel_recovery_with_code(&code).await.map_err(api)?;
+            eprintln!(
+                "recovery {} is cancelled: it will never release anything",
+                recovery.recovery_id
+            );
         }
         ClientCommand::Release { user, recovery_id } => {
             let session = Session::new(user)?;

@@ -690,3 +690,160 @@ async fn erasure_and_replacement_leave_nothing_in_the_file_its_wal_or_a_later_ba
         );
     }
 }
+
+/// The cancel code in a notice: `XXXX-XXXX-XXXX-XXXX-XXXX`.
+fn cancel_code_in(text: &str) -> Option<String> {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .collect();
+    let i = words.iter().position(|w| *w == "code")?;
+    let code = words.get(i + 1)?.trim_end_matches('.');
+    (code.len() == 24 && code.matches('-').count() == 4).then(|| code.to_owned())
+}
+
+/// Attack 3: cancelling needed an assertion from the provider (`manage`, or `recover` and
+/// a proof), so the waiting period did not protect the user from the provider. Now every
+/// notice about a started or waiting recovery carries a cancel code that stops it alone.
+#[tokio::test]
+async fn the_user_cancels_the_providers_recovery_with_the_notice_code_alone() {
+    let smtp = common::smtp_server::SmtpServer::start().await;
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_with(|c| {
+        sms_gateway::configure(c, &gateway);
+        c.email.provider = ghostkey::config::EmailProvider::Smtp;
+        c.email.smtp_host = "127.0.0.1".into();
+        c.email.smtp_port = smtp.port();
+        c.email.smtp_tls = ghostkey::config::SmtpTls::None;
+        c.email.from = "Ghostkey <no-reply@ghostkey.test>".into();
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            waiting_period_secs: Some(86_400),
+            ..Default::default()
+        },
+    );
+    let client = server.client();
+    // The user: a phone, then their own mailbox added with a proof through the phone.
+    enrol(&server, &app, "victim").await;
+    let phone = client
+        .add_method(
+            &app.assertion("victim", Purpose::Enroll),
+            MethodKind::Sms,
+            Some(PHONE),
+            None,
+        )
+        .await
+        .unwrap();
+    client
+        .answer(&phone.challenge.id, &sms_gateway::code(&gateway, 0).await)
+        .await
+        .unwrap();
+    let before = sms_gateway::received(&gateway).await.len();
+    let proof = client
+        .start_challenge(
+            &app.assertion("victim", Purpose::Manage),
+            &phone.method.id,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let mail = client
+        .add_method(
+            &app.assertion("victim", Purpose::Manage),
+            MethodKind::Email,
+            Some("victim@example.org"),
+            Some(Proof {
+                challenge_id: proof.id,
+                code: sms_gateway::next_code(&gateway, before).await,
+            }),
+        )
+        .await
+        .unwrap();
+    let mails = smtp.wait_for(1, std::time::Duration::from_secs(20)).await;
+    client
+        .answer(
+            &mail.challenge.id,
+            &common::find_code(&mails[0].data, 8).unwrap(),
+        )
+        .await
+        .unwrap();
+
+    // The provider has taken over the phone line (a SIM swap): it starts a recovery, reads
+    // the code and verifies it. The release waits a day.
+    let before = sms_gateway::received(&gateway).await.len();
+    let started = client
+        .start_recovery(&app.assertion("victim", Purpose::Recover), &phone.method.id)
+        .await
+        .unwrap();
+    let code = sms_gateway::next_code(&gateway, before).await;
+    let waiting = client.verify_recovery(&started.id, &code).await.unwrap();
+    assert_eq!(
+        waiting.state,
+        ghostkey_client::proto::api::RecoveryState::Waiting
+    );
+
+    // The mailbox got both notices, each with its cancel code; the phone in use got none
+    // with the start's code.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let codes = loop {
+        let codes: Vec<String> = smtp
+            .messages()
+            .iter()
+            .filter_map(|m| cancel_code_in(&m.data.replace("\r\n", " ")))
+            .collect();
+        if codes.len() >= 2 || std::time::Instant::now() > deadline {
+            break codes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    assert_eq!(codes.len(), 2, "{:?}", smtp.messages());
+    assert_ne!(codes[0], codes[1]);
+    let texts = texts_after(&gateway, before).await;
+    assert!(!texts.iter().any(|t| t.contains(&codes[0])), "{texts:?}");
+
+    // Wrong codes: refused like any guess, and counted against the address.
+    let units = || {
+        server.query_i64(
+            "SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'",
+        )
+    };
+    let spent = units();
+    let err = client
+        .cancel_recovery_with_code("ABCD-EFGH-JKMN-PQRS-TVWX")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    assert_eq!(units(), spent + 1);
+    let err = client
+        .cancel_recovery_with_code("not a code")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidField));
+
+    // The user cancels with the code alone, typed sloppily: no assertion at all.
+    let sloppy = codes[1].to_lowercase().replace('-', " ");
+    let cancelled = client.cancel_recovery_with_code(&sloppy).await.unwrap();
+    assert_eq!(cancelled.recovery_id, started.id);
+    assert_eq!(
+        cancelled.state,
+        ghostkey_client::proto::api::RecoveryState::Cancelled
+    );
+    // Spent: the other code of the same recovery no longer answers either.
+    let err = client
+        .cancel_recovery_with_code(&codes[0])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    // A day later the provider's release is refused.
+    server.clock.advance(86_400);
+    let err = client
+        .release_recovery(&app.assertion("victim", Purpose::Recover), &started.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::RecoveryCancelled));
+    assert_eq!(releases(&server), 0);
+    // Every method is told it was cancelled.
+    wait_for_text(&gateway, before, "was cancelled").await;
+}

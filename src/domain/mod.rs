@@ -3,6 +3,7 @@
 pub mod app;
 pub mod assertion;
 pub mod audit;
+pub mod cancel_code;
 pub mod chain;
 pub mod challenge;
 pub mod code;

@@ -8,7 +8,7 @@ use ghostkey_proto::api::{
     StartChallengeRequest, UnlockRequest,
 };
 use ghostkey_proto::api::{
-    CancelRecoveryRequest, ReplaceVirtualDeviceRequest, StartRecoveryRequest,
+    CancelRecoveryRequest, CancelWithCodeRequest, ReplaceVirtualDeviceRequest, StartRecoveryRequest,
 };
 use ghostkey_proto::ErrorCode;
 use ipnet::IpNet;
@@ -290,6 +290,24 @@ pub async fn release_recovery(
     let recovery_id = path_id(&recovery_id)?;
     let answer = service
         .release_recovery(token, caller(&req, &proxies), recovery_id)
+        .await?;
+    Ok(HttpResponse::Ok().json(answer))
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/recoveries/cancel",
+    request_body = ghostkey_proto::api::CancelWithCodeRequest,
+    responses((status = 200, description = "Cancelled with the cancel code of a notice (no assertion)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json"))
+)]
+pub async fn cancel_recovery_with_code(
+    service: web::Data<Ghostkey>,
+    proxies: web::Data<Vec<IpNet>>,
+    req: HttpRequest,
+    body: web::Json<CancelWithCodeRequest>,
+) -> Result<HttpResponse, Error> {
+    let answer = service
+        .cancel_recovery_with_code(caller(&req, &proxies), body.into_inner())
         .await?;
     Ok(HttpResponse::Ok().json(answer))
 }

@@ -95,6 +95,11 @@ pub fn configure(
                             .default_service(other_methods("POST")),
                     )
                     .service(
+                        web::resource("/recoveries/cancel")
+                            .route(web::post().to(handlers::cancel_recovery_with_code))
+                            .default_service(other_methods("POST")),
+                    )
+                    .service(
                         web::resource("/recoveries/{recovery_id}/verify")
                             .route(web::post().to(handlers::verify_recovery))
                             .default_service(other_methods("POST")),

@@ -45,6 +45,7 @@ impl Modify for AssertionAuth {
         handlers::verify_recovery,
         handlers::release_recovery,
         handlers::cancel_recovery,
+        handlers::cancel_recovery_with_code,
         handlers::replace_virtual_device,
         handlers::erase_user,
         handlers::append_block,

@@ -89,33 +89,39 @@ fn utc(time: i64) -> String {
     )
 }
 
-/// To the user's other methods: a recovery was started.
+/// To the user's other methods: a recovery was started; the cancel code stops it.
 pub fn recovery_started(
     keys: &ServerKeys,
     app_name: &str,
     kind: MethodKind,
     masked: Option<&str>,
+    cancel_code: &SecretString,
 ) -> NewMessage {
     let text = format!(
         "{app_name} security notice: a recovery of your account was started, checked through {}. \
-         If this was not you, contact {app_name} now.",
-        describe(kind, masked)
+         If this was not you, stop it with the cancel code {} (in the {app_name} app, or any \
+         Ghostkey client), then contact {app_name}. Nobody needs this code but you.",
+        describe(kind, masked),
+        cancel_code.expose_secret()
     );
     seal(keys, MessageKind::Notice, &text)
 }
 
-/// To every method: the code was right, the release waits until `available_at`.
+/// To every method: the code was right, the release waits until `available_at`; the
+/// cancel code stops it.
 pub fn recovery_waiting(
     keys: &ServerKeys,
     app_name: &str,
     recovery_id: &str,
     available_at: i64,
+    cancel_code: &SecretString,
 ) -> NewMessage {
     let text = format!(
         "{app_name} security notice: your account keys will be released to a new device on {} \
-         (recovery {recovery_id}). If this was not you, cancel it before then in the {app_name} app \
-         or contact {app_name}.",
-        utc(available_at)
+         (recovery {recovery_id}). If this was not you, stop it before then with the cancel code \
+         {} (in the {app_name} app, or any Ghostkey client), then contact {app_name}.",
+        utc(available_at),
+        cancel_code.expose_secret()
     );
     seal(keys, MessageKind::Notice, &text)
 }

@@ -2,18 +2,22 @@
 //! app's waiting period), cancel; replace the sealed virtual device; erase a user.
 
 use ghostkey_proto::api::{
-    AnswerRequest, CancelRecoveryRequest, ChallengeView, EnrollmentState, RecoveryResponse,
-    RecoveryState as WireRecoveryState, ReplaceVirtualDeviceRequest, StartRecoveryRequest,
+    AnswerRequest, CancelRecoveryRequest, CancelWithCodeRequest, ChallengeView, EnrollmentState,
+    RecoveryResponse, RecoveryState as WireRecoveryState, ReplaceVirtualDeviceRequest,
+    StartRecoveryRequest,
 };
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::{b64, sealed, ErrorCode};
 
 use super::methods::{challenge_view, load_user, load_user_unspent, masked, UserContext};
 use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::domain::cancel_code;
 use crate::domain::challenge::ChallengePurpose;
 use crate::domain::limits::{address_limit, recovery_start_limit};
 use crate::domain::method::{Method, MethodState};
-use crate::domain::policy::MethodKind;
+use crate::domain::policy::{AppPolicy, MethodKind};
 use crate::domain::recovery::{Recovery, RecoveryState};
 use crate::error::Error;
 use crate::store::{ProofAnswer, RecoveryNotices, StartRecovery};
@@ -99,11 +103,13 @@ impl Ghostkey {
             ctx.app.policy.recovery_starts_per_user_per_day,
         ));
         let masked_destination = masked(&self.keys, &method)?;
+        let (cancel_code, cancel_mac) = self.new_cancel_code()?;
         let notice = messages::recovery_started(
             &self.keys,
             &ctx.app.name,
             method.kind,
             masked_destination.as_deref(),
+            &cancel_code,
         );
         let view = challenge_view(&new.challenge, method.kind, masked_destination);
         self.blocking(move |store, _| {
@@ -115,6 +121,7 @@ impl Ghostkey {
                     limits: &new.limits,
                     address: unspent.as_ref(),
                     notice: &notice,
+                    cancel_mac: &cancel_mac,
                 },
                 now,
             )?;
@@ -165,11 +172,13 @@ impl Ghostkey {
         };
         let released = messages::recovery_released(&self.keys, &app_name);
         let locked = messages::locked(&self.keys, &app_name);
+        let (cancel_code, waiting_cancel_mac) = self.new_cancel_code()?;
         let waiting = messages::recovery_waiting(
             &self.keys,
             &app_name,
             &recovery_id,
             now + policy.waiting_period_secs,
+            &cancel_code,
         );
         let verified = self
             .blocking(move |store, _| {
@@ -180,6 +189,7 @@ impl Ghostkey {
                     &RecoveryNotices {
                         released: &released,
                         waiting: &waiting,
+                        waiting_cancel_mac: &waiting_cancel_mac,
                         locked: &locked,
                     },
                     now,
@@ -276,6 +286,64 @@ impl Ghostkey {
                     .cancel_recovery(&ctx.assertion, proof.as_ref(), &recovery_id, &notice, now)
                     .map_err(|e| refusal_at(e, now))
             })
+            .await?;
+        self.outbox_wake.notify_one();
+        Ok(response(&recovery, None))
+    }
+
+    /// A fresh cancel code and the MAC the store keeps of it.
+    fn new_cancel_code(&self) -> Result<(SecretString, Vec<u8>), Error> {
+        let code = cancel_code::generate();
+        let mac = self.cancel_code_mac(&code)?;
+        Ok((code, mac))
+    }
+
+    fn cancel_code_mac(&self, code: &SecretString) -> Result<Vec<u8>, Error> {
+        let canonical = cancel_code::canonical(code)?;
+        Ok(self
+            .keys
+            .destination_mac("cancel-code", canonical.expose_secret()))
+    }
+
+    /// Cancels a recovery with the cancel code a notice carried, and nothing else: no
+    /// assertion, so the user stops a recovery without the app provider. A wrong code
+    /// costs a unit of the caller's address limit, like any guess (the code has 100 bits).
+    pub async fn cancel_recovery_with_code(
+        &self,
+        caller: Caller,
+        request: CancelWithCodeRequest,
+    ) -> Result<RecoveryResponse, Error> {
+        let now = self.now();
+        let code = cancel_code::parse(&request.cancel_code)?;
+        let code_mac = self.cancel_code_mac(&code)?;
+        let mac = self.caller_mac(caller);
+        let lookup_mac = code_mac.clone();
+        let (found, app_name) = self
+            .blocking(move |store, _| {
+                let found = store.recovery_by_cancel_code(&lookup_mac)?;
+                let app = match &found {
+                    Some(r) => store.app(&r.app_id)?,
+                    None => None,
+                };
+                // Under the recovery's app, or the default policy when the code is unknown.
+                let (app_id, per_minute, name) = match app {
+                    Some(app) => (app.id, app.policy.requests_per_address_per_minute, app.name),
+                    None => (
+                        String::new(),
+                        AppPolicy::default().requests_per_address_per_minute,
+                        String::new(),
+                    ),
+                };
+                store.take_limits(&[address_limit(&app_id, &mac, per_minute)], now)?;
+                Ok((found, name))
+            })
+            .await?;
+        let Some(recovery) = found else {
+            return Err(Error::new(ErrorCode::InvalidCode));
+        };
+        let notice = messages::recovery_cancelled(&self.keys, &app_name, &recovery.challenge_id);
+        let recovery = self
+            .blocking(move |store, _| Ok(store.cancel_recovery_by_code(&code_mac, &notice, now)?))
             .await?;
         self.outbox_wake.notify_one();
         Ok(response(&recovery, None))

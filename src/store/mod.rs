@@ -298,8 +298,11 @@ pub struct StartRecovery<'a> {
     /// The caller's address limit, when its unit is still to be spent: it is spent even
     /// when the start is refused (`None`: the caller already spent it).
     pub address: Option<&'a Limit>,
-    /// "A recovery was started", to the user's other confirmed methods.
+    /// "A recovery was started", to the user's other confirmed methods; it carries a
+    /// cancel code.
     pub notice: &'a NewMessage,
+    /// The MAC of that cancel code.
+    pub cancel_mac: &'a [u8],
 }
 
 /// The notices a verified recovery code may send.
@@ -307,8 +310,11 @@ pub struct StartRecovery<'a> {
 pub struct RecoveryNotices<'a> {
     /// "Released", to the user's other confirmed methods.
     pub released: &'a NewMessage,
-    /// "Will be released at ..., cancel if it is not you", to every confirmed method.
+    /// "Will be released at ..., cancel if it is not you", to every confirmed method; it
+    /// carries a cancel code.
     pub waiting: &'a NewMessage,
+    /// The MAC of the waiting notice's cancel code.
+    pub waiting_cancel_mac: &'a [u8],
     /// "Your account is locked", to every confirmed method, if this answer locks the user.
     pub locked: &'a NewMessage,
 }
@@ -440,6 +446,16 @@ pub trait Store: Send + Sync + 'static {
         assertion: &VerifiedAssertion,
         proof: Option<&ProofAnswer>,
         challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<Recovery, StoreError>;
+    /// The recovery a cancel code (its MAC) belongs to.
+    fn recovery_by_cancel_code(&self, mac: &[u8]) -> Result<Option<Recovery>, StoreError>;
+    /// Cancels the recovery a cancel code belongs to (no assertion: the code reached only
+    /// the user's confirmed methods), notifying every method.
+    fn cancel_recovery_by_code(
+        &self,
+        mac: &[u8],
         notice: &NewMessage,
         now: UnixTime,
     ) -> Result<Recovery, StoreError>;

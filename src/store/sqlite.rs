@@ -797,6 +797,52 @@ fn settle_proof_with(
     })
 }
 
+fn insert_cancel_code(
+    tx: &Connection,
+    mac: &[u8],
+    challenge_id: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO cancel_codes (mac, challenge_id, created_at) VALUES (?1, ?2, ?3)",
+        params![mac, challenge_id, now],
+    )?;
+    Ok(())
+}
+
+/// Marks a recovery cancelled and kills its challenge (a late right code releases
+/// nothing), notifying every method.
+fn cancel_in(
+    tx: &Connection,
+    rec: &mut Recovery,
+    notice: &NewMessage,
+    by: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    rec.state = RecoveryState::Cancelled;
+    rec.cancelled_at = Some(now);
+    save_recovery(tx, rec)?;
+    tx.exec(
+        "UPDATE challenges SET state = 'dead' WHERE id = ?1 AND state = 'open'",
+        [&rec.challenge_id],
+    )?;
+    // Its cancel codes have done their work.
+    tx.exec(
+        "DELETE FROM cancel_codes WHERE challenge_id = ?1",
+        [&rec.challenge_id],
+    )?;
+    enqueue_to_others(tx, &rec.app_id, &rec.user_id, "", notice, now)?;
+    audit(
+        tx,
+        now,
+        "recovery_cancelled",
+        &rec.app_id,
+        Who::User(&rec.user_id),
+        json!({ "recovery": rec.challenge_id, "by": by }),
+    )?;
+    Ok(())
+}
+
 /// Deletes every pending method of a user, with their challenges and unsent messages;
 /// answers how many methods went.
 fn remove_pending_methods(
@@ -1638,6 +1684,7 @@ impl Store for SqliteStore {
             if let Some(msg) = cmd.message {
                 enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
             }
+            insert_cancel_code(tx, cmd.cancel_mac, &ch.id, now)?;
             enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)?;
             audit(tx, now, "recovery_started", &ch.app_id, Who::User(&ch.user_id), json!({ "recovery": ch.id, "method": ch.method_id }))?;
             Ok(())
@@ -1688,6 +1735,7 @@ impl Store for SqliteStore {
                             now,
                         )?;
                     } else {
+                        insert_cancel_code(tx, notices.waiting_cancel_mac, &ch.id, now)?;
                         enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
                     }
                     save_recovery(tx, &rec)?;
@@ -1759,29 +1807,57 @@ impl Store for SqliteStore {
                     return Ok(Err(refusal));
                 }
             }
-            rec.state = RecoveryState::Cancelled;
-            rec.cancelled_at = Some(now);
-            save_recovery(tx, &rec)?;
-            // The challenge dies with it: a late right code releases nothing.
-            tx.exec(
-                "UPDATE challenges SET state = 'dead' WHERE id = ?1 AND state = 'open'",
-                [challenge_id],
-            )?;
-            enqueue_to_others(tx, &rec.app_id, &rec.user_id, "", notice, now)?;
             let by = if proof.is_some() {
                 "user_proof"
             } else {
                 "manage_assertion"
             };
-            audit(
-                tx,
-                now,
-                "recovery_cancelled",
-                &rec.app_id,
-                Who::User(&rec.user_id),
-                json!({ "recovery": rec.challenge_id, "by": by }),
-            )?;
+            cancel_in(tx, &mut rec, notice, by, now)?;
             Ok(Ok(rec))
+        })
+    }
+
+    fn recovery_by_cancel_code(&self, mac: &[u8]) -> Result<Option<Recovery>, StoreError> {
+        let conn = self.reader()?;
+        let id: Option<String> = conn
+            .one(
+                "SELECT challenge_id FROM cancel_codes WHERE mac = ?1",
+                [mac],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => load_recovery(&conn, &id),
+            None => Ok(None),
+        }
+    }
+
+    fn cancel_recovery_by_code(
+        &self,
+        mac: &[u8],
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<Recovery, StoreError> {
+        self.write(|tx| {
+            let id: Option<String> = tx
+                .one(
+                    "SELECT challenge_id FROM cancel_codes WHERE mac = ?1",
+                    [mac],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let mut rec = match id {
+                Some(id) => load_recovery(tx, &id)?,
+                None => None,
+            }
+            .ok_or_else(|| {
+                refused(crate::error::Error::new(
+                    ghostkey_proto::ErrorCode::InvalidCode,
+                ))
+            })?;
+            recovery::check_cancel(&rec).map_err(refused)?;
+            cancel_in(tx, &mut rec, notice, "cancel_code", now)?;
+            Ok(rec)
         })
     }
 
@@ -1829,6 +1905,10 @@ impl Store for SqliteStore {
             // messages; each is also deleted explicitly so erasure does not hang on them.
             tx.exec(
                 "DELETE FROM outbox WHERE method_id IN (SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2)",
+                params![app, user],
+            )?;
+            tx.exec(
+                "DELETE FROM cancel_codes WHERE challenge_id IN (SELECT challenge_id FROM recoveries WHERE app_id = ?1 AND user_id = ?2)",
                 params![app, user],
             )?;
             for table in ["recoveries", "challenges", "methods", "user_guards", "user_failures", "chain_blocks"] {

@@ -38,6 +38,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = serde_json::from_slice::<RemoveMethodRequest>(data);
     let _ = serde_json::from_slice::<StartRecoveryRequest>(data);
     let _ = serde_json::from_slice::<CancelRecoveryRequest>(data);
+    if let Ok(body) = serde_json::from_slice::<CancelWithCodeRequest>(data) {
+        let _ = ghostkey::domain::cancel_code::parse(&body.cancel_code);
+    }
+    if let Ok(UnlockRequest { proof: Some(proof) }) = serde_json::from_slice::<UnlockRequest>(data) {
+        let _ = ghostkey::service::parse_code(&proof.code);
+    }
     let _ = serde_json::from_slice::<ReplaceVirtualDeviceRequest>(data);
     if let Ok(body) = serde_json::from_slice::<AppendBlockRequest>(data) {
         if let Ok(bytes) = ghostkey_proto::b64::decode(&body.block) {

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use ghostkey_proto::api::{
     AddMethodRequest, AddMethodResponse, AnswerRequest, AnswerResponse, CancelRecoveryRequest,
-    ChallengePurpose, ChallengeView, DevicePublicKeys, EnrollRequest, EnrollResponse, Health,
-    MethodKind, MethodList, Proof, RecoveryResponse, RemoveMethodRequest,
+    CancelWithCodeRequest, ChallengePurpose, ChallengeView, DevicePublicKeys, EnrollRequest,
+    EnrollResponse, Health, MethodKind, MethodList, Proof, RecoveryResponse, RemoveMethodRequest,
     ReplaceVirtualDeviceRequest, StartChallengeRequest, StartRecoveryRequest, UnlockRequest,
     UnlockResponse,
 };
@@ -246,6 +246,24 @@ impl Client {
     ) -> Result<RecoveryResponse, ClientError> {
         let path = format!("/v1/recoveries/{}/verify", path_segment(recovery_id)?);
         self.post_code(&path, code).await
+    }
+
+    /// `POST /v1/recoveries/cancel`: cancels the recovery a notice's cancel code belongs
+    /// to. No assertion: the user needs nothing from the app provider to do it.
+    pub async fn cancel_recovery_with_code(
+        &self,
+        cancel_code: &str,
+    ) -> Result<RecoveryResponse, ClientError> {
+        let body = CancelWithCodeRequest {
+            cancel_code: cancel_code.to_owned(),
+        };
+        let res = self
+            .http
+            .post(self.url("/v1/recoveries/cancel")?)
+            .json(&body)
+            .send()
+            .await?;
+        answer(res, StatusCode::OK).await
     }
 
     /// `POST /v1/recoveries/{id}/release`: after the waiting period (`recover` assertion).

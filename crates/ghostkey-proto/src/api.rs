@@ -280,6 +280,18 @@ pub struct UnlockRequest {
     pub proof: Option<Proof>,
 }
 
+/// `POST /v1/recoveries/cancel`, with no assertion: cancels the recovery a notice's cancel
+/// code belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CancelWithCodeRequest {
+    /// The cancel code as the notice shows it (`XXXX-XXXX-XXXX-XXXX-XXXX`, Crockford base32;
+    /// case, dashes and spaces do not matter).
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9A-Za-z -]{20,40}$"))]
+    pub cancel_code: String,
+}
+
 /// The answer to `POST /v1/users/unlock`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
