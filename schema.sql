@@ -193,9 +193,14 @@ CREATE TABLE outbox (
     leased_until     INTEGER NOT NULL DEFAULT 0,
     last_error       TEXT,
     created_at       INTEGER NOT NULL,
-    finished_at      INTEGER
+    finished_at      INTEGER,
+    -- Added in schema version 2: security notices of one kind to one method are coalesced,
+    -- at most one sent per hour, `events` saying how many events it stands for.
+    notice_kind      TEXT,
+    events           INTEGER NOT NULL DEFAULT 1
 ) STRICT;
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
+CREATE INDEX outbox_by_notice ON outbox (method_id, notice_kind, created_at);
 
 -- The audit log: append-only, hash-chained events with no secret or personal value (users
 -- appear under their audit pseudonym). `ghostkey audit verify` recomputes every link.

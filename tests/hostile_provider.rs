@@ -396,6 +396,8 @@ async fn locks_and_unlocks_are_notified_and_need_the_users_proof() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // One notice of a kind an hour per destination: this one goes an hour after the last.
+    server.clock.advance(3600);
     let notice = wait_for_text(&gateway, before, "operator").await;
     assert!(notice.contains("unlocked"), "{notice}");
     assert_eq!(releases(&server), 0);
@@ -846,4 +848,71 @@ async fn the_user_cancels_the_providers_recovery_with_the_notice_code_alone() {
     assert_eq!(releases(&server), 0);
     // Every method is told it was cancelled.
     wait_for_text(&gateway, before, "was cancelled").await;
+}
+
+/// Attack 4: security notices bypassed every send limit (30 TOTP recovery starts sent 30
+/// SMS to one phone after its code limit was spent). Now notices of a kind are coalesced
+/// per destination, at most one an hour saying how many events it stands for, and count
+/// against the send budgets; the cancel code of the first stops every open recovery.
+#[tokio::test]
+async fn notices_are_coalesced_per_destination_and_the_first_code_stops_them_all() {
+    let (server, app, gateway) = setup().await;
+    server.set_policy(
+        &app,
+        PolicyChange {
+            recovery_starts_per_user_per_day: Some(20),
+            ..Default::default()
+        },
+    );
+    // Every send below in one clock hour, then the next.
+    server.clock.align(3600, 1);
+    let (totp, authenticator) = enrol_with_totp(&server, &app, "victim").await;
+    add_phone_with_totp_proof(&server, &app, &gateway, "victim", &totp, &authenticator).await;
+    let client = server.client();
+    let before = sms_gateway::received(&gateway).await.len();
+    let started_texts = |texts: Vec<String>| -> Vec<String> {
+        texts
+            .into_iter()
+            .filter(|t| t.contains("recovery of your account was started"))
+            .collect()
+    };
+    for _ in 0..20 {
+        client
+            .start_recovery(&app.assertion("victim", Purpose::Recover), &totp)
+            .await
+            .unwrap();
+    }
+    let first = wait_for_text(&gateway, before, "was started").await;
+    // Give the worker time to send anything else it would (it polls every 50 ms).
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let texts = started_texts(texts_after(&gateway, before).await);
+    assert_eq!(texts.len(), 1, "{texts:?}");
+    // The notices spent the phone's hourly budget: the first and the one waiting.
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM outbox WHERE notice_kind = 'recovery_started'"),
+        2
+    );
+    assert_eq!(
+        server.query_i64(
+            "SELECT events FROM outbox WHERE notice_kind = 'recovery_started' AND state = 'pending'"
+        ),
+        19
+    );
+    // An hour later the waiting one goes, saying what it stands for.
+    server.clock.advance(3600);
+    let later = wait_for_text(&gateway, before, "stands for 19").await;
+    assert!(later.contains("was started"), "{later}");
+    assert_eq!(started_texts(texts_after(&gateway, before).await).len(), 2);
+
+    // The first notice's cancel code stops every open recovery.
+    let code = cancel_code_in(&first).expect("a cancel code in the notice");
+    client.cancel_recovery_with_code(&code).await.unwrap();
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM recoveries WHERE state = 'cancelled'"),
+        20
+    );
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM recoveries WHERE state <> 'cancelled'"),
+        0
+    );
 }

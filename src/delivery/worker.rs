@@ -210,11 +210,19 @@ impl Worker {
             .map_err(|e| e.to_string())?;
         let text =
             |bytes: &[u8]| String::from_utf8(bytes.to_vec()).map_err(|_| "not UTF-8".to_owned());
+        let mut body = text(&body)?;
+        if message.events > 1 {
+            // Coalesced: the first event's text stands for all of them.
+            body.push_str(&format!(
+                " (This notice stands for {} such events in the last hour.)",
+                message.events
+            ));
+        }
         Ok(Outgoing {
             id: message.id,
             to: SecretString::from(text(&to)?),
             subject,
-            body: SecretString::from(text(&body)?),
+            body: SecretString::from(body),
         })
     }
 }

@@ -11,6 +11,16 @@ fn seal(keys: &ServerKeys, kind: MessageKind, text: &str) -> NewMessage {
         kind,
         key_id: keys.key_id().to_owned(),
         body: keys.seal(text.as_bytes()),
+        notice_kind: None,
+    }
+}
+
+/// A security notice of `kind`: notices of one kind to one destination are coalesced
+/// (see the outbox in the store).
+fn notice(keys: &ServerKeys, kind: &'static str, text: &str) -> NewMessage {
+    NewMessage {
+        notice_kind: Some(kind),
+        ..seal(keys, MessageKind::Notice, text)
     }
 }
 
@@ -50,7 +60,7 @@ pub fn method_added(
          If this was not you, contact {app_name} now.",
         describe(kind, masked)
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "method_added", &text)
 }
 
 /// The notice sent to a user's other methods when a method is removed.
@@ -65,7 +75,7 @@ pub fn method_removed(
          If this was not you, contact {app_name} now.",
         describe(kind, masked)
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "method_removed", &text)
 }
 
 /// Renders a Unix time for a message: UTC, to the minute.
@@ -104,7 +114,7 @@ pub fn recovery_started(
         describe(kind, masked),
         cancel_code.expose_secret()
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "recovery_started", &text)
 }
 
 /// To every method: the code was right, the release waits until `available_at`; the
@@ -123,7 +133,7 @@ pub fn recovery_waiting(
         utc(available_at),
         cancel_code.expose_secret()
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "recovery_waiting", &text)
 }
 
 /// To the user's other methods: the keys were released.
@@ -132,7 +142,7 @@ pub fn recovery_released(keys: &ServerKeys, app_name: &str) -> NewMessage {
         "{app_name} security notice: your account keys were just released to a new device. \
          If this was not you, contact {app_name} now."
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "recovery_released", &text)
 }
 
 /// To every method: the recovery was cancelled.
@@ -140,7 +150,7 @@ pub fn recovery_cancelled(keys: &ServerKeys, app_name: &str, recovery_id: &str) 
     let text = format!(
         "{app_name} security notice: recovery {recovery_id} was cancelled; nothing was released."
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "recovery_cancelled", &text)
 }
 
 /// To every method: the sealed keys were replaced.
@@ -149,7 +159,7 @@ pub fn virtual_device_replaced(keys: &ServerKeys, app_name: &str) -> NewMessage 
         "{app_name} security notice: the recovery copy of your account keys was replaced. \
          If this was not you, contact {app_name} now."
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "virtual_device_replaced", &text)
 }
 
 /// To every method: too many wrong codes locked the account's recovery.
@@ -159,7 +169,7 @@ pub fn locked(keys: &ServerKeys, app_name: &str) -> NewMessage {
          account is locked. Only a code sent to you (or from your authenticator app) unlocks it. \
          If you did not try to recover your account, someone else did: contact {app_name}."
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "locked", &text)
 }
 
 /// To every method: the lock was lifted.
@@ -173,7 +183,7 @@ pub fn unlocked(keys: &ServerKeys, app_name: &str, by_operator: bool) -> NewMess
         "{app_name} security notice: recovery of your account was unlocked {by}. \
          If this was not you, contact {app_name} now."
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "unlocked", &text)
 }
 
 /// To the first confirmed method: other methods added while enrolling were removed.
@@ -183,7 +193,7 @@ pub fn pending_methods_removed(keys: &ServerKeys, app_name: &str) -> NewMessage 
          verification methods that were added while you enrolled, and not confirmed, were \
          removed; adding one from now on needs a code sent here."
     );
-    seal(keys, MessageKind::Notice, &text)
+    notice(keys, "pending_methods_removed", &text)
 }
 
 #[cfg(test)]

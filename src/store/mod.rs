@@ -131,6 +131,9 @@ pub struct NewMessage {
     pub key_id: String,
     /// The encrypted body.
     pub body: Vec<u8>,
+    /// For a security notice, what it is about (`recovery_started`, `locked`, ...): the
+    /// outbox coalesces notices of one kind to one destination.
+    pub notice_kind: Option<&'static str>,
 }
 
 /// A proof through a confirmed method: a proof challenge and the verdict on its code,
@@ -251,6 +254,8 @@ pub struct ClaimedMessage {
     pub body: Vec<u8>,
     /// Attempts before this one.
     pub attempts: u32,
+    /// How many events of its kind a coalesced notice stands for (1 for everything else).
+    pub events: u32,
 }
 
 /// How a send attempt ended.

@@ -891,6 +891,15 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// At most one security notice of a kind is sent to one destination per this many seconds.
+pub const NOTICE_WINDOW_SECS: i64 = 3600;
+
+/// Queues a message. A security notice joins a notice of its kind to the same method that
+/// is still waiting to go (counted in its `events`); otherwise it is due an hour after the
+/// last one of its kind, so one destination gets at most one notice of a kind an hour, and
+/// it spends the destination's and the app's send budgets like a code. A notice is never
+/// dropped: a full budget delays nothing and refuses nothing, so no one can silence the
+/// user's notices by spending their budget first.
 fn enqueue(
     tx: &Connection,
     app_id: &str,
@@ -898,11 +907,58 @@ fn enqueue(
     msg: &NewMessage,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    let mut due = now;
+    if let Some(kind) = msg.notice_kind {
+        let joined = tx.exec(
+            "UPDATE outbox SET events = events + 1 \
+             WHERE method_id = ?1 AND notice_kind = ?2 AND state = 'pending' AND leased_until <= ?3",
+            params![method_id, kind, now],
+        )?;
+        if joined > 0 {
+            return Ok(());
+        }
+        let last: Option<UnixTime> = tx.one(
+            "SELECT max(created_at) FROM outbox WHERE method_id = ?1 AND notice_kind = ?2",
+            params![method_id, kind],
+            |r| r.get(0),
+        )?;
+        due = last.map_or(now, |t| (t + NOTICE_WINDOW_SECS).max(now));
+        count_notice_send(tx, app_id, method_id, now)?;
+    }
     tx.exec(
-        "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?6)",
-        params![app_id, method_id, msg.kind.as_str(), msg.key_id, msg.body, now],
+        "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at, notice_kind, events) \
+         VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6, ?7, ?8, 1)",
+        params![app_id, method_id, msg.kind.as_str(), msg.key_id, msg.body, due, now, msg.notice_kind],
     )?;
+    Ok(())
+}
+
+/// A notice spends a unit of its destination's hourly and daily budgets and of the app's
+/// daily budget, even over them (a notice is never refused): codes that come after it are
+/// refused sooner.
+fn count_notice_send(
+    tx: &Connection,
+    app_id: &str,
+    method_id: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    let Some(method) = load_method(tx, method_id)? else {
+        return Ok(());
+    };
+    let Some(mac) = &method.destination_mac else {
+        return Ok(());
+    };
+    let p = load_policy(tx, app_id)?;
+    let limits = crate::domain::limits::send_limits(
+        app_id,
+        mac,
+        p.sends_per_destination_per_hour,
+        p.sends_per_destination_per_day,
+        p.app_daily_send_budget,
+    );
+    for limit in &limits {
+        bump_limit(tx, limit, now)?;
+    }
     Ok(())
 }
 
@@ -915,13 +971,21 @@ fn enqueue_to_others(
     msg: &NewMessage,
     now: UnixTime,
 ) -> Result<usize, StoreError> {
-    Ok(tx.exec(
-        "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at) \
-         SELECT app_id, id, ?4, ?5, ?6, 'pending', ?7, ?7 FROM methods \
-         WHERE app_id = ?1 AND user_id = ?2 AND id != ?3 AND state = 'confirmed' AND kind IN ('sms', 'email') \
-         ORDER BY created_at, id",
-        params![app_id, user_id, except_method, msg.kind.as_str(), msg.key_id, msg.body, now],
-    )?)
+    let targets: Vec<String> = {
+        let mut stmt = tx.prepare_cached(
+            "SELECT id FROM methods \
+             WHERE app_id = ?1 AND user_id = ?2 AND id != ?3 AND state = 'confirmed' AND kind IN ('sms', 'email') \
+             ORDER BY created_at, id",
+        )?;
+        let ids = stmt
+            .query_map(params![app_id, user_id, except_method], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        ids
+    };
+    for method_id in &targets {
+        enqueue(tx, app_id, method_id, msg, now)?;
+    }
+    Ok(targets.len())
 }
 
 /// The refusal for the first full limit of `limits`, if any.
@@ -964,14 +1028,20 @@ fn take_limits_in(
         return Ok(Err(full));
     }
     for limit in limits {
-        let start = limit.window_start(now);
-        tx.exec(
-            "INSERT INTO rate_counters (scope, subject, window_start, count, expires_at) VALUES (?1, ?2, ?3, 1, ?4) \
-             ON CONFLICT (scope, subject, window_start) DO UPDATE SET count = count + 1",
-            params![limit.scope, limit.subject, start, start + limit.window_secs],
-        )?;
+        bump_limit(tx, limit, now)?;
     }
     Ok(Ok(()))
+}
+
+/// Adds one unit to a limit's current window.
+fn bump_limit(tx: &Connection, limit: &Limit, now: UnixTime) -> Result<(), StoreError> {
+    let start = limit.window_start(now);
+    tx.exec(
+        "INSERT INTO rate_counters (scope, subject, window_start, count, expires_at) VALUES (?1, ?2, ?3, 1, ?4) \
+         ON CONFLICT (scope, subject, window_start) DO UPDATE SET count = count + 1",
+        params![limit.scope, limit.subject, start, start + limit.window_secs],
+    )?;
+    Ok(())
 }
 
 /// Spends a unit of the caller's `address` limit (if it is still to be spent), then runs
@@ -1725,6 +1795,11 @@ impl Store for SqliteStore {
                     rec.available_at = Some(at);
                     if state == RecoveryState::Released {
                         rec.released_at = Some(now);
+                        // A released recovery can no longer be cancelled: its codes are void.
+                        tx.exec(
+                            "DELETE FROM cancel_codes WHERE challenge_id = ?1",
+                            [&rec.challenge_id],
+                        )?;
                         sealed = Some(sealed_blob(tx, &ch.app_id, &ch.user_id)?);
                         enqueue_to_others(
                             tx,
@@ -1775,6 +1850,11 @@ impl Store for SqliteStore {
             recovery::check_release(&rec, now).map_err(refused)?;
             rec.state = RecoveryState::Released;
             rec.released_at = Some(now);
+            // A released recovery can no longer be cancelled: its codes are void.
+            tx.exec(
+                "DELETE FROM cancel_codes WHERE challenge_id = ?1",
+                [&rec.challenge_id],
+            )?;
             save_recovery(tx, &rec)?;
             let sealed = sealed_blob(tx, &rec.app_id, &rec.user_id)?;
             enqueue_to_others(tx, &rec.app_id, &rec.user_id, &rec.method_id, notice, now)?;
@@ -1846,7 +1926,7 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()?;
-            let mut rec = match id {
+            let rec = match id {
                 Some(id) => load_recovery(tx, &id)?,
                 None => None,
             }
@@ -1855,9 +1935,33 @@ impl Store for SqliteStore {
                     ghostkey_proto::ErrorCode::InvalidCode,
                 ))
             })?;
-            recovery::check_cancel(&rec).map_err(refused)?;
-            cancel_in(tx, &mut rec, notice, "cancel_code", now)?;
-            Ok(rec)
+            // The code stops every open recovery of its user: notices of one kind are
+            // coalesced, so the code the user got may be from the first of several.
+            let open: Vec<String> = {
+                let mut stmt = tx.prepare_cached(
+                    "SELECT challenge_id FROM recoveries WHERE app_id = ?1 AND user_id = ?2 \
+                     AND state IN ('started', 'waiting') ORDER BY created_at, challenge_id",
+                )?;
+                let ids = stmt
+                    .query_map(params![rec.app_id, rec.user_id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<Vec<String>>>()?;
+                ids
+            };
+            if open.is_empty() {
+                recovery::check_cancel(&rec).map_err(refused)?;
+            }
+            let mut answer = rec.clone();
+            for id in open {
+                if let Some(mut other) = load_recovery(tx, &id)? {
+                    cancel_in(tx, &mut other, notice, "cancel_code", now)?;
+                    if other.challenge_id == rec.challenge_id {
+                        answer = other;
+                    }
+                }
+            }
+            // Spent, even if its own recovery had ended before.
+            tx.exec("DELETE FROM cancel_codes WHERE mac = ?1", [mac])?;
+            Ok(answer)
         })
     }
 
@@ -2070,7 +2174,7 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let row = tx
                 .one(
-                    "SELECT o.id, o.app_id, o.kind, m.kind, m.key_id, m.secret, o.key_id, o.body, o.attempts \
+                    "SELECT o.id, o.app_id, o.kind, m.kind, m.key_id, m.secret, o.key_id, o.body, o.attempts, o.events \
                      FROM outbox o JOIN methods m ON m.id = o.method_id \
                      WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 AND o.leased_until <= ?1 \
                      ORDER BY o.next_attempt_at, o.id LIMIT 1",
@@ -2088,6 +2192,7 @@ impl Store for SqliteStore {
                             body_key_id: r.get(6)?,
                             body: r.get(7)?,
                             attempts: r.get(8)?,
+                            events: r.get(9)?,
                         })
                     },
                 )

@@ -1,5 +1,5 @@
 -- Schema version 1 to 2 (hostile-provider hardening): the rolling per-user failure budget,
--- the per-user limit on recovery starts, and recovery cancel codes.
+-- the per-user limit on recovery starts, recovery cancel codes, and coalesced notices.
 ALTER TABLE apps ADD COLUMN user_failures_per_day            INTEGER NOT NULL DEFAULT 10;
 ALTER TABLE apps ADD COLUMN recovery_starts_per_user_per_day INTEGER NOT NULL DEFAULT 5;
 CREATE TABLE user_failures (
@@ -17,4 +17,7 @@ CREATE TABLE cancel_codes (
     created_at   INTEGER NOT NULL
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX cancel_codes_by_recovery ON cancel_codes (challenge_id);
+ALTER TABLE outbox ADD COLUMN notice_kind TEXT;
+ALTER TABLE outbox ADD COLUMN events INTEGER NOT NULL DEFAULT 1;
+CREATE INDEX outbox_by_notice ON outbox (method_id, notice_kind, created_at);
 PRAGMA user_version = 2;
