@@ -37,7 +37,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Names and help of the counters.
-const COUNTERS: [(&str, &str); 6] = [
+const COUNTERS: [(&str, &str); 7] = [
     (
         "ghostkey_challenges_started_total",
         "Challenges started, by purpose and method kind.",
@@ -61,6 +61,10 @@ const COUNTERS: [(&str, &str); 6] = [
     (
         "ghostkey_messages_total",
         "Messages handled by the outbox worker, by channel and result.",
+    ),
+    (
+        "ghostkey_chain_blocks_verified_total",
+        "Chain blocks whose signature and rules were checked for appends (one per append when the verified state is cached).",
     ),
 ];
 
@@ -97,12 +101,17 @@ impl Metrics {
 
     /// Adds one to a counter with these labels.
     pub fn inc(&self, name: &'static str, labels: &[(&'static str, &str)]) {
+        self.add(name, labels, 1);
+    }
+
+    /// Adds `n` to a counter with these labels.
+    pub fn add(&self, name: &'static str, labels: &[(&'static str, &str)], n: u64) {
         if let Ok(mut map) = self.counters.lock() {
             let key = (
                 name,
                 labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
             );
-            *map.entry(key).or_default() += 1;
+            *map.entry(key).or_default() += n;
         }
     }
 

@@ -2,7 +2,7 @@
 //! whole chain before appending it (the clients verify the chain themselves too).
 
 use ghostkey_proto::assertion::Purpose;
-use ghostkey_proto::chain::{verify_chain, verify_root, Block, BlockBody};
+use ghostkey_proto::chain::{verify_chain, verify_root, Block, BlockBody, ChainState};
 use ghostkey_proto::ErrorCode;
 
 use crate::error::Error;
@@ -30,14 +30,8 @@ pub fn check_root(
         })
 }
 
-/// Checks `new` against the stored chain: it must extend the head, be authored by a
-/// device valid at that point, and be allowed by the purpose of the carrying assertion.
-pub fn check_append(
-    stored: &[Vec<u8>],
-    new: &[u8],
-    purpose: Purpose,
-    app_keys: &dyn Fn(&str) -> Option<[u8; 32]>,
-) -> Result<Accepted, Error> {
+/// Decodes a block to append and checks that the carrying assertion's purpose allows it.
+pub fn decode_for_append(new: &[u8], purpose: Purpose) -> Result<Block, Error> {
     let block = Block::decode(new)
         .map_err(|e| Error::with_detail(ErrorCode::InvalidBlock, e.to_string()))?;
     let allowed: &[Purpose] = match block.unsigned.body {
@@ -51,28 +45,61 @@ pub fn check_append(
             "admitting a device needs `recover` or `manage`, revoking one `manage`; roots come with the enrolment",
         ));
     }
-    let index = usize::try_from(block.unsigned.index).unwrap_or(usize::MAX);
-    if index < stored.len() && stored[index] == new {
+    Ok(block)
+}
+
+/// The stored chain's length and the hash of its last block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Head {
+    /// Blocks stored.
+    pub len: usize,
+    /// The hash of the last one.
+    pub hash: [u8; 32],
+}
+
+/// Checks, before any signature, that `block` extends the stored `head`: a replay of a
+/// stored block (`stored_at_index` is the stored block at the new block's index, if any)
+/// or a stale or forked block is refused at the cost of a comparison.
+pub fn check_extends(
+    block: &Block,
+    encoded: &[u8],
+    head: Head,
+    stored_at_index: Option<&[u8]>,
+) -> Result<(), Error> {
+    if stored_at_index == Some(encoded) {
         return Err(Error::new(ErrorCode::ChainBlockReplayed));
     }
-    // The stored chain was checked block by block as it grew; replaying it rebuilds the
-    // state (valid devices, head) the new block is judged against.
-    let mut state = verify_chain(stored, app_keys)
-        .map_err(|e| Error::internal(format!("stored chain does not verify: {e}")))?;
-    if index != state.len || block.unsigned.prev_hash != state.head {
+    let index = usize::try_from(block.unsigned.index).unwrap_or(usize::MAX);
+    if index != head.len || block.unsigned.prev_hash != head.hash {
         return Err(Error::with_detail(
             ErrorCode::ChainFork,
             format!(
                 "the chain has {} blocks; fetch it and build on its head",
-                state.len
+                head.len
             ),
         ));
     }
+    Ok(())
+}
+
+/// Judges a block that extends the head against the verified state of the stored chain
+/// (valid devices at that point), and applies it.
+pub fn apply_append(state: &mut ChainState, block: &Block) -> Result<Accepted, Error> {
     state
-        .apply(&block)
+        .apply(block)
         .map_err(|fault| Error::with_detail(ErrorCode::InvalidBlock, fault.as_str()))?;
     Ok(Accepted {
-        index,
+        index: state.len - 1,
         hash: state.head,
     })
+}
+
+/// Verifies a whole stored chain (checked block by block as it grew) into the state the
+/// next block is judged against.
+pub fn stored_state(
+    stored: &[Vec<u8>],
+    app_keys: &dyn Fn(&str) -> Option<[u8; 32]>,
+) -> Result<ChainState, Error> {
+    verify_chain(stored, app_keys)
+        .map_err(|e| Error::internal(format!("stored chain does not verify: {e}")))
 }

@@ -1,5 +1,5 @@
-//! The device chain: append a block after checking it against the whole chain; serve a
-//! chain to clients of the same app.
+//! The device chain: append a block after checking it against the stored head and the
+//! chain's verified state; serve a chain to clients of the same app.
 
 use ghostkey_proto::api::{AppendBlockRequest, ChainResponse};
 use ghostkey_proto::assertion::{is_valid_identifier, Purpose, MAX_USER_ID_LEN};
@@ -7,10 +7,17 @@ use ghostkey_proto::{b64, ErrorCode};
 
 use super::methods::load_user;
 use super::{authenticate, Caller, Ghostkey};
-use crate::domain::chain::check_append;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ghostkey_proto::chain::ChainState;
+
+use crate::clock::UnixTime;
+use crate::domain::assertion::VerifiedAssertion;
+use crate::domain::chain::{apply_append, check_extends, decode_for_append, stored_state, Head};
 use crate::domain::limits::address_limit;
 use crate::error::Error;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// Every key the app ever had, revoked ones included: old blocks stay valid.
 fn app_keys(store: &dyn Store, app_id: &str) -> Result<Vec<(String, [u8; 32])>, Error> {
@@ -21,8 +28,58 @@ fn app_keys(store: &dyn Store, app_id: &str) -> Result<Vec<(String, [u8; 32])>, 
         .collect())
 }
 
+/// Verified chain states by app and user, so that an append checks one block rather than
+/// replaying the whole chain. An entry is used only when it ends at the stored head (the
+/// head hash commits to every block), so a stale entry, another node's append or a restart
+/// costs one full verification and nothing else.
+#[derive(Default)]
+pub(crate) struct ChainCache {
+    states: Mutex<HashMap<(String, String), ChainState>>,
+}
+
+/// Devices held in the cache at most (each a few hundred bytes): past it, the cache starts
+/// over.
+const CACHED_DEVICES: usize = 100_000;
+
+impl ChainCache {
+    fn get(&self, app_id: &str, user_id: &str, head: Head) -> Option<ChainState> {
+        let states = self.states.lock().ok()?;
+        states
+            .get(&(app_id.to_owned(), user_id.to_owned()))
+            .filter(|s| s.len == head.len && s.head == head.hash)
+            .cloned()
+    }
+
+    fn put(&self, state: ChainState) {
+        if let Ok(mut states) = self.states.lock() {
+            let held: usize = states.values().map(|s| s.devices.len()).sum();
+            if held + state.devices.len() > CACHED_DEVICES {
+                states.clear();
+            }
+            states.insert((state.app_id.clone(), state.user_id.clone()), state);
+        }
+    }
+}
+
+/// A refused append still spends its assertion, so that one assertion cannot be replayed
+/// to make the server judge block after block. A replayed assertion is answered as such.
+fn spend_on_refusal(
+    store: &dyn Store,
+    assertion: &VerifiedAssertion,
+    refusal: Error,
+    now: UnixTime,
+) -> Error {
+    match store.consume_assertion(assertion, now) {
+        Ok(()) => refusal,
+        Err(StoreError::AssertionReplayed) => Error::new(ErrorCode::AssertionReplayed),
+        Err(other) => other.into(),
+    }
+}
+
 impl Ghostkey {
-    /// Appends a block to the assertion user's chain.
+    /// Appends a block to the assertion user's chain: first compared with the stored head
+    /// (a stale or replayed block costs no signature check), then judged against the
+    /// verified state of the chain (cached: one block's checks).
     pub async fn append_block(
         &self,
         token: String,
@@ -30,13 +87,15 @@ impl Ghostkey {
         request: AppendBlockRequest,
     ) -> Result<(), Error> {
         let now = self.now();
-        let block = b64::decode(&request.block).map_err(|_| {
+        let encoded = b64::decode(&request.block).map_err(|_| {
             Error::with_detail(
                 ErrorCode::InvalidField,
                 "`block` is not base64url without padding",
             )
         })?;
         let mac = self.caller_mac(caller);
+        let cache = Arc::clone(&self.chains);
+        let metrics = Arc::clone(&self.metrics);
         self.blocking(move |store, rules| {
             let ctx = load_user(
                 store,
@@ -46,11 +105,41 @@ impl Ghostkey {
                 &mac,
                 now,
             )?;
-            let keys = app_keys(store, &ctx.app.id)?;
-            let lookup = |kid: &str| keys.iter().find(|(k, _)| k == kid).map(|(_, pk)| *pk);
-            let stored = store.chain(&ctx.app.id, &ctx.assertion.user_id)?;
-            let accepted = check_append(&stored, &block, ctx.assertion.purpose, &lookup)?;
-            store.append_block(&ctx.assertion, accepted.index, &accepted.hash, &block, now)?;
+            let (app_id, user_id) = (&ctx.app.id, &ctx.assertion.user_id);
+            let refuse = |e: Error| spend_on_refusal(store, &ctx.assertion, e, now);
+            let block = decode_for_append(&encoded, ctx.assertion.purpose).map_err(refuse)?;
+            let head = store
+                .chain_head(app_id, user_id)?
+                .ok_or_else(|| Error::internal("an enrolled user has no chain"))?;
+            let index = usize::try_from(block.unsigned.index).unwrap_or(usize::MAX);
+            let stored_at_index = if index < head.len {
+                store.chain_block(app_id, user_id, index)?
+            } else {
+                None
+            };
+            check_extends(&block, &encoded, head, stored_at_index.as_deref()).map_err(refuse)?;
+            let mut verified = 0;
+            let mut state = match cache.get(app_id, user_id, head) {
+                Some(state) => state,
+                None => {
+                    let keys = app_keys(store, app_id)?;
+                    let lookup = |kid: &str| keys.iter().find(|(k, _)| k == kid).map(|(_, pk)| *pk);
+                    let stored = store.chain(app_id, user_id)?;
+                    verified += stored.len();
+                    stored_state(&stored, &lookup)?
+                }
+            };
+            verified += 1;
+            metrics.add("ghostkey_chain_blocks_verified_total", &[], verified as u64);
+            let accepted = apply_append(&mut state, &block).map_err(refuse)?;
+            store.append_block(
+                &ctx.assertion,
+                accepted.index,
+                &accepted.hash,
+                &encoded,
+                now,
+            )?;
+            cache.put(state);
             Ok(())
         })
         .await

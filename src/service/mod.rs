@@ -98,6 +98,7 @@ pub struct Ghostkey {
     argon2: Arc<Argon2Pool>,
     outbox_wake: Arc<Notify>,
     metrics: Arc<crate::metrics::Metrics>,
+    chains: Arc<chain::ChainCache>,
 }
 
 impl Ghostkey {
@@ -117,6 +118,7 @@ impl Ghostkey {
             argon2: Arc::new(Argon2Pool::new(argon2_concurrency)),
             outbox_wake: Arc::new(Notify::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
+            chains: Arc::new(chain::ChainCache::default()),
         }
     }
 

@@ -407,6 +407,19 @@ pub trait Store: Send + Sync + 'static {
     /// operator), notifying every confirmed method. A refused proof records its failure
     /// and the `jti`, and unlocks nothing. Returns whether the user was locked.
     fn unlock_user(&self, cmd: &UnlockUser<'_>, now: UnixTime) -> Result<bool, StoreError>;
+    /// The length of a user's chain and the hash of its last block (`None`: no chain).
+    fn chain_head(
+        &self,
+        app_id: &str,
+        user_id: &str,
+    ) -> Result<Option<crate::domain::chain::Head>, StoreError>;
+    /// The encoded block at `index` of a user's chain, if there is one.
+    fn chain_block(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        index: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
     /// The encoded blocks of a user's chain, in order (empty if none).
     fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Appends a checked block at `index`, consuming the assertion; refuses with

@@ -173,6 +173,9 @@ impl SqliteStore {
         }
         conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Deleted rows are overwritten with zeros, not left in free pages: an erased user
+        // or a replaced sealed blob must not stay readable in the file (or a later backup).
+        conn.pragma_update(None, "secure_delete", "ON")?;
         init_schema(&mut conn)?;
         Ok(SqliteStore {
             writer: Mutex::new(Writer {
@@ -221,6 +224,24 @@ impl SqliteStore {
         )?;
         // A copy from before an upgrade gets this version's schema now.
         init_schema(&mut writer.conn)
+    }
+
+    /// Moves every committed page into the database file and truncates the WAL, so that
+    /// the old copies of rows just deleted or overwritten (an erased user, a replaced
+    /// sealed blob) leave the `-wal` file too. Best effort: the change itself is already
+    /// committed; a checkpoint that readers kept from finishing is logged, and the next
+    /// one completes it.
+    fn scrub_wal(&self) {
+        let result = self.idle_writer().and_then(|w| {
+            Ok(w.conn.one("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                r.get::<_, i64>(0)
+            })?)
+        });
+        match result {
+            Ok(0) => {}
+            Ok(_) => tracing::warn!("the WAL checkpoint after an erasure was blocked by readers"),
+            Err(e) => tracing::warn!(error = %e, "the WAL checkpoint after an erasure failed"),
+        }
     }
 
     /// A read connection from the pool (or a new one).
@@ -1696,6 +1717,46 @@ impl Store for SqliteStore {
         })
     }
 
+    fn chain_head(
+        &self,
+        app_id: &str,
+        user_id: &str,
+    ) -> Result<Option<crate::domain::chain::Head>, StoreError> {
+        let conn = self.reader()?;
+        let row: Option<(i64, Vec<u8>)> = conn
+            .one(
+                "SELECT idx, hash FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2 ORDER BY idx DESC LIMIT 1",
+                params![app_id, user_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        row.map(|(idx, hash)| {
+            let hash: [u8; 32] = hash
+                .try_into()
+                .map_err(|_| StoreError::Backend("a stored chain hash is not 32 bytes".into()))?;
+            let len = usize::try_from(idx + 1)
+                .map_err(|_| StoreError::Backend("a stored chain index is negative".into()))?;
+            Ok(crate::domain::chain::Head { len, hash })
+        })
+        .transpose()
+    }
+
+    fn chain_block(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        index: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.reader()?;
+        Ok(conn
+            .one(
+                "SELECT block FROM chain_blocks WHERE app_id = ?1 AND user_id = ?2 AND idx = ?3",
+                params![app_id, user_id, i64::try_from(index).unwrap_or(i64::MAX)],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
     fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(
@@ -1988,7 +2049,9 @@ impl Store for SqliteStore {
             enqueue_to_others(tx, &assertion.app_id, &assertion.user_id, "", notice, now)?;
             audit(tx, now, "virtual_device_replaced", &assertion.app_id, Who::User(&assertion.user_id), json!({}))?;
             Ok(Ok(()))
-        })
+        })?;
+        self.scrub_wal();
+        Ok(())
     }
 
     fn erase_user(
@@ -2022,7 +2085,9 @@ impl Store for SqliteStore {
                 return Err(StoreError::NotEnrolled);
             }
             Ok(())
-        })
+        })?;
+        self.scrub_wal();
+        Ok(())
     }
 
     fn audit_events(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
