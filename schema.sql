@@ -25,7 +25,8 @@ CREATE TABLE apps (
     waiting_period_secs             INTEGER NOT NULL,
     -- Added in schema version 2.
     user_failures_per_day            INTEGER NOT NULL DEFAULT 10,
-    recovery_starts_per_user_per_day INTEGER NOT NULL DEFAULT 5
+    recovery_starts_per_user_per_day INTEGER NOT NULL DEFAULT 5,
+    code_checks_per_app_per_minute   INTEGER NOT NULL DEFAULT 600
 ) STRICT;
 
 -- Ed25519 public keys that sign an app's assertions (JWT header `kid`).

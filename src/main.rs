@@ -253,6 +253,10 @@ struct PolicySetArgs {
     /// Requests per client address per minute (default 60).
     #[arg(long)]
     requests_per_address_per_minute: Option<u32>,
+    /// Code checks per minute for the whole app on the endpoints that need no assertion
+    /// (answer, recovery verify), every address together (1-1000000; default 600).
+    #[arg(long)]
+    code_checks_per_app_per_minute: Option<u32>,
     /// Delay between a correct recovery code and the release, in seconds (default 0).
     #[arg(long)]
     waiting_period_secs: Option<i64>,
@@ -287,6 +291,7 @@ impl PolicySetArgs {
             sends_per_destination_per_day: self.sends_per_destination_per_day,
             app_daily_send_budget: self.app_daily_send_budget,
             requests_per_address_per_minute: self.requests_per_address_per_minute,
+            code_checks_per_app_per_minute: self.code_checks_per_app_per_minute,
             waiting_period_secs: self.waiting_period_secs,
         })
     }
@@ -352,6 +357,10 @@ fn print_policy(p: &ghostkey::domain::policy::AppPolicy) {
     println!(
         "    requests_per_address_per_minute: {}",
         p.requests_per_address_per_minute
+    );
+    println!(
+        "    code_checks_per_app_per_minute: {}",
+        p.code_checks_per_app_per_minute
     );
     println!("    waiting_period_secs: {}", p.waiting_period_secs);
 }

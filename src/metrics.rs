@@ -37,7 +37,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Names and help of the counters.
-const COUNTERS: [(&str, &str); 7] = [
+const COUNTERS: [(&str, &str); 8] = [
     (
         "ghostkey_challenges_started_total",
         "Challenges started, by purpose and method kind.",
@@ -61,6 +61,10 @@ const COUNTERS: [(&str, &str); 7] = [
     (
         "ghostkey_messages_total",
         "Messages handled by the outbox worker, by channel and result.",
+    ),
+    (
+        "ghostkey_shed_total",
+        "Requests answered 503 at once because the line waiting for an Argon2 permit was full.",
     ),
     (
         "ghostkey_chain_blocks_verified_total",

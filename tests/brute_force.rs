@@ -129,6 +129,8 @@ struct Tally {
     locked: usize,
     /// `too_many_attempts`: the challenge was dead.
     dead: usize,
+    /// `unavailable` (503, `Retry-After`): shed before any work, the line for Argon2 full.
+    shed: usize,
     /// The longest `Retry-After` of a back-off answer.
     max_retry_after: u64,
     /// The same, in the last volley.
@@ -143,6 +145,16 @@ impl Tally {
             Some(ErrorCode::InvalidCode) => self.invalid += 1,
             Some(ErrorCode::Locked) => self.locked += 1,
             Some(ErrorCode::TooManyAttempts) => self.dead += 1,
+            Some(ErrorCode::Unavailable) => {
+                let ClientError::Api { problem, .. } = &err else {
+                    unreachable!()
+                };
+                assert!(
+                    problem.retry_after.is_some(),
+                    "a shed answer without Retry-After"
+                );
+                self.shed += 1;
+            }
             Some(ErrorCode::UserBackoff) => {
                 self.backoff += 1;
                 let ClientError::Api { problem, .. } = &err else {
@@ -456,13 +468,14 @@ async fn without_back_off_parallel_guesses_on_nine_challenges_stop_at_the_lock()
     assert_eq!(err.code(), Some(ErrorCode::Locked));
     eprintln!(
         "no back-off: {} challenges, {} parallel guesses made, {} evaluated ({} \
-         invalid_code, then locked), {} locked, {} too_many_attempts; {:.1} s",
+         invalid_code, then locked), {} locked, {} too_many_attempts, {} shed (503); {:.1} s",
         targets.len(),
         tally.made,
         times.len(),
         tally.invalid,
         tally.locked,
         tally.dead,
+        tally.shed,
         started_at.elapsed().as_secs_f64()
     );
 }

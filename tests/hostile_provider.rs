@@ -887,20 +887,23 @@ async fn notices_are_coalesced_per_destination_and_the_first_code_stops_them_all
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let texts = started_texts(texts_after(&gateway, before).await);
     assert_eq!(texts.len(), 1, "{texts:?}");
-    // The notices spent the phone's hourly budget: the first and the one waiting.
+    // Two notices for twenty events: the one sent (which the first starts may have joined
+    // before it went) and the one waiting for the next hour.
     assert_eq!(
         server.query_i64("SELECT count(*) FROM outbox WHERE notice_kind = 'recovery_started'"),
         2
     );
     assert_eq!(
-        server.query_i64(
-            "SELECT events FROM outbox WHERE notice_kind = 'recovery_started' AND state = 'pending'"
-        ),
-        19
+        server.query_i64("SELECT sum(events) FROM outbox WHERE notice_kind = 'recovery_started'"),
+        20
     );
+    let waiting = server.query_i64(
+        "SELECT events FROM outbox WHERE notice_kind = 'recovery_started' AND state = 'pending'",
+    );
+    assert!(waiting > 1, "{waiting}");
     // An hour later the waiting one goes, saying what it stands for.
     server.clock.advance(3600);
-    let later = wait_for_text(&gateway, before, "stands for 19").await;
+    let later = wait_for_text(&gateway, before, &format!("stands for {waiting} such")).await;
     assert!(later.contains("was started"), "{later}");
     assert_eq!(started_texts(texts_after(&gateway, before).await).len(), 2);
 
@@ -914,5 +917,58 @@ async fn notices_are_coalesced_per_destination_and_the_first_code_stops_them_all
     assert_eq!(
         server.query_i64("SELECT count(*) FROM recoveries WHERE state <> 'cancelled'"),
         0
+    );
+}
+
+/// Attack 9: limits per address let an attacker with many addresses check codes without
+/// end. The unauthenticated endpoints have an app-wide ceiling, every address together.
+#[tokio::test]
+async fn many_addresses_share_the_apps_ceiling_on_unauthenticated_checks() {
+    let server = TestServer::start_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(100_000),
+            code_checks_per_app_per_minute: Some(5),
+            max_attempts_per_challenge: Some(10),
+            user_backoff_base_secs: Some(0),
+            ..Default::default()
+        },
+    );
+    server.clock.align(60, 1);
+    let (totp, authenticator) = enrol_with_totp(&server, &app, "victim").await;
+    let started = server
+        .client()
+        .start_recovery(&app.assertion("victim", Purpose::Recover), &totp)
+        .await
+        .unwrap();
+    // The enrolment's answer spent one check of this minute.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/recoveries/{}/verify", server.base_url, started.id);
+    let mut codes = Vec::new();
+    for i in 0..10 {
+        let res = http
+            .post(&url)
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .json(&serde_json::json!({ "code": authenticator.wrong_code(&server) }))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        codes.push(body["code"].as_str().unwrap_or_default().to_owned());
+    }
+    let limited = codes.iter().filter(|c| *c == "app_rate_limited").count();
+    let checked = codes.iter().filter(|c| *c == "invalid_code").count();
+    assert_eq!((checked, limited), (4, 6), "{codes:?}");
+    // The refused ones changed nothing: four wrong answers counted.
+    assert_eq!(
+        server.query_i64(&format!(
+            "SELECT attempts FROM challenges WHERE id = '{}'",
+            started.id
+        )),
+        4
     );
 }

@@ -700,3 +700,43 @@ async fn totp_recovery_refusals_in_the_final_write_keep_the_unit_and_nothing_els
     assert_eq!(limited, 20 - room);
     assert_eq!(addr_units(&server), i64::from(cap));
 }
+
+// Attack 9: address limits counted exact addresses, so an IPv6 client with its /64 had
+// 2^64 budgets. Addresses of one /64 now share one budget.
+#[tokio::test]
+async fn ipv6_clients_of_one_64_share_one_address_budget() {
+    let server = TestServer::start_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(3),
+            ..Default::default()
+        },
+    );
+    server.clock.align(60, 1);
+    enrol(&server, &app, "u").await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/methods", server.base_url);
+    let mut statuses = Vec::new();
+    for forwarded in [
+        "2001:db8:1:2::1",
+        "2001:db8:1:2::2",
+        "2001:db8:1:2:aaaa:bbbb:cccc:dddd",
+        "2001:db8:1:2::4",
+        "2001:db8:1:3::1",
+        "::ffff:198.51.100.9",
+    ] {
+        let res = http
+            .get(&url)
+            .bearer_auth(app.assertion("u", Purpose::Manage))
+            .header("x-forwarded-for", forwarded)
+            .send()
+            .await
+            .unwrap();
+        statuses.push(res.status().as_u16());
+    }
+    assert_eq!(statuses, vec![200, 200, 200, 429, 200, 200]);
+}

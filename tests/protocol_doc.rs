@@ -161,6 +161,7 @@ fn constants_match_the_code() {
             "sends_per_destination_per_day",
             "app_daily_send_budget",
             "requests_per_address_per_minute",
+            "code_checks_per_app_per_minute",
             "waiting_period_secs",
         ],
     );
@@ -218,6 +219,10 @@ fn constants_match_the_code() {
         (
             "requests_per_address_per_minute",
             i64::from(policy.requests_per_address_per_minute),
+        ),
+        (
+            "code_checks_per_app_per_minute",
+            i64::from(policy.code_checks_per_app_per_minute),
         ),
         ("waiting_period_secs", policy.waiting_period_secs),
     ]

@@ -68,6 +68,35 @@ pub fn send_limits(
     ]
 }
 
+/// What the address limits count for a client: an IPv4 address, or the /64 network of an
+/// IPv6 one. One subscriber usually holds a whole /64, so counting single IPv6 addresses
+/// would hand each client 2^64 budgets. An IPv4-mapped IPv6 address counts as its IPv4.
+pub fn address_key(address: std::net::IpAddr) -> String {
+    match address {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                let network = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+                format!("{network}/64")
+            }
+        },
+    }
+}
+
+/// The ceiling on code checks without an assertion for a whole app (`app_id` empty: for
+/// ids that name nothing), every address together.
+pub fn app_check_limit(app_id: &str, per_minute: u32) -> Limit {
+    Limit {
+        scope: "app-checks-minute",
+        subject: app_id.as_bytes().to_vec(),
+        window_secs: 60,
+        max: per_minute,
+        code: ErrorCode::AppRateLimited,
+    }
+}
+
 /// The limit on requests from one client address for an app.
 pub fn address_limit(app_id: &str, address_mac: &[u8], per_minute: u32) -> Limit {
     let mut subject = app_id.as_bytes().to_vec();
@@ -98,6 +127,19 @@ pub fn recovery_start_limit(user_mac: &[u8], per_day: u32) -> Limit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_clients_count_per_64_and_mapped_ipv4_as_ipv4() {
+        let key = |s: &str| address_key(s.parse().unwrap());
+        assert_eq!(
+            key("2001:db8:1:2::1"),
+            key("2001:db8:1:2:ffff:ffff:ffff:ffff")
+        );
+        assert_eq!(key("2001:db8:1:2::1"), "2001:db8:1:2::/64");
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        assert_eq!(key("::ffff:198.51.100.7"), key("198.51.100.7"));
+        assert_ne!(key("198.51.100.7"), key("198.51.100.8"));
+    }
 
     #[test]
     fn windows_are_aligned_and_retry_after_points_to_the_next() {

@@ -43,6 +43,10 @@ pub struct AppPolicy {
     pub app_daily_send_budget: u32,
     /// Requests per client address per minute.
     pub requests_per_address_per_minute: u32,
+    /// Code checks on the endpoints that need no assertion (`answer`, recovery `verify`)
+    /// per minute for the whole app, every address together: a ceiling that many
+    /// addresses cannot get around.
+    pub code_checks_per_app_per_minute: u32,
     /// Delay between a correct recovery code and the release, in seconds (0: at once).
     pub waiting_period_secs: i64,
 }
@@ -63,6 +67,7 @@ impl Default for AppPolicy {
             sends_per_destination_per_day: 10,
             app_daily_send_budget: 10_000,
             requests_per_address_per_minute: 60,
+            code_checks_per_app_per_minute: 600,
             waiting_period_secs: 0,
         }
     }
@@ -97,6 +102,8 @@ pub struct PolicyChange {
     pub app_daily_send_budget: Option<u32>,
     /// See [`AppPolicy::requests_per_address_per_minute`].
     pub requests_per_address_per_minute: Option<u32>,
+    /// See [`AppPolicy::code_checks_per_app_per_minute`].
+    pub code_checks_per_app_per_minute: Option<u32>,
     /// See [`AppPolicy::waiting_period_secs`].
     pub waiting_period_secs: Option<i64>,
 }
@@ -138,6 +145,7 @@ impl AppPolicy {
             sends_per_destination_per_day,
             app_daily_send_budget,
             requests_per_address_per_minute,
+            code_checks_per_app_per_minute,
             waiting_period_secs
         );
         p.validate()?;
@@ -202,6 +210,11 @@ impl AppPolicy {
             "requests_per_address_per_minute",
             self.requests_per_address_per_minute,
             1..=100_000,
+        )?;
+        in_range(
+            "code_checks_per_app_per_minute",
+            self.code_checks_per_app_per_minute,
+            1..=1_000_000,
         )?;
         in_range(
             "waiting_period_secs",

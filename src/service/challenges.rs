@@ -11,7 +11,7 @@ use super::methods::{challenge_view, load_user, masked, method_view};
 use super::{messages, parse_code, Caller, Ghostkey};
 use crate::clock::UnixTime;
 use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
-use crate::domain::limits::{address_limit, Limit};
+use crate::domain::limits::{address_limit, app_check_limit, Limit};
 use crate::domain::method::Method;
 use crate::domain::method::MethodState;
 use crate::domain::policy::AppPolicy;
@@ -204,8 +204,8 @@ impl Ghostkey {
         let mac = self.caller_mac(caller);
         let id = id.to_owned();
         self.blocking(move |store, _| {
-            let (answering, address) = answering(store, &id, &mac)?;
-            store.take_limits(&[address], now)?;
+            let (answering, limits) = answering(store, &id, &mac)?;
+            store.take_limits(&limits, now)?;
             Ok(answering)
         })
         .await
@@ -218,32 +218,40 @@ impl Ghostkey {
         id: &str,
         caller: Caller,
         now: UnixTime,
-    ) -> Result<(Answering, Limit), Error> {
+    ) -> Result<(Answering, Vec<Limit>), Error> {
         let mac = self.caller_mac(caller);
         let id = id.to_owned();
         self.blocking(move |store, _| {
-            let (answering, address) = answering(store, &id, &mac)?;
-            store.limits_allow(std::slice::from_ref(&address), now)?;
-            Ok((answering, address))
+            let (answering, limits) = answering(store, &id, &mac)?;
+            store.limits_allow(&limits, now)?;
+            Ok((answering, limits))
         })
         .await
     }
 }
 
-/// The challenge `id` with its method and policy, its app's name, and the caller's
-/// address limit under that app (the default policy's when there is no such challenge).
-fn answering(store: &dyn Store, id: &str, address_mac: &[u8]) -> Result<(Answering, Limit), Error> {
+/// The challenge `id` with its method and policy, its app's name, and the limits a check
+/// spends: the caller's address limit under that app and the app's ceiling on checks
+/// (the default policy's, under no app, when there is no such challenge).
+fn answering(
+    store: &dyn Store,
+    id: &str,
+    address_mac: &[u8],
+) -> Result<(Answering, Vec<Limit>), Error> {
     let found = store.challenge(id)?;
     let (app_id, policy) = match &found {
         Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
         None => (String::new(), AppPolicy::default()),
     };
-    let address = address_limit(&app_id, address_mac, policy.requests_per_address_per_minute);
+    let limits = vec![
+        address_limit(&app_id, address_mac, policy.requests_per_address_per_minute),
+        app_check_limit(&app_id, policy.code_checks_per_app_per_minute),
+    ];
     let app_name = match &found {
         Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
         None => String::new(),
     };
-    Ok(((found, app_name), address))
+    Ok(((found, app_name), limits))
 }
 
 fn request_purpose_name(purpose: ChallengePurpose) -> &'static str {

@@ -169,8 +169,10 @@ pub(crate) struct NewChallenge {
 
 impl Ghostkey {
     pub(crate) fn caller_mac(&self, caller: Caller) -> Vec<u8> {
-        self.keys
-            .destination_mac("client-address", &caller.address.to_string())
+        self.keys.destination_mac(
+            "client-address",
+            &crate::domain::limits::address_key(caller.address),
+        )
     }
 
     pub(crate) async fn new_challenge(

@@ -72,18 +72,68 @@ pub struct Caller {
     pub address: IpAddr,
 }
 
-/// At most `permits` Argon2 hashes at once, each in one of the reusable working memories.
+/// At most `permits` Argon2 hashes at once, each in one of the reusable working memories,
+/// and a bounded line of requests waiting for one: past it, a request is answered 503 with
+/// `Retry-After` at once instead of queueing without end (load shedding).
 struct Argon2Pool {
     permits: Semaphore,
     memory: std::sync::Mutex<Vec<code::Argon2Memory>>,
+    line: WaitLine,
 }
+
+/// Requests that may wait for an Argon2 permit, per permit (a hash takes about 15 ms: a
+/// full line is about half a second of work).
+pub const ARGON2_WAITING_PER_PERMIT: usize = 32;
 
 impl Argon2Pool {
     fn new(concurrency: usize) -> Argon2Pool {
+        let concurrency = concurrency.max(1);
         Argon2Pool {
-            permits: Semaphore::new(concurrency.max(1)),
+            permits: Semaphore::new(concurrency),
             memory: std::sync::Mutex::new(Vec::new()),
+            line: WaitLine::new(concurrency * ARGON2_WAITING_PER_PERMIT),
         }
+    }
+}
+
+/// A wait line of bounded length.
+#[derive(Debug)]
+pub struct WaitLine {
+    waiting: std::sync::atomic::AtomicUsize,
+    max: usize,
+}
+
+/// A place in a [`WaitLine`], given back when dropped (also when the request is dropped
+/// while it waits).
+#[derive(Debug)]
+pub struct InLine<'a>(&'a WaitLine);
+
+impl WaitLine {
+    /// A line of at most `max` waiting.
+    pub fn new(max: usize) -> WaitLine {
+        WaitLine {
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// A place in the line, or `None` when it is full.
+    pub fn join(&self) -> Option<InLine<'_>> {
+        use std::sync::atomic::Ordering;
+        let before = self.waiting.fetch_add(1, Ordering::SeqCst);
+        if before >= self.max {
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        Some(InLine(self))
+    }
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        self.0
+            .waiting
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -175,10 +225,10 @@ impl Ghostkey {
     /// so it cannot bound how many hashes one address queues).
     pub(crate) async fn spend_address(
         &self,
-        address: crate::domain::limits::Limit,
+        limits: Vec<crate::domain::limits::Limit>,
         now: UnixTime,
     ) -> Result<(), Error> {
-        self.blocking(move |store, _| Ok(store.take_limits(&[address], now)?))
+        self.blocking(move |store, _| Ok(store.take_limits(&limits, now)?))
             .await
     }
 
@@ -187,11 +237,11 @@ impl Ghostkey {
     /// the refusal, or `address_rate_limited` if the unit was no longer there.
     pub(crate) async fn spend_refused(
         &self,
-        address: crate::domain::limits::Limit,
+        limits: Vec<crate::domain::limits::Limit>,
         now: UnixTime,
         refusal: Error,
     ) -> Error {
-        match self.spend_address(address, now).await {
+        match self.spend_address(limits, now).await {
             Ok(()) => refusal,
             Err(limited) => limited,
         }
@@ -215,12 +265,20 @@ impl Ghostkey {
         code: SecretString,
         key_id: Option<String>,
     ) -> Result<[u8; code::HASH_LEN], Error> {
-        let _permit = self
-            .argon2
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::internal("argon2 semaphore closed"))?;
+        let _permit = match self.argon2.permits.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let Some(_place) = self.argon2.line.join() else {
+                    self.metrics.inc("ghostkey_shed_total", &[]);
+                    return Err(Error::retry_after(ErrorCode::Unavailable, 1));
+                };
+                self.argon2
+                    .permits
+                    .acquire()
+                    .await
+                    .map_err(|_| Error::internal("argon2 semaphore closed"))?
+            }
+        };
         let keys = Arc::clone(&self.keys);
         let pool = Arc::clone(&self.argon2);
         self.metrics.inc("ghostkey_code_hashes_total", &[]);
@@ -315,5 +373,20 @@ pub fn parse_code(code: &str) -> Result<SecretString, Error> {
             ErrorCode::InvalidField,
             "`code` must be 4 to 10 digits",
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WaitLine;
+
+    #[test]
+    fn a_full_wait_line_turns_the_next_away_until_a_place_is_given_back() {
+        let line = WaitLine::new(2);
+        let a = line.join().expect("first");
+        let _b = line.join().expect("second");
+        assert!(line.join().is_none(), "a third waits beyond the bound");
+        drop(a);
+        assert!(line.join().is_some());
     }
 }

@@ -80,15 +80,15 @@ impl Ghostkey {
             .await?;
         let method = match recovery_method(&ctx, &request.method_id) {
             Ok(method) => method,
-            Err(refusal) => return Err(self.spend_refused(address, now, refusal).await),
+            Err(refusal) => return Err(self.spend_refused(vec![address], now, refusal).await),
         };
         // A new SMS or e-mail code is Argon2 work: its unit is spent before it. A TOTP start
         // has none, and spends the unit in its own write.
         let unspent = if method.kind == MethodKind::Totp {
-            Some(address)
+            vec![address]
         } else {
-            self.spend_address(address, now).await?;
-            None
+            self.spend_address(vec![address], now).await?;
+            Vec::new()
         };
         let mut new = self
             .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
@@ -119,7 +119,7 @@ impl Ghostkey {
                     challenge: &new.challenge,
                     message: new.message.as_ref(),
                     limits: &new.limits,
-                    address: unspent.as_ref(),
+                    unspent: &unspent,
                     notice: &notice,
                     cancel_mac: &cancel_mac,
                 },
@@ -143,7 +143,7 @@ impl Ghostkey {
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
         let code = parse_code(&request.code)?;
-        let ((found, app_name), address) = self
+        let ((found, app_name), limits) = self
             .challenge_for_answer_unspent(&recovery_id, caller, now)
             .await?;
         // An SMS or e-mail code (or an unknown id, which gets a dummy check) is Argon2 work:
@@ -151,17 +151,18 @@ impl Ghostkey {
         // its limit. A TOTP check is cheap: its unit is spent by the final write.
         let totp = matches!(&found, Some((_, method, _)) if method.kind == MethodKind::Totp);
         let unspent = if totp {
-            Some(address)
+            limits
         } else {
-            self.spend_address(address, now).await?;
-            None
+            self.spend_address(limits, now).await?;
+            Vec::new()
         };
         if let Some((ch, _, _)) = &found {
             if ch.purpose != ChallengePurpose::Recover {
                 let refusal = Error::with_detail(ErrorCode::WrongChallenge, "not a recovery");
-                return Err(match unspent {
-                    Some(address) => self.spend_refused(address, now, refusal).await,
-                    None => refusal,
+                return Err(if unspent.is_empty() {
+                    refusal
+                } else {
+                    self.spend_refused(unspent, now, refusal).await
                 });
             }
         }
@@ -184,7 +185,7 @@ impl Ghostkey {
             .blocking(move |store, _| {
                 Ok(store.verify_recovery(
                     &recovery_id,
-                    unspent.as_ref(),
+                    &unspent,
                     verdict,
                     &RecoveryNotices {
                         released: &released,

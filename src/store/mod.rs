@@ -300,9 +300,9 @@ pub struct StartRecovery<'a> {
     pub message: Option<&'a NewMessage>,
     /// The limits the message spends, and the user's daily recovery starts.
     pub limits: &'a [Limit],
-    /// The caller's address limit, when its unit is still to be spent: it is spent even
-    /// when the start is refused (`None`: the caller already spent it).
-    pub address: Option<&'a Limit>,
+    /// The caller's limits (its address) whose unit is still to be spent: spent even when
+    /// the start is refused (empty: the caller already spent them).
+    pub unspent: &'a [Limit],
     /// "A recovery was started", to the user's other confirmed methods; it carries a
     /// cancel code.
     pub notice: &'a NewMessage,
@@ -438,13 +438,13 @@ pub trait Store: Send + Sync + 'static {
     fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError>;
     /// Settles a recovery code; when right, releases now (returning the sealed virtual
     /// device) or starts the waiting period, and queues the matching notices.
-    /// A unit of the caller's `address` limit (unless the caller already spent it: `None`)
-    /// is spent first, even when the code is refused; a full limit refuses the request and
-    /// changes nothing.
+    /// A unit of each of the caller's `unspent` limits (its address, the app's ceiling;
+    /// empty if the caller already spent them) is spent first, even when the code is
+    /// refused; a full limit refuses the request and changes nothing.
     fn verify_recovery(
         &self,
         challenge_id: &str,
-        address: Option<&Limit>,
+        unspent: &[Limit],
         verdict: Verdict,
         notices: &RecoveryNotices<'_>,
         now: UnixTime,

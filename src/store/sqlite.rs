@@ -434,7 +434,7 @@ const APP_COLUMNS: &str = "id, name, created_at, allowed_methods, code_digits, t
     code_lifetime_secs, max_attempts_per_challenge, user_lock_threshold, user_backoff_base_secs, \
     sends_per_destination_per_hour, sends_per_destination_per_day, app_daily_send_budget, \
     requests_per_address_per_minute, waiting_period_secs, user_failures_per_day, \
-    recovery_starts_per_user_per_day";
+    recovery_starts_per_user_per_day, code_checks_per_app_per_minute";
 
 fn methods_to_text(methods: &[MethodKind]) -> String {
     methods
@@ -477,6 +477,7 @@ fn app_from_row(row: &Row<'_>) -> rusqlite::Result<App> {
             waiting_period_secs: row.get(14)?,
             user_failures_per_day: row.get(15)?,
             recovery_starts_per_user_per_day: row.get(16)?,
+            code_checks_per_app_per_minute: row.get(17)?,
         },
     })
 }
@@ -1071,12 +1072,12 @@ fn bump_limit(tx: &Connection, limit: &Limit, now: UnixTime) -> Result<(), Store
 /// unit had a transaction of its own. A full limit is an outer error: nothing is written.
 fn spending<T>(
     tx: &Connection,
-    address: Option<&Limit>,
+    unspent: &[Limit],
     now: UnixTime,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<Result<T, StoreError>, StoreError> {
-    if let Some(address) = address {
-        take_limits_in(tx, std::slice::from_ref(address), now)??;
+    if !unspent.is_empty() {
+        take_limits_in(tx, unspent, now)??;
     }
     tx.execute_batch("SAVEPOINT after_address_unit")?;
     match f(tx) {
@@ -1242,7 +1243,7 @@ impl Store for SqliteStore {
         let p = &app.policy;
         self.write(|tx| {
             tx.exec(
-                &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"),
+                &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
                 params![
                     app.id,
                     app.name,
@@ -1261,6 +1262,7 @@ impl Store for SqliteStore {
                     p.waiting_period_secs,
                     p.user_failures_per_day,
                     p.recovery_starts_per_user_per_day,
+                    p.code_checks_per_app_per_minute,
                 ],
             )?;
             tx.exec(
@@ -1364,7 +1366,8 @@ impl Store for SqliteStore {
                  max_attempts_per_challenge = ?6, user_lock_threshold = ?7, user_backoff_base_secs = ?8, \
                  sends_per_destination_per_hour = ?9, sends_per_destination_per_day = ?10, \
                  app_daily_send_budget = ?11, requests_per_address_per_minute = ?12, waiting_period_secs = ?13, \
-                 user_failures_per_day = ?14, recovery_starts_per_user_per_day = ?15 \
+                 user_failures_per_day = ?14, recovery_starts_per_user_per_day = ?15, \
+                 code_checks_per_app_per_minute = ?16 \
                  WHERE id = ?1",
                 params![
                     app_id,
@@ -1382,6 +1385,7 @@ impl Store for SqliteStore {
                     p.waiting_period_secs,
                     p.user_failures_per_day,
                     p.recovery_starts_per_user_per_day,
+                    p.code_checks_per_app_per_minute,
                 ],
             )?;
             if updated == 0 {
@@ -1798,7 +1802,7 @@ impl Store for SqliteStore {
     }
 
     fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError> {
-        self.write_keeping(|tx| spending(tx, cmd.address, now, |tx| {
+        self.write_keeping(|tx| spending(tx, cmd.unspent, now, |tx| {
             consume_jti(tx, cmd.assertion, now)?;
             let ch = cmd.challenge;
             // A locked user may still get a proof challenge: its answer is what lifts the
@@ -1829,13 +1833,13 @@ impl Store for SqliteStore {
     fn verify_recovery(
         &self,
         challenge_id: &str,
-        address: Option<&Limit>,
+        unspent: &[Limit],
         verdict: Verdict,
         notices: &RecoveryNotices<'_>,
         now: UnixTime,
     ) -> Result<VerifiedRecovery, StoreError> {
         self.write_keeping(|tx| {
-            spending(tx, address, now, |tx| {
+            spending(tx, unspent, now, |tx| {
                 let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
                 let mut rec =
                     load_recovery(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;

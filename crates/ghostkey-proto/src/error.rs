@@ -125,6 +125,9 @@ error_codes! {
     DestinationRateLimited = ("destination_rate_limited", 429, "Too many codes sent to this destination"),
     /// The app's daily sending budget is spent.
     AppSendBudgetExhausted = ("app_send_budget_exhausted", 429, "The app's daily sending budget is exhausted"),
+    /// The app's ceiling on code checks without an assertion (all addresses together) is
+    /// reached for this minute.
+    AppRateLimited = ("app_rate_limited", 429, "Too many code checks for this app right now"),
     /// Too many requests from this client address.
     AddressRateLimited = ("address_rate_limited", 429, "Too many requests from this address"),
     /// Recovery needs a completed enrolment (a confirmed method).

@@ -2,6 +2,7 @@
 -- the per-user limit on recovery starts, recovery cancel codes, and coalesced notices.
 ALTER TABLE apps ADD COLUMN user_failures_per_day            INTEGER NOT NULL DEFAULT 10;
 ALTER TABLE apps ADD COLUMN recovery_starts_per_user_per_day INTEGER NOT NULL DEFAULT 5;
+ALTER TABLE apps ADD COLUMN code_checks_per_app_per_minute   INTEGER NOT NULL DEFAULT 600;
 CREATE TABLE user_failures (
     app_id   TEXT    NOT NULL,
     user_id  TEXT    NOT NULL,
