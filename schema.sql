@@ -136,6 +136,9 @@ CREATE TABLE challenges (
     state         TEXT    NOT NULL CHECK (state IN ('open', 'used', 'dead')),
     created_at    INTEGER NOT NULL,
     expires_at    INTEGER NOT NULL,
+    -- Added in schema version 2: the purpose of the assertion that opened the challenge; a
+    -- proof authorises only a request whose assertion has the same purpose.
+    opened_by     TEXT,
     FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
 ) STRICT;
 CREATE INDEX challenges_by_user ON challenges (app_id, user_id);

@@ -104,15 +104,27 @@ async fn the_audit_chain_verifies_names_no_one_and_catches_an_edit() {
     ] {
         assert!(kinds.contains(&kind), "no {kind} event in {kinds:?}");
     }
-    // No user id, phone number or code in the log: users appear under pseudonyms.
+    // No user id, phone number or code in the log: users appear under pseudonyms. Nor the
+    // handles the unauthenticated endpoints accept (challenge and recovery ids): only their
+    // digests, which an operator given an id can look for.
     for needle in [
         "alice-7",
         "bob-9",
         "612345678",
         &sms_gateway::code(&gateway, 0).await,
+        &added.challenge.id,
+        &started.id,
     ] {
         assert!(!export.contains(needle), "{needle} is in the audit log");
     }
+    let digest = ghostkey::domain::audit::handle_digest(&started.id);
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "recovery_released"
+                && e["detail"].as_str().unwrap().contains(&digest)),
+        "the release is findable by the recovery's digest"
+    );
     // The erased user's events remain, under a pseudonym nothing links to them any more.
     let erased = events.iter().find(|e| e["kind"] == "user_erased").unwrap()["subject"]
         .as_str()

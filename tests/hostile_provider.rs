@@ -972,3 +972,97 @@ async fn many_addresses_share_the_apps_ceiling_on_unauthenticated_checks() {
         4
     );
 }
+
+/// A proof opened under one purpose authorised an action of another (a proof started with a
+/// `recover` assertion authorised a `manage` method add), and codes did not say what they
+/// authorise. Now each message names its action, and a proof serves only its purpose.
+#[tokio::test]
+async fn a_proof_serves_only_the_purpose_it_was_opened_for_and_its_message_says_which() {
+    let (server, app, gateway) = setup().await;
+    let client = server.client();
+    enrol(&server, &app, "victim").await;
+    let phone = client
+        .add_method(
+            &app.assertion("victim", Purpose::Enroll),
+            MethodKind::Sms,
+            Some(PHONE),
+            None,
+        )
+        .await
+        .unwrap();
+    let confirm_text = wait_for_text(&gateway, 0, "verification code").await;
+    assert!(
+        confirm_text.contains("to confirm this as a way to recover"),
+        "{confirm_text}"
+    );
+    client
+        .answer(&phone.challenge.id, &sms_gateway::code(&gateway, 0).await)
+        .await
+        .unwrap();
+
+    // A proof opened with a `recover` assertion (what cancelling by proof uses).
+    let before = sms_gateway::received(&gateway).await.len();
+    let proof = client
+        .start_challenge(
+            &app.assertion("victim", Purpose::Recover),
+            &phone.method.id,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let text = wait_for_text(&gateway, before, "verification code").await;
+    assert!(text.contains("to stop a recovery"), "{text}");
+    let code = sms_gateway::next_code(&gateway, before).await;
+    // ... cannot authorise a method change, even with its right code.
+    let err = client
+        .add_method(
+            &app.assertion("victim", Purpose::Manage),
+            MethodKind::Totp,
+            None,
+            Some(Proof {
+                challenge_id: proof.id.clone(),
+                code: code.clone(),
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidProof));
+    assert_eq!(server.count("methods"), 1);
+
+    // A proof opened with `manage` says it approves a change, and does.
+    let before = sms_gateway::received(&gateway).await.len();
+    let proof = client
+        .start_challenge(
+            &app.assertion("victim", Purpose::Manage),
+            &phone.method.id,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let text = wait_for_text(&gateway, before, "verification code").await;
+    assert!(text.contains("to approve a change"), "{text}");
+    client
+        .add_method(
+            &app.assertion("victim", Purpose::Manage),
+            MethodKind::Totp,
+            None,
+            Some(Proof {
+                challenge_id: proof.id,
+                code: sms_gateway::next_code(&gateway, before).await,
+            }),
+        )
+        .await
+        .unwrap();
+
+    // A recovery's code says it recovers the account.
+    let before = sms_gateway::received(&gateway).await.len();
+    client
+        .start_recovery(&app.assertion("victim", Purpose::Recover), &phone.method.id)
+        .await
+        .unwrap();
+    let text = wait_for_text(&gateway, before, "verification code").await;
+    assert!(
+        text.contains("to recover your account on a new device"),
+        "{text}"
+    );
+}

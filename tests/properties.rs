@@ -29,6 +29,7 @@ proptest! {
             id: "ch".into(), app_id: "a".into(), user_id: "u".into(), method_id: "m".into(),
             purpose: ChallengePurpose::Recover, code: None, code_key_id: None, attempts: 0,
             max_attempts, state: ChallengeState::Open, created_at: start, expires_at: start + 600,
+            opened_by: None,
         };
         let mut guard = Guard::default();
         let mut now = start;

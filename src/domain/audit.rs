@@ -30,6 +30,32 @@ fn hex_bytes<S: serde::Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::E
     s.serialize_str(&hex::encode(bytes))
 }
 
+/// Detail members that hold a handle an unauthenticated endpoint accepts (a challenge id
+/// answers `POST /v1/challenges/{id}/answer`, a recovery id `.../verify`): the log, which
+/// operators ship off-host, records a hash of them instead.
+const HANDLES: [&str; 2] = ["challenge", "recovery"];
+
+/// The form of a handle in the log: `h_` and the first 128 bits of its SHA-256, hex. The
+/// ids are 128 random bits, so the hash cannot be searched back, and an operator given an
+/// id can still find its events by hashing it (`ghostkey audit` prints nothing else).
+pub fn handle_digest(id: &str) -> String {
+    let digest = Sha256::digest(format!("ghostkey/audit-handle/v1\0{id}").as_bytes());
+    format!("h_{}", hex::encode(&digest[..16]))
+}
+
+/// Replaces every handle in an event's detail by its digest.
+pub fn without_handles(mut detail: serde_json::Value) -> serde_json::Value {
+    if let Some(members) = detail.as_object_mut() {
+        for key in HANDLES {
+            if let Some(serde_json::Value::String(id)) = members.get(key) {
+                let digest = handle_digest(id);
+                members.insert(key.to_owned(), serde_json::Value::String(digest));
+            }
+        }
+    }
+    detail
+}
+
 fn field(h: &mut Sha256, bytes: &[u8]) {
     h.update((bytes.len() as u64).to_be_bytes());
     h.update(bytes);

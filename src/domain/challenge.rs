@@ -80,6 +80,9 @@ pub struct Challenge {
     pub created_at: UnixTime,
     /// When it stops accepting answers.
     pub expires_at: UnixTime,
+    /// The purpose of the assertion that opened it: a proof authorises only requests made
+    /// with an assertion of the same purpose (`None` on challenges opened before version 2).
+    pub opened_by: Option<ghostkey_proto::assertion::Purpose>,
 }
 
 /// A user's failure record.
@@ -350,6 +353,7 @@ mod tests {
             state: ChallengeState::Open,
             created_at: NOW,
             expires_at: NOW + 600,
+            opened_by: None,
         }
     }
 

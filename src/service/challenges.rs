@@ -100,7 +100,9 @@ impl Ghostkey {
         if !ctx.app.policy.allowed_methods.contains(&method.kind) {
             return Err(Error::new(ErrorCode::MethodKindNotAllowed));
         }
-        let new = self.new_challenge(&method, purpose, &ctx.app, now).await?;
+        let new = self
+            .new_challenge(&method, purpose, ctx.assertion.purpose, &ctx.app, now)
+            .await?;
         let view = challenge_view(&new.challenge, method.kind, masked(&self.keys, &method)?);
         self.blocking(move |store, _| {
             store.start_challenge(

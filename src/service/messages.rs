@@ -2,6 +2,9 @@
 
 use secrecy::{ExposeSecret, SecretString};
 
+use ghostkey_proto::assertion::Purpose;
+
+use crate::domain::challenge::ChallengePurpose;
 use crate::domain::policy::MethodKind;
 use crate::keys::ServerKeys;
 use crate::store::{MessageKind, NewMessage};
@@ -24,18 +27,58 @@ fn notice(keys: &ServerKeys, kind: &'static str, text: &str) -> NewMessage {
     }
 }
 
-/// A one-time code message.
+/// What a code authorises, named in its message so that the user knows what they agree to
+/// when they type it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeAction {
+    /// Confirming this destination as a way to recover the account.
+    ConfirmMethod,
+    /// Recovering the account on a new device.
+    Recover,
+    /// Approving a change to the recovery settings (methods, keys, a lock).
+    ApproveChange,
+    /// Stopping a recovery of the account.
+    CancelRecovery,
+}
+
+impl CodeAction {
+    /// The action a challenge's code authorises, from its purpose and the purpose of the
+    /// assertion that opened it (a proof opened with `recover` serves only to cancel).
+    pub fn of(purpose: ChallengePurpose, opened_by: Purpose) -> CodeAction {
+        match (purpose, opened_by) {
+            (ChallengePurpose::Confirm, _) => CodeAction::ConfirmMethod,
+            (ChallengePurpose::Recover, _) => CodeAction::Recover,
+            (ChallengePurpose::Proof, Purpose::Recover) => CodeAction::CancelRecovery,
+            (ChallengePurpose::Proof, _) => CodeAction::ApproveChange,
+        }
+    }
+
+    fn describe(self) -> &'static str {
+        match self {
+            CodeAction::ConfirmMethod => "to confirm this as a way to recover your account",
+            CodeAction::Recover => "to recover your account on a new device",
+            CodeAction::ApproveChange => {
+                "to approve a change to how your account is recovered (methods, keys or a lock)"
+            }
+            CodeAction::CancelRecovery => "to stop a recovery of your account",
+        }
+    }
+}
+
+/// A one-time code message, naming what the code authorises.
 pub fn code(
     keys: &ServerKeys,
     app_name: &str,
     code: &SecretString,
     lifetime_secs: i64,
+    action: CodeAction,
 ) -> NewMessage {
     let minutes = (lifetime_secs + 59) / 60;
     let text = format!(
-        "{} is your {app_name} recovery verification code. It expires in {minutes} minutes. \
-         Never share it: nobody from {app_name} will ask you for it.",
-        code.expose_secret()
+        "{} is your {app_name} recovery verification code, {}. It expires in {minutes} \
+         minutes. Never share it: nobody from {app_name} will ask you for it.",
+        code.expose_secret(),
+        action.describe()
     );
     seal(keys, MessageKind::Code, &text)
 }

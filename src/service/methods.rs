@@ -179,6 +179,7 @@ impl Ghostkey {
         &self,
         method: &Method,
         purpose: ChallengePurpose,
+        opened_by: Purpose,
         app: &App,
         now: UnixTime,
     ) -> Result<NewChallenge, Error> {
@@ -189,7 +190,14 @@ impl Ghostkey {
             let code = code::generate(policy.code_digits);
             let salt = code::new_salt();
             let hash = self.hash_code(salt, code.clone(), None).await?;
-            let message = messages::code(&self.keys, &app.name, &code, policy.code_lifetime_secs);
+            let action = messages::CodeAction::of(purpose, opened_by);
+            let message = messages::code(
+                &self.keys,
+                &app.name,
+                &code,
+                policy.code_lifetime_secs,
+                action,
+            );
             (Some(message), Some((salt, hash)))
         };
         let limits = match &method.destination_mac {
@@ -216,6 +224,7 @@ impl Ghostkey {
                 state: ChallengeState::Open,
                 created_at: now,
                 expires_at: now + policy.code_lifetime_secs,
+                opened_by: Some(opened_by),
             },
             message,
             limits,
@@ -335,7 +344,13 @@ impl Ghostkey {
             confirmed_at: None,
         };
         let new = self
-            .new_challenge(&method, ChallengePurpose::Confirm, &ctx.app, now)
+            .new_challenge(
+                &method,
+                ChallengePurpose::Confirm,
+                ctx.assertion.purpose,
+                &ctx.app,
+                now,
+            )
             .await?;
         let answer = AddMethodResponse {
             method: MethodView {

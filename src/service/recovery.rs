@@ -91,7 +91,13 @@ impl Ghostkey {
             Vec::new()
         };
         let mut new = self
-            .new_challenge(&method, ChallengePurpose::Recover, &ctx.app, now)
+            .new_challenge(
+                &method,
+                ChallengePurpose::Recover,
+                ctx.assertion.purpose,
+                &ctx.app,
+                now,
+            )
             .await?;
         // However many assertions the app mints, a user sees few recovery starts a day.
         let user_mac = self.keys.destination_mac(

@@ -560,7 +560,7 @@ fn method_from_row(row: &Row<'_>) -> rusqlite::Result<Method> {
 }
 
 const CHALLENGE_COLUMNS: &str =
-    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id";
+    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id, opened_by";
 
 fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
     let purpose: String = row.get(4)?;
@@ -595,6 +595,9 @@ fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
         created_at: row.get(10)?,
         expires_at: row.get(11)?,
         code_key_id: row.get(12)?,
+        opened_by: row
+            .get::<_, Option<String>>(13)?
+            .and_then(|p| ghostkey_proto::assertion::Purpose::parse(&p)),
     })
 }
 
@@ -803,9 +806,13 @@ fn settle_proof_with(
     let Some(ch) = load_challenge(tx, &proof.challenge_id)? else {
         return Ok(Err(StoreError::InvalidProof));
     };
+    // A proof is the user's answer to what its message asked: one opened for a request of
+    // one purpose (a recovery's cancellation) does not authorise another (a method change).
+    let opened_for_another = ch.opened_by.is_some_and(|p| p != assertion.purpose);
     if ch.app_id != assertion.app_id
         || ch.user_id != assertion.user_id
         || ch.purpose != ChallengePurpose::Proof
+        || opened_for_another
     {
         return Ok(Err(StoreError::InvalidProof));
     }
@@ -893,7 +900,7 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
         None => (None, None),
     };
     tx.exec(
-        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
         params![
             ch.id,
             ch.app_id,
@@ -907,7 +914,8 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
             ch.state.as_str(),
             ch.created_at,
             ch.expires_at,
-            ch.code_key_id
+            ch.code_key_id,
+            ch.opened_by.map(|p| p.as_str())
         ],
     )?;
     Ok(())
@@ -1217,7 +1225,7 @@ fn audit(
         .try_into()
         .map_err(|_| StoreError::Backend("stored audit hash is not 32 bytes".into()))?;
     let seq = prev_seq + 1;
-    let detail = detail.to_string();
+    let detail = crate::domain::audit::without_handles(detail).to_string();
     let hash = crate::domain::audit::chain_hash(&prev, seq, now, kind, app_id, &subject, &detail);
     tx.exec(
         "INSERT INTO audit_events (seq, at, kind, app_id, subject, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",

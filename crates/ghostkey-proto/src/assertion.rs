@@ -28,6 +28,13 @@ impl Purpose {
             Purpose::Manage => "manage",
         }
     }
+
+    /// The purpose a claim value names, if any.
+    pub fn parse(value: &str) -> Option<Purpose> {
+        [Purpose::Enroll, Purpose::Recover, Purpose::Manage]
+            .into_iter()
+            .find(|p| p.as_str() == value)
+    }
 }
 
 /// The claims of an assertion. Every field is required.

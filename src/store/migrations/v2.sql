@@ -21,4 +21,5 @@ CREATE INDEX cancel_codes_by_recovery ON cancel_codes (challenge_id);
 ALTER TABLE outbox ADD COLUMN notice_kind TEXT;
 ALTER TABLE outbox ADD COLUMN events INTEGER NOT NULL DEFAULT 1;
 CREATE INDEX outbox_by_notice ON outbox (method_id, notice_kind, created_at);
+ALTER TABLE challenges ADD COLUMN opened_by TEXT;
 PRAGMA user_version = 2;
