@@ -342,3 +342,22 @@ async fn stale_appends_cost_no_verification_and_every_refusal_spends_its_asserti
         .unwrap();
     assert_eq!(blocks_verified(&server).await, before + 1);
 }
+
+/// PROTOCOL.md: a user id with reserved characters goes into the path percent-encoded.
+#[tokio::test]
+async fn a_user_id_with_reserved_characters_is_read_percent_encoded() {
+    let server = TestServer::start();
+    let app = server.register_app("Health");
+    let user = "a/b?c#d%e+f";
+    enrolled(&server, &app, user).await;
+    let encoded = "a%2Fb%3Fc%23d%25e%2Bf";
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/chains/{encoded}", server.base_url))
+        .bearer_auth(app.assertion(user, Purpose::Manage))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["user_id"], user);
+}
