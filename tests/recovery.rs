@@ -651,16 +651,23 @@ async fn two_hundred_simultaneous_wrong_guesses_count_at_most_the_cap_and_releas
             tokio::spawn(async move { client.verify_recovery(&id, &guess).await })
         })
         .collect();
+    let mut shed = 0;
     for t in tasks {
         let err = t.await.unwrap().unwrap_err();
-        assert!(
-            matches!(
-                code_of(&err),
-                Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts)
-            ),
-            "{err}"
-        );
+        match code_of(&err) {
+            Some(ErrorCode::InvalidCode) | Some(ErrorCode::TooManyAttempts) => {}
+            // Turned away before any work: the line for Argon2 was full.
+            Some(ErrorCode::Unavailable) => {
+                let ghostkey_client::ClientError::Api { problem, .. } = &err else {
+                    unreachable!()
+                };
+                assert!(problem.retry_after.is_some(), "{err}");
+                shed += 1;
+            }
+            _ => panic!("unexpected answer: {err}"),
+        }
     }
+    assert!(shed < 200, "every guess was shed");
     assert_eq!(
         w.server.query_i64(&format!(
             "SELECT attempts FROM challenges WHERE id = '{}'",
