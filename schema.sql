@@ -187,7 +187,9 @@ CREATE INDEX rate_counters_by_expiry ON rate_counters (expires_at);
 CREATE TABLE outbox (
     id               INTEGER PRIMARY KEY AUTOINCREMENT,
     app_id           TEXT    NOT NULL,
-    method_id        TEXT    NOT NULL REFERENCES methods(id) ON DELETE CASCADE,
+    -- The destination method; NULL for a farewell notice (an erasure's), which outlives
+    -- the method and carries its own encrypted destination until it is sent.
+    method_id        TEXT    REFERENCES methods(id) ON DELETE CASCADE,
     kind             TEXT    NOT NULL CHECK (kind IN ('code', 'notice')),
     key_id           TEXT    NOT NULL,
     body             BLOB    NOT NULL,
@@ -198,10 +200,15 @@ CREATE TABLE outbox (
     last_error       TEXT,
     created_at       INTEGER NOT NULL,
     finished_at      INTEGER,
-    -- Added in schema version 2: security notices of one kind to one method are coalesced,
-    -- at most one sent per hour, `events` saying how many events it stands for.
+    -- Security notices of one kind to one method are coalesced, at most one sent per hour,
+    -- `events` saying how many events it stands for.
     notice_kind      TEXT,
-    events           INTEGER NOT NULL DEFAULT 1
+    events           INTEGER NOT NULL DEFAULT 1,
+    -- A farewell notice's own destination (wiped once sent or given up).
+    channel            TEXT CHECK (channel IN ('sms', 'email')),
+    destination_key_id TEXT,
+    destination        BLOB,
+    CHECK (method_id IS NOT NULL OR (channel IS NOT NULL AND destination_key_id IS NOT NULL))
 ) STRICT;
 CREATE INDEX outbox_due ON outbox (state, next_attempt_at);
 CREATE INDEX outbox_by_notice ON outbox (method_id, notice_kind, created_at);

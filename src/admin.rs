@@ -235,15 +235,22 @@ pub fn unlock_user(
 }
 
 /// Deletes every row of a user (operator action, e.g. on an erasure request that reached
-/// the operator rather than the app provider).
+/// the operator rather than the app provider), after queueing a farewell notice to each of
+/// their confirmed SMS and e-mail methods.
 pub fn erase_user(
     store: &dyn Store,
+    keys: &crate::keys::ServerKeys,
     app_id: &str,
     user_id: &str,
     now: UnixTime,
 ) -> Result<(), AdminError> {
+    let app = store
+        .app(app_id)
+        .map_err(|e| explain(e, app_id, None))?
+        .ok_or_else(|| AdminError(format!("no app `{app_id}`")))?;
+    let notice = crate::service::messages::erased(keys, &app.name, true);
     store
-        .erase_user(app_id, user_id, None, now)
+        .erase_user(app_id, user_id, None, &notice, now)
         .map_err(|e| match e {
             StoreError::NotEnrolled => {
                 AdminError(format!("app `{app_id}` has no enrolled user `{user_id}`"))

@@ -489,7 +489,10 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
             if !yes {
                 return Err("erasure cannot be undone: add --yes to confirm".into());
             }
-            admin::erase_user(&store, &app_id, &user_id, SystemClock.now()).map_err(|e| e.0)?;
+            let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
+            let keys = ghostkey::keys::ServerKeys::derive(&data_key);
+            admin::erase_user(&store, &keys, &app_id, &user_id, SystemClock.now())
+                .map_err(|e| e.0)?;
             eprintln!("user `{user_id}` of app `{app_id}` erased");
         }
         UserCommand::Unlock { app_id, user_id } => {

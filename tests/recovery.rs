@@ -795,12 +795,44 @@ async fn erasure_deletes_every_row_of_the_user_and_nothing_else() {
         ));
         assert_eq!(left, 0, "{table} still holds rows of the erased user");
     }
+    // Nothing queued for the erased user's methods but the farewell, which carries its own
+    // (encrypted) destination until it is sent.
     assert_eq!(
         w.server.query_i64(
-            "SELECT count(*) FROM outbox WHERE method_id NOT IN (SELECT id FROM methods)"
+            "SELECT count(*) FROM outbox WHERE method_id IS NOT NULL AND method_id NOT IN (SELECT id FROM methods)"
         ),
         0
     );
+    let farewell = {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = sms_gateway::received(&w.gateway).await;
+            if let Some(m) = got.iter().find(|m| {
+                m["body"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("were erased")
+            }) {
+                break m.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "no farewell notice");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    };
+    assert_eq!(farewell["to"], "+33612345678");
+    // Once sent, its copy of the destination is wiped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while w
+        .server
+        .query_i64("SELECT count(*) FROM outbox WHERE destination IS NOT NULL")
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the farewell's destination stays"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
     // The other user is untouched.
     assert_eq!(
         w.server

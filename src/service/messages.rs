@@ -196,6 +196,22 @@ pub fn recovery_cancelled(keys: &ServerKeys, app_name: &str, recovery_id: &str) 
     notice(keys, "recovery_cancelled", &text)
 }
 
+/// To every method, as the user's rows go: the user was erased.
+pub fn erased(keys: &ServerKeys, app_name: &str, by_operator: bool) -> NewMessage {
+    let by = if by_operator {
+        "by the recovery service's operator"
+    } else {
+        "at the request of {app_name}"
+    };
+    let by = by.replace("{app_name}", app_name);
+    let text = format!(
+        "{app_name} security notice: the recovery copy of your account keys and every way to \
+         recover your account were erased {by}. Your account can no longer be recovered with \
+         this phone number or address. If this was not you, contact {app_name} now."
+    );
+    notice(keys, "erased", &text)
+}
+
 /// To every method: the sealed keys were replaced.
 pub fn virtual_device_replaced(keys: &ServerKeys, app_name: &str) -> NewMessage {
     let text = format!(

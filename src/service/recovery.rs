@@ -406,25 +406,37 @@ impl Ghostkey {
         Ok(())
     }
 
-    /// Erases the user (`manage` assertion): every row of theirs is deleted.
+    /// Erases the user (`manage` assertion): every method is told, then every row of
+    /// theirs is deleted.
     pub async fn erase_user(&self, token: String, caller: Caller) -> Result<(), Error> {
         let now = self.now();
         let mac = self.caller_mac(caller);
+        let keys = std::sync::Arc::clone(&self.keys);
         self.blocking(move |store, rules| {
             let assertion = authenticate(store, rules, &token, &[Purpose::Manage], now)?;
-            if let Some(app) = store.app(&assertion.app_id)? {
-                store.take_limits(
-                    &[address_limit(
-                        &app.id,
-                        &mac,
-                        app.policy.requests_per_address_per_minute,
-                    )],
-                    now,
-                )?;
-            }
-            store.erase_user(&assertion.app_id, &assertion.user_id, Some(&assertion), now)?;
+            let app = store
+                .app(&assertion.app_id)?
+                .ok_or_else(|| Error::internal("a verified assertion names a missing app"))?;
+            store.take_limits(
+                &[address_limit(
+                    &app.id,
+                    &mac,
+                    app.policy.requests_per_address_per_minute,
+                )],
+                now,
+            )?;
+            let notice = messages::erased(&keys, &app.name, false);
+            store.erase_user(
+                &assertion.app_id,
+                &assertion.user_id,
+                Some(&assertion),
+                &notice,
+                now,
+            )?;
             Ok(())
         })
-        .await
+        .await?;
+        self.outbox_wake.notify_one();
+        Ok(())
     }
 }

@@ -486,13 +486,15 @@ pub trait Store: Send + Sync + 'static {
         notice: &NewMessage,
         now: UnixTime,
     ) -> Result<(), StoreError>;
-    /// Deletes every row of a user (right to erasure); consumes the assertion's `jti`
-    /// when one is given (operators act without one).
+    /// Deletes every row of a user (right to erasure), after queueing `notice` to each of
+    /// their confirmed SMS and e-mail methods (a farewell that outlives them until it is
+    /// sent); consumes the assertion's `jti` when one is given (operators act without one).
     fn erase_user(
         &self,
         app_id: &str,
         user_id: &str,
         assertion: Option<&VerifiedAssertion>,
+        notice: &NewMessage,
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Audit events after `after_seq`, oldest first, at most `limit`.

@@ -2071,6 +2071,7 @@ impl Store for SqliteStore {
         app: &str,
         user: &str,
         assertion: Option<&VerifiedAssertion>,
+        notice: &NewMessage,
         now: UnixTime,
     ) -> Result<(), StoreError> {
         self.write(|tx| {
@@ -2080,6 +2081,15 @@ impl Store for SqliteStore {
             // Recorded under the pseudonym, before the row that links it to the user goes.
             let by = if assertion.is_some() { "manage_assertion" } else { "operator" };
             audit(tx, now, "user_erased", app, Who::User(user), json!({ "by": by }))?;
+            // Told before the rows go: the farewell carries a copy of each confirmed SMS and
+            // e-mail destination (still encrypted), wiped once it is sent or given up.
+            tx.exec(
+                "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at, \
+                                     notice_kind, events, channel, destination_key_id, destination) \
+                 SELECT app_id, NULL, ?3, ?4, ?5, 'pending', ?6, ?6, ?7, 1, kind, key_id, secret FROM methods \
+                 WHERE app_id = ?1 AND user_id = ?2 AND state = 'confirmed' AND kind IN ('sms', 'email')",
+                params![app, user, notice.kind.as_str(), notice.key_id, notice.body, now, notice.notice_kind],
+            )?;
             // Foreign keys cascade to guards, methods, challenges, recoveries and queued
             // messages; each is also deleted explicitly so erasure does not hang on them.
             tx.exec(
@@ -2193,7 +2203,11 @@ impl Store for SqliteStore {
             Ok(conn.one(sql, p, |r| r.get(0))?)
         };
         Ok((
-            count("SELECT count(*) FROM methods WHERE key_id = ?1", &[&key_id])?,
+            count("SELECT count(*) FROM methods WHERE key_id = ?1", &[&key_id])?
+                + count(
+                    "SELECT count(*) FROM outbox WHERE destination_key_id = ?1 AND destination IS NOT NULL",
+                    &[&key_id],
+                )?,
             count("SELECT count(*) FROM outbox WHERE key_id = ?1 AND length(body) > 0", &[&key_id])?,
             count(
                 "SELECT count(*) FROM challenges WHERE code_key_id = ?1 AND state = 'open' AND expires_at > ?2",
@@ -2251,9 +2265,11 @@ impl Store for SqliteStore {
         self.write(|tx| {
             let row = tx
                 .one(
-                    "SELECT o.id, o.app_id, o.kind, m.kind, m.key_id, m.secret, o.key_id, o.body, o.attempts, o.events \
-                     FROM outbox o JOIN methods m ON m.id = o.method_id \
+                    "SELECT o.id, o.app_id, o.kind, COALESCE(m.kind, o.channel), COALESCE(m.key_id, o.destination_key_id), \
+                            COALESCE(m.secret, o.destination), o.key_id, o.body, o.attempts, o.events \
+                     FROM outbox o LEFT JOIN methods m ON m.id = o.method_id \
                      WHERE o.state = 'pending' AND o.next_attempt_at <= ?1 AND o.leased_until <= ?1 \
+                       AND (m.id IS NOT NULL OR o.destination IS NOT NULL) \
                      ORDER BY o.next_attempt_at, o.id LIMIT 1",
                     [now],
                     |r| {
@@ -2287,11 +2303,19 @@ impl Store for SqliteStore {
         result: &SendResult,
         now: UnixTime,
     ) -> Result<(), StoreError> {
-        self.write(|tx| {
+        let farewell_done = self.write(|tx| {
+            // A farewell's copy of an erased user's destination goes with its last attempt.
+            let farewell: bool = tx.one(
+                "SELECT destination IS NOT NULL FROM outbox WHERE id = ?1",
+                [id],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or(false);
             match result {
                 SendResult::Sent => tx.exec(
-                    "UPDATE outbox SET state = 'sent', body = x'', attempts = attempts + 1, leased_until = 0, \
-                     finished_at = ?2, last_error = NULL WHERE id = ?1",
+                    "UPDATE outbox SET state = 'sent', body = x'', destination = NULL, attempts = attempts + 1, \
+                     leased_until = 0, finished_at = ?2, last_error = NULL WHERE id = ?1",
                     params![id, now],
                 )?,
                 SendResult::Retry { at, error } => tx.exec(
@@ -2300,13 +2324,17 @@ impl Store for SqliteStore {
                     params![id, at, error],
                 )?,
                 SendResult::Failed { error } => tx.exec(
-                    "UPDATE outbox SET state = 'failed', body = x'', attempts = attempts + 1, leased_until = 0, \
-                     finished_at = ?2, last_error = ?3 WHERE id = ?1",
+                    "UPDATE outbox SET state = 'failed', body = x'', destination = NULL, attempts = attempts + 1, \
+                     leased_until = 0, finished_at = ?2, last_error = ?3 WHERE id = ?1",
                     params![id, now, error],
                 )?,
             };
-            Ok(())
-        })
+            Ok(farewell && !matches!(result, SendResult::Retry { .. }))
+        })?;
+        if farewell_done {
+            self.scrub_wal();
+        }
+        Ok(())
     }
 
     fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
