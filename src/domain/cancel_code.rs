@@ -87,6 +87,20 @@ mod tests {
     }
 
     #[test]
+    fn every_shape_the_document_allows_parses() {
+        // The OpenAPI pattern: 20 symbols of 0-9 A-Z (no U, either case), dashes and
+        // spaces anywhere. O, I and L are read as 0, 1 and 1.
+        for ok in [
+            "abcd-efgh-jkmn-pqrs-tvwx",
+            " - 0123456789ABCDEFGHJK - ",
+            "oooo iiii llll 0000 zzzz",
+            "7K3M-Q9TX-2HVB-R8NC-4WZP",
+        ] {
+            assert!(parse(ok).is_ok(), "{ok}");
+        }
+    }
+
+    #[test]
     fn junk_is_refused_by_shape() {
         for junk in [
             "",

@@ -288,7 +288,10 @@ pub struct UnlockRequest {
 pub struct CancelWithCodeRequest {
     /// The cancel code as the notice shows it (`XXXX-XXXX-XXXX-XXXX-XXXX`, Crockford base32;
     /// case, dashes and spaces do not matter).
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9A-Za-z -]{20,40}$"))]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[ -]*(?:[0-9A-TV-Za-tv-z][ -]*){20}$")
+    )]
     pub cancel_code: String,
 }
 
