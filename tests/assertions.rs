@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{now, TestApp, TestServer, SERVICE_ID};
+use common::{TestApp, TestServer, SERVICE_ID};
 use ghostkey_client::kit::AssertionRequest;
 use ghostkey_client::proto::assertion::{AssertionClaims, Purpose};
 use ghostkey_client::proto::{b64, ErrorCode};
@@ -15,8 +15,8 @@ fn claims(app: &TestApp, user: &str) -> AssertionClaims {
         iss: app.id.clone(),
         sub: user.into(),
         aud: SERVICE_ID.into(),
-        iat: now(),
-        exp: now() + 60,
+        iat: app.now(),
+        exp: app.now() + 60,
         jti: b64::encode(rand_bytes()),
         purpose: Purpose::Enroll,
     }
@@ -131,7 +131,7 @@ async fn forged_and_misused_assertions_are_each_refused_with_their_own_code() {
         &other_app.id,
         "kother",
         &kid_of_other.public_key_b64(),
-        now(),
+        server.now(),
     )
     .unwrap();
     let token2 = kid_of_other.mint_claims(&claims(&app, "u")).unwrap();
@@ -160,10 +160,10 @@ async fn forged_and_misused_assertions_are_each_refused_with_their_own_code() {
         &app.id,
         "k2",
         &second.public_key_b64(),
-        now(),
+        server.now(),
     )
     .unwrap();
-    ghostkey::admin::revoke_key(&server.store(), &app.id, "k2", now()).unwrap();
+    ghostkey::admin::revoke_key(&server.store(), &app.id, "k2", server.now()).unwrap();
     let token = second.mint_claims(&claims(&app, "u")).unwrap();
     assert_eq!(
         refused(&server, &app, "u", &token).await,
@@ -192,8 +192,8 @@ async fn forged_and_misused_assertions_are_each_refused_with_their_own_code() {
 
     // Expired.
     let mut c2 = claims(&app, "u");
-    c2.iat = now() - 200;
-    c2.exp = now() - 100;
+    c2.iat = server.now() - 200;
+    c2.exp = server.now() - 100;
     assert_eq!(
         refused(&server, &app, "u", &app.key.mint_claims(&c2).unwrap()).await,
         ErrorCode::AssertionExpired
@@ -215,8 +215,8 @@ async fn forged_and_misused_assertions_are_each_refused_with_their_own_code() {
 
     // Issued in the future beyond the skew (30 s).
     let mut c2 = claims(&app, "u");
-    c2.iat = now() + 120;
-    c2.exp = now() + 180;
+    c2.iat = server.now() + 120;
+    c2.exp = server.now() + 180;
     assert_eq!(
         refused(&server, &app, "u", &app.key.mint_claims(&c2).unwrap()).await,
         ErrorCode::AssertionIssuedInFuture
@@ -344,7 +344,7 @@ async fn a_missing_or_non_bearer_authorization_is_refused() {
                 audience: SERVICE_ID,
                 purpose: Purpose::Enroll,
             },
-            now(),
+            server.now(),
             60,
         )
         .unwrap();

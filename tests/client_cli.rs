@@ -47,7 +47,9 @@ async fn run_typing_code(
 #[tokio::test]
 async fn a_person_enrols_and_recovers_from_the_terminal() {
     let gateway = sms_gateway::accepting().await;
-    let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
+    // The command-line client mints its assertions with the system clock: the server's
+    // clock is the system clock too, whatever TEST_CLOCK_START says.
+    let server = TestServer::start_at(common::now(), |c| sms_gateway::configure(c, &gateway));
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("app.key");
     let secret_file = dir.path().join("user.secret");

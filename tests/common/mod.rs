@@ -286,6 +286,11 @@ impl TestApp {
         }
     }
 
+    /// The time on the server's clock, for claims built by hand.
+    pub fn now(&self) -> UnixTime {
+        self.clock.now()
+    }
+
     pub fn assertion(&self, user_id: &str, purpose: Purpose) -> String {
         self.key
             .mint(
