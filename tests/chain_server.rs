@@ -193,14 +193,30 @@ async fn an_enrolment_whose_root_is_not_endorsed_by_the_app_is_refused() {
     other_user["sealed_virtual_device"] = ours["sealed_virtual_device"].clone();
     let res = post(other_user).await.unwrap();
     assert_eq!(res.status(), 422);
+    let p: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(p["code"], "invalid_block");
+    assert_eq!(
+        p["detail"],
+        "`root_block` must be a root for this app, user and virtual device"
+    );
     let mut mismatched = enrol_body(&app, "u");
     mismatched["root_block"] = enrol_body(&app, "u")["root_block"].clone();
     let res = post(mismatched).await.unwrap();
     assert_eq!(res.status(), 422);
+    let p: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(p["code"], "invalid_block");
+    assert_eq!(
+        p["detail"],
+        "`root_block` must be a root for this app, user and virtual device"
+    );
     // Not a block at all.
     let mut junk = enrol_body(&app, "u");
     junk["root_block"] = serde_json::json!(b64::encode(b"junk"));
-    assert_eq!(post(junk).await.unwrap().status(), 422);
+    let res = post(junk).await.unwrap();
+    assert_eq!(res.status(), 422);
+    let p: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(p["code"], "invalid_block");
+    assert_eq!(p["detail"], "`root_block`: unknown block format version");
     assert_eq!(server.count("users"), 0);
     assert_eq!(server.count("chain_blocks"), 0);
     // The real thing works.

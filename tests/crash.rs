@@ -247,7 +247,11 @@ fn released(
     user: &str,
 ) {
     let Some(blob) = &answer.sealed_virtual_device else {
-        return;
+        // Every caller got a `released` answer: one without the blob is a lost release.
+        return shared.surprise(format!(
+            "{user}: a released answer ({:?}) carries no sealed virtual device",
+            answer.state
+        ));
     };
     let bytes = b64::decode(blob).unwrap();
     if let Err(e) = VirtualDevice::open(&bytes, secret, &app.id, user, 1) {
