@@ -6,6 +6,8 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use ghostkey_client::proto::api::MethodKind;
+use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::AppSigningKey;
 
 fn ghostkey(dir: &Path) -> Command {
@@ -71,6 +73,54 @@ async fn serve_with_no_configuration_runs_a_development_instance() {
     }
     let key_before = std::fs::read(&key).unwrap();
 
+    // Something encrypted under that key: an app, a user and a phone number.
+    let app_key = AppSigningKey::generate("k1");
+    let out = run(ghostkey(dir.path()).args([
+        "app",
+        "add",
+        "--name",
+        "Health",
+        "--key-id",
+        "k1",
+        "--public-key",
+        &app_key.public_key_b64(),
+    ]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let app_id = text(&out.stdout).trim().to_owned();
+    let assertion = |purpose| {
+        app_key
+            .mint(
+                &ghostkey_client::kit::AssertionRequest {
+                    app_id: &app_id,
+                    user_id: "u",
+                    audience: ghostkey::config::DEV_SERVICE_ID,
+                    purpose,
+                },
+                ghostkey_client::kit::unix_now(),
+                120,
+            )
+            .unwrap()
+    };
+    ghostkey_client::enroll(
+        &client,
+        &assertion(Purpose::Enroll),
+        &ghostkey_client::UserSecret::generate(),
+        &app_id,
+        "u",
+        &app_key,
+    )
+    .await
+    .unwrap();
+    client
+        .add_method(
+            &assertion(Purpose::Enroll),
+            MethodKind::Sms,
+            Some("+33 6 12 34 56 78"),
+            None,
+        )
+        .await
+        .unwrap();
+
     // SIGTERM: a graceful stop.
     Command::new("kill")
         .arg("-TERM")
@@ -90,10 +140,42 @@ async fn serve_with_no_configuration_runs_a_development_instance() {
         "the data key was logged"
     );
 
-    // A second start reuses the key.
-    let out = run(ghostkey(dir.path()).args(["app", "list"]));
-    assert!(out.status.success());
+    // A second start of the server reuses the key: it decrypts the stored phone number to
+    // show it masked (a new key would fail to, and answer 500).
+    let port = free_port();
+    let child = ghostkey(dir.path())
+        .arg("serve")
+        .env("GHOSTKEY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let client = ghostkey_client::Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.health().await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "the second start did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let methods = client
+        .list_methods(&assertion(Purpose::Manage))
+        .await
+        .unwrap();
+    assert_eq!(methods.methods.len(), 1);
+    assert_eq!(methods.methods[0].masked.as_deref(), Some("+33 6******78"));
     assert_eq!(std::fs::read(&key).unwrap(), key_before);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(
+        !text(&out.stderr).contains("generated a new development data key"),
+        "the second start made a new key"
+    );
 }
 
 #[test]
