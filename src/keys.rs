@@ -313,6 +313,11 @@ impl ServerKeys {
         &self.current.id
     }
 
+    /// Whether this server can read values under `key_id` (its current or a retired key).
+    pub fn has_key(&self, key_id: &str) -> bool {
+        self.set(key_id).is_ok()
+    }
+
     /// The ids of the retired keys this server still reads.
     pub fn retired_ids(&self) -> Vec<String> {
         self.retired.iter().map(|k| k.id.clone()).collect()

@@ -61,6 +61,40 @@ pub fn open_store(config: &Config) -> Result<SqliteStore, String> {
     })
 }
 
+/// Refuses to serve a database holding values under a data key this server does not have
+/// (another key file, a deleted development key regenerated, a retired key removed too
+/// early): it would answer every request touching them with a 500.
+fn check_keys_cover_the_store(
+    store: &dyn Store,
+    keys: &ServerKeys,
+    now: crate::clock::UnixTime,
+    source: DataKeySource,
+) -> Result<(), String> {
+    let missing: Vec<String> = store
+        .key_ids_in_use(now)
+        .map_err(|e| format!("cannot read the database: {e}"))?
+        .into_iter()
+        .filter(|id| !keys.has_key(id))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let generated = if source == DataKeySource::GeneratedDevelopmentFile {
+        " A new development data key was just generated: the one these values were \
+         written with was deleted or moved."
+    } else {
+        ""
+    };
+    Err(format!(
+        "the database holds values encrypted under data key(s) {} that this server does not \
+         have (its key is {}).{generated} Configure the key they were written with \
+         (`keys.data_key_file`), or list it in `keys.retired_key_files` if it was rotated; \
+         refusing to start rather than failing every request that needs them.",
+        missing.join(", "),
+        keys.key_id()
+    ))
+}
+
 /// Loads keys, opens the store and binds the listener, announcing what kind of setup runs.
 pub fn start(config: &Config) -> Result<Running, String> {
     start_with_clock(config, Arc::new(SystemClock))
@@ -102,6 +136,7 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
         );
     }
     let store: Arc<dyn Store> = Arc::new(open_store(config)?);
+    check_keys_cover_the_store(store.as_ref(), &keys, clock.now(), source)?;
     let senders = crate::delivery::setup::from_config(config)?;
     for sender in [&senders.sms, &senders.email] {
         if sender.is_development() {

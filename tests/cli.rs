@@ -427,3 +427,86 @@ fn a_base64url_key_starting_with_a_dash_is_read_as_the_value() {
     ]));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// Issue 18 (data key problems): a deleted development key was silently regenerated and
+/// every request touching the stored values answered 500. Now the server refuses to start
+/// and says which key is missing and what to do.
+#[tokio::test]
+async fn a_store_written_under_another_data_key_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = ghostkey(dir.path())
+        .arg("serve")
+        .env("GHOSTKEY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = ghostkey_client::Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.health().await.is_err() {
+        assert!(Instant::now() < deadline, "the server did not come up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let app_key = AppSigningKey::generate("k1");
+    let out = run(ghostkey(dir.path()).args([
+        "app",
+        "add",
+        "--name",
+        "Health",
+        "--key-id",
+        "k1",
+        "--public-key",
+        &app_key.public_key_b64(),
+    ]));
+    let app_id = text(&out.stdout).trim().to_owned();
+    let assertion = || {
+        app_key
+            .mint(
+                &ghostkey_client::kit::AssertionRequest {
+                    app_id: &app_id,
+                    user_id: "u",
+                    audience: ghostkey::config::DEV_SERVICE_ID,
+                    purpose: Purpose::Enroll,
+                },
+                ghostkey_client::kit::unix_now(),
+                120,
+            )
+            .unwrap()
+    };
+    ghostkey_client::enroll(
+        &client,
+        &assertion(),
+        &ghostkey_client::UserSecret::generate(),
+        &app_id,
+        "u",
+        &app_key,
+    )
+    .await
+    .unwrap();
+    client
+        .add_method(
+            &assertion(),
+            MethodKind::Sms,
+            Some("+33 6 12 34 56 78"),
+            None,
+        )
+        .await
+        .unwrap();
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(child.wait_with_output().unwrap().status.success());
+
+    std::fs::remove_file(dir.path().join("ghostkey.db.data-key")).unwrap();
+    let out = run(ghostkey(dir.path()).arg("serve").env(
+        "GHOSTKEY_SERVER__LISTEN",
+        format!("127.0.0.1:{}", free_port()),
+    ));
+    assert!(!out.status.success(), "it served with the wrong key");
+    let err = text(&out.stderr);
+    assert!(err.contains("does not have"), "{err}");
+    assert!(err.contains("deleted or moved"), "{err}");
+    assert!(err.contains("keys.data_key_file"), "{err}");
+}

@@ -534,6 +534,9 @@ pub trait Store: Send + Sync + 'static {
         new_key: &str,
         body: &[u8],
     ) -> Result<bool, StoreError>;
+    /// Every data key id a stored value still needs: methods, queued bodies and
+    /// destinations, live challenges whose code it hashed.
+    fn key_ids_in_use(&self, now: UnixTime) -> Result<Vec<String>, StoreError>;
     /// What still needs data key `key_id`: methods, queued bodies, live challenges whose
     /// code it hashed.
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError>;

@@ -2197,6 +2197,21 @@ impl Store for SqliteStore {
         })
     }
 
+    fn key_ids_in_use(&self, now: UnixTime) -> Result<Vec<String>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT key_id FROM methods \
+             UNION SELECT key_id FROM outbox WHERE length(body) > 0 \
+             UNION SELECT destination_key_id FROM outbox WHERE destination IS NOT NULL \
+             UNION SELECT code_key_id FROM challenges \
+                   WHERE code_key_id IS NOT NULL AND state = 'open' AND expires_at > ?1",
+        )?;
+        let ids = stmt
+            .query_map([now], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(ids)
+    }
+
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError> {
         let conn = self.reader()?;
         let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
