@@ -220,9 +220,10 @@ impl Ghostkey {
             .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }
 
-    /// Spends the caller's address unit now: before Argon2 work, which the unit must pay
-    /// for up front (a check on a read connection does not see the requests in flight,
-    /// so it cannot bound how many hashes one address queues).
+    /// Spends the caller's units now (its address, and for a code check the app's
+    /// ceiling): before Argon2 work, which they must pay for up front (a check on a read
+    /// connection does not see the requests in flight, so it cannot bound how many hashes
+    /// one address queues).
     pub(crate) async fn spend_address(
         &self,
         limits: Vec<crate::domain::limits::Limit>,
@@ -232,9 +233,9 @@ impl Ghostkey {
             .await
     }
 
-    /// Spends the caller's address unit for a request refused before the write that would
-    /// have spent it, so that every refused request counts against its address. Answers
-    /// the refusal, or `address_rate_limited` if the unit was no longer there.
+    /// Spends the caller's units for a request refused before the write that would have
+    /// spent them, so that every refused request counts against its address. Answers the
+    /// refusal, or the limit's own refusal if a unit was no longer there.
     pub(crate) async fn spend_refused(
         &self,
         limits: Vec<crate::domain::limits::Limit>,
