@@ -10,7 +10,7 @@ use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
+use super::{authenticate, messages, parse_proof, refusal_at, Caller, Ghostkey};
 use crate::clock::UnixTime;
 use crate::domain::app::App;
 use crate::domain::assertion::{AssertionRules, VerifiedAssertion};
@@ -257,11 +257,7 @@ impl Ghostkey {
                 ))
             }
         };
-        let proof_code = request
-            .proof
-            .as_ref()
-            .map(|p| parse_code(&p.code))
-            .transpose()?;
+        let proof_code = request.proof.as_ref().map(parse_proof).transpose()?;
         let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
         let kind = request.kind;
         let mac = self.caller_mac(caller);
@@ -427,7 +423,7 @@ impl Ghostkey {
         request: RemoveMethodRequest,
     ) -> Result<(), Error> {
         let now = self.now();
-        let proof_code = parse_code(&request.proof.code)?;
+        let proof_code = parse_proof(&request.proof)?;
         let mac = self.caller_mac(caller);
         let proof_id = request.proof.challenge_id.clone();
         let (ctx, proof_found) = self
@@ -483,11 +479,7 @@ impl Ghostkey {
         request: UnlockRequest,
     ) -> Result<UnlockResponse, Error> {
         let now = self.now();
-        let proof_code = request
-            .proof
-            .as_ref()
-            .map(|p| parse_code(&p.code))
-            .transpose()?;
+        let proof_code = request.proof.as_ref().map(parse_proof).transpose()?;
         let mac = self.caller_mac(caller);
         let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
         let (ctx, proof_found) = self

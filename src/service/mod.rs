@@ -363,6 +363,24 @@ pub fn authenticate(
     assertion::verify(&unverified, &key, rules, purposes, now)
 }
 
+/// Checks the shape of a proof (its challenge id as any id in a path: 1 to 64 of
+/// `A-Z a-z 0-9 _ -`, as the API document says) and returns its code; a malformed proof is
+/// refused before anything else looks at the request.
+pub fn parse_proof(proof: &ghostkey_proto::api::Proof) -> Result<SecretString, Error> {
+    let id = &proof.challenge_id;
+    let id_ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !id_ok {
+        return Err(Error::with_detail(
+            ErrorCode::InvalidField,
+            "`proof.challenge_id` must be 1 to 64 of A-Z a-z 0-9 _ -",
+        ));
+    }
+    parse_code(&proof.code)
+}
+
 /// Checks the shape of a typed code: 4 to 10 digits. Junk is refused before it costs an
 /// attempt or a hash.
 pub fn parse_code(code: &str) -> Result<SecretString, Error> {

@@ -10,7 +10,7 @@ use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::{b64, sealed, ErrorCode};
 
 use super::methods::{challenge_view, load_user, load_user_unspent, masked, UserContext};
-use super::{authenticate, messages, parse_code, refusal_at, Caller, Ghostkey};
+use super::{authenticate, messages, parse_code, parse_proof, refusal_at, Caller, Ghostkey};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::cancel_code;
@@ -249,11 +249,7 @@ impl Ghostkey {
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
         let mac = self.caller_mac(caller);
-        let proof_code = request
-            .proof
-            .as_ref()
-            .map(|p| parse_code(&p.code))
-            .transpose()?;
+        let proof_code = request.proof.as_ref().map(parse_proof).transpose()?;
         let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
         let (ctx, proof_found) = self
             .blocking(move |store, rules| {
@@ -380,7 +376,7 @@ impl Ghostkey {
                 format!("`sealed_virtual_device`: {e}"),
             ),
         })?;
-        let proof_code = parse_code(&request.proof.code)?;
+        let proof_code = parse_proof(&request.proof)?;
         let mac = self.caller_mac(caller);
         let proof_id = request.proof.challenge_id.clone();
         let (ctx, proof_found) = self
