@@ -61,23 +61,7 @@ async fn enrol_with_totp(
     user: &str,
 ) -> (String, Authenticator) {
     enrol(server, app, user).await;
-    let client = server.client();
-    let added = client
-        .add_method(
-            &app.assertion(user, Purpose::Enroll),
-            MethodKind::Totp,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    let authenticator =
-        Authenticator(totp_rs::Totp::from_url(&added.totp.unwrap().otpauth_uri).unwrap());
-    client
-        .answer(&added.challenge.id, &authenticator.code(server))
-        .await
-        .unwrap();
-    (added.method.id, authenticator)
+    enrol_with_totp_method(server, app, user).await
 }
 
 /// Adds and confirms a TOTP method for an enrolled, still pending user.
