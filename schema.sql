@@ -3,7 +3,7 @@
 -- A fresh database is created by running this file as it is; a test checks that the
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
 -- a later version adds a migration in src/store/sqlite.rs and bumps it here.
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -224,3 +224,13 @@ CREATE TABLE audit_events (
     detail     TEXT    NOT NULL,
     hash       BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
+
+-- The audit log's head: the last event's position and hash, written in the same transaction
+-- as each event (schema version 3). The chain alone cannot show that its last events were
+-- deleted; `ghostkey audit verify` checks that the chain still reaches this head.
+CREATE TABLE audit_head (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    seq        INTEGER NOT NULL,
+    hash       BLOB    NOT NULL CHECK (length(hash) = 32)
+) STRICT;
+INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));

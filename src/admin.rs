@@ -6,6 +6,7 @@ use crate::clock::UnixTime;
 use crate::domain::app::{
     new_app_id, parse_public_key, validate_app_name, validate_kid, App, AppKey,
 };
+use crate::domain::audit::AuditHead;
 use crate::domain::policy::{AppPolicy, PolicyChange};
 use crate::store::{Store, StoreError};
 
@@ -339,9 +340,32 @@ pub fn show_user(
 /// Batch size when reading the audit log.
 const AUDIT_BATCH: usize = 1000;
 
-/// Recomputes the whole audit chain; returns the number of events, or the first broken
-/// link.
-pub fn verify_audit(store: &dyn Store) -> Result<i64, AdminError> {
+/// What `audit verify` found in an intact log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditVerified {
+    /// Events in the log.
+    pub events: i64,
+    /// Its last event, to note off-host and pass back later as an anchor.
+    pub head: AuditHead,
+}
+
+/// Recomputes the whole audit chain and checks that it still passes through the head the
+/// store recorded (read first, so events appended meanwhile do not matter) and through
+/// every `anchor` (heads noted earlier, off-host). Returns the first broken link, or the
+/// point the chain no longer reaches.
+pub fn verify_audit(store: &dyn Store, anchors: &[AuditHead]) -> Result<AuditVerified, AdminError> {
+    let recorded = store
+        .audit_head()
+        .map_err(|e| AdminError(e.to_string()))?
+        .ok_or_else(|| {
+            AdminError(
+                "the audit log's head record is missing: the log was tampered with".to_owned(),
+            )
+        })?;
+    let points: Vec<(&str, AuditHead)> = std::iter::once(("the recorded head", recorded))
+        .chain(anchors.iter().map(|a| ("the anchor", *a)))
+        .collect();
+    let mut hash_at: Vec<Option<[u8; 32]>> = vec![None; points.len()];
     let mut prev = [0u8; 32];
     let mut next_seq = 1;
     loop {
@@ -349,15 +373,34 @@ pub fn verify_audit(store: &dyn Store) -> Result<i64, AdminError> {
             .audit_events(next_seq - 1, AUDIT_BATCH)
             .map_err(|e| AdminError(e.to_string()))?;
         if events.is_empty() {
-            return Ok(next_seq - 1);
+            break;
         }
         prev = crate::domain::audit::verify(&events, prev, next_seq).map_err(|broken| {
             AdminError(format!(
                 "{broken}: the log was altered at or after this event"
             ))
         })?;
+        for e in &events {
+            for (i, (_, point)) in points.iter().enumerate() {
+                if point.seq == e.seq {
+                    hash_at[i] = Some(e.hash);
+                }
+            }
+        }
         next_seq += events.len() as i64;
     }
+    let events = next_seq - 1;
+    for ((what, point), found) in points.iter().zip(hash_at) {
+        crate::domain::audit::check_passes_through(point, events, found)
+            .map_err(|missed| AdminError(format!("{missed} ({what} is {})", point.to_text())))?;
+    }
+    Ok(AuditVerified {
+        events,
+        head: AuditHead {
+            seq: events,
+            hash: prev,
+        },
+    })
 }
 
 /// Writes the audit log as JSON lines.

@@ -85,8 +85,14 @@ enum KeysCommand {
 
 #[derive(Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain; report the first broken link.
-    Verify,
+    /// Recompute the hash chain; report the first broken link, or events deleted from its
+    /// end. Prints the head to note off-host.
+    Verify {
+        /// A head printed by an earlier `audit verify` (SEQ:HASH), noted off-host: the log
+        /// must still pass through it. Repeatable.
+        #[arg(long = "anchor", value_name = "SEQ:HASH", value_parser = parse_audit_anchor)]
+        anchors: Vec<ghostkey::domain::audit::AuditHead>,
+    },
     /// Write every event as JSON lines to standard output.
     Export,
 }
@@ -571,6 +577,10 @@ fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), Str
     Ok(())
 }
 
+fn parse_audit_anchor(text: &str) -> Result<ghostkey::domain::audit::AuditHead, String> {
+    ghostkey::domain::audit::AuditHead::parse(text)
+}
+
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let running = ghostkey::server::start(&config)?;
@@ -613,9 +623,18 @@ fn main() -> ExitCode {
         }
         Command::Keys(KeysCommand::Rotate { batch }) => rotate(&config, batch.max(1)),
         Command::Audit(cmd) => ghostkey::server::open_store(&config).and_then(|store| match cmd {
-            AuditCommand::Verify => admin::verify_audit(&store).map_err(|e| e.0).map(|n| {
-                eprintln!("audit log intact: {n} events, every link verified");
-            }),
+            AuditCommand::Verify { anchors } => admin::verify_audit(&store, &anchors)
+                .map_err(|e| e.0)
+                .map(|found| {
+                    eprintln!(
+                        "audit log intact: {} events, every link verified, the recorded head and {} anchor(s) reached",
+                        found.events,
+                        anchors.len()
+                    );
+                    // On standard output alone: the value to note off-host and pass to
+                    // `--anchor` later.
+                    println!("{}", found.head.to_text());
+                }),
             AuditCommand::Export => admin::export_audit(&store, &mut std::io::stdout())
                 .map_err(|e| e.0)
                 .map(|_| ()),

@@ -82,6 +82,83 @@ pub fn chain_hash(
     h.finalize().into()
 }
 
+/// A point the chain must still pass through: the head the store records with each event,
+/// or one an operator noted earlier (`ghostkey audit verify --anchor SEQ:HASH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditHead {
+    /// The event's position (0 for an empty log).
+    pub seq: i64,
+    /// Its chain hash (zeros for an empty log).
+    pub hash: [u8; 32],
+}
+
+impl AuditHead {
+    /// `SEQ:HASH` (hash in hex), as `audit verify` prints it and `--anchor` reads it.
+    pub fn to_text(&self) -> String {
+        format!("{}:{}", self.seq, hex::encode(self.hash))
+    }
+
+    /// Reads `SEQ:HASH`.
+    pub fn parse(text: &str) -> Result<AuditHead, String> {
+        let bad = || {
+            format!("`{text}` is not an audit anchor: expected SEQ:HASH, the hash as 64 hex digits")
+        };
+        let (seq, hash) = text.trim().split_once(':').ok_or_else(bad)?;
+        let seq: i64 = seq.parse().map_err(|_| bad())?;
+        let hash: [u8; 32] = hex::decode(hash)
+            .ok()
+            .and_then(|h| h.try_into().ok())
+            .ok_or_else(bad)?;
+        if seq < 0 {
+            return Err(bad());
+        }
+        Ok(AuditHead { seq, hash })
+    }
+}
+
+/// Where a chain that verifies link by link still does not match a point it must pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MissedHead {
+    /// The chain ends before the point: its last events were deleted.
+    #[error("the log ends at event {last} but reached event {expected} before: events after {last} were deleted")]
+    Truncated {
+        /// The chain's last event (0: empty).
+        last: i64,
+        /// The point's position.
+        expected: i64,
+    },
+    /// The event at the point's position has another hash: the log was rewritten up to it.
+    #[error("event {seq} does not have the hash recorded for it: the log was rewritten up to it")]
+    Rewritten {
+        /// The point's position.
+        seq: i64,
+    },
+}
+
+/// Checks that a verified chain (its `len` events, and the hash of the event at `point.seq`
+/// if it has one) passes through `point`.
+pub fn check_passes_through(
+    point: &AuditHead,
+    len: i64,
+    hash_at_point: Option<[u8; 32]>,
+) -> Result<(), MissedHead> {
+    if point.seq > len {
+        return Err(MissedHead::Truncated {
+            last: len,
+            expected: point.seq,
+        });
+    }
+    let found = if point.seq == 0 {
+        [0u8; 32]
+    } else {
+        hash_at_point.ok_or(MissedHead::Rewritten { seq: point.seq })?
+    };
+    if found != point.hash {
+        return Err(MissedHead::Rewritten { seq: point.seq });
+    }
+    Ok(())
+}
+
 /// The first broken link: the sequence number where the chain stops holding.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("audit chain broken at event {seq}")]
@@ -148,6 +225,39 @@ mod tests {
         let mut swapped = good.clone();
         swapped.swap(3, 4);
         assert_eq!(verify(&swapped, [0; 32], 1), Err(BrokenLink { seq: 4 }));
+        // A chain that verifies link by link must still reach its recorded head.
+        let head = AuditHead {
+            seq: 5,
+            hash: good[4].hash,
+        };
+        assert_eq!(check_passes_through(&head, 5, Some(good[4].hash)), Ok(()));
+        assert_eq!(
+            check_passes_through(&head, 3, None),
+            Err(MissedHead::Truncated {
+                last: 3,
+                expected: 5
+            })
+        );
+        assert_eq!(
+            check_passes_through(&head, 5, Some(good[3].hash)),
+            Err(MissedHead::Rewritten { seq: 5 })
+        );
+        let empty = AuditHead {
+            seq: 0,
+            hash: [0; 32],
+        };
+        assert_eq!(check_passes_through(&empty, 0, None), Ok(()));
+        assert_eq!(AuditHead::parse(&head.to_text()), Ok(head));
+        for bad in [
+            "",
+            "5",
+            "x:00",
+            "-1:00",
+            "5:abcd",
+            &format!("5:{}", "g".repeat(64)),
+        ] {
+            assert!(AuditHead::parse(bad).is_err(), "{bad}");
+        }
         // Field boundaries are unambiguous.
         assert_ne!(
             chain_hash(&[0; 32], 1, 1, "ab", "c", "", ""),

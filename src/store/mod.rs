@@ -503,6 +503,9 @@ pub trait Store: Send + Sync + 'static {
         after_seq: i64,
         limit: usize,
     ) -> Result<Vec<crate::domain::audit::AuditEvent>, StoreError>;
+    /// The audit log's recorded head (its last event's position and hash); `None` if the
+    /// record itself is gone.
+    fn audit_head(&self) -> Result<Option<crate::domain::audit::AuditHead>, StoreError>;
     /// Up to `limit` methods whose secret is under another data key than `current`.
     fn methods_under_other_keys(
         &self,

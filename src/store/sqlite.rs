@@ -19,7 +19,7 @@ use crate::clock::UnixTime;
 use crate::config::Synchronous;
 use crate::domain::app::{App, AppKey, KeyLookup};
 use crate::domain::assertion::VerifiedAssertion;
-use crate::domain::audit::AuditEvent;
+use crate::domain::audit::{AuditEvent, AuditHead};
 use crate::domain::challenge::{
     self, Challenge, ChallengePurpose, ChallengeState, FailureWindow, Guard, LockRule, Outcome,
     Settlement, Verdict, FAILURE_WINDOW_SECS,
@@ -33,11 +33,14 @@ use crate::domain::recovery::{self, Recovery, RecoveryState};
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
 /// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
-const MIGRATIONS: &[(i64, &str)] = &[(2, include_str!("migrations/v2.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (2, include_str!("migrations/v2.sql")),
+    (3, include_str!("migrations/v3.sql")),
+];
 /// Expired `jti`s deleted per write, so the replay cache stays small without a sweeper.
 const JTI_PURGE_BATCH: i64 = 32;
 
@@ -415,7 +418,8 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
         v if v > SCHEMA_VERSION => Err(StoreError::Backend(format!(
             "the database has schema version {v}, newer than this Ghostkey ({SCHEMA_VERSION}); upgrade Ghostkey"
         ))),
-        v if MIGRATIONS.first().is_some_and(|(to, _)| *to == v + 1) => {
+        // Any older version a chain of migrations starts from.
+        v if MIGRATIONS.first().is_some_and(|(to, _)| *to <= v + 1) => {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
             for (_, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > v) {
                 tx.execute_batch(sql)?;
@@ -1213,14 +1217,14 @@ fn audit(
             .optional()?
             .unwrap_or_default(),
     };
+    // The next event follows the recorded head, not whatever event is last: events deleted
+    // from the end leave a gap that `audit verify` reports.
     let (prev_seq, prev_hash): (i64, Vec<u8>) = tx
-        .one(
-            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
+        .one("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
         .optional()?
-        .unwrap_or((0, vec![0u8; 32]));
+        .ok_or_else(|| StoreError::Backend("the audit log's head row is missing".into()))?;
     let prev: [u8; 32] = prev_hash
         .try_into()
         .map_err(|_| StoreError::Backend("stored audit hash is not 32 bytes".into()))?;
@@ -1230,6 +1234,10 @@ fn audit(
     tx.exec(
         "INSERT INTO audit_events (seq, at, kind, app_id, subject, detail, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![seq, now, kind, app_id, subject, detail, hash],
+    )?;
+    tx.exec(
+        "UPDATE audit_head SET seq = ?1, hash = ?2 WHERE id = 1",
+        params![seq, hash],
     )?;
     Ok(())
 }
@@ -2134,6 +2142,20 @@ impl Store for SqliteStore {
         Ok(events)
     }
 
+    fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        let conn = self.reader()?;
+        let head = conn
+            .one("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
+                let hash: Vec<u8> = r.get(1)?;
+                Ok(AuditHead {
+                    seq: r.get(0)?,
+                    hash: hash.try_into().map_err(|_| bad_blob(1))?,
+                })
+            })
+            .optional()?;
+        Ok(head)
+    }
+
     fn methods_under_other_keys(
         &self,
         current: &str,
@@ -2588,8 +2610,26 @@ mod tests {
                 [],
             )
             .unwrap();
+            // Two audit events: the head the migration records is the last one.
+            let mut prev = [0u8; 32];
+            for seq in 1..=2 {
+                prev =
+                    crate::domain::audit::chain_hash(&prev, seq, 10 + seq, "k", "app_1", "", "{}");
+                conn.execute(
+                    "INSERT INTO audit_events (seq, at, kind, app_id, subject, detail, hash) VALUES (?1, ?2, 'k', 'app_1', '', '{}', ?3)",
+                    params![seq, 10 + seq, prev.to_vec()],
+                )
+                .unwrap();
+            }
         }
         let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        let head = store.audit_head().unwrap().unwrap();
+        assert_eq!(head.seq, 2);
+        assert_eq!(
+            head.hash,
+            store.audit_events(1, 1).unwrap()[0].hash,
+            "the head is the log's last event"
+        );
         let app = store.app("app_1").unwrap().unwrap();
         // The old values are kept; the new ones take their defaults.
         assert_eq!(app.policy.user_lock_threshold, 7);
@@ -2606,6 +2646,28 @@ mod tests {
         drop(SqliteStore::open(&fresh_path, Synchronous::Full, Duration::from_secs(1)).unwrap());
         let fresh = Connection::open(&fresh_path).unwrap();
         assert_eq!(shape_of(&migrated), shape_of(&fresh));
+    }
+
+    #[test]
+    fn a_version_2_database_with_an_empty_audit_log_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("migrations/v1.sql"))
+                .unwrap();
+            conn.execute_batch(include_str!("migrations/v2.sql"))
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        let head = store.audit_head().unwrap().unwrap();
+        assert_eq!((head.seq, head.hash), (0, [0u8; 32]));
+        drop(store);
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .one("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
     }
 
     #[test]
