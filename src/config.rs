@@ -187,6 +187,10 @@ pub struct EmailConfig {
     pub smtp_port: u16,
     /// `none`, `starttls` or `tls`.
     pub smtp_tls: SmtpTls,
+    /// A PEM file of certificate authorities trusted for the SMTP server besides the
+    /// built-in public roots (a relay with a private CA). Only with `starttls` or `tls`.
+    #[serde(default)]
+    pub smtp_ca_file: Option<PathBuf>,
     /// SMTP user name, if the server needs authentication.
     pub smtp_username: Option<String>,
     /// SMTP password (secret); or `smtp_password_file`.
@@ -330,6 +334,7 @@ impl Default for Config {
                 smtp_host: "localhost".to_owned(),
                 smtp_port: 587,
                 smtp_tls: SmtpTls::Starttls,
+                smtp_ca_file: None,
                 smtp_username: None,
                 smtp_password: None,
                 smtp_password_file: None,
@@ -615,6 +620,12 @@ impl Config {
                 return Err(bad(
                     "email.smtp_username",
                     "and `email.smtp_password` go together",
+                ));
+            }
+            if e.smtp_tls == SmtpTls::None && e.smtp_ca_file.is_some() {
+                return Err(bad(
+                    "email.smtp_ca_file",
+                    "is set but `email.smtp_tls` is `none`: nothing would be checked against it",
                 ));
             }
             if self.mode == Mode::Production

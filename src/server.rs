@@ -158,6 +158,12 @@ pub fn start_with(
     keys: Arc<ServerKeys>,
     senders: Senders,
 ) -> Result<Running, String> {
+    // Before anything starts: a certificate that does not fit its key, or out of its
+    // validity, stops the start here.
+    let tls = match &config.server.tls {
+        Some(tls) => Some(crate::tls::server_config(tls, clock.now())?),
+        None => None,
+    };
     let rules = AssertionRules {
         service_id: config.service_id.clone(),
         max_lifetime_secs: config.assertions.max_lifetime_secs,
@@ -214,8 +220,8 @@ pub fn start_with(
     if config.server.workers > 0 {
         http = http.workers(config.server.workers);
     }
-    let http = match &config.server.tls {
-        Some(tls) => http.bind_rustls_0_23(config.server.listen, crate::tls::server_config(tls)?),
+    let http = match tls {
+        Some(tls) => http.bind_rustls_0_23(config.server.listen, tls),
         None => http.bind(config.server.listen),
     }
     .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;

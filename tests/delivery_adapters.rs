@@ -584,6 +584,7 @@ fn email_config(port: u16, timeout_ms: u64) -> EmailConfig {
         smtp_host: "127.0.0.1".to_owned(),
         smtp_port: port,
         smtp_tls: SmtpTls::None,
+        smtp_ca_file: None,
         smtp_username: None,
         smtp_password: None,
         smtp_password_file: None,

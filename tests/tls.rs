@@ -60,17 +60,17 @@ fn unusable_tls_files_are_refused_naming_the_key() {
         cert_file: dir.path().join("cert.pem"),
         key_file: dir.path().join("key.pem"),
     };
-    let err = ghostkey::tls::server_config(&tls).unwrap_err();
+    let err = ghostkey::tls::server_config(&tls, common::now()).unwrap_err();
     assert!(err.contains("server.tls.cert_file"), "{err}");
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     std::fs::write(dir.path().join("cert.pem"), certified.cert.pem()).unwrap();
-    let err = ghostkey::tls::server_config(&tls).unwrap_err();
+    let err = ghostkey::tls::server_config(&tls, common::now()).unwrap_err();
     assert!(err.contains("server.tls.key_file"), "{err}");
     let missing = TlsConfig {
         cert_file: dir.path().join("none.pem"),
         key_file: tls.key_file.clone(),
     };
-    assert!(ghostkey::tls::server_config(&missing)
+    assert!(ghostkey::tls::server_config(&missing, common::now())
         .unwrap_err()
         .contains("server.tls.cert_file"));
 }

@@ -11,7 +11,10 @@ use async_trait::async_trait;
 use lettre::message::header::ContentType;
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{Outgoing, SendError, Sender};
@@ -22,6 +25,8 @@ pub struct SmtpSender {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     timeout: Duration,
+    /// `email.smtp_tls = "starttls"`: says so when the server does not offer it.
+    starttls: bool,
 }
 
 impl SmtpSender {
@@ -35,12 +40,12 @@ impl SmtpSender {
             "`email.from` must be an address such as `Ghostkey <no-reply@example.org>`".to_owned()
         })?;
         let timeout = Duration::from_millis(cfg.timeout_ms);
+        let plain = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host);
         let builder = match cfg.smtp_tls {
-            SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
-            SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)
-                .map_err(|e| format!("`email.smtp_host`: cannot set up STARTTLS: {e}"))?,
-            SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)
-                .map_err(|e| format!("`email.smtp_host`: cannot set up TLS: {e}"))?,
+            SmtpTls::None => plain,
+            // Required: a server that does not offer STARTTLS gets nothing but EHLO and QUIT.
+            SmtpTls::Starttls => plain.tls(Tls::Required(tls_parameters(host, cfg)?)),
+            SmtpTls::Tls => plain.tls(Tls::Wrapper(tls_parameters(host, cfg)?)),
         };
         let builder = builder.port(cfg.smtp_port).timeout(Some(timeout));
         let builder = match (&cfg.smtp_username, password) {
@@ -63,8 +68,33 @@ impl SmtpSender {
             transport: builder.build(),
             from,
             timeout,
+            starttls: cfg.smtp_tls == SmtpTls::Starttls,
         })
     }
+}
+
+/// TLS to `host`, its certificate checked against the built-in public roots and the
+/// authorities in `email.smtp_ca_file`, if set; TLS 1.2 at least.
+fn tls_parameters(host: &str, cfg: &EmailConfig) -> Result<TlsParameters, String> {
+    let mut params = TlsParameters::builder(host.to_owned());
+    if let Some(path) = &cfg.smtp_ca_file {
+        let key = "`email.smtp_ca_file`";
+        let pem = std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        let cas = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+        if cas.is_empty() {
+            return Err(format!("{key} {}: no certificate in it", path.display()));
+        }
+        for ca in cas {
+            let ca = Certificate::from_der(ca.to_vec())
+                .map_err(|e| format!("{key} {}: {e}", path.display()))?;
+            params = params.add_root_certificate(ca);
+        }
+    }
+    params
+        .build()
+        .map_err(|e| format!("`email.smtp_host`: cannot set up TLS: {e}"))
 }
 
 #[async_trait]
@@ -93,13 +123,13 @@ impl Sender for SmtpSender {
                 tracing::debug!(outbox_id = message.id, "smtp server accepted the message");
                 Ok(())
             }
-            Ok(Err(e)) => Err(classify(&e)),
+            Ok(Err(e)) => Err(classify(&e, self.starttls)),
         }
     }
 }
 
 /// What a lettre error means. Reply texts are left out: they may echo the address.
-fn classify(e: &lettre::transport::smtp::Error) -> SendError {
+fn classify(e: &lettre::transport::smtp::Error, starttls: bool) -> SendError {
     let code = e.status().map(|c| c.to_string());
     if e.is_permanent() {
         return SendError::permanent(format!("smtp {}", code.as_deref().unwrap_or("5xx")));
@@ -115,6 +145,12 @@ fn classify(e: &lettre::transport::smtp::Error) -> SendError {
     }
     if e.is_response() {
         return SendError::transient("smtp server sent an unreadable reply");
+    }
+    // lettre's own fixed text, which holds no address.
+    if starttls && e.is_client() && e.to_string().contains("STARTTLS is not supported") {
+        return SendError::transient(
+            "smtp server does not offer STARTTLS, which `email.smtp_tls` requires: nothing sent",
+        );
     }
     if e.is_client() || e.is_transport_shutdown() {
         return SendError::transient("smtp client error");
