@@ -567,6 +567,12 @@ fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), Str
             path.display()
         ));
     }
+    // Refused while a server runs on the database (and keeps a server from starting
+    // until the restore is done).
+    let _lock = ghostkey::store::DatabaseLock::acquire(
+        &config.database.path,
+        ghostkey::store::LockHolder::Restore,
+    )?;
     let store = ghostkey::server::open_store(config)?;
     store.restore_from(path).map_err(|e| e.to_string())?;
     eprintln!(

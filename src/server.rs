@@ -14,7 +14,7 @@ use crate::delivery::worker::{Subjects, Worker};
 use crate::domain::assertion::AssertionRules;
 use crate::keys::{DataKeySource, ServerKeys};
 use crate::service::Ghostkey;
-use crate::store::{SqliteStore, Store};
+use crate::store::{DatabaseLock, LockHolder, SqliteStore, Store};
 
 /// A server bound to its address, ready to be awaited.
 pub struct Running {
@@ -26,6 +26,9 @@ pub struct Running {
     pub worker: WorkerHandle,
     /// Where `/metrics` is served, if it is.
     pub metrics_addr: Option<SocketAddr>,
+    /// The database's exclusive lock (see [`DatabaseLock`]), held while this value lives;
+    /// `None` when started over a store opened elsewhere.
+    pub database_lock: Option<DatabaseLock>,
 }
 
 /// Stops the outbox worker after the message it is sending, if any.
@@ -135,6 +138,7 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
             "database.synchronous is lowered: acknowledged writes may be lost on power failure"
         );
     }
+    let database_lock = DatabaseLock::acquire(&config.database.path, LockHolder::Server)?;
     let store: Arc<dyn Store> = Arc::new(open_store(config)?);
     check_keys_cover_the_store(store.as_ref(), &keys, clock.now(), source)?;
     let senders = crate::delivery::setup::from_config(config)?;
@@ -146,7 +150,9 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
             );
         }
     }
-    start_with(config, store, clock, Arc::new(keys), senders)
+    let mut running = start_with(config, store, clock, Arc::new(keys), senders)?;
+    running.database_lock = Some(database_lock);
+    Ok(running)
 }
 
 /// Binds a server over an already opened store, with a given clock, keys and senders,
@@ -236,6 +242,7 @@ pub fn start_with(
         server: http.run(),
         worker,
         metrics_addr,
+        database_lock: None,
     })
 }
 

@@ -6,6 +6,7 @@
 //! counters) lives here, not in process memory. A PostgreSQL backend implements the same
 //! trait.
 
+pub mod lock;
 pub mod sqlite;
 
 use ghostkey_proto::ErrorCode;
@@ -20,6 +21,7 @@ use crate::domain::method::Method;
 use crate::domain::policy::AppPolicy;
 use crate::domain::recovery::Recovery;
 
+pub use lock::{DatabaseLock, LockHolder};
 pub use sqlite::SqliteStore;
 
 /// Why a store operation did not happen.
