@@ -234,3 +234,12 @@ CREATE TABLE audit_head (
     hash       BLOB    NOT NULL CHECK (length(hash) = 32)
 ) STRICT;
 INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, zeroblob(32));
+
+-- The latest time a purge relied on (schema version 3): expired replay-cache entries, rate
+-- windows and failures are forgotten as time passes, so the server's time must never go
+-- back before it, even across a restart (it starts from this, or the last audit event).
+CREATE TABLE clock_floor (
+    id         INTEGER PRIMARY KEY CHECK (id = 1),
+    at         INTEGER NOT NULL
+) STRICT;
+INSERT INTO clock_floor (id, at) VALUES (1, 0);

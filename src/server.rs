@@ -164,6 +164,19 @@ pub fn start_with(
     keys: Arc<ServerKeys>,
     senders: Senders,
 ) -> Result<Running, String> {
+    // Everything below runs on a time that never goes back before what the database
+    // already relied on.
+    let floor = store
+        .time_floor()
+        .map_err(|e| format!("cannot read the database: {e}"))?;
+    let wall_now = clock.now();
+    if floor > wall_now {
+        tracing::warn!(
+            behind_secs = floor - wall_now,
+            "the system clock is behind the latest time recorded in the database: the service              keeps that time until the clock catches up; check the machine's time source"
+        );
+    }
+    let clock: Arc<dyn Clock> = Arc::new(crate::clock::NeverBackwards::new(clock, floor));
     // Before anything starts: a certificate that does not fit its key, or out of its
     // validity, stops the start here.
     let tls = match &config.server.tls {

@@ -502,17 +502,31 @@ fn app_exists(tx: &Connection, app_id: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
+/// After a purge of `purged` rows that expired before `now`, records that the server's
+/// time reached `now`: were it to go back before it, what was forgotten would count again
+/// (a replayed assertion, a fresh rate window). See [`crate::clock::NeverBackwards`].
+fn raise_clock_floor(tx: &Connection, purged: usize, now: UnixTime) -> Result<(), StoreError> {
+    if purged > 0 {
+        tx.exec(
+            "UPDATE clock_floor SET at = max(at, ?1) WHERE id = 1",
+            [now],
+        )?;
+    }
+    Ok(())
+}
+
 /// Records a `jti` as used; refuses one seen before. Also forgets a few expired ones.
 fn consume_jti(
     tx: &Connection,
     assertion: &VerifiedAssertion,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    tx.exec(
+    let purged = tx.exec(
         "DELETE FROM assertion_jtis WHERE (app_id, jti) IN \
          (SELECT app_id, jti FROM assertion_jtis WHERE expires_at < ?1 LIMIT ?2)",
         params![now, JTI_PURGE_BATCH],
     )?;
+    raise_clock_floor(tx, purged, now)?;
     let inserted = tx.exec(
         "INSERT INTO assertion_jtis (app_id, jti, expires_at) VALUES (?1, ?2, ?3) \
          ON CONFLICT (app_id, jti) DO NOTHING",
@@ -719,10 +733,11 @@ fn save_settlement(
     save_guard(tx, &ch.app_id, &ch.user_id, &s.guard)?;
     if s.outcome.is_failure() {
         // Failures older than the window no longer count: drop them as new ones come.
-        tx.exec(
+        let purged = tx.exec(
             "DELETE FROM user_failures WHERE app_id = ?1 AND user_id = ?2 AND at <= ?3",
             params![ch.app_id, ch.user_id, now - FAILURE_WINDOW_SECS],
         )?;
+        raise_clock_floor(tx, purged, now)?;
         tx.exec(
             "INSERT INTO user_failures (app_id, user_id, at) VALUES (?1, ?2, ?3)",
             params![ch.app_id, ch.user_id, now],
@@ -1053,11 +1068,12 @@ fn take_limits_in(
     limits: &[Limit],
     now: UnixTime,
 ) -> Result<Result<(), StoreError>, StoreError> {
-    tx.exec(
+    let purged = tx.exec(
         "DELETE FROM rate_counters WHERE (scope, subject, window_start) IN \
          (SELECT scope, subject, window_start FROM rate_counters WHERE expires_at < ?1 LIMIT 64)",
         [now],
     )?;
+    raise_clock_floor(tx, purged, now)?;
     if let Some(full) = full_limit(tx, limits, now)? {
         return Ok(Err(full));
     }
@@ -2154,6 +2170,17 @@ impl Store for SqliteStore {
             })
             .optional()?;
         Ok(head)
+    }
+
+    fn time_floor(&self) -> Result<UnixTime, StoreError> {
+        let conn = self.reader()?;
+        let floor: i64 = conn.one(
+            "SELECT max(coalesce((SELECT at FROM clock_floor WHERE id = 1), 0), \
+                        coalesce((SELECT at FROM audit_events ORDER BY seq DESC LIMIT 1), 0))",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(floor)
     }
 
     fn methods_under_other_keys(
