@@ -68,7 +68,7 @@ async fn a_code_that_expired_while_the_server_was_down_is_refused_and_a_live_one
     let code = sms_gateway::code(&gateway, sent).await;
 
     // Down for longer than the code lives.
-    server.clock.advance(lifetime as i64 + 1);
+    server.clock.advance(lifetime + 1);
     let server = server.restart(|_| {});
     let client = server.client();
     let driver = RecoveryDriver::new(&client, &secret, &app.id, "u");
@@ -89,7 +89,7 @@ async fn a_code_that_expired_while_the_server_was_down_is_refused_and_a_live_one
         .await
         .unwrap();
     let code = sms_gateway::code(&gateway, sent).await;
-    server.clock.advance(lifetime as i64 / 2);
+    server.clock.advance(lifetime / 2);
     let server = server.restart(|_| {});
     let client = server.client();
     let driver = RecoveryDriver::new(&client, &secret, &app.id, "u");
