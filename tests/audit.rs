@@ -46,7 +46,16 @@ async fn the_audit_chain_verifies_names_no_one_and_catches_an_edit() {
         )
         .await
         .unwrap();
-    let _ = client.answer(&added.challenge.id, "00000000").await;
+    // A wrong code first (the audit log records the failure).
+    let err = client
+        .answer(&added.challenge.id, "00000000")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ghostkey_client::proto::ErrorCode::InvalidCode),
+        "{err}"
+    );
     client
         .answer(&added.challenge.id, &sms_gateway::code(&gateway, 0).await)
         .await

@@ -197,10 +197,25 @@ async fn failures_back_off_then_lock_until_lifted_or_an_operator_unlocks() {
     let other = add_phone(&server, &app, "v", "+33 6 12 34 56 79")
         .await
         .unwrap();
+    let mut answers = Vec::new();
     for _ in 0..4 {
-        let _ = client.answer(&other.challenge.id, "00000000").await;
+        let err = client
+            .answer(&other.challenge.id, "00000000")
+            .await
+            .unwrap_err();
+        answers.push(err.code());
         server.clock.advance(10);
     }
+    assert_eq!(
+        answers,
+        [
+            Some(ErrorCode::InvalidCode),
+            Some(ErrorCode::InvalidCode),
+            Some(ErrorCode::InvalidCode),
+            Some(ErrorCode::Locked)
+        ],
+        "the fourth failure locks the second user"
+    );
     assert!(
         server.query_i64(
             "SELECT count(*) FROM user_guards WHERE user_id = 'v' AND locked_at IS NOT NULL"

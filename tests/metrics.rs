@@ -33,7 +33,15 @@ async fn metrics_expose_the_named_series_and_no_personal_value() {
         )
         .await
         .unwrap();
-    let _ = client.answer(&added.challenge.id, "00000000").await;
+    let err = client
+        .answer(&added.challenge.id, "00000000")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ghostkey_client::proto::ErrorCode::InvalidCode),
+        "{err}"
+    );
     let code = sms_gateway::code(&gateway, 0).await;
     client.answer(&added.challenge.id, &code).await.unwrap();
     let started = client
@@ -55,8 +63,21 @@ async fn metrics_expose_the_named_series_and_no_personal_value() {
         )
         .await
         .unwrap();
+    let mut answers = Vec::new();
     for _ in 0..3 {
-        let _ = client.verify_recovery(&again.id, "00000000").await;
+        let err = client
+            .verify_recovery(&again.id, "00000000")
+            .await
+            .unwrap_err();
+        answers.push(err.code());
+    }
+    {
+        use ghostkey_client::proto::ErrorCode::{InvalidCode, Locked};
+        assert_eq!(
+            answers,
+            [Some(InvalidCode), Some(InvalidCode), Some(Locked)],
+            "the third failure locks the user"
+        );
     }
 
     let metrics_addr = server.metrics_addr.expect("metrics listener");

@@ -357,7 +357,11 @@ async fn wrong_codes_kill_the_recovery_and_the_lock_yields_only_to_manage() {
         .await
         .unwrap();
     let code = sms_gateway::code(&w.gateway, 2).await;
-    let _ = client.verify_recovery(&started.id, "00000000").await;
+    let err = client
+        .verify_recovery(&started.id, "00000000")
+        .await
+        .unwrap_err();
+    assert_eq!(code_of(&err), Some(ErrorCode::InvalidCode));
     let err = client
         .verify_recovery(&started.id, "00000000")
         .await
@@ -771,7 +775,12 @@ async fn erasure_deletes_every_row_of_the_user_and_nothing_else() {
         .start_recovery(&w.app.assertion("gone", Purpose::Recover), &phone)
         .await
         .unwrap();
-    let _ = client.verify_recovery("ch_nothing", "12345678").await;
+    let err = client
+        .verify_recovery("ch_nothing", "12345678")
+        .await
+        .unwrap_err();
+    // An unknown id answers as a wrong code does (PROTOCOL.md 6.4).
+    assert_eq!(code_of(&err), Some(ErrorCode::InvalidCode), "{err}");
 
     let err = client
         .erase_user(&w.app.assertion("gone", Purpose::Recover))
