@@ -1,9 +1,10 @@
-//! Provider outage under load: the SMS gateway answers 503 (and hangs on some requests)
-//! and the SMTP server refuses every connection while many clients ask for codes at once.
-//! Every request is answered at once, none waits for a provider; once both providers are
-//! back, every queued code is delivered exactly once and still confirms its method.
-//! (tests/outbox.rs covers one SMS message through retries, permanent refusals and a
-//! restart.)
+//! Provider outage under load: the SMS gateway and the SMTP server first hang (they take
+//! connections and answer nothing) while many clients ask for codes at once, then refuse
+//! everything. Every request is answered well inside the providers' send timeout, so none
+//! waited for a provider; the fakes record every attempt they hold or refuse, and once
+//! both providers are back every queued code is delivered exactly once and still confirms
+//! its method. (tests/outbox.rs covers one SMS message through retries, permanent refusals
+//! and a restart.)
 
 mod common;
 
@@ -13,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::smtp_server::SmtpServer;
-use common::{enrol, find_code, sms_gateway, TestServer};
+use common::{enrol, find_code, sms_gateway, wait_outbox_settled, wait_until, TestServer};
 use ghostkey::domain::policy::PolicyChange;
 use ghostkey_client::proto::api::{ChallengePurpose, MethodKind};
 use ghostkey_client::proto::assertion::Purpose;
@@ -21,74 +22,167 @@ use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
 const USERS: usize = 40;
-/// Longer than any answer can take unless a request waits for a provider: a hang
-/// detector, not a speed requirement.
-const ANSWER_BOUND: Duration = Duration::from_secs(30);
+/// Ghostkey's send timeout for both providers in this test: a request that waited for a
+/// provider that hangs would take at least this long.
+const SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Every answer during the outage comes within a third of the send timeout: a request
+/// that waited for a hanging provider, even once, could not.
+const ANSWER_BOUND: Duration = Duration::from_secs(20);
 
+/// The SMS gateway's states.
 const DOWN: u8 = 0;
 const UP: u8 = 1;
 
-/// An SMS gateway that is down (503; the first requests also hang well past Ghostkey's
-/// send timeout) or up (200), recording what it accepted.
-#[derive(Clone, Default)]
+/// One request the SMS gateway received.
+#[derive(Debug, Clone)]
+struct SmsRequest {
+    /// The outbox id (the idempotency key).
+    id: i64,
+    to: String,
+    body: String,
+    /// Accepted (200), or refused (503).
+    accepted: bool,
+}
+
+/// An SMS gateway that is down (503) or up (200), recording every request with what it
+/// answered.
+#[derive(Clone)]
 struct Gateway {
     state: Arc<AtomicU8>,
-    refused: Arc<AtomicUsize>,
-    /// Accepted messages: (outbox id, destination, body).
-    accepted: Arc<Mutex<Vec<(i64, String, String)>>>,
+    requests: Arc<Mutex<Vec<SmsRequest>>>,
+}
+
+impl Gateway {
+    fn requests(&self) -> Vec<SmsRequest> {
+        self.requests.lock().unwrap().clone()
+    }
 }
 
 impl wiremock::Respond for Gateway {
     fn respond(&self, request: &Request) -> ResponseTemplate {
-        if self.state.load(Ordering::SeqCst) == DOWN {
-            let n = self.refused.fetch_add(1, Ordering::SeqCst);
-            let refusal = ResponseTemplate::new(503);
-            return if n < 3 {
-                refusal.set_delay(Duration::from_secs(5))
-            } else {
-                refusal
-            };
-        }
+        let up = self.state.load(Ordering::SeqCst) == UP;
         let m: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
-        self.accepted.lock().unwrap().push((
-            m["id"].as_i64().unwrap(),
-            m["to"].as_str().unwrap().to_owned(),
-            m["body"].as_str().unwrap().to_owned(),
-        ));
-        ResponseTemplate::new(200)
+        self.requests.lock().unwrap().push(SmsRequest {
+            id: m["id"].as_i64().unwrap(),
+            to: m["to"].as_str().unwrap().to_owned(),
+            body: m["body"].as_str().unwrap().to_owned(),
+            accepted: up,
+        });
+        ResponseTemplate::new(if up { 200 } else { 503 })
     }
 }
 
-/// The answer to a request, which must come within [`ANSWER_BOUND`].
-async fn bounded<T>(what: &str, request: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(ANSWER_BOUND, request)
+/// A provider that hangs: in front of a fake provider (the SMS gateway, the SMTP server),
+/// it takes each connection and answers nothing until released, then closes it; once
+/// released it passes connections through.
+struct HangingFront {
+    port: u16,
+    /// Connections held without an answer.
+    hung: Arc<AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl HangingFront {
+    async fn start(backend_port: u16) -> HangingFront {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hung = Arc::new(AtomicUsize::new(0));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let shared_hung = Arc::clone(&hung);
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let hung = Arc::clone(&shared_hung);
+                let mut released = released.clone();
+                tokio::spawn(async move {
+                    if !*released.borrow() {
+                        hung.fetch_add(1, Ordering::SeqCst);
+                        // Held, bounded in case the test fails before releasing it.
+                        tokio::select! {
+                            _ = released.wait_for(|r| *r) => {}
+                            _ = tokio::time::sleep(2 * SEND_TIMEOUT) => {}
+                        }
+                        return;
+                    }
+                    let mut outbound = tokio::net::TcpStream::connect(("127.0.0.1", backend_port))
+                        .await
+                        .unwrap();
+                    // Either side closing ends the session; nothing to report.
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound)
+                        .await
+                        .ok();
+                });
+            }
+        });
+        HangingFront {
+            port,
+            hung,
+            release,
+            task,
+        }
+    }
+
+    fn hung(&self) -> usize {
+        self.hung.load(Ordering::SeqCst)
+    }
+
+    /// Ends the hang: held connections are closed, new ones pass through.
+    fn release(&self) {
+        self.release.send_replace(true);
+    }
+}
+
+impl Drop for HangingFront {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Runs a request, returning its answer and how long it took; fails the test if it takes
+/// [`ANSWER_BOUND`].
+async fn timed<T>(what: &str, request: impl std::future::Future<Output = T>) -> (T, Duration) {
+    let started = Instant::now();
+    let answer = tokio::time::timeout(ANSWER_BOUND, request)
         .await
-        .unwrap_or_else(|_| panic!("{what} did not answer"))
+        .unwrap_or_else(|_| {
+            panic!(
+                "{what} took {ANSWER_BOUND:?} while the providers hung: answers must not wait \
+                 for a provider (send timeout {SEND_TIMEOUT:?})"
+            )
+        });
+    (answer, started.elapsed())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_afterwards() {
     let started_at = Instant::now();
-    let gateway = Gateway::default();
+    let gateway = Gateway {
+        state: Arc::new(AtomicU8::new(DOWN)),
+        requests: Arc::default(),
+    };
     let mock = MockServer::start().await;
     Mock::given(method("POST"))
         .and(path("/sms"))
         .respond_with(gateway.clone())
         .mount(&mock)
         .await;
+    let sms_front = HangingFront::start(mock.address().port()).await;
     let smtp = SmtpServer::start().await;
     smtp.set_down(true);
+    let smtp_front = HangingFront::start(smtp.port()).await;
     let server = TestServer::start_with(|c| {
         sms_gateway::configure(c, &mock);
-        c.sms.timeout_ms = 500;
+        c.sms.webhook.url = format!("http://127.0.0.1:{}/sms", sms_front.port);
+        c.sms.timeout_ms = SEND_TIMEOUT.as_millis() as u64;
         c.email.provider = ghostkey::config::EmailProvider::Smtp;
         c.email.smtp_host = "127.0.0.1".into();
-        c.email.smtp_port = smtp.port();
+        c.email.smtp_port = smtp_front.port;
         c.email.smtp_tls = ghostkey::config::SmtpTls::None;
         c.email.from = "Ghostkey <no-reply@ghostkey.test>".into();
-        c.email.timeout_ms = 2000;
+        c.email.timeout_ms = SEND_TIMEOUT.as_millis() as u64;
         // Room for a long outage with the test's short retry delays.
         c.delivery.max_attempts = 50;
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
     });
     let app = server.register_app("Health");
     server.set_policy(
@@ -106,7 +200,8 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
         }
     }
 
-    // Every user at once: a phone with two codes, two addresses with one each.
+    // Every user at once, while both providers hang: a phone with two codes, two addresses
+    // with one each. Each request is timed.
     let asked = Instant::now();
     let tasks: Vec<_> = (0..USERS)
         .map(|u| {
@@ -119,6 +214,7 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
                     format!("user{u}b@example.org"),
                 );
                 let mut challenges = Vec::new();
+                let mut took = Vec::new();
                 // A second code for the phone; one each for two addresses (mails carry no
                 // outbox id to tell two codes to one address apart).
                 for (i, (kind, to, resend)) in [
@@ -130,89 +226,146 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
                 .enumerate()
                 {
                     let user = format!("u{u}-{i}");
-                    let added = bounded(
-                        "add method",
-                        client.add_method(
-                            &app.assertion(&user, Purpose::Enroll),
-                            kind,
-                            Some(to),
-                            None,
-                        ),
+                    let assertion = app.assertion(&user, Purpose::Enroll);
+                    let (added, t) = timed(
+                        "adding a method",
+                        client.add_method(&assertion, kind, Some(to), None),
                     )
-                    .await
-                    .unwrap();
+                    .await;
+                    took.push(t);
+                    let added = added.unwrap();
                     let mut newest = added.challenge.id;
                     if resend {
-                        newest = bounded(
-                            "new code",
+                        let assertion = app.assertion(&user, Purpose::Enroll);
+                        let (again, t) = timed(
+                            "a new code",
                             client.start_challenge(
-                                &app.assertion(&user, Purpose::Enroll),
+                                &assertion,
                                 &added.method.id,
                                 ChallengePurpose::Confirm,
                             ),
                         )
-                        .await
-                        .unwrap()
-                        .id;
+                        .await;
+                        took.push(t);
+                        newest = again.unwrap().id;
                     }
                     challenges.push((kind, to.clone(), newest));
                 }
-                challenges
+                (challenges, took)
             })
         })
         .collect();
     let mut challenges = Vec::new();
+    let mut took = Vec::new();
     for t in tasks {
-        challenges.push(t.await.unwrap());
+        let (c, t) = t.await.unwrap();
+        challenges.push(c);
+        took.extend(t);
     }
-    let requests = USERS * 4;
+    let burst = asked.elapsed();
     // Two SMS and two e-mails per user.
-    let answered_in = asked.elapsed();
+    let requests = USERS * 4;
+    assert_eq!(took.len(), requests);
+    let slowest = took.iter().copied().max().unwrap();
+    let mean = took.iter().sum::<Duration>() / requests as u32;
+    assert!(slowest < ANSWER_BOUND);
+    // The worker was held by a hanging provider (until the release below) while the
+    // requests were answered, and nothing reached the providers behind the fronts.
+    let (hung_sms, hung_smtp) = (sms_front.hung(), smtp_front.hung());
+    assert!(
+        hung_sms + hung_smtp >= 1,
+        "no provider was hanging while the requests were answered: the test shows nothing"
+    );
+    assert!(gateway.requests().is_empty() && smtp.connections() == 0);
     let messages = requests as i64;
     assert_eq!(server.count("outbox"), messages);
 
-    // The outage goes on until every message has been tried and refused at least twice.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.query_i64("SELECT min(attempts) FROM outbox") < 2 {
-        assert!(Instant::now() < deadline, "the worker does not retry");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(gateway.accepted.lock().unwrap().is_empty());
-    assert!(smtp.messages().is_empty());
+    // The providers stop hanging and refuse at once; the outage goes on until every
+    // message has been tried and refused at least twice.
+    sms_front.release();
+    smtp_front.release();
+    wait_until(
+        "every message to be tried twice during the outage",
+        Duration::from_secs(60),
+        || {
+            (server
+                .query_i64("SELECT count(*) FROM outbox WHERE state = 'pending' AND attempts < 2")
+                == 0)
+                .then_some(())
+        },
+    )
+    .await;
+    // Nothing was delivered: the store has every message pending, and every SMS request
+    // the gateway received so far was refused (it records refusals too: every message
+    // reached it).
     assert_eq!(
         server.query_i64("SELECT count(*) FROM outbox WHERE state = 'pending'"),
         messages,
-        "nothing given up during the outage"
+        "nothing given up or marked sent during the outage"
     );
-    let refused_sms = gateway.refused.load(Ordering::SeqCst);
+    let during = gateway.requests();
+    assert!(during.iter().all(|r| !r.accepted));
+    assert!(smtp.messages().is_empty());
+    let mut sms_ids: Vec<i64> = during.iter().map(|r| r.id).collect();
+    sms_ids.sort();
+    sms_ids.dedup();
+    assert_eq!(
+        sms_ids.len(),
+        USERS * 2,
+        "every SMS reached the gateway, and was refused, during the outage"
+    );
+    let refused_sms = during.len();
     let refused_smtp = smtp.connections();
+    assert!(
+        refused_smtp + hung_smtp >= USERS * 2 * 2,
+        "every e-mail tried at least twice"
+    );
 
     // Both providers return.
     let back = Instant::now();
     gateway.state.store(UP, Ordering::SeqCst);
     smtp.set_down(false);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while server.query_i64("SELECT count(*) FROM outbox WHERE state = 'sent'") < messages {
-        assert!(
-            Instant::now() < deadline,
-            "{} of {messages} messages sent",
-            server.query_i64("SELECT count(*) FROM outbox WHERE state = 'sent'")
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(
+        "every message to be sent once the providers are back",
+        Duration::from_secs(60),
+        || {
+            (server.query_i64("SELECT count(*) FROM outbox WHERE state = 'sent'") == messages)
+                .then_some(())
+        },
+    )
+    .await;
     let delivered_in = back.elapsed();
-    // A few more worker polls: nothing is sent a second time.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The outbox settles: nothing pending, the worker idle, and as many sends counted as
+    // the store records attempts. Only then is "exactly once" checked.
+    let settled = wait_outbox_settled(&server, 0, Duration::from_secs(20)).await;
+    assert_eq!((settled.sent, settled.failed), (messages, 0));
 
-    let sms = gateway.accepted.lock().unwrap().clone();
+    let all_sms = gateway.requests();
+    let sms: Vec<SmsRequest> = all_sms.iter().filter(|r| r.accepted).cloned().collect();
     let mails = smtp.messages();
     assert_eq!(sms.len() + mails.len(), messages as usize);
+    // Each provider saw exactly the attempts the store counts, held, refused or accepted.
+    let attempts_by = |kind: &str| {
+        server.query_i64(&format!(
+            "SELECT coalesce(sum(o.attempts), 0) FROM outbox o \
+             JOIN methods m ON m.id = o.method_id WHERE m.kind = '{kind}'"
+        ))
+    };
+    let (sms_attempts, mail_attempts) = (attempts_by("sms"), attempts_by("email"));
+    assert_eq!(sms_attempts + mail_attempts, settled.attempts);
+    assert_eq!((all_sms.len() + hung_sms) as i64, sms_attempts);
+    assert_eq!((smtp.connections() + hung_smtp) as i64, mail_attempts);
     let mut per_id: HashMap<i64, usize> = HashMap::new();
-    for (id, _, _) in &sms {
-        *per_id.entry(*id).or_default() += 1;
+    for r in &sms {
+        *per_id.entry(r.id).or_default() += 1;
     }
     assert_eq!(per_id.len(), USERS * 2);
     assert!(per_id.values().all(|&n| n == 1), "an SMS went out twice");
+    // Each SMS was refused until its last attempt, the one accepted.
+    for r in &all_sms {
+        let last = all_sms.iter().rposition(|o| o.id == r.id).unwrap();
+        assert!(all_sms[last].accepted, "message {} ended refused", r.id);
+    }
     let mut per_mail: HashMap<(String, String), usize> = HashMap::new();
     for m in &mails {
         let code = find_code(&m.data, 8).expect("a code in every mail");
@@ -229,12 +382,12 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
             let code = match kind {
                 MethodKind::Sms => {
                     let e164: String = to.chars().filter(|c| *c != ' ').collect();
-                    let (_, _, body) = sms
+                    let newest_sms = sms
                         .iter()
-                        .filter(|(_, dest, _)| *dest == e164)
-                        .max_by_key(|(id, _, _)| *id)
+                        .filter(|r| r.to == e164)
+                        .max_by_key(|r| r.id)
                         .unwrap();
-                    find_code(body, 8).unwrap()
+                    find_code(&newest_sms.body, 8).unwrap()
                 }
                 _ => {
                     let mail = mails.iter().find(|m| m.to == [to.clone()]).unwrap();
@@ -245,11 +398,16 @@ async fn codes_requested_during_an_sms_and_email_outage_are_delivered_once_each_
         }
     }
     eprintln!(
-        "{requests} code requests from {USERS} clients answered in {:.1} s during the outage; \
-         {refused_sms} SMS attempts refused and {refused_smtp} SMTP connections refused; \
-         {} SMS and {} e-mails delivered once each {:.1} s after the providers returned; \
-         whole test {:.1} s",
-        answered_in.as_secs_f64(),
+        "{requests} code requests from {USERS} clients in {:.1} s while both providers hung \
+         ({hung_sms} SMS and {hung_smtp} SMTP connections held): slowest answer {:.0} ms, \
+         mean {:.0} ms (bound {} ms, send timeout {} ms); during the outage {refused_sms} SMS \
+         attempts and {refused_smtp} SMTP connections refused; {} SMS and {} e-mails \
+         delivered once each {:.1} s after the providers returned; whole test {:.1} s",
+        burst.as_secs_f64(),
+        slowest.as_secs_f64() * 1000.0,
+        mean.as_secs_f64() * 1000.0,
+        ANSWER_BOUND.as_millis(),
+        SEND_TIMEOUT.as_millis(),
         sms.len(),
         mails.len(),
         delivered_in.as_secs_f64(),

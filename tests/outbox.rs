@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{enrol, find_code, sms_gateway, TestServer};
+use common::{enrol, find_code, sms_gateway, wait_outbox_settled, SettledOutbox, TestServer};
 use ghostkey::delivery::webhook::signature_header;
 use ghostkey_client::proto::api::MethodKind;
 use ghostkey_client::proto::assertion::Purpose;
@@ -138,7 +138,10 @@ async fn messages_queued_during_an_outage_are_delivered_once_it_ends() {
         .with_priority(2)
         .mount(&gateway)
         .await;
-    let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
+    let server = TestServer::start_with(|c| {
+        sms_gateway::configure(c, &gateway);
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
     let app = server.register_app("Health");
     enrol(&server, &app, "u").await;
     let added = server
@@ -152,11 +155,19 @@ async fn messages_queued_during_an_outage_are_delivered_once_it_ends() {
         .await
         .unwrap();
     let messages = sms_gateway::wait_for(&gateway, 4).await;
-    // The same message each time, then nothing more once delivered.
+    // The same message each time, then nothing more once delivered: the outbox settles
+    // with the one message sent after four attempts, and the gateway saw exactly those.
     assert!(messages
         .iter()
         .all(|m| m["id"] == messages[0]["id"] && m["body"] == messages[0]["body"]));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        wait_outbox_settled(&server, 0, Duration::from_secs(20)).await,
+        SettledOutbox {
+            sent: 1,
+            failed: 0,
+            attempts: 4
+        }
+    );
     assert_eq!(sms_gateway::received(&gateway).await.len(), 4);
     assert_eq!(
         server.query_i64("SELECT count(*) FROM outbox WHERE state = 'sent' AND attempts = 4"),
@@ -178,7 +189,10 @@ async fn messages_queued_during_an_outage_are_delivered_once_it_ends() {
 #[tokio::test]
 async fn a_permanent_refusal_is_recorded_and_not_retried() {
     let gateway = failing_gateway(422).await;
-    let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
+    let server = TestServer::start_with(|c| {
+        sms_gateway::configure(c, &gateway);
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
     let app = server.register_app("Health");
     enrol(&server, &app, "u").await;
     server
@@ -192,7 +206,15 @@ async fn a_permanent_refusal_is_recorded_and_not_retried() {
         .await
         .unwrap();
     sms_gateway::wait_for(&gateway, 1).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Settled with the message failed after its one attempt: nothing left to retry.
+    assert_eq!(
+        wait_outbox_settled(&server, 0, Duration::from_secs(20)).await,
+        SettledOutbox {
+            sent: 0,
+            failed: 1,
+            attempts: 1
+        }
+    );
     assert_eq!(sms_gateway::received(&gateway).await.len(), 1);
     assert_eq!(
         server.query_i64("SELECT count(*) FROM outbox WHERE state = 'failed'"),
@@ -233,9 +255,23 @@ async fn queued_messages_survive_a_restart_and_are_delivered_exactly_once() {
 
     // Ghostkey restarts while the provider is still down, and the provider comes back.
     let up = sms_gateway::accepting().await;
-    let server = server.restart(|c| sms_gateway::configure(c, &up));
+    let server = server.restart(|c| {
+        sms_gateway::configure(c, &up);
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
     let messages = sms_gateway::wait_for(&up, 3).await;
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Settled: all three sent, and the gateway that is up saw exactly as many requests as
+    // the store counts attempts since the restart (each message's attempts, less the
+    // refusals the gateway that was down received).
+    // The first run stopped (restart waits for it): every refusal it had is recorded.
+    let refused_before = sms_gateway::received(&down).await.len() as i64;
+    let settled = wait_outbox_settled(&server, refused_before, Duration::from_secs(20)).await;
+    assert_eq!((settled.sent, settled.failed), (3, 0));
+    assert_eq!(
+        settled.attempts - refused_before,
+        3,
+        "one attempt each once up"
+    );
     assert_eq!(
         sms_gateway::received(&up).await.len(),
         3,

@@ -476,3 +476,121 @@ pub async fn unlock_with_sms_proof(
         )
         .await
 }
+
+/// Polls `check` (every 25 ms, letting the runtime run in between) until it returns
+/// `Some`, and returns that; fails the test, saying what it waited for, once `within` has
+/// passed. Tests wait on what they can observe (the store, a fake provider's records,
+/// `/metrics`), never for a fixed time standing in for it.
+pub async fn wait_until<T>(
+    what: &str,
+    within: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check() {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited {within:?} for {what}, in vain"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The `/metrics` text of a server started with `metrics.listen` set (a plain HTTP/1.0
+/// GET, so that it can be called from a [`wait_until`] check).
+pub fn metrics_text(server: &TestServer) -> String {
+    use std::io::{Read, Write};
+    let addr = server
+        .metrics_addr
+        .expect("the server was started with metrics.listen set");
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("not an HTTP answer: {response:?}"));
+    assert!(
+        head.starts_with("HTTP/1.1 200") || head.starts_with("HTTP/1.0 200"),
+        "{head}"
+    );
+    body.to_owned()
+}
+
+/// The value of `series` (its name and labels exactly as rendered, such as
+/// `ghostkey_outbox_depth`) in a `/metrics` text.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// The sum of every series of counter `name`, whatever its labels.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// What the outbox looked like once settled: see [`wait_outbox_settled`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledOutbox {
+    /// Rows in each state.
+    pub sent: i64,
+    pub failed: i64,
+    /// Attempts recorded over all rows (each send the worker made, success or not).
+    pub attempts: i64,
+}
+
+/// Waits until the outbox has settled: no message is pending, the worker reports an empty
+/// outbox (`ghostkey_outbox_depth 0`, set only when a pass finds nothing left to send),
+/// and it counted as many sends (`ghostkey_messages_total`) as the store records
+/// attempts, less `earlier_sends` made before a restart (the counters start at zero with
+/// each run). A message sent a second time after that would have to be a new send of a
+/// message the store says is finished. Needs `metrics.listen`.
+pub async fn wait_outbox_settled(
+    server: &TestServer,
+    earlier_sends: i64,
+    within: Duration,
+) -> SettledOutbox {
+    let mut last = String::new();
+    let settled = tokio::time::timeout(within, async {
+        loop {
+            let pending = server.query_i64("SELECT count(*) FROM outbox WHERE state = 'pending'");
+            let attempts = server.query_i64("SELECT coalesce(sum(attempts), 0) FROM outbox");
+            let text = metrics_text(server);
+            let depth = metric(&text, "ghostkey_outbox_depth");
+            let counted = metric_sum(&text, "ghostkey_messages_total");
+            last = format!(
+                "pending {pending}, attempts {attempts} ({earlier_sends} before a restart), \
+                 depth {depth:?}, counted sends {counted}"
+            );
+            if pending == 0 && depth == Some(0.0) && counted == (attempts - earlier_sends) as f64 {
+                return SettledOutbox {
+                    sent: server.query_i64("SELECT count(*) FROM outbox WHERE state = 'sent'"),
+                    failed: server.query_i64("SELECT count(*) FROM outbox WHERE state = 'failed'"),
+                    attempts,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    settled.unwrap_or_else(|_| panic!("the outbox did not settle within {within:?}: {last}"))
+}
