@@ -1,11 +1,14 @@
-//! A small real SMTP server on 127.0.0.1:0 for tests: enough ESMTP for lettre without
-//! TLS, with switches to make it refuse a recipient or the whole service.
+//! A small real SMTP server on 127.0.0.1:0 for tests: enough ESMTP for lettre, with
+//! switches to make it refuse a recipient or the whole service, and STARTTLS (RFC 3207)
+//! with a given certificate when asked ([`SmtpServer::offer_starttls`]; not offered by
+//! default). It records every byte it receives in clear, every command with whether it
+//! came over TLS, and whether each message did.
 #![allow(dead_code)]
 
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -31,6 +34,19 @@ struct State {
     /// Answer 421 on connect and close.
     down: bool,
     connections: usize,
+    /// Offer STARTTLS with this configuration (None: not offered, the default).
+    starttls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    /// Answer the STARTTLS command with this instead of 220 (offered but refused).
+    refuse_starttls: Option<String>,
+    /// Every byte received outside TLS, on every connection, in order.
+    clear: Vec<u8>,
+    /// Every command line (DATA content excluded), with whether it came over TLS.
+    commands: Vec<(bool, String)>,
+    /// Whether each of `messages` came over TLS.
+    messages_tls: Vec<bool>,
+    /// TLS handshakes completed and failed.
+    handshakes: usize,
+    failed_handshakes: usize,
 }
 
 /// The server; it stops when dropped.
@@ -100,6 +116,78 @@ impl SmtpServer {
     pub fn set_down(&self, down: bool) {
         lock(&self.state).down = down;
     }
+
+    /// From the next EHLO on, offers STARTTLS with this certificate chain and key (PEM);
+    /// None stops offering it.
+    pub fn offer_starttls(&self, cert_chain_pem: Option<(&str, &str)>) {
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let config = cert_chain_pem.map(|(chain, key)| {
+            let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+            Arc::new(config)
+        });
+        lock(&self.state).starttls = config;
+    }
+
+    /// Offers STARTTLS (see [`SmtpServer::offer_starttls`]) but answers the command with
+    /// `reply` (such as `454 4.7.0 TLS not available`) while set.
+    pub fn refuse_starttls(&self, reply: Option<&str>) {
+        lock(&self.state).refuse_starttls = reply.map(str::to_owned);
+    }
+
+    /// Every byte received outside TLS so far, all connections together.
+    pub fn received_in_clear(&self) -> Vec<u8> {
+        lock(&self.state).clear.clone()
+    }
+
+    /// Every command line received so far (without DATA content), with whether it came
+    /// over TLS.
+    pub fn commands(&self) -> Vec<(bool, String)> {
+        lock(&self.state).commands.clone()
+    }
+
+    /// The messages received so far over TLS.
+    pub fn messages_over_tls(&self) -> Vec<ReceivedMail> {
+        let s = lock(&self.state);
+        s.messages
+            .iter()
+            .zip(&s.messages_tls)
+            .filter(|(_, tls)| **tls)
+            .map(|(m, _)| m.clone())
+            .collect()
+    }
+
+    /// TLS handshakes completed and failed so far.
+    pub fn handshakes(&self) -> (usize, usize) {
+        let s = lock(&self.state);
+        (s.handshakes, s.failed_handshakes)
+    }
+
+    /// Waits until `done` holds for this server or `timeout` passed; returns whether it held.
+    pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&SmtpServer) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if done(self) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }
 
 impl Drop for SmtpServer {
@@ -127,53 +215,113 @@ fn path_arg(line: &str, prefix: &str) -> Option<String> {
 }
 
 async fn session(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
-    let mut reader = BufReader::new(read);
+    let mut reader = BufReader::new(stream);
     let down = {
         let mut s = lock(&state);
         s.connections += 1;
         s.down
     };
     if down {
-        write
+        reader
+            .get_mut()
             .write_all(b"421 4.3.2 service not available, closing channel\r\n")
             .await?;
-        write.shutdown().await?;
+        reader.get_mut().shutdown().await?;
         return Ok(());
     }
-    write
+    reader
+        .get_mut()
         .write_all(b"220 localhost ESMTP test server\r\n")
         .await?;
+    let Some(config) = dialogue(&mut reader, &state, false).await? else {
+        return Ok(());
+    };
+    // RFC 3207: nothing may follow STARTTLS before the handshake; anything buffered
+    // would be a command injected in clear.
+    if !reader.buffer().is_empty() {
+        return Ok(());
+    }
+    let tcp = reader.into_inner();
+    match tokio_rustls::TlsAcceptor::from(config).accept(tcp).await {
+        Ok(tls) => {
+            lock(&state).handshakes += 1;
+            let mut reader = BufReader::new(tls);
+            dialogue(&mut reader, &state, true).await?;
+            Ok(())
+        }
+        Err(_) => {
+            lock(&state).failed_handshakes += 1;
+            Ok(())
+        }
+    }
+}
 
+/// One SMTP dialogue after the greeting, on a plain or a TLS stream. Returns the TLS
+/// configuration to upgrade with when the client sent STARTTLS and it was accepted.
+async fn dialogue<S: AsyncRead + AsyncWrite + Unpin>(
+    reader: &mut BufReader<S>,
+    state: &Arc<Mutex<State>>,
+    tls: bool,
+) -> std::io::Result<Option<Arc<tokio_rustls::rustls::ServerConfig>>> {
     let mut from: Option<String> = None;
     let mut to: Vec<String> = Vec::new();
     let mut raw = Vec::new();
     loop {
         raw.clear();
         if reader.read_until(b'\n', &mut raw).await? == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let line = String::from_utf8_lossy(&raw);
         let line = line.trim_end_matches(['\r', '\n']);
+        {
+            let mut s = lock(state);
+            if !tls {
+                s.clear.extend_from_slice(&raw);
+            }
+            s.commands.push((tls, line.to_owned()));
+        }
         let verb = line
             .split_whitespace()
             .next()
             .unwrap_or("")
             .to_ascii_uppercase();
+        let write = reader.get_mut();
         if verb == "QUIT" {
             write.write_all(b"221 2.0.0 bye\r\n").await?;
             write.shutdown().await?;
-            return Ok(());
+            return Ok(None);
         }
-        let session_reply = lock(&state).fail_session.clone();
+        let session_reply = lock(state).fail_session.clone();
         if let Some(reply) = session_reply {
             write.write_all(format!("{reply}\r\n").as_bytes()).await?;
             continue;
         }
+        let starttls = if tls {
+            None
+        } else {
+            lock(state).starttls.clone()
+        };
         let reply: String = match verb.as_str() {
             "EHLO" => {
-                "250-localhost greets you\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760"
-                    .to_owned()
+                let offer = if starttls.is_some() {
+                    "250-STARTTLS\r\n"
+                } else {
+                    ""
+                };
+                format!(
+                    "250-localhost greets you\r\n{offer}250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 10485760"
+                )
+            }
+            "STARTTLS" if starttls.is_some() => {
+                let refusal = lock(state).refuse_starttls.clone();
+                match (refusal, starttls) {
+                    (Some(reply), _) => reply,
+                    (None, Some(config)) => {
+                        write.write_all(b"220 2.0.0 ready to start TLS\r\n").await?;
+                        return Ok(Some(config));
+                    }
+                    (None, None) => "454 4.7.0 TLS not available".to_owned(),
+                }
             }
             "HELO" => "250 localhost".to_owned(),
             "NOOP" => "250 2.0.0 OK".to_owned(),
@@ -193,7 +341,7 @@ async fn session(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
             "RCPT" => {
                 if from.is_none() {
                     "503 5.5.1 MAIL first".to_owned()
-                } else if let Some(reply) = lock(&state).fail_next_rcpt.take() {
+                } else if let Some(reply) = lock(state).fail_next_rcpt.take() {
                     reply
                 } else {
                     match path_arg(line, "RCPT TO:") {
@@ -212,31 +360,44 @@ async fn session(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result
                     write
                         .write_all(b"354 end data with <CR><LF>.<CR><LF>\r\n")
                         .await?;
-                    let data = read_data(&mut reader).await?;
+                    let mut section = Vec::new();
+                    let data = read_data(reader, &mut section).await?;
                     let mail = ReceivedMail {
                         from: from.take().unwrap_or_default(),
                         to: std::mem::take(&mut to),
                         data,
                     };
-                    lock(&state).messages.push(mail);
+                    let mut s = lock(state);
+                    if !tls {
+                        s.clear.extend_from_slice(&section);
+                    }
+                    s.messages.push(mail);
+                    s.messages_tls.push(tls);
                     "250 2.0.0 OK queued".to_owned()
                 }
             }
             "VRFY" => "252 2.1.5 cannot verify".to_owned(),
             _ => "502 5.5.2 command not implemented".to_owned(),
         };
+        let write = reader.get_mut();
         write.write_all(reply.as_bytes()).await?;
         write.write_all(b"\r\n").await?;
     }
 }
 
-/// Reads a DATA section up to the line holding a single `.`, undoing dot-stuffing.
-async fn read_data<R: AsyncBufReadExt + Unpin>(reader: &mut R) -> std::io::Result<String> {
+/// Reads a DATA section up to the line holding a single `.`, undoing dot-stuffing; every
+/// byte read, as received, is appended to `raw`.
+async fn read_data<R: AsyncBufReadExt + Unpin>(
+    reader: &mut R,
+    raw: &mut Vec<u8>,
+) -> std::io::Result<String> {
     let mut data = Vec::new();
     let mut line = Vec::new();
     loop {
         line.clear();
-        if reader.read_until(b'\n', &mut line).await? == 0 {
+        let read = reader.read_until(b'\n', &mut line).await?;
+        raw.extend_from_slice(&line);
+        if read == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "connection closed in DATA",
