@@ -590,10 +590,17 @@ fn parse_audit_anchor(text: &str) -> Result<ghostkey::domain::audit::AuditHead, 
 fn serve(config: Config) -> Result<(), String> {
     actix_web::rt::System::new().block_on(async move {
         let running = ghostkey::server::start(&config)?;
-        running
+        let served = running
             .server
             .await
-            .map_err(|e| format!("server failed: {e}"))
+            .map_err(|e| format!("server failed: {e}"));
+        // The HTTP side has stopped (SIGTERM/SIGINT): let the outbox worker finish and
+        // record the message it is sending, or the restart would send it again.
+        running
+            .worker
+            .shutdown(ghostkey::server::worker_grace(&config))
+            .await;
+        served
     })
 }
 

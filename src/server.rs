@@ -49,6 +49,13 @@ impl WorkerHandle {
     }
 }
 
+/// How long a stopping server waits for the outbox worker to finish the message it is
+/// sending: the longest a send may take, and a little more to record it.
+pub fn worker_grace(config: &Config) -> Duration {
+    Duration::from_millis(config.sms.timeout_ms.max(config.email.timeout_ms))
+        + Duration::from_secs(2)
+}
+
 /// Opens the store the configuration names.
 pub fn open_store(config: &Config) -> Result<SqliteStore, String> {
     SqliteStore::open(

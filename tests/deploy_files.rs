@@ -467,7 +467,7 @@ fn the_unit_file_is_hardened() {
         ("ExecStart", "/usr/local/bin/ghostkey serve"),
         ("Restart", "on-failure"),
         ("KillSignal", "SIGTERM"),
-        ("TimeoutStopSec", "40"),
+        ("TimeoutStopSec", "50"),
     ] {
         assert!(
             values(key).contains(&value),
