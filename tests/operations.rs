@@ -4,6 +4,9 @@
 mod common;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use common::{sms_gateway, TestServer};
 use ghostkey_client::proto::api::MethodKind;
@@ -61,13 +64,20 @@ async fn a_backup_taken_under_load_restores_and_serves_a_recovery() {
         .await
         .unwrap();
 
-    // Load: enrolments keep coming while the backup runs.
+    // Load: enrolments keep coming until the backup is done and the load was seen going
+    // on after it.
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let load = {
         let client = client.clone();
         let app = app.clone_for_test();
+        let (stop, done) = (Arc::clone(&stop), Arc::clone(&done));
         tokio::spawn(async move {
-            let mut done = 0;
-            for i in 0..60 {
+            let mut failures = Vec::new();
+            for i in 0..2000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
                 let user = format!("load-{i}");
                 match ghostkey_client::enroll(
                     &client,
@@ -79,14 +89,25 @@ async fn a_backup_taken_under_load_restores_and_serves_a_recovery() {
                 )
                 .await
                 {
-                    Ok(_) => done += 1,
-                    Err(e) => eprintln!("enrolment {i} failed: {e}"),
+                    Ok(_) => {
+                        done.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(e) => failures.push(format!("enrolment {i} failed: {e}")),
                 }
             }
-            done
+            failures
         })
     };
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    const BEFORE: i64 = 5;
+    common::wait_until(
+        "the load to be under way before the backup",
+        Duration::from_secs(30),
+        || {
+            (server.query_i64("SELECT count(*) FROM users WHERE user_id LIKE 'load-%'") >= BEFORE)
+                .then_some(())
+        },
+    )
+    .await;
     let backup = server.dir.path().join("backup.db");
     let out = ghostkey(&server.db_path())
         .arg("backup")
@@ -98,11 +119,20 @@ async fn a_backup_taken_under_load_restores_and_serves_a_recovery() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(
-        load.await.unwrap(),
-        60,
-        "the server kept serving during the backup"
+    let at_backup_end = done.load(Ordering::SeqCst);
+    common::wait_until(
+        "an enrolment acknowledged after the backup",
+        Duration::from_secs(30),
+        || (done.load(Ordering::SeqCst) > at_backup_end).then_some(()),
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    let failures = load.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "the server kept serving during the backup: {failures:?}"
     );
+    let loaded = done.load(Ordering::SeqCst) as i64;
     // A second backup to the same path is refused.
     let out = ghostkey(&server.db_path())
         .arg("backup")
@@ -137,6 +167,21 @@ async fn a_backup_taken_under_load_restores_and_serves_a_recovery() {
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
     assert_eq!(ok, "ok");
+    // The backup overlapped the load: it holds the load's users enrolled before it
+    // started, and not those acknowledged after it ended.
+    let in_backup: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM users WHERE user_id LIKE 'load-%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(
+        (BEFORE..loaded).contains(&in_backup),
+        "{in_backup} of the load's {loaded} users are in the backup (at least {BEFORE} were \
+         enrolled before it started)"
+    );
+    eprintln!("backup under load: {in_backup} of the load's {loaded} enrolments in it");
     drop(conn);
     // The restored audit log verifies.
     let out = ghostkey(&db).args(["audit", "verify"]).output().unwrap();

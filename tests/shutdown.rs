@@ -1,7 +1,11 @@
 //! SIGTERM during requests: the server stops accepting, finishes what it accepted, and
 //! every acknowledged write is in the database.
 
+mod common;
+
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ghostkey_client::kit::AssertionRequest;
@@ -43,7 +47,7 @@ async fn sigterm_during_requests_loses_none_of_them() {
     .unwrap();
     assert!(out.status.success());
     let app_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
-    ghostkey(&[
+    let out = ghostkey(&[
         "app",
         "policy",
         "set",
@@ -53,6 +57,11 @@ async fn sigterm_during_requests_loses_none_of_them() {
     ])
     .output()
     .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let mut server = ghostkey(&["serve"]).stderr(Stdio::null()).spawn().unwrap();
     let client = Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
@@ -62,67 +71,98 @@ async fn sigterm_during_requests_loses_none_of_them() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    let now = ghostkey_client::kit::unix_now();
-    let tasks: Vec<_> = (0..80)
-        .map(|i| {
+    // Load: WORKERS clients each enrol one user after another until the server refuses
+    // them at the door. The signal goes once LOADED_BEFORE_SIGNAL enrolments were
+    // acknowledged, with every client in the middle of its next one.
+    const WORKERS: usize = 8;
+    const LOADED_BEFORE_SIGNAL: usize = 10;
+    const MAX_PER_WORKER: usize = 500;
+    let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|w| {
             let client = client.clone();
-            let user = format!("user-{i}");
-            let assertion = key
-                .mint(
-                    &AssertionRequest {
-                        app_id: &app_id,
-                        user_id: &user,
-                        audience: "ghostkey-dev",
-                        purpose: Purpose::Enroll,
-                    },
-                    now,
-                    120,
-                )
-                .unwrap();
             let (app_id, key) = (app_id.clone(), key.clone());
+            let (acknowledged, in_flight) = (Arc::clone(&acknowledged), Arc::clone(&in_flight));
             tokio::spawn(async move {
-                tokio::time::sleep(Duration::from_millis(i * 3)).await;
-                ghostkey_client::enroll(
-                    &client,
-                    &assertion,
-                    &UserSecret::generate(),
-                    &app_id,
-                    &user,
-                    &key,
-                )
-                .await
-                .map(|e| e.answer.user_id)
+                for n in 0..MAX_PER_WORKER {
+                    let user = format!("user-{w}-{n}");
+                    let assertion = key
+                        .mint(
+                            &AssertionRequest {
+                                app_id: &app_id,
+                                user_id: &user,
+                                audience: "ghostkey-dev",
+                                purpose: Purpose::Enroll,
+                            },
+                            ghostkey_client::kit::unix_now(),
+                            120,
+                        )
+                        .unwrap();
+                    in_flight.fetch_add(1, Ordering::SeqCst);
+                    let result = ghostkey_client::enroll(
+                        &client,
+                        &assertion,
+                        &UserSecret::generate(),
+                        &app_id,
+                        &user,
+                        &key,
+                    )
+                    .await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    match result {
+                        Ok(e) => acknowledged.lock().unwrap().push(e.answer.user_id),
+                        // After SIGTERM new connections are refused; never a server error.
+                        Err(ghostkey_client::ClientError::Transport(_)) => return Ok(n),
+                        Err(e) => {
+                            return Err(format!("{user} got an error answer during shutdown: {e}"))
+                        }
+                    }
+                }
+                Err(format!(
+                    "client {w} was never refused: the load ended before the signal"
+                ))
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    let loaded = common::wait_until(
+        "enrolments to be acknowledged before the signal",
+        Duration::from_secs(30),
+        || {
+            let n = acknowledged.lock().unwrap().len();
+            (n >= LOADED_BEFORE_SIGNAL).then_some(n)
+        },
+    )
+    .await;
+    let busy_at_signal = in_flight.load(Ordering::SeqCst);
+    let signalled = Instant::now();
     Command::new("kill")
         .arg("-TERM")
         .arg(server.id().to_string())
         .status()
         .unwrap();
 
-    let mut acknowledged = Vec::new();
-    let mut refused_at_the_door = 0;
     for t in tasks {
-        match t.await.unwrap() {
-            Ok(user) => acknowledged.push(user),
-            // After SIGTERM new connections are refused; never a server error.
-            Err(ghostkey_client::ClientError::Transport(_)) => refused_at_the_door += 1,
-            Err(e) => panic!("a request got an error answer during shutdown: {e}"),
+        if let Err(e) = t.await.unwrap() {
+            panic!("{e}");
         }
     }
     let status = tokio::task::spawn_blocking(move || server.wait().unwrap())
         .await
         .unwrap();
+    let stopped_in = signalled.elapsed();
     assert!(status.success(), "{status:?}");
     assert!(
-        !acknowledged.is_empty(),
-        "the load started too late to test anything"
+        busy_at_signal > 0,
+        "no enrolment was in flight at the signal: nothing was tested"
     );
-    assert!(
-        refused_at_the_door > 0,
-        "the load ended before the signal: nothing was in flight"
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    eprintln!(
+        "{loaded} enrolments acknowledged before SIGTERM, {} in all, {busy_at_signal} in \
+         flight at the signal; every client then refused at the door; the server exited in \
+         {:.2} s",
+        acknowledged.len(),
+        stopped_in.as_secs_f64()
     );
 
     let conn = rusqlite::Connection::open(dir.path().join("ghostkey.db")).unwrap();
