@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # API conformance: schemathesis (pinned in .ci/conformance-requirements.txt) against the
-# OpenAPI document served by a live Ghostkey, every check on every operation. Fails on a
-# 5xx or on any answer the document does not allow.
+# OpenAPI document served by a live Ghostkey, every check on every operation. Fails on any
+# answer the document does not allow, on any 5xx, and when an operation of the document
+# never answered a 2xx during the run (counted from the server's own request log by
+# .ci/conformance_tally.py): a run that only collected refusals checked nothing.
 #
 #   bash .ci/conformance.sh target/release/ghostkey
 #
@@ -43,10 +45,16 @@ gk() { "$ghostkey_bin" --config "$conf_dir/ghostkey.toml" "$@"; }
 "$ghostkey_bin" client keygen --out "$conf_dir/app.key" > "$conf_dir/app.pub" 2>/dev/null
 conf_app=$(gk app add --name conformance --key-id k1 --public-key "$(cat "$conf_dir/app.pub")")
 # The run sends thousands of requests from one address, and wrong codes on purpose: raise
-# the per-address limit, and let the hooks lift the lock (and clear the failure budget) of
-# the seeded user as an operator, without waiting.
+# the per-address and per-app limits, and let the hooks lift the lock (and clear the
+# failure budget) of the seeded user as an operator, without waiting. The seed step sends
+# many codes to its users' e-mail addresses and starts many recoveries: raise those limits
+# too. A waiting period of one second lets a verified recovery answer `waiting` and then be
+# released during the run.
 gk app policy set "$conf_app" --requests-per-address-per-minute 100000 \
-    --user-lock-threshold 100 --user-backoff-base-secs 0 >/dev/null
+    --code-checks-per-app-per-minute 1000000 \
+    --user-lock-threshold 100 --user-backoff-base-secs 0 \
+    --sends-per-destination-per-hour 100 --sends-per-destination-per-day 1000 \
+    --recovery-starts-per-user-per-day 20 --waiting-period-secs 1 >/dev/null
 # Not through `gk`: a function in the background runs in a subshell, whose pid is not the
 # server's, and a TERM to it would leave the server running.
 "$ghostkey_bin" --config "$conf_dir/ghostkey.toml" serve > "$conf_dir/server.log" 2>&1 &
@@ -57,9 +65,14 @@ for _ in $(seq 1 100); do
 done
 export GK_BASE_URL="http://127.0.0.1:$conf_port" GK_SERVICE_ID=ghostkey-conformance \
     GK_APP_ID="$conf_app" GK_KEY_ID=k1 GK_KEY_FILE="$conf_dir/app.key" GK_BIN="$ghostkey_bin" \
-    GK_SEED_FILE="$conf_dir/seed.json" GK_CONFIG="$conf_dir/ghostkey.toml"
+    GK_SEED_FILE="$conf_dir/seed.json" GK_CONFIG="$conf_dir/ghostkey.toml" \
+    GK_SERVER_LOG="$conf_dir/server.log" GK_FIXTURE_REPORT="$conf_dir/fixtures.txt"
 "$venv/bin/python" .ci/schemathesis_hooks.py seed "$GK_SEED_FILE"
+curl -sf "$GK_BASE_URL/v1/openapi.json" > "$conf_dir/openapi.json"
+# Only the requests from here on are the run's (the seed step's are not counted).
+log_offset=$(wc -c < "$conf_dir/server.log")
 # A fixed seed keeps CI reproducible; CONFORMANCE_SEED picks another exploration.
+conformant=yes
 if ! SCHEMATHESIS_HOOKS=.ci/schemathesis_hooks.py "$venv/bin/schemathesis" \
     --config-file .ci/schemathesis.toml run \
     --checks all \
@@ -67,14 +80,21 @@ if ! SCHEMATHESIS_HOOKS=.ci/schemathesis_hooks.py "$venv/bin/schemathesis" \
     --seed "${CONFORMANCE_SEED:-20240607}" \
     --request-timeout 20 \
     "$GK_BASE_URL/v1/openapi.json"; then
+    conformant=no
     echo "schemathesis found nonconformances; the server's last log lines:"
     tail -n 40 "$conf_dir/server.log"
+fi
+echo "answers to the hooks' fixtures (fixture, status, count):"
+sed 's/^/  /' "$conf_dir/fixtures.txt" 2>/dev/null || echo "  (no report)"
+# What the run reached, from the server's log: every operation must have answered a 2xx,
+# and nothing a 5xx.
+reached=yes
+"$venv/bin/python" .ci/conformance_tally.py "$conf_dir/server.log" "$log_offset" \
+    "$conf_dir/openapi.json" || reached=no
+if [ "$conformant" != yes ] || [ "$reached" != yes ]; then
+    echo "conformance stage FAILED after $((SECONDS - stage_start)) s"
     exit 1
 fi
-# What the run reached: answers per route and status (the successes show that the hooks'
-# live ids and codes got past the refusals).
-echo "answers by route and status:"
-grep -o 'method=[A-Z]* route=[^ ]* status=[0-9]*' "$conf_dir/server.log" | sort | uniq -c
 # The server must still be up, and stop cleanly.
 kill -0 "$conf_pid"
 kill -TERM "$conf_pid"
