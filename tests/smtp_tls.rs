@@ -3,7 +3,9 @@
 //! refuses it, and one whose certificate is untrusted, for another name or expired, gets
 //! nothing but EHLO (and STARTTLS) in clear: no address, no body, no code; the attempt is
 //! a transient failure the outbox retries, and the message goes out once the relay offers
-//! STARTTLS with a certificate trusted through `email.smtp_ca_file`, over TLS only.
+//! STARTTLS with a certificate trusted through `email.smtp_ca_file`, over TLS only. With
+//! `smtp_tls = "tls"` (TLS from the first byte) the same certificates are refused before a
+//! single SMTP command.
 
 mod common;
 
@@ -284,6 +286,56 @@ async fn a_trusted_relay_certificate_carries_the_message_over_tls_only() {
     let e = untrusting.send(&mail()).await.unwrap_err();
     assert!(transient_reason(&e).contains("UnknownIssuer"));
     assert_eq!(smtp.messages().len(), 1);
+}
+
+/// `email.smtp_tls = "tls"`: TLS from the first byte, the same checks.
+#[tokio::test]
+async fn implicit_tls_delivers_to_a_trusted_relay_and_sends_nothing_to_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("Relay CA");
+    let implicit = |port| EmailConfig {
+        smtp_tls: SmtpTls::Tls,
+        ..starttls_config(port, &ca_file(dir.path(), &ca))
+    };
+    let (chain, key) = ca.issue("127.0.0.1");
+    let smtp = SmtpServer::start_implicit_tls(&chain, &key).await;
+    SmtpSender::new(&implicit(smtp.port()), None)
+        .unwrap()
+        .send(&mail())
+        .await
+        .unwrap();
+    assert_eq!(smtp.messages_over_tls().len(), 1);
+    assert_eq!(smtp.messages().len(), 1);
+    assert!(smtp.received_in_clear().is_empty());
+    assert!(smtp.commands().iter().all(|(tls, _)| *tls));
+
+    for (chain, key) in [
+        Ca::new("Someone else's CA").issue("127.0.0.1"),
+        ca.issue("mail.example.org"),
+        ca.issue_with("127.0.0.1", |p| {
+            p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }),
+    ] {
+        let smtp = SmtpServer::start_implicit_tls(&chain, &key).await;
+        let e = SmtpSender::new(&implicit(smtp.port()), None)
+            .unwrap()
+            .send(&mail())
+            .await
+            .unwrap_err();
+        let reason = transient_reason(&e);
+        assert!(reason.contains("invalid peer certificate"), "{reason}");
+        assert!(
+            smtp.wait_until(Duration::from_secs(5), |s| s.handshakes().1 == 1)
+                .await,
+            "handshakes {:?}",
+            smtp.handshakes()
+        );
+        assert_eq!(smtp.handshakes().0, 0);
+        assert!(smtp.commands().is_empty());
+        assert!(smtp.received_in_clear().is_empty());
+        assert!(smtp.messages().is_empty());
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! A small real SMTP server on 127.0.0.1:0 for tests: enough ESMTP for lettre, with
 //! switches to make it refuse a recipient or the whole service, and STARTTLS (RFC 3207)
 //! with a given certificate when asked ([`SmtpServer::offer_starttls`]; not offered by
-//! default). It records every byte it receives in clear, every command with whether it
+//! default), or TLS from the first byte ([`SmtpServer::start_implicit_tls`]). It records every byte it receives in clear, every command with whether it
 //! came over TLS, and whether each message did.
 #![allow(dead_code)]
 
@@ -34,6 +34,8 @@ struct State {
     /// Answer 421 on connect and close.
     down: bool,
     connections: usize,
+    /// TLS from the first byte (implicit TLS, port 465 style) with this configuration.
+    implicit_tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Offer STARTTLS with this configuration (None: not offered, the default).
     starttls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     /// Answer the STARTTLS command with this instead of 220 (offered but refused).
@@ -117,27 +119,18 @@ impl SmtpServer {
         lock(&self.state).down = down;
     }
 
+    /// A server that speaks TLS from the first byte (implicit TLS, as on port 465) with
+    /// this certificate chain and key (PEM), and never in clear.
+    pub async fn start_implicit_tls(cert_chain_pem: &str, key_pem: &str) -> SmtpServer {
+        let server = SmtpServer::start().await;
+        lock(&server.state).implicit_tls = Some(tls_config(cert_chain_pem, key_pem));
+        server
+    }
+
     /// From the next EHLO on, offers STARTTLS with this certificate chain and key (PEM);
     /// None stops offering it.
     pub fn offer_starttls(&self, cert_chain_pem: Option<(&str, &str)>) {
-        use tokio_rustls::rustls;
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-        let config = cert_chain_pem.map(|(chain, key)| {
-            let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .unwrap();
-            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
-            let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(certs, key)
-            .unwrap();
-            Arc::new(config)
-        });
+        let config = cert_chain_pem.map(|(chain, key)| tls_config(chain, key));
         lock(&self.state).starttls = config;
     }
 
@@ -196,6 +189,26 @@ impl Drop for SmtpServer {
     }
 }
 
+/// A TLS 1.2/1.3 server configuration for this certificate chain and key (PEM).
+fn tls_config(chain: &str, key: &str) -> Arc<tokio_rustls::rustls::ServerConfig> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    Arc::new(config)
+}
+
 fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state
         .lock()
@@ -215,12 +228,30 @@ fn path_arg(line: &str, prefix: &str) -> Option<String> {
 }
 
 async fn session(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream);
-    let down = {
+    let (down, implicit) = {
         let mut s = lock(&state);
         s.connections += 1;
-        s.down
+        (s.down, s.implicit_tls.clone())
     };
+    if let (false, Some(config)) = (down, implicit) {
+        return match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
+            Ok(tls) => {
+                lock(&state).handshakes += 1;
+                let mut reader = BufReader::new(tls);
+                reader
+                    .get_mut()
+                    .write_all(b"220 localhost ESMTP test server\r\n")
+                    .await?;
+                dialogue(&mut reader, &state, true).await?;
+                Ok(())
+            }
+            Err(_) => {
+                lock(&state).failed_handshakes += 1;
+                Ok(())
+            }
+        };
+    }
+    let mut reader = BufReader::new(stream);
     if down {
         reader
             .get_mut()
