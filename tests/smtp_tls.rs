@@ -28,6 +28,8 @@ const TO: &str = "jane.doe@example.org";
 const CODE: &str = "48213907";
 const BODY: &str = "Your Ghostkey code is 48213907";
 const SUBJECT: &str = "Your verification code";
+const USER: &str = "ghostkey";
+const PASSWORD: &str = "smtp-pass-7c41";
 
 /// A test certificate authority.
 struct Ca {
@@ -115,10 +117,30 @@ fn transient_reason(e: &SendError) -> String {
     reason
 }
 
-/// What the relay got in clear holds no envelope, no address, no subject, no code.
+/// A sender that logs in as [`USER`] with [`PASSWORD`] (after TLS, or never).
+fn with_login(config: EmailConfig) -> SmtpSender {
+    let config = EmailConfig {
+        smtp_username: Some(USER.to_owned()),
+        ..config
+    };
+    SmtpSender::new(&config, Some(SecretString::from(PASSWORD))).unwrap()
+}
+
+/// What the relay got in clear holds no envelope, no address, no subject, no code, no
+/// password (plain or as AUTH PLAIN / LOGIN encode it).
 fn assert_nothing_in_clear(smtp: &SmtpServer) {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let clear = String::from_utf8_lossy(&smtp.received_in_clear()).to_ascii_lowercase();
-    for secret in [TO, CODE, SUBJECT, "mail from", "rcpt to", "data"] {
+    let login = [
+        PASSWORD.to_owned(),
+        b64(PASSWORD),
+        b64(&format!("\0{USER}\0{PASSWORD}")),
+    ];
+    for secret in [TO, CODE, SUBJECT, "mail from", "rcpt to", "data", "auth"]
+        .into_iter()
+        .chain(login.iter().map(String::as_str))
+    {
         assert!(
             !clear.contains(&secret.to_ascii_lowercase()),
             "{secret:?} went in clear: {clear}"
@@ -140,11 +162,7 @@ async fn starttls_required_and_not_offered_sends_nothing_and_is_retried() {
     let dir = tempfile::tempdir().unwrap();
     let ca = Ca::new("Relay CA");
     let smtp = SmtpServer::start().await; // does not offer STARTTLS
-    let sender = SmtpSender::new(
-        &starttls_config(smtp.port(), &ca_file(dir.path(), &ca)),
-        None,
-    )
-    .unwrap();
+    let sender = with_login(starttls_config(smtp.port(), &ca_file(dir.path(), &ca)));
     let e = sender.send(&mail()).await.unwrap_err();
     let reason = transient_reason(&e);
     assert!(reason.contains("does not offer STARTTLS"), "{reason}");
@@ -185,11 +203,7 @@ async fn refused_certificate(chain: &str, key: &str, trusted: &Ca) -> String {
     let dir = tempfile::tempdir().unwrap();
     let smtp = SmtpServer::start().await;
     smtp.offer_starttls(Some((chain, key)));
-    let sender = SmtpSender::new(
-        &starttls_config(smtp.port(), &ca_file(dir.path(), trusted)),
-        None,
-    )
-    .unwrap();
+    let sender = with_login(starttls_config(smtp.port(), &ca_file(dir.path(), trusted)));
     let e = sender.send(&mail()).await.unwrap_err();
     let reason = transient_reason(&e);
     // The handshake began and failed on the server's side too; nothing came over TLS.
