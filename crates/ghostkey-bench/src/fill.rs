@@ -80,7 +80,7 @@ pub fn fill(db: &Path, app_id: &str, key: &AppSigningKey, count: usize) -> Resul
                 .enroll(&assertion, &enrollment, now)
                 .map_err(|e| format!("storing user {done}: {e}"))?;
             done += 1;
-            if done % 100_000 == 0 {
+            if done.is_multiple_of(100_000) {
                 eprintln!(
                     "fill: {done} users in {:.0} s",
                     started.elapsed().as_secs_f64()

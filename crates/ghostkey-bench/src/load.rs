@@ -183,7 +183,7 @@ mod tests {
             let s = Arc::clone(&s);
             async move {
                 s.lock().map_err(|e| e.to_string())?.push(i);
-                if i % 10 == 0 {
+                if i.is_multiple_of(10) {
                     return Err(format!("op {i} failed"));
                 }
                 Ok(vec![("step", Duration::from_micros(5))])

@@ -63,7 +63,7 @@ fn hex(bytes: &[u8]) -> String {
 
 fn unhex(text: &str) -> Vec<u8> {
     assert!(
-        text.len() % 2 == 0 && text.bytes().all(|b| b.is_ascii_hexdigit()),
+        text.len().is_multiple_of(2) && text.bytes().all(|b| b.is_ascii_hexdigit()),
         "not hex: {text}"
     );
     (0..text.len())
