@@ -732,10 +732,13 @@ fn save_settlement(
     )?;
     save_guard(tx, &ch.app_id, &ch.user_id, &s.guard)?;
     if s.outcome.is_failure() {
-        // Failures older than the window no longer count: drop them as new ones come.
+        // Failures older than the window no longer count: drop them as new ones come, a
+        // window later still: a request that read the clock a moment before this one (a
+        // concurrent answer, another node) and commits after it must find every failure
+        // of its own 24 hours (tests/failure_budget_edge.rs).
         let purged = tx.exec(
             "DELETE FROM user_failures WHERE app_id = ?1 AND user_id = ?2 AND at <= ?3",
-            params![ch.app_id, ch.user_id, now - FAILURE_WINDOW_SECS],
+            params![ch.app_id, ch.user_id, now - 2 * FAILURE_WINDOW_SECS],
         )?;
         raise_clock_floor(tx, purged, now)?;
         tx.exec(
