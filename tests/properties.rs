@@ -12,8 +12,8 @@
 //! concurrent requests that read the clock in one order and commit in the other).
 //!
 //! The harness keeps what the store keeps (`src/store/sqlite.rs`, `settle_in`): the guard
-//! without its window, the user's failure rows (those a day old dropped when a new one is
-//! written), the window recomputed from them before each check, the TOTP step recorded
+//! without its window, the user's failure rows (those two days old dropped when a new one
+//! is written), the window recomputed from them before each check, the TOTP step recorded
 //! only when it is newer. Every answer is compared, field by field, with a reference model
 //! written out from SECURITY.md, and the history is checked against the promises directly:
 //! no challenge counts more wrong answers than its cap, none accepts twice or once dead,
@@ -100,6 +100,8 @@ struct Case {
     wrong_percent: u32,
     /// Whether most actions go to the first challenge.
     focused: bool,
+    /// Whether the clock moves as [`decode_edge_wait`] says (else [`decode_wait`]).
+    edge: bool,
     challenges: Vec<(Kind, bool)>,
     raw_steps: Vec<(u32, u32)>,
 }
@@ -114,8 +116,16 @@ impl std::fmt::Debug for Case {
             .field("lifetime", &self.lifetime)
             .field("wrong_percent", &self.wrong_percent)
             .field("focused", &self.focused)
+            .field("edge", &self.edge)
             .field("challenges", &self.challenges)
-            .field("steps (wait, action)", &self.steps())
+            .field(
+                "steps (wait, action)",
+                &self
+                    .steps()
+                    .iter()
+                    .map(|(w, a)| format!("{w:?} {a:?}"))
+                    .collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -143,6 +153,18 @@ fn decode_wait(r: u32) -> Wait {
         89..91 => Wait::By(23 * 3_600 + x % 3_600),
         91..92 => Wait::By(DAY + x % DAY),
         92..97 => Wait::ToBudgetEdge(x % 3 - 1),
+        _ => Wait::By(-1 - x % 3),
+    }
+}
+
+/// For the edge of the budget's day: within a second or at once, to the edge, in the last
+/// hour before it, or a few seconds back.
+fn decode_edge_wait(r: u32) -> Wait {
+    let x = i64::from(r / 100);
+    match r % 100 {
+        0..50 => Wait::By(x % 2),
+        50..60 => Wait::By(23 * 3_600 + x % 3_600),
+        60..80 => Wait::ToBudgetEdge(x % 3 - 1),
         _ => Wait::By(-1 - x % 3),
     }
 }
@@ -189,7 +211,14 @@ impl Case {
     fn steps(&self) -> Vec<(Wait, Action)> {
         self.raw_steps
             .iter()
-            .map(|&(w, a)| (decode_wait(w), self.action(a)))
+            .map(|&(w, a)| {
+                let wait = if self.edge {
+                    decode_edge_wait(w)
+                } else {
+                    decode_wait(w)
+                };
+                (wait, self.action(a))
+            })
             .collect()
     }
 }
@@ -233,8 +262,49 @@ fn case() -> impl Strategy<Value = Case> {
                 lifetime,
                 wrong_percent,
                 focused,
+                edge: false,
                 challenges,
                 raw_steps,
+            },
+        )
+}
+
+/// Cases at the edge of the failure budget's day: no back-off (with one, a request that
+/// read the clock before the last failure is told to wait), no lock before the budget, a
+/// small budget spent within seconds, the clock at the edge and answers committed out of
+/// clock order.
+fn edge_case() -> impl Strategy<Value = Case> {
+    (
+        1u32..=8,
+        2u32..=5,
+        60i64..=3_600,
+        prop_oneof![Just(50u32), Just(85)],
+        any::<bool>(),
+        prop::collection::vec((kind(), any::<bool>()), 1..=4),
+        prop::collection::vec((any::<u32>(), any::<u32>()), 10..=80),
+    )
+        .prop_map(
+            |(
+                max_attempts,
+                failures_per_day,
+                lifetime,
+                wrong_percent,
+                focused,
+                challenges,
+                raw_steps,
+            )| {
+                Case {
+                    max_attempts,
+                    lock_threshold: 100,
+                    backoff_base: 0,
+                    failures_per_day,
+                    lifetime,
+                    wrong_percent,
+                    focused,
+                    edge: true,
+                    challenges,
+                    raw_steps,
+                }
             },
         )
 }
@@ -270,7 +340,7 @@ struct Model {
     wait_until: i64,
     /// Since when the user is locked.
     locked_since: Option<i64>,
-    /// When the user's failures happened (the store forgets those a day old whenever it
+    /// When the user's failures happened (the store forgets those two days old whenever it
     /// writes a new one).
     failures: Vec<i64>,
     /// The TOTP method's newest accepted step.
@@ -347,7 +417,7 @@ impl Model {
                 self.in_a_row += 1;
                 let delay = model_backoff(p.user_backoff_base_secs, self.in_a_row);
                 self.wait_until = if delay > 0 { now + delay } else { 0 };
-                self.failures.retain(|&t| t > now - DAY);
+                self.failures.retain(|&t| t > now - 2 * DAY);
                 self.failures.push(now);
                 if self.in_a_row >= p.user_lock_threshold {
                     self.locked_since.get_or_insert(now);
@@ -487,44 +557,46 @@ fn judge(kind: Kind, code: Code, last_step: Option<i64>, now: i64) -> Verdict {
 // What the run reached.
 
 macro_rules! states {
-    ($($name:ident: $min:expr, $what:expr;)*) => {
+    ($($name:ident: $min:expr, $edge_min:expr, $what:expr;)*) => {
         #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
         #[allow(non_camel_case_types)]
         enum State { $($name,)* }
-        const STATES: &[(State, u32, &str)] = &[$((State::$name, $min, $what),)*];
+        const STATES: &[(State, [u32; 2], &str)] = &[$((State::$name, [$min, $edge_min], $what),)*];
     };
 }
 
-// Each state with the minimum number of cases (out of `CASES`) that must reach it.
+// Each state with the minimum number of cases (out of `CASES`) that must reach it in the
+// interleaving run and in the run at the edge of the budget's day.
 states! {
-    accepted_sms: 450, "an SMS code accepted";
-    accepted_totp: 600, "a TOTP code accepted";
-    accepted_previous_step: 300, "a TOTP code of the previous step accepted";
-    accepted_after_other_failures: 400, "a code accepted while another challenge's failures were on the guard";
-    wrong: 1500, "a wrong code counted";
-    cap_reached: 200, "a challenge dead at its cap";
-    cap_above_3_reached: 20, "a challenge dead at a cap above 3";
-    dead_refused: 150, "an answer to a dead challenge refused";
-    already_used: 500, "an answer to a used challenge refused";
-    expired: 600, "an answer to an expired challenge refused";
-    backoff_refused: 280, "an answer refused in back-off";
-    backoff_waited_out: 250, "a check after a back-off ran out";
-    lock_reached: 300, "the user locked";
-    lock_from_several_challenges: 150, "a lock reached by failures on two challenges or more";
-    locked_refused: 280, "an answer refused while locked";
-    reopen_refused_locked: 240, "a new non-proof challenge refused while locked";
-    lift_accepted: 70, "a lock lifted by the user's proof";
-    lift_wrong: 120, "a wrong proof sent to unlock while locked";
-    lift_refused_by_budget: 20, "a proof to unlock refused because the budget is spent";
-    operator_unlocked_lock: 120, "a lock lifted by the operator";
-    relocked: 100, "a user locked again after an unlock";
-    budget_spent: 200, "a check refused because the day's failure budget is spent";
-    budget_room_again: 100, "a check after the budget had room again";
-    step_replayed_same: 110, "a TOTP step replayed (the same step) refused";
-    step_replayed_older: 30, "an older TOTP step refused after a newer one";
-    step_replayed_across_challenges: 130, "a TOTP step used on one challenge refused on another";
-    clock_back: 400, "an answer whose clock read is earlier than the previous answer's";
-    budget_edge: 40, "a check within a second of a counted failure's 24 hours";
+    accepted_sms: 450, 0, "an SMS code accepted";
+    accepted_totp: 600, 0, "a TOTP code accepted";
+    accepted_previous_step: 300, 0, "a TOTP code of the previous step accepted";
+    accepted_after_other_failures: 400, 0, "a code accepted while another challenge's failures were on the guard";
+    wrong: 1500, 1500, "a wrong code counted";
+    cap_reached: 200, 0, "a challenge dead at its cap";
+    cap_above_3_reached: 20, 0, "a challenge dead at a cap above 3";
+    dead_refused: 150, 0, "an answer to a dead challenge refused";
+    already_used: 500, 0, "an answer to a used challenge refused";
+    expired: 600, 0, "an answer to an expired challenge refused";
+    backoff_refused: 280, 0, "an answer refused in back-off";
+    backoff_waited_out: 250, 0, "a check after a back-off ran out";
+    lock_reached: 300, 0, "the user locked";
+    lock_from_several_challenges: 150, 0, "a lock reached by failures on two challenges or more";
+    locked_refused: 280, 0, "an answer refused while locked";
+    reopen_refused_locked: 240, 0, "a new non-proof challenge refused while locked";
+    lift_accepted: 70, 0, "a lock lifted by the user's proof";
+    lift_wrong: 120, 0, "a wrong proof sent to unlock while locked";
+    lift_refused_by_budget: 20, 0, "a proof to unlock refused because the budget is spent";
+    operator_unlocked_lock: 120, 0, "a lock lifted by the operator";
+    relocked: 100, 0, "a user locked again after an unlock";
+    budget_spent: 200, 400, "a check refused because the day's failure budget is spent";
+    budget_room_again: 100, 0, "a check after the budget had room again";
+    step_replayed_same: 110, 0, "a TOTP step replayed (the same step) refused";
+    step_replayed_older: 30, 0, "an older TOTP step refused after a newer one";
+    step_replayed_across_challenges: 130, 0, "a TOTP step used on one challenge refused on another";
+    clock_back: 400, 1500, "an answer whose clock read is earlier than the previous answer's";
+    budget_edge: 40, 500, "a check within a second of a counted failure's 24 hours";
+    edge_out_of_order: 0, 150, "a check whose 24 hours hold a failure a day older than one committed before it";
 }
 
 #[derive(Default)]
@@ -897,6 +969,15 @@ fn run_case(case: &Case) -> Result<Seen, TestCaseError> {
         {
             seen.hit(State::budget_edge);
         }
+        let newest = store.rows.iter().copied().max().unwrap_or(now);
+        if (checked || matches!(s.outcome, Outcome::BudgetSpent(_)))
+            && store
+                .rows
+                .iter()
+                .any(|&t| t > now - DAY && t <= newest - DAY)
+        {
+            seen.hit(State::edge_out_of_order);
+        }
         if checked && budget_was_spent {
             seen.hit(State::budget_room_again);
             budget_was_spent = false;
@@ -926,7 +1007,7 @@ fn run_case(case: &Case) -> Result<Seen, TestCaseError> {
             ..s.guard
         };
         if s.outcome.is_failure() {
-            store.rows.retain(|&t| t > now - DAY);
+            store.rows.retain(|&t| t > now - 2 * DAY);
             store.rows.push(now);
             if let Some(epoch) = epochs.last_mut() {
                 epoch.push(now);
@@ -960,11 +1041,9 @@ fn run_case(case: &Case) -> Result<Seen, TestCaseError> {
     Ok(seen)
 }
 
-#[test]
-fn code_checks_keep_every_limit_under_any_interleaving() {
-    // The minimums below are for `CASES` cases: `PROPTEST_CASES` may ask for more, not
-    // fewer. `PROPTEST_RNG_SEED` replays a run.
-    let cases = Config::default().cases.max(CASES);
+/// Runs `cases` cases of `strategy`, prints what they reached and fails if a state was
+/// reached in fewer cases than its minimum in `column` of [`STATES`].
+fn run(strategy: impl Strategy<Value = Case>, cases: u32, column: usize) {
     let mut runner = TestRunner::new(Config {
         cases,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
@@ -974,7 +1053,7 @@ fn code_checks_keep_every_limit_under_any_interleaving() {
     });
     let tally = RefCell::new(Tally::default());
     let started = std::time::Instant::now();
-    let result = runner.run(&case(), |case| {
+    let result = runner.run(&strategy, |case| {
         let seen = run_case(&case)?;
         tally.borrow_mut().add(&seen);
         Ok(())
@@ -991,10 +1070,10 @@ fn code_checks_keep_every_limit_under_any_interleaving() {
     );
     println!("{:>6} {:>7}  state", "cases", "events");
     let mut short = Vec::new();
-    for (i, (state, min, what)) in STATES.iter().enumerate() {
-        let (reached, events) = (tally.cases[i], tally.events[i]);
+    for (i, (state, mins, what)) in STATES.iter().enumerate() {
+        let (reached, events, min) = (tally.cases[i], tally.events[i], mins[column]);
         println!("{reached:>6} {events:>7}  {what} ({state:?}, at least {min} cases)");
-        let needed = (u64::from(*min) * u64::from(cases) / u64::from(CASES)) as u32;
+        let needed = (u64::from(min) * u64::from(cases) / u64::from(CASES)) as u32;
         if reached < needed {
             short.push(format!("{state:?}: {reached} cases, wanted {needed}"));
         }
@@ -1004,4 +1083,17 @@ fn code_checks_keep_every_limit_under_any_interleaving() {
         "the generators no longer reach: {}",
         short.join("; ")
     );
+}
+
+// The minimums are for `CASES` cases: `PROPTEST_CASES` may ask for more, not fewer.
+// `PROPTEST_RNG_SEED` replays a run.
+
+#[test]
+fn code_checks_keep_every_limit_under_any_interleaving() {
+    run(case(), Config::default().cases.max(CASES), 0);
+}
+
+#[test]
+fn the_failure_budget_holds_at_the_edge_of_its_day_with_answers_out_of_clock_order() {
+    run(edge_case(), Config::default().cases.max(CASES), 1);
 }
