@@ -5,11 +5,15 @@
 //! back-off bases, daily failure budgets, code lifetimes), one TOTP method and one SMS
 //! method, and 1..=4 challenges on them that share the user's guard and the TOTP method's
 //! last used step, answered interleaved: right and wrong codes, the previous TOTP step, a
-//! replayed TOTP step, proofs sent to `POST /v1/users/unlock`, new challenges, the
-//! operator's `ghostkey user unlock`. Between answers the clock moves mostly by seconds,
-//! sometimes past a code's lifetime or a back-off, sometimes by hours (past the longest
-//! back-off and the 24-hour failure window), and sometimes back by a few seconds (two
-//! concurrent requests that read the clock in one order and commit in the other).
+//! replayed TOTP step, an older one, proofs sent to `POST /v1/users/unlock`, new
+//! challenges, the operator's `ghostkey user unlock`. Between answers the clock moves
+//! mostly by seconds, sometimes past a code's lifetime or a back-off, sometimes by hours
+//! (past the longest back-off, to the edge of the 24-hour failure window and past it), and
+//! sometimes back by a few seconds (two concurrent requests, or two nodes, that read the
+//! clock in one order and commit in the other). A second run stays at the edge of the
+//! failure budget's day: no back-off, small budgets, answers out of clock order (it found
+//! the store forgetting failures that a request committing later still counts, see
+//! `tests/failure_budget_edge.rs`).
 //!
 //! The harness keeps what the store keeps (`src/store/sqlite.rs`, `settle_in`): the guard
 //! without its window, the user's failure rows (those two days old dropped when a new one
@@ -21,9 +25,10 @@
 //! most once; no 24 hours hold more failures than the budget; a lock holds until a proof
 //! lifts it or the operator does; refusals change nothing.
 //!
-//! The run counts how often each interesting state was reached, prints the counts
-//! (`cargo test --test properties -- --nocapture`) and fails if a state was reached in
-//! fewer cases than its minimum, so that generators which stop reaching a state fail too.
+//! Each run counts how often each interesting state was reached, prints the counts
+//! (`cargo test --test properties -- --nocapture --test-threads 1`) and fails if a state
+//! was reached in fewer cases than its minimum, so that generators which stop reaching a
+//! state fail too.
 
 use std::cell::RefCell;
 use std::collections::BTreeSet;
