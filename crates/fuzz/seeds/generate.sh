@@ -95,7 +95,10 @@ printf 'sa\nb\n0\n0' | seed sealed_blob short-ids
 { printf '\x01'; head -c 104 /dev/zero; } | seed sealed_blob raw-min-blob
 { printf 'GKVD\x01\x00\x00\x00\x00\x00\x00\x00\x01\x03app\x04user'; head -c 64 /dev/zero | tr '\0' '\5'; } | seed sealed_blob raw-plaintext
 
-# envelope: raw bytes (magic, version, author, device key, one recipient, nonce, ciphertext, signature).
+# envelope: e then author, reader, bit to flip, document; else raw bytes (magic, version,
+# author, device key, one recipient, nonce, ciphertext, signature).
+printf 'eauthor\nreader\n100\na document' | seed envelope seal-open
+printf 'eme\nme\n7\n' | seed envelope same-user-empty-document
 {
     printf 'GKEV\x01\x00\x06user-1'
     head -c 32 /dev/zero | tr '\0' '\3'
