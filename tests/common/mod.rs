@@ -537,14 +537,18 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// The sum of every series of counter `name`, whatever its labels.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
+/// The sum of every series of counter `name` whose labels contain `labels` (such as
+/// `result="sent"`; empty: all of them).
+pub fn metric_sum(text: &str, name: &str, labels: &str) -> f64 {
     text.lines()
         .filter(|l| {
             l.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
         })
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            series.contains(labels).then(|| value.parse::<f64>().ok())?
+        })
         .sum()
 }
 
@@ -554,38 +558,49 @@ pub struct SettledOutbox {
     /// Rows in each state.
     pub sent: i64,
     pub failed: i64,
-    /// Attempts recorded over all rows (each send the worker made, success or not).
+    /// Attempts recorded over all rows (each send the worker made and recorded, success or
+    /// not).
     pub attempts: i64,
 }
 
 /// Waits until the outbox has settled: no message is pending, the worker reports an empty
 /// outbox (`ghostkey_outbox_depth 0`, set only when a pass finds nothing left to send),
-/// and it counted as many sends (`ghostkey_messages_total`) as the store records
-/// attempts, less `earlier_sends` made before a restart (the counters start at zero with
-/// each run). A message sent a second time after that would have to be a new send of a
-/// message the store says is finished. Needs `metrics.listen`.
+/// and it counted (`ghostkey_messages_total`, results `sent` and `failed`) as many
+/// finished messages as the store holds, less `finished_before` finished by an earlier
+/// run (the counters start at zero with each run). The worker counts a message just
+/// before it records it, so a send under way cannot be missed; a message sent a second
+/// time after that would have to be a new send of a message the store says is finished.
+/// Needs `metrics.listen`.
 pub async fn wait_outbox_settled(
     server: &TestServer,
-    earlier_sends: i64,
+    finished_before: i64,
     within: Duration,
 ) -> SettledOutbox {
     let mut last = String::new();
     let settled = tokio::time::timeout(within, async {
         loop {
-            let pending = server.query_i64("SELECT count(*) FROM outbox WHERE state = 'pending'");
-            let attempts = server.query_i64("SELECT coalesce(sum(attempts), 0) FROM outbox");
+            let count = |state: &str| {
+                server.query_i64(&format!(
+                    "SELECT count(*) FROM outbox WHERE state = '{state}'"
+                ))
+            };
+            let (pending, sent, failed) = (count("pending"), count("sent"), count("failed"));
             let text = metrics_text(server);
             let depth = metric(&text, "ghostkey_outbox_depth");
-            let counted = metric_sum(&text, "ghostkey_messages_total");
+            let counted = metric_sum(&text, "ghostkey_messages_total", "result=\"sent\"")
+                + metric_sum(&text, "ghostkey_messages_total", "result=\"failed\"");
             last = format!(
-                "pending {pending}, attempts {attempts} ({earlier_sends} before a restart), \
-                 depth {depth:?}, counted sends {counted}"
+                "pending {pending}, sent {sent}, failed {failed} ({finished_before} finished \
+                 before a restart), depth {depth:?}, counted finished {counted}"
             );
-            if pending == 0 && depth == Some(0.0) && counted == (attempts - earlier_sends) as f64 {
+            if pending == 0
+                && depth == Some(0.0)
+                && counted == (sent + failed - finished_before) as f64
+            {
                 return SettledOutbox {
-                    sent: server.query_i64("SELECT count(*) FROM outbox WHERE state = 'sent'"),
-                    failed: server.query_i64("SELECT count(*) FROM outbox WHERE state = 'failed'"),
-                    attempts,
+                    sent,
+                    failed,
+                    attempts: server.query_i64("SELECT coalesce(sum(attempts), 0) FROM outbox"),
                 };
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
