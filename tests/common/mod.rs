@@ -175,6 +175,12 @@ impl TestServer {
                     handle.stop(false).await;
                 });
                 running.server.await.unwrap();
+                // As `ghostkey serve` does: the message being sent is finished and
+                // recorded, so a restart never sends it again.
+                running
+                    .worker
+                    .shutdown(ghostkey::server::worker_grace(&server_config))
+                    .await;
             });
         });
         let (addr, metrics_addr) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
@@ -195,7 +201,10 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(t) = self.thread.take() {
-            let _ = t.join();
+            // A panic in the server's thread fails the test (unless it is failing already).
+            if t.join().is_err() && !std::thread::panicking() {
+                panic!("the test server's thread panicked");
+            }
         }
     }
 
