@@ -76,6 +76,8 @@ printf 'a\x00@\n@\n@\n@' | seed request_bodies enroll
 printf 'b\x00email\njo@example.org' | seed request_bodies add-email
 printf 'b\x00sms\n+33 6 12 34 56 78\nch_1\n123456' | seed request_bodies add-sms-proof
 printf 'b\x00totp' | seed request_bodies add-totp
+# 16 digits, one more than E.164 allows: once accepted as valid for Germany.
+printf 'b\x00sms\n+4921426122639267' | seed request_bodies add-sms-16-digits
 printf 'c\x00m_1\nconfirm' | seed request_bodies start-challenge
 printf 'd\x00 0123 ' | seed request_bodies answer
 printf 'e\x00ch_1\n123456' | seed request_bodies remove-method
