@@ -38,12 +38,14 @@ pub struct NeverBackwards {
 }
 
 impl NeverBackwards {
-    /// Runs on `wall`, never earlier than `floor`.
+    /// Runs on `wall`, never earlier than `floor` (whoever builds it says so if the wall
+    /// clock starts behind the floor).
     pub fn new(wall: std::sync::Arc<dyn Clock>, floor: UnixTime) -> NeverBackwards {
+        let behind = wall.now() < floor;
         NeverBackwards {
             wall,
             latest: std::sync::atomic::AtomicI64::new(floor),
-            behind: std::sync::atomic::AtomicBool::new(false),
+            behind: std::sync::atomic::AtomicBool::new(behind),
         }
     }
 }

@@ -42,6 +42,9 @@ enum Command {
     /// The audit log: verify its hash chain, or export it.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// The service's time floor: it never runs earlier than this (see OPERATIONS.md).
+    #[command(subcommand)]
+    Clock(ClockCommand),
     /// Write a consistent copy of the database to PATH while the server runs.
     Backup {
         /// Where to write the copy (must not exist). Keep it apart from the data key.
@@ -80,6 +83,19 @@ enum KeysCommand {
         /// Rows per batch.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClockCommand {
+    /// Print the recorded floor and this machine's time.
+    Show,
+    /// Set the floor to this machine's time, after the clock had jumped ahead (the server
+    /// stopped; audited). Assertions used shortly before the jump could be replayed once.
+    Reset {
+        /// Confirm.
+        #[arg(long)]
+        yes: bool,
     },
 }
 
@@ -583,6 +599,45 @@ fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), Str
     Ok(())
 }
 
+fn clock_command(config: &Config, cmd: ClockCommand) -> Result<(), String> {
+    use ghostkey::clock::Clock;
+    use ghostkey::store::Store;
+    let now = ghostkey::clock::SystemClock.now();
+    match cmd {
+        ClockCommand::Show => {
+            let store = ghostkey::server::open_store(config)?;
+            let floor = store.time_floor().map_err(|e| e.to_string())?;
+            println!("floor {floor}\nsystem {now}");
+            if floor > now {
+                eprintln!(
+                    "the floor is {} s ahead of this machine's clock: the server keeps the \
+                     floor's time until the clock catches up",
+                    floor - now
+                );
+            }
+            Ok(())
+        }
+        ClockCommand::Reset { yes } => {
+            if !yes {
+                return Err(
+                    "this sets the time floor back to this machine's clock; a used assertion \
+                     purged from the replay cache while the clock was ahead could be accepted \
+                     again until it expires: check the clock first, stop the server, then add --yes"
+                        .to_owned(),
+                );
+            }
+            let _lock = ghostkey::store::DatabaseLock::acquire(
+                &config.database.path,
+                ghostkey::store::LockHolder::Maintenance,
+            )?;
+            let store = ghostkey::server::open_store(config)?;
+            let from = store.reset_time_floor(now).map_err(|e| e.to_string())?;
+            eprintln!("time floor set from {from} to {now}");
+            Ok(())
+        }
+    }
+}
+
 fn parse_audit_anchor(text: &str) -> Result<ghostkey::domain::audit::AuditHead, String> {
     ghostkey::domain::audit::AuditHead::parse(text)
 }
@@ -653,6 +708,7 @@ fn main() -> ExitCode {
                 .map(|_| ()),
         }),
         Command::Restore { path, yes } => restore(&config, &path, yes),
+        Command::Clock(cmd) => clock_command(&config, cmd),
         Command::Openapi => {
             println!("{}", ghostkey::http::openapi::document());
             Ok(())

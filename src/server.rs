@@ -178,9 +178,13 @@ pub fn start_with(
         .map_err(|e| format!("cannot read the database: {e}"))?;
     let wall_now = clock.now();
     if floor > wall_now {
-        tracing::warn!(
+        // Said once here; the clock itself says when the system clock has caught up.
+        tracing::error!(
             behind_secs = floor - wall_now,
-            "the system clock is behind the latest time recorded in the database: the service              keeps that time until the clock catches up; check the machine's time source"
+            "the system clock is behind the latest time recorded in the database: the service \
+             keeps that time until the clock catches up (assertions minted meanwhile look \
+             expired). If the system clock is right and the recorded time is the mistake (the \
+             clock had jumped ahead), stop the server and run `ghostkey clock reset --yes`"
         );
     }
     let clock: Arc<dyn Clock> = Arc::new(crate::clock::NeverBackwards::new(clock, floor));

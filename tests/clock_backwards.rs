@@ -123,3 +123,74 @@ async fn a_rate_window_left_behind_does_not_open_again_when_the_clock_steps_back
         "a window left behind opened again after the clock stepped back"
     );
 }
+
+fn ghostkey(db: &std::path::Path, args: &[&str]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GHOSTKEY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("GHOSTKEY_DATABASE__PATH", db)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn after_a_jump_ahead_the_operator_resets_the_floor_with_the_server_stopped() {
+    // `ghostkey clock reset` runs as a process of its own, on the system clock: the
+    // server's clock is the system clock too, whatever TEST_CLOCK_START says.
+    let server = TestServer::start_at(common::now(), |_| {});
+    let app = server.register_app("Health");
+    // The clock jumps a year ahead, long enough for one audited write.
+    server.clock.advance(365 * DAY);
+    enrol(&server, &app, "alice-7").await;
+    server.clock.advance(-365 * DAY);
+    // Back to the right time, the server stays a year ahead, across a restart: fresh
+    // assertions look expired.
+    let server = server.restart(|_| {});
+    let token = app.assertion("alice-7", Purpose::Manage);
+    assert_eq!(list_methods(&server, &token).await.1, "assertion_expired");
+
+    // `show` says so; `reset` needs --yes and the server stopped.
+    let db = server.db_path();
+    let out = ghostkey(&db, &["clock", "show"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("ahead of this machine's clock"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ghostkey(&db, &["clock", "reset"]);
+    assert!(!out.status.success(), "reset without --yes");
+    let out = ghostkey(&db, &["clock", "reset", "--yes"]);
+    assert!(!out.status.success(), "reset under a running server");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = std::sync::Arc::clone(&server.dir);
+    let config = server.config.clone();
+    drop(server);
+    let out = ghostkey(&db, &["clock", "reset", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Audited, and the log still verifies.
+    let out = ghostkey(&db, &["audit", "export"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("clock_floor_reset"));
+    assert!(ghostkey(&db, &["audit", "verify"]).status.success());
+
+    // Started again, it runs on the right time.
+    let server = TestServer::relaunch(config, dir, common::now());
+    let token = app.assertion("alice-7", Purpose::Manage);
+    assert_eq!(list_methods(&server, &token).await.0, 200);
+}

@@ -18,6 +18,8 @@ pub enum LockHolder {
     Server,
     /// A `ghostkey restore` in progress.
     Restore,
+    /// A maintenance command that needs the server stopped (`ghostkey clock reset`).
+    Maintenance,
 }
 
 /// The exclusive lock on a database; released when dropped (or when the process ends).
@@ -61,6 +63,10 @@ impl DatabaseLock {
                     "a server (or another restore) is running on the database {}: stop it \
                      first; restoring under it would roll back spent assertions, used codes \
                      and locks while it goes on serving",
+                    database.display()
+                ),
+                LockHolder::Maintenance => format!(
+                    "a server (or a restore) is running on the database {}: stop it first",
                     database.display()
                 ),
             }),

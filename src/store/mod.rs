@@ -508,9 +508,12 @@ pub trait Store: Send + Sync + 'static {
     /// The audit log's recorded head (its last event's position and hash); `None` if the
     /// record itself is gone.
     fn audit_head(&self) -> Result<Option<crate::domain::audit::AuditHead>, StoreError>;
-    /// The latest time the database relied on (its last audit event, or the last purge
+    /// The latest time the database relied on (its last audited write, or the last purge
     /// of expired state): the server's time must not go back before it.
     fn time_floor(&self) -> Result<UnixTime, StoreError>;
+    /// Sets the time floor to `to` (after the clock had jumped ahead, so the floor is in
+    /// the future), audited; returns the previous floor. Only with no server running.
+    fn reset_time_floor(&self, to: UnixTime) -> Result<UnixTime, StoreError>;
     /// Up to `limit` methods whose secret is under another data key than `current`.
     fn methods_under_other_keys(
         &self,

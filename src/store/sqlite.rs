@@ -1237,13 +1237,38 @@ fn audit(
             .unwrap_or_default(),
     };
     // The next event follows the recorded head, not whatever event is last: events deleted
-    // from the end leave a gap that `audit verify` reports.
-    let (prev_seq, prev_hash): (i64, Vec<u8>) = tx
+    // from the end leave a gap that `audit verify` reports. Events past the head can only
+    // come from an older Ghostkey still running when this one upgraded the schema: the
+    // chain goes on after them (and `audit verify` still checks every link).
+    let (head_seq, head_hash): (i64, Vec<u8>) = tx
         .one("SELECT seq, hash FROM audit_head WHERE id = 1", [], |r| {
             Ok((r.get(0)?, r.get(1)?))
         })
         .optional()?
         .ok_or_else(|| StoreError::Backend("the audit log's head row is missing".into()))?;
+    let last: Option<(i64, Vec<u8>)> = tx
+        .one(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    let (prev_seq, prev_hash) = match last {
+        Some((seq, hash)) if seq > head_seq => {
+            tracing::warn!(
+                recorded_head = head_seq,
+                last_event = seq,
+                "audit events were appended past the recorded head (by an older Ghostkey?): the head moves to the last event"
+            );
+            (seq, hash)
+        }
+        _ => (head_seq, head_hash),
+    };
+    // Every audited write is a time the database relied on.
+    tx.exec(
+        "UPDATE clock_floor SET at = max(at, ?1) WHERE id = 1",
+        [now],
+    )?;
     let prev: [u8; 32] = prev_hash
         .try_into()
         .map_err(|_| StoreError::Backend("stored audit hash is not 32 bytes".into()))?;
@@ -2177,13 +2202,26 @@ impl Store for SqliteStore {
 
     fn time_floor(&self) -> Result<UnixTime, StoreError> {
         let conn = self.reader()?;
-        let floor: i64 = conn.one(
-            "SELECT max(coalesce((SELECT at FROM clock_floor WHERE id = 1), 0), \
-                        coalesce((SELECT at FROM audit_events ORDER BY seq DESC LIMIT 1), 0))",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(floor)
+        let floor: Option<i64> = conn
+            .one("SELECT at FROM clock_floor WHERE id = 1", [], |r| r.get(0))
+            .optional()?;
+        floor.ok_or_else(|| StoreError::Backend("the clock floor row is missing".into()))
+    }
+
+    fn reset_time_floor(&self, to: UnixTime) -> Result<UnixTime, StoreError> {
+        self.write(|tx| {
+            let from: i64 = tx.one("SELECT at FROM clock_floor WHERE id = 1", [], |r| r.get(0))?;
+            tx.exec("UPDATE clock_floor SET at = ?1 WHERE id = 1", [to])?;
+            audit(
+                tx,
+                to,
+                "clock_floor_reset",
+                "",
+                Who::Operator,
+                serde_json::json!({ "from": from, "to": to }),
+            )?;
+            Ok(from)
+        })
     }
 
     fn methods_under_other_keys(

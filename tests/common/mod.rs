@@ -158,6 +158,17 @@ impl TestServer {
         TestServer::launch(config, dir, clock)
     }
 
+    /// Starts a server on the database a stopped test server left (its configuration and
+    /// directory), with a clock that reads `instant` now.
+    pub fn relaunch(
+        mut config: Config,
+        dir: Arc<tempfile::TempDir>,
+        instant: UnixTime,
+    ) -> TestServer {
+        config.server.listen = "127.0.0.1:0".parse().unwrap();
+        TestServer::launch(config, dir, Arc::new(TestClock::starting_at(instant)))
+    }
+
     fn launch(config: Config, dir: Arc<tempfile::TempDir>, clock: Arc<TestClock>) -> TestServer {
         config.validate().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
