@@ -214,3 +214,37 @@ async fn a_log_rebuilt_by_someone_who_can_write_the_database_misses_the_noted_an
         stderr(&out)
     );
 }
+
+#[tokio::test]
+async fn events_an_older_ghostkey_appended_past_the_head_are_followed_not_collided_with() {
+    let server = TestServer::start();
+    let app = server.register_app("Health");
+    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
+    let (seq, hash): (i64, Vec<u8>) = conn
+        .query_row(
+            "SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // An older Ghostkey, still running when this one upgraded the schema, appends an
+    // event the way it always did: chained, but without moving the head it knows nothing of.
+    let prev: [u8; 32] = hash.try_into().unwrap();
+    let at = server.now();
+    let next =
+        ghostkey::domain::audit::chain_hash(&prev, seq + 1, at, "enrolled", &app.id, "", "{}");
+    conn.execute(
+        "INSERT INTO audit_events (seq, at, kind, app_id, subject, detail, hash) VALUES (?1, ?2, 'enrolled', ?3, '', '{}', ?4)",
+        rusqlite::params![seq + 1, at, app.id, next.to_vec()],
+    )
+    .unwrap();
+    // The next audited write goes on after it (it used to collide with its position).
+    common::enrol(&server, &app, "alice-7").await;
+    let out = verify(&server.db_path(), &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let head = printed_head(&out);
+    assert!(
+        head.split_once(':').unwrap().0.parse::<i64>().unwrap() > seq + 1,
+        "{head}"
+    );
+}
