@@ -41,6 +41,18 @@ pub fn server_config(config: &TlsConfig, now: UnixTime) -> Result<rustls::Server
         let (not_before, not_after) = validity(cert.as_ref()).map_err(|e| {
             format!("`server.tls.cert_file` {cert_file}: {which} is unreadable: {e}")
         })?;
+        if i > 0 && !(not_before..=not_after).contains(&now) {
+            // Bundles often carry an expired cross-signed certificate that clients route
+            // around; only the server's own certificate decides the handshake.
+            tracing::warn!(
+                cert_file = %cert_file,
+                "{which} is outside its validity ({} to {}); clients that need it will refuse \
+                 the handshake: check the bundle",
+                date(not_before),
+                date(not_after)
+            );
+            continue;
+        }
         if now > not_after {
             return Err(format!(
                 "`server.tls.cert_file` {cert_file}: {which} expired at {} (now {}): renew it, \

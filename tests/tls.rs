@@ -255,7 +255,8 @@ fn certificate_validity_is_checked_at_the_servers_clock_to_the_second() {
         "{err}"
     );
 
-    // An expired certificate further up the chain is refused too, naming its place.
+    // An expired certificate further up the chain (an old cross-signed one in a bundle) is
+    // only warned about: clients build their path around it.
     let (leaf, _, _) = write_cert(dir.path(), |_| {});
     let mut chain = std::fs::read_to_string(&leaf.cert_file).unwrap();
     let mut old = rcgen::CertificateParams::new(vec!["Old CA".to_owned()]).unwrap();
@@ -266,8 +267,7 @@ fn certificate_validity_is_checked_at_the_servers_clock_to_the_second() {
         .unwrap();
     chain.push_str(&old.pem());
     std::fs::write(&leaf.cert_file, chain).unwrap();
-    let err = ghostkey::tls::server_config(&leaf, common::now()).unwrap_err();
-    assert!(err.contains("certificate 2 of the chain expired"), "{err}");
+    ghostkey::tls::server_config(&leaf, common::now()).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
