@@ -50,11 +50,18 @@ impl WorkerHandle {
 }
 
 /// How long a stopping server waits for the outbox worker to finish the message it is
-/// sending: the longest a send may take, and a little more to record it.
+/// sending: the longest a send may take and the time to record it (the database's busy
+/// timeout), at most [`MAX_WORKER_GRACE`], so that the whole stop fits the 50 s the
+/// deployment files give it (30 s of request drain first). A send still running after that
+/// is sent again after the restart (delivery is at least once).
 pub fn worker_grace(config: &Config) -> Duration {
-    Duration::from_millis(config.sms.timeout_ms.max(config.email.timeout_ms))
-        + Duration::from_secs(2)
+    let send = Duration::from_millis(config.sms.timeout_ms.max(config.email.timeout_ms));
+    let record = Duration::from_millis(config.database.busy_timeout_ms);
+    (send + record).min(MAX_WORKER_GRACE)
 }
+
+/// The longest a stop waits for the outbox worker (see [`worker_grace`]).
+pub const MAX_WORKER_GRACE: Duration = Duration::from_secs(15);
 
 /// Opens the store the configuration names.
 pub fn open_store(config: &Config) -> Result<SqliteStore, String> {

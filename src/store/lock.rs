@@ -29,10 +29,12 @@ pub struct DatabaseLock {
 }
 
 impl DatabaseLock {
-    /// The lock file of a database: `<database>.lock`. It holds nothing; only the lock
-    /// on it matters.
+    /// The lock file of a database: `<database>.lock`, beside the file the path leads to
+    /// (through symbolic links, so that two paths to one database share one lock). It holds
+    /// nothing; only the lock on it matters.
     pub fn path_for(database: &Path) -> PathBuf {
-        let mut name = database.as_os_str().to_owned();
+        let real = std::fs::canonicalize(database).unwrap_or_else(|_| database.to_owned());
+        let mut name = real.into_os_string();
         name.push(".lock");
         PathBuf::from(name)
     }
@@ -47,8 +49,14 @@ impl DatabaseLock {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
+        // A lock file another user created (a command run as root) can still be locked
+        // read-only: the lock is on the open file, not on writing it.
         let file = options
             .open(&path)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::PermissionDenied => File::open(&path),
+                _ => Err(e),
+            })
             .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
         match file.try_lock() {
             Ok(()) => Ok(DatabaseLock { _file: file }),
@@ -93,6 +101,16 @@ mod tests {
         drop(server);
         let restore = DatabaseLock::acquire(&db, LockHolder::Restore).unwrap();
         drop(restore);
+        // Two paths to one database share one lock.
+        #[cfg(unix)]
+        {
+            std::fs::write(&db, b"").unwrap();
+            let link = dir.path().join("link.db");
+            std::os::unix::fs::symlink(&db, &link).unwrap();
+            let server = DatabaseLock::acquire(&db, LockHolder::Server).unwrap();
+            assert!(DatabaseLock::acquire(&link, LockHolder::Server).is_err());
+            drop(server);
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
