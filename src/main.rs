@@ -387,13 +387,23 @@ fn print_policy(p: &ghostkey::domain::policy::AppPolicy) {
     println!("    waiting_period_secs: {}", p.waiting_period_secs);
 }
 
+/// The time operator commands act at: the system clock, never earlier than the time floor
+/// the server keeps to (a clock stepped back must not make them judge expiry or windows
+/// differently from the server).
+fn service_now(store: &dyn ghostkey::store::Store) -> Result<ghostkey::clock::UnixTime, String> {
+    let floor = store
+        .time_floor()
+        .map_err(|e| format!("cannot read the database: {e}"))?;
+    Ok(SystemClock.now().max(floor))
+}
+
 fn to_json<T: serde::Serialize>(value: &T) -> Result<String, String> {
     serde_json::to_string_pretty(value).map_err(|e| e.to_string())
 }
 
 fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
     let store = ghostkey::server::open_store(config)?;
-    let now = SystemClock.now();
+    let now = service_now(&store)?;
     match command {
         AppCommand::Add { name, key } => {
             let id =
@@ -513,7 +523,7 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
             }
             let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
             let keys = ghostkey::keys::ServerKeys::derive(&data_key);
-            admin::erase_user(&store, &keys, &app_id, &user_id, SystemClock.now())
+            admin::erase_user(&store, &keys, &app_id, &user_id, service_now(&store)?)
                 .map_err(|e| e.0)?;
             eprintln!("user `{user_id}` of app `{app_id}` erased");
         }
@@ -521,7 +531,7 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
             let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
             let keys = ghostkey::keys::ServerKeys::derive(&data_key);
             let was_locked =
-                admin::unlock_user(&store, &keys, &app_id, &user_id, SystemClock.now())
+                admin::unlock_user(&store, &keys, &app_id, &user_id, service_now(&store)?)
                     .map_err(|e| e.0)?;
             if was_locked {
                 eprintln!("user unlocked; their failure count and failure budget are cleared");
@@ -544,7 +554,7 @@ fn rotate(config: &Config, batch: usize) -> Result<(), String> {
         );
     }
     let store = ghostkey::server::open_store(config)?;
-    let report = admin::rotate_keys(&store, &keys, batch, SystemClock.now()).map_err(|e| e.0)?;
+    let report = admin::rotate_keys(&store, &keys, batch, service_now(&store)?).map_err(|e| e.0)?;
     eprintln!(
         "re-encrypted {} method(s) and {} queued message(s) under key {}",
         report.methods, report.messages, report.current
