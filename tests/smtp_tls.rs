@@ -365,6 +365,19 @@ fn an_unusable_smtp_ca_file_is_refused_naming_the_key() {
         .err()
         .unwrap();
     assert!(e.contains("email.smtp_ca_file"), "{e}");
+    // A PEM certificate block whose content is no certificate is named as such.
+    std::fs::write(
+        &path,
+        "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let e = SmtpSender::new(&starttls_config(587, &path), None)
+        .err()
+        .unwrap();
+    assert!(
+        e.contains("email.smtp_ca_file") && e.contains("certificate 1 is not a usable authority"),
+        "{e}"
+    );
     // With `smtp_tls = "none"` a CA file would check nothing: the configuration says so.
     let config = ghostkey::config::Config {
         email: EmailConfig {

@@ -86,7 +86,18 @@ fn tls_parameters(host: &str, cfg: &EmailConfig) -> Result<TlsParameters, String
         if cas.is_empty() {
             return Err(format!("{key} {}: no certificate in it", path.display()));
         }
-        for ca in cas {
+        for (i, ca) in cas.into_iter().enumerate() {
+            // Checked here, so that a bad file is named as such (the builder below would
+            // only say that TLS cannot be set up).
+            rustls::RootCertStore::empty()
+                .add(ca.clone())
+                .map_err(|e| {
+                    format!(
+                        "{key} {}: certificate {} is not a usable authority: {e}",
+                        path.display(),
+                        i + 1
+                    )
+                })?;
             let ca = Certificate::from_der(ca.to_vec())
                 .map_err(|e| format!("{key} {}: {e}", path.display()))?;
             params = params.add_root_certificate(ca);
@@ -94,7 +105,7 @@ fn tls_parameters(host: &str, cfg: &EmailConfig) -> Result<TlsParameters, String
     }
     params
         .build()
-        .map_err(|e| format!("`email.smtp_host`: cannot set up TLS: {e}"))
+        .map_err(|e| format!("`email.smtp_host` / `email.smtp_ca_file`: cannot set up TLS: {e}"))
 }
 
 #[async_trait]
