@@ -67,7 +67,7 @@ fn bearer(req: &HttpRequest) -> Result<String, Error> {
 #[utoipa::path(
     get,
     path = "/healthz",
-    responses((status = 200, description = "Alive", body = ghostkey_proto::api::Health), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Alive", body = ghostkey_proto::api::Health)),
 )]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health {
@@ -78,7 +78,7 @@ pub async fn healthz() -> HttpResponse {
 #[utoipa::path(
     get,
     path = "/readyz",
-    responses((status = 200, description = "Ready: the store answers", body = ghostkey_proto::api::Health), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Ready: the store answers", body = ghostkey_proto::api::Health)),
 )]
 pub async fn readyz(service: web::Data<Ghostkey>) -> Result<HttpResponse, Error> {
     match service.ready().await {
@@ -96,7 +96,7 @@ pub async fn readyz(service: web::Data<Ghostkey>) -> Result<HttpResponse, Error>
     post,
     path = "/v1/enrollments",
     request_body = ghostkey_proto::api::EnrollRequest,
-    responses((status = 201, description = "Stored, pending until a method is confirmed (`enroll` assertion)", body = ghostkey_proto::api::EnrollResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Stored, pending until a method is confirmed (`enroll` assertion)", body = ghostkey_proto::api::EnrollResponse)),
     security(("assertion" = []))
 )]
 pub async fn enroll(
@@ -116,7 +116,7 @@ pub async fn enroll(
     post,
     path = "/v1/methods",
     request_body = ghostkey_proto::api::AddMethodRequest,
-    responses((status = 201, description = "Pending method and its confirmation challenge (`enroll`; `manage` and a proof once a method is confirmed)", body = ghostkey_proto::api::AddMethodResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Pending method and its confirmation challenge (`enroll`; `manage` and a proof once a method is confirmed)", body = ghostkey_proto::api::AddMethodResponse)),
     security(("assertion" = []))
 )]
 pub async fn add_method(
@@ -135,7 +135,7 @@ pub async fn add_method(
 #[utoipa::path(
     get,
     path = "/v1/methods",
-    responses((status = 200, description = "The user's methods, masked (`manage` or `recover`)", body = ghostkey_proto::api::MethodList), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The user's methods, masked (`manage` or `recover`)", body = ghostkey_proto::api::MethodList)),
     security(("assertion" = []))
 )]
 pub async fn list_methods(
@@ -153,7 +153,7 @@ pub async fn list_methods(
     path = "/v1/methods/{method_id}/remove",
     params(("method_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The method")),
     request_body = ghostkey_proto::api::RemoveMethodRequest,
-    responses((status = 204, description = "Removed (`manage` and a proof)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Removed (`manage` and a proof)")),
     security(("assertion" = []))
 )]
 pub async fn remove_method(
@@ -175,7 +175,7 @@ pub async fn remove_method(
     post,
     path = "/v1/challenges",
     request_body = ghostkey_proto::api::StartChallengeRequest,
-    responses((status = 201, description = "Started", body = ghostkey_proto::api::ChallengeView), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Started", body = ghostkey_proto::api::ChallengeView)),
     security(("assertion" = []))
 )]
 pub async fn start_challenge(
@@ -196,7 +196,7 @@ pub async fn start_challenge(
     path = "/v1/challenges/{challenge_id}/answer",
     params(("challenge_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The challenge")),
     request_body = ghostkey_proto::api::AnswerRequest,
-    responses((status = 200, description = "Code accepted: the method is confirmed", body = ghostkey_proto::api::AnswerResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Code accepted: the method is confirmed", body = ghostkey_proto::api::AnswerResponse)),
 )]
 pub async fn answer(
     service: web::Data<Ghostkey>,
@@ -216,7 +216,7 @@ pub async fn answer(
     post,
     path = "/v1/users/unlock",
     request_body = ghostkey_proto::api::UnlockRequest,
-    responses((status = 200, description = "Lock lifted (`manage` and the user's proof)", body = ghostkey_proto::api::UnlockResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Lock lifted (`manage` and the user's proof)", body = ghostkey_proto::api::UnlockResponse)),
     security(("assertion" = []))
 )]
 pub async fn unlock(
@@ -236,7 +236,7 @@ pub async fn unlock(
     post,
     path = "/v1/recoveries",
     request_body = ghostkey_proto::api::StartRecoveryRequest,
-    responses((status = 201, description = "Recovery started (`recover`)", body = ghostkey_proto::api::ChallengeView), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 201, description = "Recovery started (`recover`)", body = ghostkey_proto::api::ChallengeView)),
     security(("assertion" = []))
 )]
 pub async fn start_recovery(
@@ -257,7 +257,7 @@ pub async fn start_recovery(
     path = "/v1/recoveries/{recovery_id}/verify",
     params(("recovery_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The recovery")),
     request_body = ghostkey_proto::api::AnswerRequest,
-    responses((status = 200, description = "Released, or waiting", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Released, or waiting", body = ghostkey_proto::api::RecoveryResponse)),
 )]
 pub async fn verify_recovery(
     service: web::Data<Ghostkey>,
@@ -277,7 +277,7 @@ pub async fn verify_recovery(
     post,
     path = "/v1/recoveries/{recovery_id}/release",
     params(("recovery_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The recovery")),
-    responses((status = 200, description = "Released after the waiting period (`recover`)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Released after the waiting period (`recover`)", body = ghostkey_proto::api::RecoveryResponse)),
     security(("assertion" = []))
 )]
 pub async fn release_recovery(
@@ -298,7 +298,7 @@ pub async fn release_recovery(
     post,
     path = "/v1/recoveries/cancel",
     request_body = ghostkey_proto::api::CancelWithCodeRequest,
-    responses((status = 200, description = "Cancelled with the cancel code of a notice (no assertion)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json"))
+    responses((status = 200, description = "Cancelled with the cancel code of a notice (no assertion)", body = ghostkey_proto::api::RecoveryResponse))
 )]
 pub async fn cancel_recovery_with_code(
     service: web::Data<Ghostkey>,
@@ -317,7 +317,7 @@ pub async fn cancel_recovery_with_code(
     path = "/v1/recoveries/{recovery_id}/cancel",
     params(("recovery_id" = String, Path, pattern = r"^[A-Za-z0-9_-]{1,64}$", description = "The recovery")),
     request_body = ghostkey_proto::api::CancelRecoveryRequest,
-    responses((status = 200, description = "Cancelled (`manage`, or `recover` and a proof)", body = ghostkey_proto::api::RecoveryResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "Cancelled (`manage`, or `recover` and a proof)", body = ghostkey_proto::api::RecoveryResponse)),
     security(("assertion" = []))
 )]
 pub async fn cancel_recovery(
@@ -344,7 +344,7 @@ pub async fn cancel_recovery(
     post,
     path = "/v1/virtual-device/replace",
     request_body = ghostkey_proto::api::ReplaceVirtualDeviceRequest,
-    responses((status = 204, description = "Replaced (`manage` and a proof)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Replaced (`manage` and a proof)")),
     security(("assertion" = []))
 )]
 pub async fn replace_virtual_device(
@@ -363,7 +363,7 @@ pub async fn replace_virtual_device(
 #[utoipa::path(
     post,
     path = "/v1/users/erase",
-    responses((status = 204, description = "Every row of the user deleted (`manage`)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Every row of the user deleted (`manage`)")),
     security(("assertion" = []))
 )]
 pub async fn erase_user(
@@ -380,7 +380,7 @@ pub async fn erase_user(
     post,
     path = "/v1/chain/blocks",
     request_body = ghostkey_proto::api::AppendBlockRequest,
-    responses((status = 204, description = "Appended (`recover` or `manage` to admit, `manage` to revoke)"), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 204, description = "Appended (`recover` or `manage` to admit, `manage` to revoke)")),
     security(("assertion" = []))
 )]
 pub async fn append_block(
@@ -400,7 +400,7 @@ pub async fn append_block(
     get,
     path = "/v1/chains/{user_id}",
     params(("user_id" = String, Path, pattern = r"^[!-~]{1,128}$", description = "Whose chain")),
-    responses((status = 200, description = "The chain as stored: verify it from the app's pinned keys", body = ghostkey_proto::api::ChainResponse), (status = "4XX", description = "Refused: see `code`", body = ghostkey_proto::Problem, content_type = "application/problem+json"), (status = "5XX", description = "Server-side failure or not ready", body = ghostkey_proto::Problem, content_type = "application/problem+json")),
+    responses((status = 200, description = "The chain as stored: verify it from the app's pinned keys", body = ghostkey_proto::api::ChainResponse)),
     security(("assertion" = []))
 )]
 pub async fn chain(

@@ -62,6 +62,8 @@ impl Modify for AssertionAuth {
         handlers::append_block,
         handlers::chain,
     ),
+    // The refusals' body; `ExactStatuses` refers to it for every error status.
+    components(schemas(ghostkey_proto::Problem)),
     modifiers(&AssertionAuth, &ExactStatuses)
 )]
 struct ApiDoc;
@@ -326,8 +328,8 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
     )
 }
 
-/// Replaces each operation's blanket `4XX` and `5XX` with one response per status it can
-/// answer, naming the codes behind it.
+/// Adds to each operation one response per status it can answer, naming the codes behind
+/// it (the handlers' annotations give only the successes).
 struct ExactStatuses;
 
 impl Modify for ExactStatuses {
