@@ -12,14 +12,7 @@ use common::TestServer;
 use ghostkey_client::proto::assertion::Purpose;
 
 fn ghostkey(db: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GHOSTKEY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("GHOSTKEY_DATABASE__PATH", db);
-    cmd
+    common::ghostkey_on(db)
 }
 
 fn verify(db: &Path, anchors: &[&str]) -> Output {

@@ -127,16 +127,7 @@ async fn a_rate_window_left_behind_does_not_open_again_when_the_clock_steps_back
 }
 
 fn ghostkey(db: &std::path::Path, args: &[&str]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GHOSTKEY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("GHOSTKEY_DATABASE__PATH", db)
-        .args(args)
-        .output()
-        .unwrap()
+    common::ghostkey_on(db).args(args).output().unwrap()
 }
 
 #[tokio::test]

@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{sms_gateway, TestApp, TestServer};
 use ghostkey::domain::policy::PolicyChange;
-use ghostkey_client::proto::api::MethodKind;
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::proto::ErrorCode;
 use ghostkey_client::recovery::{Recovered, RecoveryDriver};
@@ -26,53 +25,12 @@ async fn gateway_answers(gateway: &MockServer, status: u16, delay: Duration) {
         .await;
 }
 
-async fn enrol_with_phone(
-    server: &TestServer,
-    app: &TestApp,
-    gateway: &MockServer,
-    user: &str,
-) -> (UserSecret, String) {
-    let client = server.client();
-    let secret = UserSecret::generate();
-    ghostkey_client::enroll(
-        &client,
-        &app.assertion(user, Purpose::Enroll),
-        &secret,
-        &app.id,
-        user,
-        &app.key,
-    )
-    .await
-    .unwrap();
-    let before = sms_gateway::received(gateway).await.len();
-    let added = client
-        .add_method(
-            &app.assertion(user, Purpose::Enroll),
-            MethodKind::Sms,
-            Some("+33 6 12 34 56 78"),
-            None,
-        )
-        .await
-        .unwrap();
-    let code = sms_gateway::code(gateway, before).await;
-    client.answer(&added.challenge.id, &code).await.unwrap();
-    (secret, added.method.id)
-}
-
 /// Waits (at most 20 s) until `sql` counts `expected`.
 async fn wait_for_count(server: &TestServer, what: &str, sql: &str, expected: i64) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let n = server.query_i64(sql);
-        if n == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: {n}, expected {expected}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    common::wait_until(what, Duration::from_secs(20), || {
+        (server.query_i64(sql) == expected).then_some(())
+    })
+    .await;
 }
 
 /// The bodies of the messages the gateway received since its last reset.
@@ -96,7 +54,7 @@ async fn world() -> (TestServer, TestApp, MockServer, UserSecret, String) {
     let gateway = sms_gateway::accepting().await;
     let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
     let app = server.register_app("Health");
-    let (secret, phone) = enrol_with_phone(&server, &app, &gateway, "u").await;
+    let (secret, _, phone) = common::enrol_with_sms(&server, &app, &gateway, "u").await;
     // Every notice of the enrolment is out before the scenario starts.
     wait_for_count(
         &server,

@@ -27,14 +27,7 @@ fn beside(db: &Path, suffix: &str) -> PathBuf {
 }
 
 fn ghostkey(db: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GHOSTKEY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("GHOSTKEY_DATABASE__PATH", db);
-    cmd
+    common::ghostkey_on(db)
 }
 
 #[tokio::test]

@@ -4,48 +4,12 @@
 
 mod common;
 
-use common::{sms_gateway, TestApp, TestServer};
+use common::{sms_gateway, TestServer};
 use ghostkey::domain::policy::PolicyChange;
-use ghostkey_client::proto::api::MethodKind;
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::proto::ErrorCode;
 use ghostkey_client::recovery::{Recovered, RecoveryDriver};
-use ghostkey_client::{ClientError, UserSecret, VirtualDevice};
-use wiremock::MockServer;
-
-/// Enrols `user` with a confirmed phone; the secret, the virtual device, the method id.
-async fn enrol_with_phone(
-    server: &TestServer,
-    app: &TestApp,
-    gateway: &MockServer,
-    user: &str,
-) -> (UserSecret, VirtualDevice, String) {
-    let client = server.client();
-    let secret = UserSecret::generate();
-    let enrolled = ghostkey_client::enroll(
-        &client,
-        &app.assertion(user, Purpose::Enroll),
-        &secret,
-        &app.id,
-        user,
-        &app.key,
-    )
-    .await
-    .unwrap();
-    let before = sms_gateway::received(gateway).await.len();
-    let added = client
-        .add_method(
-            &app.assertion(user, Purpose::Enroll),
-            MethodKind::Sms,
-            Some("+33 6 12 34 56 78"),
-            None,
-        )
-        .await
-        .unwrap();
-    let code = sms_gateway::code(gateway, before).await;
-    client.answer(&added.challenge.id, &code).await.unwrap();
-    (secret, enrolled.virtual_device, added.method.id)
-}
+use ghostkey_client::ClientError;
 
 fn code_of(result: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
     result.expect_err("expected a refusal").code()
@@ -57,7 +21,7 @@ async fn a_code_that_expired_while_the_server_was_down_is_refused_and_a_live_one
     let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
     let app = server.register_app("Health");
     let lifetime = ghostkey::domain::policy::AppPolicy::default().code_lifetime_secs;
-    let (secret, device, phone) = enrol_with_phone(&server, &app, &gateway, "u").await;
+    let (secret, device, phone) = common::enrol_with_sms(&server, &app, &gateway, "u").await;
     let client = server.client();
     let driver = RecoveryDriver::new(&client, &secret, &app.id, "u");
     let sent = sms_gateway::received(&gateway).await.len();
@@ -113,7 +77,7 @@ async fn a_waiting_period_that_spans_restarts_ends_when_it_said() {
             ..Default::default()
         },
     );
-    let (secret, device, phone) = enrol_with_phone(&server, &app, &gateway, "u").await;
+    let (secret, device, phone) = common::enrol_with_sms(&server, &app, &gateway, "u").await;
     let client = server.client();
     let driver = RecoveryDriver::new(&client, &secret, &app.id, "u");
     let sent = sms_gateway::received(&gateway).await.len();

@@ -629,3 +629,55 @@ pub async fn wait_outbox_settled(
     .await;
     settled.unwrap_or_else(|_| panic!("the outbox did not settle within {within:?}: {last}"))
 }
+
+/// The `ghostkey` binary on the database at `db`, with none of the caller's `GHOSTKEY_*`
+/// variables (the binary reads them as configuration).
+pub fn ghostkey_on(db: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"));
+    for (k, _) in std::env::vars() {
+        if k.starts_with("GHOSTKEY_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.env("GHOSTKEY_DATABASE__PATH", db);
+    cmd
+}
+
+/// Enrols `user` with a confirmed phone (its code read from `gateway`); the user secret,
+/// the virtual device and the method id.
+pub async fn enrol_with_sms(
+    server: &TestServer,
+    app: &TestApp,
+    gateway: &wiremock::MockServer,
+    user: &str,
+) -> (
+    ghostkey_client::UserSecret,
+    ghostkey_client::VirtualDevice,
+    String,
+) {
+    let client = server.client();
+    let secret = ghostkey_client::UserSecret::generate();
+    let enrolled = ghostkey_client::enroll(
+        &client,
+        &app.assertion(user, Purpose::Enroll),
+        &secret,
+        &app.id,
+        user,
+        &app.key,
+    )
+    .await
+    .unwrap();
+    let before = sms_gateway::received(gateway).await.len();
+    let added = client
+        .add_method(
+            &app.assertion(user, Purpose::Enroll),
+            ghostkey_client::proto::api::MethodKind::Sms,
+            Some("+33 6 12 34 56 78"),
+            None,
+        )
+        .await
+        .unwrap();
+    let code = sms_gateway::code(gateway, before).await;
+    client.answer(&added.challenge.id, &code).await.unwrap();
+    (secret, enrolled.virtual_device, added.method.id)
+}
