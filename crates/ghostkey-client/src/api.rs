@@ -1,5 +1,6 @@
 //! A typed HTTP client for Ghostkey's `/v1` API.
 
+#[cfg(not(target_arch = "wasm32"))]
 use std::time::Duration;
 
 use ghostkey_proto::api::{
@@ -73,10 +74,17 @@ pub struct Client {
 impl Client {
     /// A client for the Ghostkey at `base_url` (such as `https://ghostkey.example.org`),
     /// with a 30-second timeout per request.
+    ///
+    /// In WebAssembly, requests go through the host's `fetch` (browser or Node), which
+    /// has no per-request timeout of its own in reqwest; the host's network stack ends
+    /// hung connections.
     pub fn new(base_url: &str) -> Result<Client, ClientError> {
+        #[cfg(not(target_arch = "wasm32"))]
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
+        #[cfg(target_arch = "wasm32")]
+        let http = reqwest::Client::builder().build()?;
         Client::with_http(base_url, http)
     }
 
