@@ -1,0 +1,912 @@
+/**
+ * @ghostkey/client: Ghostkey's client core (Rust, compiled to WebAssembly) with a
+ * TypeScript API, for browsers and Node 20.
+ *
+ * Call {@link init} once, then use the classes. Secret-holding objects ({@link UserSecret},
+ * {@link DeviceKeys}, {@link UserKeys}, {@link VirtualDevice}, {@link AppKey}) keep their
+ * bytes in WebAssembly memory, never print them (`String(x)`, `JSON.stringify(x)`,
+ * `util.inspect(x)` show a redacted form), give them out only through an explicit
+ * `export…()` call, and wipe them when freed: call `free()` when done (a
+ * FinalizationRegistry frees forgotten ones eventually, at the garbage collector's pace).
+ *
+ * Every failure is a {@link GhostkeyError}.
+ */
+import * as wasm from "./wasm/ghostkey_wasm.js";
+import { GhostkeyError, guard, guardAsync } from "./errors.js";
+import type {
+  AddMethodResponse,
+  AnswerResponse,
+  AssertionSource,
+  ChainDevice,
+  ChallengeView,
+  DevicePublicKeys,
+  EnrollResponse,
+  Health,
+  MethodKind,
+  MethodList,
+  PinnedKeys,
+  Proof,
+  RecoveryResponse,
+  UnlockResponse,
+} from "./types.js";
+
+export { GhostkeyError } from "./errors.js";
+export type { LocalErrorCode } from "./errors.js";
+export type * from "./types.js";
+export { MemoryKeyStorage, IndexedDbKeyStorage } from "./storage.js";
+export type { KeyStorage } from "./storage.js";
+
+// ---------------------------------------------------------------------------------------
+// Loading
+
+let ready: Promise<void> | undefined;
+
+/** Where to find the .wasm file, for hosts that serve it elsewhere. */
+export interface InitOptions {
+  /** The module's bytes, a URL to fetch, or a compiled WebAssembly.Module. Default: the
+   *  `wasm/ghostkey_wasm_bg.wasm` next to this module (fetched in browsers, read from disk
+   *  in Node). */
+  wasm?: BufferSource | URL | string | WebAssembly.Module;
+}
+
+/**
+ * Loads the WebAssembly module. Idempotent: later calls return the first call's promise.
+ * Every other function requires it to have resolved.
+ */
+export function init(options: InitOptions = {}): Promise<void> {
+  if (ready === undefined) {
+    ready = load(options).catch((e: unknown) => {
+      ready = undefined; // let a later call try again (e.g. after a network failure)
+      throw new GhostkeyError(
+        "not_initialised",
+        `cannot load the Ghostkey WebAssembly module: ${e instanceof Error ? e.message : String(e)}`,
+      );
+    });
+  }
+  return ready;
+}
+
+async function load(options: InitOptions): Promise<void> {
+  let source = options.wasm;
+  const url = new URL("./wasm/ghostkey_wasm_bg.wasm", import.meta.url);
+  if (source === undefined && url.protocol === "file:") {
+    // Node (or another runtime with files): fetch() cannot read file: URLs there.
+    const fs = await import("node:fs/promises");
+    source = await fs.readFile(url);
+  }
+  await wasm.default({ module_or_path: source ?? url });
+}
+
+// ---------------------------------------------------------------------------------------
+// Redaction: what secret-holding objects show instead of their contents.
+
+const inspectSymbol = Symbol.for("nodejs.util.inspect.custom");
+
+abstract class Redacted {
+  protected abstract readonly label: string;
+  toString(): string {
+    return `${this.label}([redacted])`;
+  }
+  toJSON(): string {
+    return this.toString();
+  }
+  [inspectSymbol](): string {
+    return this.toString();
+  }
+}
+
+/** The wasm object inside a wrapper, or a `freed` error once the wrapper was freed. */
+function live<T>(inner: T | undefined, label: string): T {
+  if (inner === undefined) throw new GhostkeyError("freed", `${label} was freed`);
+  return inner;
+}
+
+// ---------------------------------------------------------------------------------------
+// Base64url (no padding), the protocol's text form of bytes.
+
+/** Encodes bytes as base64url without padding. */
+export function toBase64Url(bytes: Uint8Array): string {
+  let s = "";
+  for (const b of bytes) s += String.fromCharCode(b);
+  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+/** Decodes base64url without padding; throws `bad_format` on anything else. */
+export function fromBase64Url(text: string): Uint8Array {
+  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) {
+    throw new GhostkeyError("bad_format", "not base64url without padding");
+  }
+  const bin = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets and keys
+
+/**
+ * A user's 32-byte secret: the key that seals their virtual device. The app provider
+ * generates it once per user, keeps it, and hands it to the user's device only once the
+ * user is logged in.
+ */
+export class UserSecret extends Redacted {
+  protected readonly label = "UserSecret";
+  #inner: wasm.UserSecret | undefined;
+
+  private constructor(inner: wasm.UserSecret) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** A fresh random secret (the platform's CSPRNG). */
+  static generate(): UserSecret {
+    return new UserSecret(guard(() => wasm.UserSecret.generate()));
+  }
+
+  /** From base64url (43 characters, how the app provider hands it over). */
+  static fromBase64(text: string): UserSecret {
+    return new UserSecret(guard(() => wasm.UserSecret.fromBase64(text)));
+  }
+
+  /** The secret as base64url: for the app provider's storage only. */
+  exportBase64(): string {
+    return guard(() => live(this.#inner, this.label).exportBase64());
+  }
+
+  /** @internal */
+  get _inner(): wasm.UserSecret {
+    return live(this.#inner, this.label);
+  }
+
+  /** Wipes the secret from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+}
+
+/** A device's private keys: Ed25519 (signing) and X25519 (encryption). */
+export class DeviceKeys extends Redacted {
+  protected readonly label = "DeviceKeys";
+  #inner: wasm.DeviceKeys | undefined;
+
+  /** @internal */
+  constructor(inner: wasm.DeviceKeys) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** Fresh random keys. */
+  static generate(): DeviceKeys {
+    return new DeviceKeys(guard(() => wasm.DeviceKeys.generate()));
+  }
+
+  /** From the 64 bytes {@link exportBytes} gave (Ed25519 seed, then X25519 secret). */
+  static fromBytes(bytes: Uint8Array): DeviceKeys {
+    return new DeviceKeys(guard(() => wasm.DeviceKeys.fromBytes(bytes)));
+  }
+
+  /** The 64 private bytes, for a {@link KeyStorage}. Wipe the copy (`fill(0)`) after use. */
+  exportBytes(): Uint8Array {
+    return guard(() => live(this.#inner, this.label).exportBytes());
+  }
+
+  /** Ed25519 public key, base64url: the device's identity in a chain. */
+  get signingKey(): string {
+    return guard(() => live(this.#inner, this.label).signingKey);
+  }
+
+  /** X25519 public key, base64url. */
+  get encryptionKey(): string {
+    return guard(() => live(this.#inner, this.label).encryptionKey);
+  }
+
+  /** Both public keys in wire form. */
+  get publicKeys(): DevicePublicKeys {
+    return { signing_key: this.signingKey, encryption_key: this.encryptionKey };
+  }
+
+  /** @internal */
+  get _inner(): wasm.DeviceKeys {
+    return live(this.#inner, this.label);
+  }
+
+  /** Wipes the keys from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+
+  override toString(): string {
+    return this.#inner === undefined ? "DeviceKeys(freed)" : `DeviceKeys(${this.signingKey})`;
+  }
+}
+
+/** The user key pair (X25519): documents for the user are sealed to its public half. */
+export class UserKeys extends Redacted {
+  protected readonly label = "UserKeys";
+  #inner: wasm.UserKeys | undefined;
+
+  /** @internal */
+  constructor(inner: wasm.UserKeys) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** From the 32 bytes {@link exportBytes} gave. */
+  static fromBytes(bytes: Uint8Array): UserKeys {
+    return new UserKeys(guard(() => wasm.UserKeys.fromBytes(bytes)));
+  }
+
+  /** The 32-byte private key, for a {@link KeyStorage}. (A device can also get it back
+   *  from its verified chain with {@link Chain.userKeys}.) */
+  exportBytes(): Uint8Array {
+    return guard(() => live(this.#inner, this.label).exportBytes());
+  }
+
+  /** X25519 public key, base64url. */
+  get publicKey(): string {
+    return guard(() => live(this.#inner, this.label).publicKey);
+  }
+
+  /** @internal */
+  get _inner(): wasm.UserKeys {
+    return live(this.#inner, this.label);
+  }
+
+  /** Wipes the key from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+}
+
+/** What a sealed virtual device must belong to (docs/PROTOCOL.md §3.3). */
+export interface Binding {
+  appId: string;
+  userId: string;
+  /** Refuse a blob older than this version (a rollback). Default 1. */
+  minVersion?: number;
+}
+
+/**
+ * A virtual device: keys whose private halves live only sealed under the user secret at
+ * Ghostkey, bound to an app, a user and a version counter.
+ */
+export class VirtualDevice extends Redacted {
+  protected readonly label = "VirtualDevice";
+  #inner: wasm.VirtualDevice | undefined;
+
+  /** @internal */
+  constructor(inner: wasm.VirtualDevice) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** A new virtual device with fresh keys (version 1 at enrolment). */
+  static generate(appId: string, userId: string, version = 1): VirtualDevice {
+    return new VirtualDevice(guard(() => wasm.VirtualDevice.generate(appId, userId, version)));
+  }
+
+  /** Opens a sealed blob with the user secret and checks app, user and version.
+   *  Throws `wrong_secret`, `wrong_binding`, `rolled_back` or `bad_format`. */
+  static open(sealed: Uint8Array, secret: UserSecret, binding: Binding): VirtualDevice {
+    return new VirtualDevice(
+      guard(() =>
+        wasm.VirtualDevice.open(
+          sealed,
+          secret._inner,
+          binding.appId,
+          binding.userId,
+          binding.minVersion ?? 1,
+        ),
+      ),
+    );
+  }
+
+  /** Seals under the user secret with a fresh random nonce (docs/PROTOCOL.md §3.1). */
+  seal(secret: UserSecret): Uint8Array {
+    return guard(() => live(this.#inner, this.label).seal(secret._inner));
+  }
+
+  /** Seals with a given 24-byte nonce. For test vectors only: a nonce must never repeat
+   *  under one user secret. */
+  sealWithNonce(secret: UserSecret, nonce: Uint8Array): Uint8Array {
+    return guard(() => live(this.#inner, this.label).sealWithNonce(secret._inner, nonce));
+  }
+
+  get appId(): string {
+    return guard(() => live(this.#inner, this.label).appId);
+  }
+
+  get userId(): string {
+    return guard(() => live(this.#inner, this.label).userId);
+  }
+
+  get version(): number {
+    return guard(() => live(this.#inner, this.label).version);
+  }
+
+  /** A copy of its keys (free it too). */
+  keys(): DeviceKeys {
+    return new DeviceKeys(guard(() => live(this.#inner, this.label).keys()));
+  }
+
+  /** Its public keys, as sent at enrolment. */
+  get publicKeys(): DevicePublicKeys {
+    const k = this.keys();
+    try {
+      return k.publicKeys;
+    } finally {
+      k.free();
+    }
+  }
+
+  /** Wipes the keys from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Device chain
+
+/**
+ * A user's device chain, verified from the app's pinned keys (docs/PROTOCOL.md §4.3).
+ * Only {@link Chain.verify} and {@link Chain.apply} make one, so holding a Chain means
+ * holding a verified chain. Holds public data only.
+ */
+export class Chain {
+  #inner: wasm.Chain | undefined;
+
+  private constructor(inner: wasm.Chain) {
+    this.#inner = inner;
+  }
+
+  /**
+   * Verifies `blocks` (as served by Ghostkey) from the app's pinned keys and, when given,
+   * checks the chain belongs to `expect`. Throws `chain_invalid` (the message names the
+   * index and fault) or `chain_mismatch`.
+   */
+  static verify(
+    blocks: Uint8Array[],
+    pinned: PinnedKeys,
+    expect?: { appId?: string; userId?: string },
+  ): Chain {
+    const chain = new Chain(guard(() => wasm.Chain.verify(blocks, JSON.stringify(pinned))));
+    if (
+      (expect?.appId !== undefined && chain.appId !== expect.appId) ||
+      (expect?.userId !== undefined && chain.userId !== expect.userId)
+    ) {
+      chain.free();
+      throw new GhostkeyError("chain_mismatch", "the chain belongs to another app or user");
+    }
+    return chain;
+  }
+
+  #c(): wasm.Chain {
+    return live(this.#inner, "Chain");
+  }
+
+  get appId(): string {
+    return guard(() => this.#c().appId);
+  }
+
+  get userId(): string {
+    return guard(() => this.#c().userId);
+  }
+
+  /** The user's X25519 public key, base64url: what envelopes for this user are sealed to. */
+  get userPublicKey(): string {
+    return guard(() => this.#c().userPublicKey);
+  }
+
+  /** Number of blocks. */
+  get length(): number {
+    return guard(() => this.#c().length);
+  }
+
+  /** SHA-256 of the last block, base64url: what the next block links to. */
+  get head(): string {
+    return guard(() => this.#c().head);
+  }
+
+  /** Every device the chain admitted, the virtual device first. */
+  get devices(): ChainDevice[] {
+    return guard(() => JSON.parse(this.#c().devicesJson()) as ChainDevice[]);
+  }
+
+  /** Whether the device with this Ed25519 key (base64url) is admitted and not revoked. */
+  isValidDevice(signingKey: string): boolean {
+    return guard(() => this.#c().isValidDevice(signingKey));
+  }
+
+  /** The chain with one more block, checked by the same rules (a new Chain; this one is
+   *  unchanged). Use it after appending a block you made. */
+  apply(block: Uint8Array): Chain {
+    return new Chain(guard(() => this.#c().apply(block)));
+  }
+
+  /** The next block, admitting `newDevice`, signed by `author` (a valid device of the
+   *  chain, the recovered virtual device included); the user key is sealed to the new
+   *  device. Throws `not_a_device` if `author` is not valid. Append it with
+   *  {@link GhostkeyClient.appendBlock}. */
+  admitDevice(author: DeviceKeys, newDevice: DeviceKeys, userKeys: UserKeys): Uint8Array {
+    return guard(() => this.#c().admitDevice(author._inner, newDevice._inner, userKeys._inner));
+  }
+
+  /** The next block, revoking the device with Ed25519 key `revoked` (base64url), signed
+   *  by `author`. */
+  revokeDevice(author: DeviceKeys, revoked: string): Uint8Array {
+    return guard(() => this.#c().revokeDevice(author._inner, revoked));
+  }
+
+  /** The user key pair, unsealed with one of the user's valid devices. Throws
+   *  `not_a_device` or `user_key`. */
+  userKeys(device: DeviceKeys): UserKeys {
+    return new UserKeys(guard(() => this.#c().userKeys(device._inner)));
+  }
+
+  /** @internal */
+  get _inner(): wasm.Chain {
+    return this.#c();
+  }
+
+  /** Releases the WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+
+  toJSON(): object {
+    return { appId: this.appId, userId: this.userId, length: this.length, head: this.head };
+  }
+}
+
+/** The first half of an enrolment, on the user's device (docs/PROTOCOL.md §4.4). */
+export interface PreparedEnrolment {
+  /** The new virtual device (free it once the enrolment is complete). */
+  virtualDevice: VirtualDevice;
+  /** The new user key pair. */
+  userKeys: UserKeys;
+  /** The root block without its signature: send it to the app provider's backend, which
+   *  endorses it with {@link AppKey.endorseRoot}. Public data only. */
+  unsignedRoot: Uint8Array;
+}
+
+/** Prepares an enrolment for `userId` of `appId`; `kid` names the app key that will
+ *  endorse the root. */
+export function prepareEnrolment(appId: string, userId: string, kid: string): PreparedEnrolment {
+  const p = guard(() => wasm.prepareEnrolment(appId, userId, kid));
+  try {
+    return {
+      virtualDevice: new VirtualDevice(p.virtualDevice()),
+      userKeys: new UserKeys(p.userKeys()),
+      unsignedRoot: p.unsignedRoot(),
+    };
+  } finally {
+    p.free();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// App provider side (Node backends)
+
+/**
+ * The app provider's Ed25519 key (the one registered at Ghostkey with
+ * `ghostkey app add --key-id <kid> --public-key <publicKey>`). The backend uses it to
+ * endorse users' root blocks. (Assertions are JWTs the backend mints with its usual JWT
+ * library; see the README for the claims.)
+ */
+export class AppKey extends Redacted {
+  protected readonly label = "AppKey";
+  #inner: wasm.AppKey | undefined;
+
+  private constructor(inner: wasm.AppKey) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** A fresh key with key id `kid`. */
+  static generate(kid: string): AppKey {
+    return new AppKey(guard(() => wasm.AppKey.generate(kid)));
+  }
+
+  /** From a 32-byte Ed25519 seed. */
+  static fromSeed(kid: string, seed: Uint8Array): AppKey {
+    return new AppKey(guard(() => wasm.AppKey.fromSeed(kid, seed)));
+  }
+
+  /** From a PKCS#8 PEM private key (`openssl genpkey -algorithm ed25519`). */
+  static fromPkcs8Pem(kid: string, pem: string): AppKey {
+    return new AppKey(guard(() => wasm.AppKey.fromPkcs8Pem(kid, pem)));
+  }
+
+  /** The private key as PKCS#8 PEM, for the backend's secret storage (also what `jose`'s
+   *  `importPKCS8(pem, "EdDSA")` reads to mint assertions). */
+  exportPkcs8Pem(): string {
+    return guard(() => live(this.#inner, this.label).exportPkcs8Pem());
+  }
+
+  /** The key id. */
+  get kid(): string {
+    return guard(() => live(this.#inner, this.label).kid);
+  }
+
+  /** The Ed25519 public key, base64url: what the operator registers and apps pin. */
+  get publicKey(): string {
+    return guard(() => live(this.#inner, this.label).publicKey);
+  }
+
+  /** Endorses a user's unsigned root block after checking it is a root for `appId`, the
+   *  logged-in `userId` and this key's kid (throws `endorse_refused` otherwise). Returns
+   *  the signed root block. */
+  endorseRoot(unsignedRoot: Uint8Array, appId: string, userId: string): Uint8Array {
+    return guard(() => live(this.#inner, this.label).endorseRoot(unsignedRoot, appId, userId));
+  }
+
+  /** Wipes the key from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+
+  override toString(): string {
+    return this.#inner === undefined ? "AppKey(freed)" : `AppKey(${this.kid}, ${this.publicKey})`;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Envelopes
+
+/**
+ * Encrypts `document` for the users of `recipients` (verified chains; include the author's
+ * own to read it back), signed by the author's device.
+ */
+export function sealEnvelope(
+  author: { userId: string; device: DeviceKeys },
+  recipients: Chain[],
+  document: Uint8Array,
+): Uint8Array {
+  return guard(() => {
+    const sealer = new wasm.EnvelopeSealer();
+    try {
+      for (const r of recipients) sealer.addRecipient(r._inner);
+      return sealer.seal(author.userId, author.device._inner, document);
+    } finally {
+      sealer.free();
+    }
+  });
+}
+
+/** Who signed an envelope (unverified until {@link openEnvelope} checks it against the
+ *  author's chain): fetch and verify that user's chain, then open. */
+export function envelopeAuthor(envelope: Uint8Array): { userId: string; deviceKey: string } {
+  return guard(() => JSON.parse(wasm.envelopeAuthor(envelope)) as { userId: string; deviceKey: string });
+}
+
+/**
+ * Opens an envelope as `reader`, after checking its author device is a valid device of
+ * `authorChain` and its signature holds. Throws `unknown_author`, `bad_signature`,
+ * `not_a_recipient`, `decrypt` or `bad_format`.
+ */
+export function openEnvelope(
+  envelope: Uint8Array,
+  reader: { userId: string; userKeys: UserKeys },
+  authorChain: Chain,
+): Uint8Array {
+  return guard(() => wasm.openEnvelope(envelope, reader.userId, reader.userKeys._inner, authorChain._inner));
+}
+
+// ---------------------------------------------------------------------------------------
+// The API client
+
+/** What an enrolment leaves on the user's first device. */
+export interface Enrolled {
+  /** The first physical device, admitted to the chain: store it ({@link DeviceKeys.exportBytes}). */
+  device: DeviceKeys;
+  /** The user key pair. */
+  userKeys: UserKeys;
+  /** The verified chain, with the device in it. */
+  chain: Chain;
+  /** Ghostkey's answer (the enrolment stays `pending` until a method is confirmed). */
+  answer: EnrollResponse;
+}
+
+/** What a recovery leaves on the new device once admitted. */
+export interface Admitted {
+  /** The new device's keys (store them). */
+  device: DeviceKeys;
+  /** The user key pair, unsealed from the chain. */
+  userKeys: UserKeys;
+  /** The verified chain, with the new device in it. */
+  chain: Chain;
+}
+
+/** A typed client for Ghostkey's /v1 API, over the host's `fetch`. */
+export class GhostkeyClient {
+  #inner: wasm.Client;
+
+  /** @param baseUrl the deployment, such as `https://gk.example.org` (http or https). */
+  constructor(baseUrl: string) {
+    this.#inner = guard(() => new wasm.Client(baseUrl));
+  }
+
+  /** `GET /healthz`. */
+  health(): Promise<Health> {
+    return guardAsync(async () => JSON.parse(await this.#inner.health()) as Health);
+  }
+
+  // --- Enrolment -------------------------------------------------------------------------
+
+  /**
+   * The whole enrolment on the user's first device: prepares the virtual device and the
+   * root, has the app backend endorse the root (`endorse`), seals the virtual device under
+   * `secret` and stores it (`enroll` assertion), then admits a fresh physical device to the
+   * chain with the virtual device while it is at hand (`manage` assertion), and wipes the
+   * virtual device. Next: {@link addMethod} and {@link answer} to confirm a method.
+   */
+  async enrol(options: {
+    appId: string;
+    userId: string;
+    kid: string;
+    secret: UserSecret;
+    pinned: PinnedKeys;
+    assertions: AssertionSource;
+    /** Sends the unsigned root to the app backend and returns the endorsed root block. */
+    endorse: (unsignedRoot: Uint8Array) => Promise<Uint8Array>;
+    /** The device to admit (default: fresh keys). */
+    device?: DeviceKeys;
+  }): Promise<Enrolled> {
+    const prepared = prepareEnrolment(options.appId, options.userId, options.kid);
+    try {
+      const endorsed = await options.endorse(prepared.unsignedRoot);
+      const answer = await this.completeEnrolment(
+        await options.assertions("enroll"),
+        options.secret,
+        prepared,
+        endorsed,
+      );
+      const admitted = await this.admitDevice({
+        appId: options.appId,
+        userId: options.userId,
+        pinned: options.pinned,
+        author: prepared.virtualDevice,
+        userKeys: prepared.userKeys,
+        assertions: options.assertions,
+        purpose: "manage",
+        ...(options.device !== undefined ? { device: options.device } : {}),
+      });
+      return { device: admitted.device, userKeys: prepared.userKeys, chain: admitted.chain, answer };
+    } catch (e) {
+      prepared.userKeys.free();
+      throw e;
+    } finally {
+      prepared.virtualDevice.free();
+    }
+  }
+
+  /** Second half of an enrolment: seals the virtual device (version 1) under `secret` and
+   *  stores it at Ghostkey with the endorsed root (`POST /v1/enrollments`). */
+  completeEnrolment(
+    assertion: string,
+    secret: UserSecret,
+    prepared: PreparedEnrolment,
+    endorsedRoot: Uint8Array,
+  ): Promise<EnrollResponse> {
+    return guardAsync(async () => {
+      const sealed = prepared.virtualDevice.seal(secret);
+      const keys = prepared.virtualDevice.publicKeys;
+      const json = await this.#inner.enroll(
+        assertion,
+        sealed,
+        keys.signing_key,
+        keys.encryption_key,
+        endorsedRoot,
+      );
+      return JSON.parse(json) as EnrollResponse;
+    });
+  }
+
+  /**
+   * Admits a device to the user's chain: fetches and verifies the chain from `pinned`,
+   * unseals the user key with `author` (the virtual device at enrolment or after a
+   * recovery, or any valid device), appends a `device added` block signed by it.
+   * `purpose` is the assertion's: `recover` during a recovery, `manage` otherwise.
+   */
+  async admitDevice(options: {
+    appId: string;
+    userId: string;
+    pinned: PinnedKeys;
+    author: VirtualDevice | DeviceKeys;
+    assertions: AssertionSource;
+    purpose: "manage" | "recover";
+    /** Known user keys (skips unsealing them from the chain). */
+    userKeys?: UserKeys;
+    device?: DeviceKeys;
+  }): Promise<Admitted> {
+    const chain = await this.verifiedChain(
+      await options.assertions(options.purpose),
+      options.userId,
+      options.pinned,
+      options.appId,
+    );
+    const author = options.author instanceof VirtualDevice ? options.author.keys() : options.author;
+    const device = options.device ?? DeviceKeys.generate();
+    try {
+      const userKeys = options.userKeys ?? chain.userKeys(author);
+      const block = chain.admitDevice(author, device, userKeys);
+      await this.appendBlock(await options.assertions(options.purpose), block);
+      const updated = chain.apply(block);
+      return { device, userKeys, chain: updated };
+    } finally {
+      chain.free();
+      if (options.author instanceof VirtualDevice) author.free();
+    }
+  }
+
+  // --- Methods and challenges ------------------------------------------------------------
+
+  /** `POST /v1/methods`. With no confirmed method yet: an `enroll` assertion and no proof;
+   *  afterwards a `manage` assertion and a proof. `destination`: phone number or e-mail
+   *  address; omit for TOTP. */
+  addMethod(assertion: string, kind: MethodKind, destination?: string, proof?: Proof): Promise<AddMethodResponse> {
+    return this.#json(() =>
+      this.#inner.addMethod(assertion, kind, destination, proof === undefined ? undefined : JSON.stringify(proof)),
+    );
+  }
+
+  /** `GET /v1/methods`: the user's methods, masked (`manage` or `recover` assertion). */
+  listMethods(assertion: string): Promise<MethodList> {
+    return this.#json(() => this.#inner.listMethods(assertion));
+  }
+
+  /** `POST /v1/methods/{id}/remove` (`manage` assertion and a proof). */
+  removeMethod(assertion: string, methodId: string, proof: Proof): Promise<void> {
+    return guardAsync(() => this.#inner.removeMethod(assertion, methodId, JSON.stringify(proof)));
+  }
+
+  /** `POST /v1/challenges`: a new code for a pending method (`confirm`) or a proof
+   *  challenge on a confirmed one (`proof`). */
+  startChallenge(assertion: string, methodId: string, purpose: "confirm" | "proof"): Promise<ChallengeView> {
+    return this.#json(() => this.#inner.startChallenge(assertion, methodId, purpose));
+  }
+
+  /** `POST /v1/challenges/{id}/answer`: the code the user typed. A wrong code throws
+   *  `invalid_code`. */
+  answer(challengeId: string, code: string): Promise<AnswerResponse> {
+    return this.#json(() => this.#inner.answer(challengeId, code));
+  }
+
+  /** `POST /v1/users/unlock` (`manage` assertion; a proof once the user has a method). */
+  unlock(assertion: string, proof?: Proof): Promise<UnlockResponse> {
+    return this.#json(() => this.#inner.unlock(assertion, proof === undefined ? undefined : JSON.stringify(proof)));
+  }
+
+  // --- Recovery --------------------------------------------------------------------------
+
+  /** `POST /v1/recoveries` with a confirmed method (`recover` assertion). */
+  startRecovery(assertion: string, methodId: string): Promise<ChallengeView> {
+    return this.#json(() => this.#inner.startRecovery(assertion, methodId));
+  }
+
+  /** `POST /v1/recoveries/{id}/verify`: the code the user typed. `released` at once, or
+   *  `waiting` until `available_at`. Open a release with {@link openReleased}. */
+  verifyRecovery(recoveryId: string, code: string): Promise<RecoveryResponse> {
+    return this.#json(() => this.#inner.verifyRecovery(recoveryId, code));
+  }
+
+  /** `POST /v1/recoveries/{id}/release` after the waiting period (`recover` assertion). */
+  releaseRecovery(assertion: string, recoveryId: string): Promise<RecoveryResponse> {
+    return this.#json(() => this.#inner.releaseRecovery(assertion, recoveryId));
+  }
+
+  /** `POST /v1/recoveries/{id}/cancel`: a `manage` assertion alone, or `recover` with a proof. */
+  cancelRecovery(assertion: string, recoveryId: string, proof?: Proof): Promise<RecoveryResponse> {
+    return this.#json(() =>
+      this.#inner.cancelRecovery(assertion, recoveryId, proof === undefined ? undefined : JSON.stringify(proof)),
+    );
+  }
+
+  /** `POST /v1/recoveries/cancel` with the cancel code of a notice (no assertion). */
+  cancelRecoveryWithCode(cancelCode: string): Promise<RecoveryResponse> {
+    return this.#json(() => this.#inner.cancelRecoveryWithCode(cancelCode));
+  }
+
+  /**
+   * Submits the code and, once released, opens the virtual device with `secret` and admits
+   * a fresh device to the chain with it (`recover` assertions): from "all devices lost" to
+   * "new device admitted" in one call. Throws `recovery_waiting` (with `retryAfter`) when
+   * the app has a waiting period: call {@link releaseRecovery} later, then
+   * {@link openReleased} and {@link admitDevice}.
+   */
+  async recover(options: {
+    recoveryId: string;
+    code: string;
+    secret: UserSecret;
+    appId: string;
+    userId: string;
+    pinned: PinnedKeys;
+    assertions: AssertionSource;
+    minVersion?: number;
+    device?: DeviceKeys;
+  }): Promise<Admitted> {
+    const answer = await this.verifyRecovery(options.recoveryId, options.code);
+    const vd = openReleased(answer, options.secret, options);
+    try {
+      return await this.admitDevice({
+        appId: options.appId,
+        userId: options.userId,
+        pinned: options.pinned,
+        author: vd,
+        assertions: options.assertions,
+        purpose: "recover",
+        ...(options.device !== undefined ? { device: options.device } : {}),
+      });
+    } finally {
+      vd.free();
+    }
+  }
+
+  // --- Chain -----------------------------------------------------------------------------
+
+  /** `GET /v1/chains/{userId}`: the blocks as stored (unverified; see {@link verifiedChain}). */
+  chain(assertion: string, userId: string): Promise<Uint8Array[]> {
+    return guardAsync(async () => (await this.#inner.chain(assertion, userId)) as Uint8Array[]);
+  }
+
+  /** A user's chain, fetched and verified from the app's pinned keys; checks it is
+   *  `userId`'s (and `appId`'s when given). */
+  async verifiedChain(assertion: string, userId: string, pinned: PinnedKeys, appId?: string): Promise<Chain> {
+    const blocks = await this.chain(assertion, userId);
+    return Chain.verify(blocks, pinned, appId === undefined ? { userId } : { appId, userId });
+  }
+
+  /** `POST /v1/chain/blocks`: appends a block to the assertion user's chain. */
+  appendBlock(assertion: string, block: Uint8Array): Promise<void> {
+    return guardAsync(() => this.#inner.appendBlock(assertion, block));
+  }
+
+  // --- Other -----------------------------------------------------------------------------
+
+  /** `POST /v1/virtual-device/replace`: the virtual device sealed under a new secret or
+   *  with a higher version (`manage` assertion and a proof). */
+  replaceVirtualDevice(assertion: string, sealed: Uint8Array, proof: Proof): Promise<void> {
+    return guardAsync(() => this.#inner.replaceVirtualDevice(assertion, sealed, JSON.stringify(proof)));
+  }
+
+  /** `POST /v1/users/erase`: deletes everything Ghostkey holds for the user (`manage`). */
+  eraseUser(assertion: string): Promise<void> {
+    return guardAsync(() => this.#inner.eraseUser(assertion));
+  }
+
+  /** Releases the WebAssembly memory. */
+  free(): void {
+    this.#inner.free();
+  }
+
+  #json<T>(call: () => Promise<string>): Promise<T> {
+    return guardAsync(async () => JSON.parse(await call()) as T);
+  }
+}
+
+/**
+ * Opens the sealed virtual device of a `released` recovery answer with the user secret,
+ * checking app, user and version. Throws `recovery_waiting` (with `retryAfter`) for a
+ * `waiting` answer, and `wrong_secret`, `wrong_binding` or `rolled_back` as
+ * {@link VirtualDevice.open}.
+ */
+export function openReleased(answer: RecoveryResponse, secret: UserSecret, binding: Binding): VirtualDevice {
+  if (answer.state === "released" && answer.sealed_virtual_device !== undefined) {
+    return VirtualDevice.open(fromBase64Url(answer.sealed_virtual_device), secret, binding);
+  }
+  if (answer.state === "waiting" && answer.available_at !== undefined) {
+    const wait = Math.max(1, answer.available_at - Math.floor(Date.now() / 1000));
+    throw new GhostkeyError("recovery_waiting", `released after ${answer.available_at} (Unix seconds)`, {
+      retryAfter: wait,
+    });
+  }
+  throw new GhostkeyError("unexpected", `unexpected recovery answer in state ${answer.state}`);
+}
