@@ -66,18 +66,18 @@ export function loadConfig(argv = process.argv.slice(2), env = process.env) {
 // ---------------------------------------------------------------------------------------
 // The app key: one Ed25519 key, PKCS#8 PEM. It signs assertions and endorses chain roots.
 
-async function loadAppKey(keyFile, kid) {
+async function loadAppKey(sdk, keyFile, kid) {
   const pem = readFileSync(keyFile, 'utf8');
-  const jwk = createPrivateKey(pem).export({ format: 'jwk' });
-  if (jwk.crv !== 'Ed25519') throw new Error(`${keyFile}: not an Ed25519 key`);
+  if (createPrivateKey(pem).asymmetricKeyType !== 'ed25519') throw new Error(`${keyFile}: not an Ed25519 key`);
   return {
     kid,
+    // jose signs the assertions...
     signing: await importPKCS8(pem, 'EdDSA'),
+    // ...and the SDK's AppKey endorses root blocks (it checks what it signs).
+    endorser: sdk.AppKey.fromPkcs8Pem(kid, pem),
     // The raw 32-byte public key, base64url: what the operator registered and what the
     // page pins to verify device chains.
     publicKey: createPublicKey(pem).export({ format: 'jwk' }).x,
-    // The raw 32-byte seed, for the SDK's root endorsement (which signs in WebAssembly).
-    seed: Buffer.from(jwk.d, 'base64url'),
   };
 }
 
@@ -171,19 +171,19 @@ function isB64url(s, max = 1 << 20) {
 }
 
 export async function start(config, { log = console.log } = {}) {
-  const key = await loadAppKey(config.keyFile, config.kid);
-  const { state, save } = openState(config.dataFile);
-  const sessions = new Map(); // token -> user name; gone when the backend restarts
-
-  // The SDK (built WebAssembly + ESM) is served to the page from its package's dist/.
+  // The SDK (built WebAssembly + ESM): used here to endorse roots, and served to the page
+  // from its package's dist/.
   const sdkDir = join(here, 'node_modules', '@ghostkey', 'client', 'dist');
-  if (!existsSync(sdkDir)) {
+  if (!existsSync(join(sdkDir, 'index.js'))) {
     throw new Error(
       `${sdkDir} is missing: build the SDK (cd sdk/js && npm ci && npm run build), then npm ci here`,
     );
   }
   const sdk = await import(pathToFileURL(join(sdkDir, 'index.js')).href);
-  if (typeof sdk.init === 'function') await sdk.init();
+  await sdk.init();
+  const key = await loadAppKey(sdk, config.keyFile, config.kid);
+  const { state, save } = openState(config.dataFile);
+  const sessions = new Map(); // token -> user name; gone when the backend restarts
 
   const session = (req) => {
     const m = /^Bearer (\S+)$/.exec(req.headers.authorization ?? '');
@@ -196,6 +196,7 @@ export async function start(config, { log = console.log } = {}) {
     'GET /api/config': async () => ({
       ghostkeyUrl: config.ghostkeyUrl,
       appId: config.appId,
+      kid: key.kid, // the key that endorses roots
       // The keys the page pins to verify device chains (every key the app ever had).
       appKeys: { [key.kid]: key.publicKey },
     }),
@@ -244,13 +245,11 @@ export async function start(config, { log = console.log } = {}) {
       const { root_block: root } = await readJson(req);
       if (!isB64url(root, 4096)) throw new HttpError(422, 'invalid_field', 'root_block');
       try {
-        const signed = sdk.endorseRoot(
-          Buffer.from(root, 'base64url'),
-          { appId: config.appId, userId: user.userId, kid: key.kid, seed: key.seed },
-        );
+        const signed = key.endorser.endorseRoot(Buffer.from(root, 'base64url'), config.appId, user.userId);
         return { root_block: Buffer.from(signed).toString('base64url') };
       } catch (e) {
-        throw new HttpError(422, e.code ?? 'invalid_block', e.message);
+        // endorse_refused: not a root for this app, this user and this key.
+        throw new HttpError(422, e.code ?? 'endorse_refused', e.message);
       }
     },
 

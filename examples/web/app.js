@@ -1,0 +1,376 @@
+// MedConnect's page: how a web app uses Ghostkey, end to end, with @ghostkey/client.
+//
+// Who does what:
+//   - MedConnect's backend (server.mjs, under /api) logs the user in, keeps their user
+//     secret, mints one assertion per Ghostkey request, endorses the chain root, and stores
+//     documents it cannot read;
+//   - this page (the user's device) talks to Ghostkey directly: its origin is allowed for
+//     the app at Ghostkey (`ghostkey app origins add`), so the browser lets it;
+//   - the device's keys stay in this browser's IndexedDB, through the SDK's KeyStorage.
+
+import {
+  init,
+  GhostkeyClient,
+  GhostkeyError,
+  DeviceKeys,
+  UserSecret,
+  IndexedDbKeyStorage,
+  sealEnvelope,
+  openEnvelope,
+  toBase64Url,
+  fromBase64Url,
+} from '@ghostkey/client';
+
+const $ = (id) => document.getElementById(id);
+const SECTIONS = ['login', 'account', 'enrol', 'confirm', 'recover', 'send', 'inbox', 'danger'];
+const storage = new IndexedDbKeyStorage('medconnect-keys');
+const deviceKeyName = (userId) => `device:${userId}`;
+
+let config; // { ghostkeyUrl, appId, kid, appKeys } from the backend
+let gk; // GhostkeyClient
+let me; // { name, userId } once logged in
+let device; // this browser's DeviceKeys for `me`, when it has some
+let recovery; // the recovery in progress: { id, masked }
+let challenge; // the confirm challenge in progress
+
+// ---------------------------------------------------------------------------------------
+// The backend (the app provider). Its session token lives in sessionStorage: a demo.
+
+async function backend(method, path, body) {
+  const headers = {};
+  const token = sessionStorage.getItem('medconnect-token');
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers['content-type'] = 'application/json';
+  const res = await fetch(path, { method, headers, body: body === undefined ? undefined : JSON.stringify(body) });
+  const json = await res.json().catch(() => ({}));
+  if (!res.ok) throw Object.assign(new Error(json.detail ?? `backend answered ${res.status}`), { code: json.code ?? 'backend' });
+  return json;
+}
+
+// A fresh assertion for each Ghostkey request: each jti is single use. This is the SDK's
+// AssertionSource.
+const assertions = async (purpose) => (await backend('POST', '/api/assertions', { purpose })).assertion;
+
+// The user secret, fetched when needed and freed right after (it opens the sealed
+// virtual device; never keep it around, never log it).
+async function userSecret() {
+  return UserSecret.fromBase64((await backend('GET', '/api/secret')).userSecret);
+}
+
+// ---------------------------------------------------------------------------------------
+// Showing things
+
+function show(...visible) {
+  for (const id of SECTIONS) $(id).hidden = !visible.includes(id);
+}
+
+function say(text) {
+  $('status').textContent = text;
+}
+
+// Errors are shown with their stable code: GhostkeyError.code from the SDK (Ghostkey's
+// problem code such as invalid_code, or a local one such as transport), or the backend's.
+function showError(e) {
+  $('error').hidden = false;
+  $('error-code').textContent = e?.code ?? 'unexpected';
+  $('error-message').textContent = e?.message ?? String(e);
+  if (!(e instanceof GhostkeyError) && !e?.code) console.error(e);
+}
+
+// Runs a user action: clears the last error, shows the new one, keeps the button from
+// being pressed twice.
+function action(button, f) {
+  return async (event) => {
+    event?.preventDefault();
+    $('error').hidden = true;
+    button.disabled = true;
+    try {
+      await f();
+    } catch (e) {
+      showError(e);
+    } finally {
+      button.disabled = false;
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------------------
+// What to show: from the login, this browser's keys and what Ghostkey knows of the user.
+
+async function refresh() {
+  me = sessionStorage.getItem('medconnect-token') ? await backend('GET', '/api/me').catch(() => null) : null;
+  if (!me) return show('login');
+  $('who').textContent = me.name;
+  $('user-id').textContent = me.userId;
+  const stored = await storage.get(deviceKeyName(me.userId));
+  device?.free();
+  device = stored ? DeviceKeys.fromBytes(stored) : undefined;
+  stored?.fill(0);
+
+  let methods;
+  try {
+    methods = (await gk.listMethods(await assertions(device ? 'manage' : 'recover'))).methods;
+  } catch (e) {
+    if (e.code !== 'not_enrolled') throw e;
+  }
+  if (!methods && device) {
+    // Keys of an enrolment Ghostkey no longer has (the user was erased): useless.
+    await storage.delete(deviceKeyName(me.userId));
+    device.free();
+    device = undefined;
+  }
+  const confirmed = methods?.filter((m) => m.state === 'confirmed') ?? [];
+  if (device && confirmed.length) {
+    $('device-state').textContent = `a device of yours (${device.signingKey.slice(0, 12)}…)`;
+    show('account', 'send', 'inbox', 'danger');
+    return loadInbox();
+  }
+  if (!device && confirmed.length) {
+    $('device-state').textContent = 'no keys: a new device';
+    $('recover-method').replaceChildren(
+      ...confirmed.map((m) => new Option(`${m.kind} ${m.masked ?? ''}`.trim(), m.id)),
+    );
+    $('recover-verify-form').hidden = true;
+    $('recover-start-form').hidden = false;
+    return show('account', 'recover', 'danger');
+  }
+  if (!device && methods) {
+    // Enrolled, but no method was confirmed and the keys are gone: nothing can recover it.
+    $('device-state').textContent = 'no keys, and the enrolment was never completed';
+    return show('account', 'danger');
+  }
+  // Not enrolled yet (or enrolled on this device, no method confirmed): enrol.
+  $('device-state').textContent = device ? 'enrolled here; confirm a method' : 'not enrolled';
+  show('account', 'enrol', 'danger');
+}
+
+// ---------------------------------------------------------------------------------------
+// Log in (the platform's own login; Ghostkey plays no part in it)
+
+async function login() {
+  const { token } = await backend('POST', '/api/login', { name: $('name').value });
+  sessionStorage.setItem('medconnect-token', token);
+  await refresh();
+}
+
+// ---------------------------------------------------------------------------------------
+// Enrolment: keys, the sealed virtual device at Ghostkey, this device admitted to the
+// chain, then a method to confirm.
+
+async function enrol() {
+  const kind = document.querySelector('input[name=kind]:checked').value;
+  const destination = kind === 'sms' ? $('phone').value : kind === 'email' ? $('email').value : undefined;
+  if (!device) {
+    say('Creating your keys…');
+    const secret = await userSecret();
+    try {
+      const enrolled = await gk.enrol({
+        appId: config.appId,
+        userId: me.userId,
+        kid: config.kid,
+        secret,
+        pinned: config.appKeys,
+        assertions,
+        // The backend checks the root is this user's and signs it with the app key.
+        endorse: async (unsignedRoot) =>
+          fromBase64Url((await backend('POST', '/api/endorse-root', { root_block: toBase64Url(unsignedRoot) })).root_block),
+      });
+      device = enrolled.device;
+      const bytes = device.exportBytes();
+      await storage.set(deviceKeyName(me.userId), bytes);
+      bytes.fill(0);
+      enrolled.userKeys.free();
+      enrolled.chain.free();
+    } finally {
+      secret.free();
+    }
+  }
+  // The first method goes with an `enroll` assertion (no method is confirmed yet).
+  const added = await gk.addMethod(await assertions('enroll'), kind, destination);
+  challenge = added.challenge;
+  $('totp').hidden = !added.totp;
+  $('confirm-sent').hidden = !!added.totp;
+  if (added.totp) {
+    // Shown once: Ghostkey keeps only the seed, never shows it again.
+    $('totp-qr').src = `data:image/png;base64,${added.totp.qr_png_base64}`;
+    $('totp-uri').textContent = added.totp.otpauth_uri;
+  } else {
+    $('confirm-masked').textContent = challenge.masked;
+  }
+  $('confirm-code').value = '';
+  say('');
+  show('account', 'confirm', 'danger');
+}
+
+async function confirm() {
+  await gk.answer(challenge.id, $('confirm-code').value);
+  challenge = undefined;
+  say('Your method is confirmed: Ghostkey can now recover your account.');
+  await refresh();
+}
+
+// ---------------------------------------------------------------------------------------
+// Recovery on a new device: the platform's login (factor 1, with the user secret and
+// `recover` assertions), Ghostkey's own code (factor 2), then the released virtual device
+// admits this device.
+
+async function startRecovery() {
+  const started = await gk.startRecovery(await assertions('recover'), $('recover-method').value);
+  recovery = { id: started.id, masked: started.masked ?? 'your authenticator app' };
+  $('recover-masked').textContent = recovery.masked;
+  $('recover-code').value = '';
+  $('recover-start-form').hidden = true;
+  $('recover-verify-form').hidden = false;
+}
+
+async function verifyRecovery() {
+  const secret = await userSecret();
+  try {
+    const admitted = await gk.recover({
+      recoveryId: recovery.id,
+      code: $('recover-code').value,
+      secret,
+      appId: config.appId,
+      userId: me.userId,
+      pinned: config.appKeys,
+      assertions,
+    });
+    const bytes = admitted.device.exportBytes();
+    await storage.set(deviceKeyName(me.userId), bytes);
+    bytes.fill(0);
+    admitted.userKeys.free();
+    admitted.chain.free();
+    admitted.device.free();
+    // With a waiting period (not this demo's app) recover() throws recovery_waiting with
+    // retryAfter: come back then and call releaseRecovery, openReleased and admitDevice.
+  } finally {
+    secret.free();
+  }
+  recovery = undefined;
+  say('Recovered: this device is now one of yours.');
+  await refresh();
+}
+
+// The app provider may cancel a recovery with a `manage` assertion alone (here on the
+// logged-in user's request; a user without the app uses a notice's cancel code).
+async function cancelRecovery() {
+  await gk.cancelRecovery(await assertions('manage'), recovery.id);
+  say('Recovery cancelled: it will never release, whatever code is sent.');
+}
+
+// ---------------------------------------------------------------------------------------
+// Documents: sealed for the recipient's and the author's own verified chains; the backend
+// stores the envelope, bytes it cannot read.
+
+const verifiedChain = async (userId) => gk.verifiedChain(await assertions('manage'), userId, config.appKeys, config.appId);
+
+async function send() {
+  const to = await backend('GET', `/api/users?name=${encodeURIComponent($('to').value)}`);
+  const theirs = await verifiedChain(to.userId);
+  const mine = await verifiedChain(me.userId);
+  try {
+    const envelope = sealEnvelope(
+      { userId: me.userId, device },
+      [theirs, mine],
+      new TextEncoder().encode($('text').value),
+    );
+    await backend('POST', '/api/documents', { to: to.name, envelope: toBase64Url(envelope) });
+  } finally {
+    theirs.free();
+    mine.free();
+  }
+  $('text').value = '';
+  say(`Sent to ${to.name}, encrypted: MedConnect and Ghostkey cannot read it.`);
+  await loadInbox();
+}
+
+async function loadInbox() {
+  const { documents } = await backend('GET', '/api/documents');
+  if (!documents.length) return $('documents').replaceChildren(new Text('No documents yet.'));
+  // The user key, unsealed from our own verified chain with this device's keys.
+  const mine = await verifiedChain(me.userId);
+  const userKeys = mine.userKeys(device);
+  const chains = new Map([[me.userId, mine]]);
+  try {
+    const items = [];
+    for (const d of documents) {
+      const li = document.createElement('li');
+      li.dataset.id = d.id;
+      li.append(`${d.from === me.name ? `To ${d.to}` : `From ${d.from}`}, ${new Date(d.sentAt * 1000).toLocaleString()}: `);
+      try {
+        // The author's chain says which devices may sign for them.
+        if (!chains.has(d.fromUserId)) chains.set(d.fromUserId, await verifiedChain(d.fromUserId));
+        const text = openEnvelope(fromBase64Url(d.envelope), { userId: me.userId, userKeys }, chains.get(d.fromUserId));
+        const p = document.createElement('span');
+        p.className = 'plaintext';
+        p.textContent = new TextDecoder().decode(text);
+        li.append(p);
+      } catch (e) {
+        li.append(`cannot open (${e.code ?? 'unexpected'})`);
+      }
+      items.push(li);
+    }
+    $('documents').replaceChildren(...items);
+  } finally {
+    userKeys.free();
+    for (const c of chains.values()) c.free();
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// "Lose every device": forget all this origin keeps in the browser.
+
+async function loseEverything() {
+  if (me) await storage.delete(deviceKeyName(me.userId));
+  device?.free();
+  device = undefined;
+  for (const db of (await indexedDB.databases?.()) ?? []) indexedDB.deleteDatabase(db.name);
+  localStorage.clear();
+  sessionStorage.clear();
+  location.reload();
+}
+
+// ---------------------------------------------------------------------------------------
+// Development only: Ghostkey in development mode keeps the SMS and e-mail it would send,
+// and shows them at GET /dev/messages. A production Ghostkey has no such view: there the
+// code arrives on the user's phone or in their mailbox.
+
+async function pollDevMessages() {
+  try {
+    const res = await fetch(`${config.ghostkeyUrl}/dev/messages`);
+    if (!res.ok) throw new Error(`${res.status}`);
+    const { messages } = await res.json();
+    $('dev-messages').replaceChildren(
+      ...messages.slice(-8).reverse().map((m) => {
+        const li = document.createElement('li');
+        li.textContent = `${m.channel} to ${m.to}: ${m.body}`;
+        return li;
+      }),
+    );
+  } catch {
+    $('dev-messages').replaceChildren(new Text('(no development message view at this Ghostkey)'));
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+
+async function main() {
+  await init();
+  config = await backend('GET', '/api/config');
+  gk = new GhostkeyClient(config.ghostkeyUrl);
+  $('login-form').addEventListener('submit', action($('login-button'), login));
+  $('enrol-form').addEventListener('submit', action($('enrol-button'), enrol));
+  $('confirm-form').addEventListener('submit', action($('confirm-button'), confirm));
+  $('recover-start-form').addEventListener('submit', action($('recover-start'), startRecovery));
+  $('recover-verify-form').addEventListener('submit', action($('recover-verify'), verifyRecovery));
+  $('recover-cancel').addEventListener('click', action($('recover-cancel'), cancelRecovery));
+  $('send-form').addEventListener('submit', action($('send-button'), send));
+  $('refresh').addEventListener('click', action($('refresh'), loadInbox));
+  $('lose').addEventListener('click', action($('lose'), loseEverything));
+  pollDevMessages();
+  setInterval(pollDevMessages, 1000);
+  await refresh();
+  document.body.dataset.ready = 'true'; // for the tests: the page has settled
+}
+
+main().catch(showError);
