@@ -341,8 +341,9 @@ async function pollDevMessages() {
     if (!res.ok) throw new Error(`${res.status}`);
     const { messages } = await res.json();
     $('dev-messages').replaceChildren(
-      ...messages.slice(-8).reverse().map((m) => {
+      ...messages.slice(-50).reverse().map((m) => {
         const li = document.createElement('li');
+        li.dataset.to = m.to;
         li.textContent = `${m.channel} to ${m.to}: ${m.body}`;
         return li;
       }),

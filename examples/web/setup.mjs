@@ -52,6 +52,14 @@ export function registerApp(bin, cwd, { name, kid, publicKey }, env) {
   return id[0];
 }
 
+/**
+ * On a local demo every browser (every user) comes from 127.0.0.1, one client address:
+ * the default 60 requests per address per minute would soon answer address_rate_limited.
+ */
+export function raiseAddressLimit(bin, cwd, appId, env) {
+  return ghostkey(bin, cwd, ['app', 'policy', 'set', appId, '--requests-per-address-per-minute', '1000'], env);
+}
+
 /** Whether this Ghostkey database knows the app (a fresh database does not). */
 export function appKnown(bin, cwd, appId, env) {
   try {
@@ -96,6 +104,7 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     } else {
       appId = registerApp(values.ghostkey, values['ghostkey-cwd'], { name: values.name, kid: values.kid, publicKey });
       console.log(`app: ${appId} (registered)`);
+      raiseAddressLimit(values.ghostkey, values['ghostkey-cwd'], appId);
     }
     allowOrigin(values.ghostkey, values['ghostkey-cwd'], appId, values.origin);
     console.log(`allowed origin: ${values.origin}`);

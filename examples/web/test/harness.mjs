@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { generateKey, registerApp, allowOrigin, ghostkey, defaultBin, repoRoot } from '../setup.mjs';
+import { generateKey, registerApp, allowOrigin, raiseAddressLimit, ghostkey, defaultBin, repoRoot } from '../setup.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const webDir = join(here, '..');
@@ -116,6 +116,8 @@ export function registerDemoApp(gk) {
   const keyFile = join(gk.dir, 'app-key.pem');
   const publicKey = generateKey(keyFile);
   const appId = registerApp(ghostkeyBin, gk.dir, { name: 'MedConnect (browser tests)', kid: 'k1', publicKey }, gk.env);
+  // Every browser of the tests comes from 127.0.0.1: one address for all the users.
+  raiseAddressLimit(ghostkeyBin, gk.dir, appId, gk.env);
   return { appId, keyFile, publicKey };
 }
 
