@@ -84,7 +84,7 @@ async function loadAppKey(sdk, keyFile, kid) {
 const PURPOSES = new Set(['enroll', 'recover', 'manage']);
 
 // PROTOCOL.md §2: exactly iss, sub, aud, iat, exp, jti, purpose; header alg EdDSA + kid.
-async function mintAssertion(config, key, userId, purpose) {
+export async function mintAssertion(config, key, userId, purpose) {
   const now = Math.floor(Date.now() / 1000);
   return new SignJWT({ purpose })
     .setProtectedHeader({ alg: 'EdDSA', kid: key.kid, typ: 'JWT' })
