@@ -18,7 +18,7 @@
 // Port 0 picks a free port; the bound URL is printed as "listening on http://...".
 
 import { createServer } from 'node:http';
-import { createPrivateKey, createPublicKey, randomBytes } from 'node:crypto';
+import { createHash, createPrivateKey, createPublicKey, randomBytes } from 'node:crypto';
 import { readFileSync, existsSync, writeFileSync, renameSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join, extname, resolve, sep } from 'node:path';
@@ -290,6 +290,23 @@ export async function start(config, { log = console.log } = {}) {
     },
   };
 
+  // A strict Content-Security-Policy: device keys sit in IndexedDB, readable by any script
+  // of this origin, so only this origin's own scripts may run. Scripts: ours, the inline
+  // import map by its hash, and WebAssembly compilation ('wasm-unsafe-eval'). Connections:
+  // this backend and Ghostkey. Images: the TOTP QR code arrives as a data: URL.
+  const html = readFileSync(join(here, 'index.html'), 'utf8');
+  const importMap = /<script type="importmap">([\s\S]*?)<\/script>/.exec(html)[1];
+  const csp = [
+    "default-src 'none'",
+    `script-src 'self' 'wasm-unsafe-eval' 'sha256-${createHash('sha256').update(importMap).digest('base64')}'`,
+    "style-src 'self'",
+    "img-src 'self' data:",
+    `connect-src 'self' ${new URL(config.ghostkeyUrl).origin}`,
+    "base-uri 'none'",
+    "form-action 'self'",
+    "frame-ancestors 'none'",
+  ].join('; ');
+
   const serveFile = async (res, file) => {
     try {
       const body = await readFile(file);
@@ -298,6 +315,7 @@ export async function start(config, { log = console.log } = {}) {
         'content-type': TYPES[ext] ?? 'application/octet-stream',
         'cache-control': 'no-store',
         'x-content-type-options': 'nosniff',
+        ...(ext === '.html' ? { 'content-security-policy': csp, 'referrer-policy': 'no-referrer' } : {}),
       });
       res.end(body);
     } catch {
