@@ -3,7 +3,7 @@
 -- A fresh database is created by running this file as it is; a test checks that the
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
 -- a later version adds a migration in src/store/sqlite.rs and bumps it here.
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -38,6 +38,17 @@ CREATE TABLE app_keys (
     revoked_at  INTEGER,
     PRIMARY KEY (app_id, kid)
 ) STRICT, WITHOUT ROWID;
+
+-- Web origins an app allows to call the API from a browser (schema version 4): a page at
+-- one of them gets CORS headers on requests about this app; any other origin is refused
+-- (`origin_not_allowed`). Normalised: lowercase `scheme://host[:port]`, no default port.
+CREATE TABLE app_origins (
+    app_id      TEXT    NOT NULL REFERENCES apps(id) ON DELETE CASCADE,
+    origin      TEXT    NOT NULL,
+    added_at    INTEGER NOT NULL,
+    PRIMARY KEY (app_id, origin)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX app_origins_by_origin ON app_origins (origin);
 
 -- Single use of assertion ids: a `jti` is remembered until its assertion can no longer
 -- be accepted anyway.

@@ -7,6 +7,7 @@ use crate::domain::app::{
     new_app_id, parse_public_key, validate_app_name, validate_kid, App, AppKey,
 };
 use crate::domain::audit::AuditHead;
+use crate::domain::origin::normalise_origin;
 use crate::domain::policy::{AppPolicy, PolicyChange};
 use crate::store::{Store, StoreError};
 
@@ -43,6 +44,8 @@ pub struct AppReport {
     pub policy: AppPolicy,
     /// Keys.
     pub keys: Vec<KeyReport>,
+    /// Web origins allowed to call the API for this app from a browser (CORS).
+    pub allowed_origins: Vec<String>,
     /// Enrolled users.
     pub users: u64,
     /// Audit events in the last 24 hours.
@@ -64,8 +67,14 @@ pub struct KeyReport {
     pub revoked_at: Option<UnixTime>,
 }
 
-fn report(app: App, keys: Vec<AppKey>, activity: (u64, u64, Option<UnixTime>)) -> AppReport {
+fn report(
+    app: App,
+    keys: Vec<AppKey>,
+    allowed_origins: Vec<String>,
+    activity: (u64, u64, Option<UnixTime>),
+) -> AppReport {
     AppReport {
+        allowed_origins,
         users: activity.0,
         events_last_24h: activity.1,
         last_activity: activity.2,
@@ -122,10 +131,13 @@ pub fn list_apps(store: &dyn Store, now: UnixTime) -> Result<Vec<AppReport>, Adm
             let keys = store
                 .app_keys(&app.id)
                 .map_err(|e| explain(e, &app.id, None))?;
+            let origins = store
+                .app_origins(&app.id)
+                .map_err(|e| explain(e, &app.id, None))?;
             let activity = store
                 .app_activity(&app.id, now - 86_400)
                 .map_err(|e| explain(e, &app.id, None))?;
-            Ok(report(app, keys, activity))
+            Ok(report(app, keys, origins, activity))
         })
         .collect()
 }
@@ -139,10 +151,60 @@ pub fn show_app(store: &dyn Store, app_id: &str, now: UnixTime) -> Result<AppRep
     let keys = store
         .app_keys(app_id)
         .map_err(|e| explain(e, app_id, None))?;
+    let origins = store
+        .app_origins(app_id)
+        .map_err(|e| explain(e, app_id, None))?;
     let activity = store
         .app_activity(app_id, now - 86_400)
         .map_err(|e| explain(e, app_id, None))?;
-    Ok(report(app, keys, activity))
+    Ok(report(app, keys, origins, activity))
+}
+
+/// Allows a web origin to call the API for an app from a browser (CORS). Returns the
+/// origin in its normal form and whether it was added (`false`: it already was allowed;
+/// nothing changes).
+pub fn add_origin(
+    store: &dyn Store,
+    app_id: &str,
+    origin: &str,
+    now: UnixTime,
+) -> Result<(String, bool), AdminError> {
+    let origin = normalise_origin(origin).map_err(AdminError)?;
+    let added = store
+        .add_app_origin(app_id, &origin, now)
+        .map_err(|e| explain(e, app_id, None))?;
+    Ok((origin, added))
+}
+
+/// Stops allowing a web origin for an app. Returns the origin in its normal form; an
+/// origin the app does not allow is an error (a typo would otherwise pass unnoticed).
+pub fn remove_origin(
+    store: &dyn Store,
+    app_id: &str,
+    origin: &str,
+    now: UnixTime,
+) -> Result<String, AdminError> {
+    let normal = normalise_origin(origin).map_err(AdminError)?;
+    let removed = store
+        .remove_app_origin(app_id, &normal, now)
+        .map_err(|e| explain(e, app_id, None))?;
+    if !removed {
+        return Err(AdminError(format!(
+            "app `{app_id}` does not allow origin `{normal}` (see `ghostkey app origins list {app_id}`)"
+        )));
+    }
+    Ok(normal)
+}
+
+/// The web origins an app allows.
+pub fn list_origins(store: &dyn Store, app_id: &str) -> Result<Vec<String>, AdminError> {
+    store
+        .app(app_id)
+        .map_err(|e| explain(e, app_id, None))?
+        .ok_or_else(|| explain(StoreError::UnknownApp, app_id, None))?;
+    store
+        .app_origins(app_id)
+        .map_err(|e| explain(e, app_id, None))
 }
 
 /// Adds a key to an app (to rotate: add the new key, switch the app provider, revoke the old).

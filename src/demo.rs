@@ -222,6 +222,7 @@ async fn story(
     let senders = Senders {
         sms: Arc::new(sms),
         email: Arc::new(email),
+        dev_messages: None,
     };
     let keys = Arc::new(ServerKeys::derive(&DataKey::generate()));
     let (tx, rx) = std::sync::mpsc::channel();

@@ -174,6 +174,36 @@ enum AppCommand {
     /// Manage an app's policy.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Manage the web origins allowed to call the API for an app from a browser (CORS).
+    #[command(subcommand)]
+    Origins(OriginsCommand),
+}
+
+#[derive(Subcommand)]
+enum OriginsCommand {
+    /// Allow a web origin: exactly scheme://host[:port], https (http only for localhost,
+    /// 127.0.0.1 or [::1]). Adding an allowed origin again changes nothing.
+    Add {
+        /// The app id.
+        app_id: String,
+        /// The origin, such as https://health.example.org.
+        origin: String,
+    },
+    /// Stop allowing a web origin.
+    Remove {
+        /// The app id.
+        app_id: String,
+        /// The origin.
+        origin: String,
+    },
+    /// List the allowed origins, one per line.
+    List {
+        /// The app id.
+        app_id: String,
+        /// Print JSON: {"app_id": ..., "allowed_origins": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -346,6 +376,14 @@ fn print_app(app: &AppReport) {
         };
         println!("    {}  {}  ({state})", k.kid, k.public_key);
     }
+    if app.allowed_origins.is_empty() {
+        println!("  allowed_origins: none (no browser page may call the API for this app)");
+    } else {
+        println!("  allowed_origins:");
+        for origin in &app.allowed_origins {
+            println!("    {origin}");
+        }
+    }
     print_policy(&app.policy);
 }
 
@@ -452,6 +490,37 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             eprintln!("revoked key `{key_id}` of app `{app_id}`");
             if left == 0 {
                 eprintln!("WARNING: app `{app_id}` has no active key left; its assertions are all refused until a key is added");
+            }
+        }
+        AppCommand::Origins(OriginsCommand::Add { app_id, origin }) => {
+            let (origin, added) =
+                admin::add_origin(&store, &app_id, &origin, now).map_err(|e| e.0)?;
+            if added {
+                eprintln!("app `{app_id}` now allows origin `{origin}`");
+            } else {
+                eprintln!("app `{app_id}` already allows origin `{origin}`; nothing changed");
+            }
+        }
+        AppCommand::Origins(OriginsCommand::Remove { app_id, origin }) => {
+            let origin = admin::remove_origin(&store, &app_id, &origin, now).map_err(|e| e.0)?;
+            eprintln!("app `{app_id}` no longer allows origin `{origin}`");
+        }
+        AppCommand::Origins(OriginsCommand::List { app_id, json }) => {
+            let origins = admin::list_origins(&store, &app_id).map_err(|e| e.0)?;
+            if json {
+                println!(
+                    "{}",
+                    to_json(&serde_json::json!({ "app_id": app_id, "allowed_origins": origins }))?
+                );
+            } else if origins.is_empty() {
+                eprintln!(
+                    "app `{app_id}` allows no origin: no browser page may call the API for it \
+                     (see `ghostkey app origins add --help`)"
+                );
+            } else {
+                for origin in &origins {
+                    println!("{origin}");
+                }
             }
         }
         AppCommand::Policy(PolicyCommand::Set(args)) => {

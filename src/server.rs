@@ -155,7 +155,7 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
     let database_lock = DatabaseLock::acquire(&config.database.path, LockHolder::Server)?;
     let store: Arc<dyn Store> = Arc::new(open_store(config)?);
     check_keys_cover_the_store(store.as_ref(), &keys, clock.now(), source)?;
-    let senders = crate::delivery::setup::from_config(config)?;
+    let senders = crate::delivery::setup::from_config_with_clock(config, Arc::clone(&clock))?;
     for sender in [&senders.sms, &senders.email] {
         if sender.is_development() {
             tracing::warn!(
@@ -217,6 +217,10 @@ pub fn start_with(
         argon2_concurrency,
     );
     let send_timeout = config.sms.timeout_ms.max(config.email.timeout_ms);
+    // Production never serves the development view, whatever the senders hold.
+    let senders_view = senders
+        .dev_messages
+        .filter(|_| config.mode == Mode::Development);
     let worker = Worker {
         store,
         keys,
@@ -238,6 +242,10 @@ pub fn start_with(
         stop,
         task: actix_web::rt::spawn(worker.run(stop_rx)),
     };
+    let dev = crate::http::DevView {
+        mode: config.mode,
+        messages: senders_view,
+    };
     let body_limit = config.server.body_limit_bytes;
     let proxies = Arc::new(config.server.trusted_proxies.clone());
     let metrics_addr = match config.metrics.listen {
@@ -246,11 +254,13 @@ pub fn start_with(
     };
     let mut http = HttpServer::new(move || {
         App::new()
+            .wrap(middleware::from_fn(crate::http::cors))
             .wrap(middleware::from_fn(crate::http::request_log))
             .configure(crate::http::configure(
                 service.clone(),
                 body_limit,
                 Arc::clone(&proxies),
+                dev.clone(),
             ))
     })
     .shutdown_timeout(30);

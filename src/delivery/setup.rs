@@ -3,12 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::dev_log::DevLogSender;
+use super::dev_log::{DevLogSender, DevMessages};
 use super::smtp::SmtpSender;
 use super::twilio::TwilioSender;
 use super::webhook::WebhookSender;
 use super::Sender;
-use crate::config::{resolve_secret, Config, EmailProvider, SmsProvider};
+use crate::clock::{Clock, SystemClock};
+use crate::config::{resolve_secret, Config, EmailProvider, Mode, SmsProvider};
 
 /// One adapter per channel.
 #[derive(Clone)]
@@ -17,13 +18,31 @@ pub struct Senders {
     pub sms: Arc<dyn Sender>,
     /// Sends e-mail.
     pub email: Arc<dyn Sender>,
+    /// In development mode, what the `dev-log` senders "sent", for `GET /dev/messages`
+    /// (`None` in production, and when no channel uses `dev-log`).
+    pub dev_messages: Option<DevMessages>,
 }
 
 /// The adapters `config` asks for, with their secrets read. Errors name the config key.
 /// Whether a development adapter is acceptable is [`Config::validate`]'s business.
 pub fn from_config(config: &Config) -> Result<Senders, String> {
+    from_config_with_clock(config, Arc::new(SystemClock))
+}
+
+/// As [`from_config`], the development message view timed by `clock`.
+pub fn from_config_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Senders, String> {
+    let uses_dev_log = config.sms.provider == SmsProvider::DevLog
+        || config.email.provider == EmailProvider::DevLog;
+    // Only ever in development: the view holds codes and destinations in clear.
+    let view = (config.mode == Mode::Development && uses_dev_log).then(|| DevMessages::new(clock));
+    let dev_log = |channel: &'static str| -> Arc<dyn Sender> {
+        match &view {
+            Some(view) => Arc::new(DevLogSender::keeping(channel, view.clone())),
+            None => Arc::new(DevLogSender::new(channel)),
+        }
+    };
     let sms: Arc<dyn Sender> = match config.sms.provider {
-        SmsProvider::DevLog => Arc::new(DevLogSender::new("sms")),
+        SmsProvider::DevLog => dev_log("sms"),
         SmsProvider::Twilio => {
             let t = &config.sms.twilio;
             let token =
@@ -45,7 +64,7 @@ pub fn from_config(config: &Config) -> Result<Senders, String> {
         }
     };
     let email: Arc<dyn Sender> = match config.email.provider {
-        EmailProvider::DevLog => Arc::new(DevLogSender::new("email")),
+        EmailProvider::DevLog => dev_log("email"),
         EmailProvider::Smtp => {
             let e = &config.email;
             let password = resolve_secret(
@@ -57,7 +76,11 @@ pub fn from_config(config: &Config) -> Result<Senders, String> {
             Arc::new(SmtpSender::new(e, password)?)
         }
     };
-    Ok(Senders { sms, email })
+    Ok(Senders {
+        sms,
+        email,
+        dev_messages: view,
+    })
 }
 
 fn required_secret(

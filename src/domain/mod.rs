@@ -10,6 +10,7 @@ pub mod code;
 pub mod enrollment;
 pub mod limits;
 pub mod method;
+pub mod origin;
 pub mod policy;
 pub mod recovery;
 pub mod totp;

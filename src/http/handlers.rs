@@ -416,6 +416,32 @@ pub async fn chain(
     Ok(HttpResponse::Ok().json(answer))
 }
 
+/// `?to=` of `GET /dev/messages`.
+#[derive(Debug, serde::Deserialize)]
+struct DevMessagesQuery {
+    to: Option<String>,
+}
+
+/// `GET /dev/messages`: in development, the messages the `dev-log` senders kept (newest
+/// last), only those to `?to=` when given; in production, `development_only`.
+pub async fn dev_messages(
+    dev: web::Data<super::DevView>,
+    req: HttpRequest,
+) -> Result<HttpResponse, Error> {
+    if dev.mode != crate::config::Mode::Development {
+        return Err(Error::new(ErrorCode::DevelopmentOnly));
+    }
+    let query = web::Query::<DevMessagesQuery>::from_query(req.query_string()).map_err(|_| {
+        Error::with_detail(ErrorCode::InvalidField, "the query string is malformed")
+    })?;
+    let messages = dev
+        .messages
+        .as_ref()
+        .map(|view| view.messages(query.to.as_deref()))
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "messages": messages })))
+}
+
 pub async fn openapi() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")

@@ -1,6 +1,7 @@
 //! The HTTP layer: routes, thin handlers, problem documents and request logs.
 
 mod client_addr;
+pub mod cors;
 mod handlers;
 mod logging;
 pub mod openapi;
@@ -13,7 +14,18 @@ use ipnet::IpNet;
 
 use crate::service::Ghostkey;
 
+pub use cors::cors;
 pub use problem::json_error_handler;
+
+/// What `GET /dev/messages` serves: the mode (production refuses the route whatever else
+/// is set) and, in development, the messages the `dev-log` senders kept.
+#[derive(Debug, Clone)]
+pub struct DevView {
+    /// The configured mode.
+    pub mode: crate::config::Mode,
+    /// The kept messages (`None`: no `dev-log` sender, or production).
+    pub messages: Option<crate::delivery::dev_log::DevMessages>,
+}
 
 /// Any other method on a known resource: 405, with the `Allow` header RFC 9110 requires.
 fn other_methods(allow: &'static str) -> actix_web::Route {
@@ -25,10 +37,12 @@ pub fn configure(
     service: Ghostkey,
     body_limit_bytes: usize,
     trusted_proxies: Arc<Vec<IpNet>>,
+    dev: DevView,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(service))
             .app_data(web::Data::from(trusted_proxies))
+            .app_data(web::Data::new(dev))
             .app_data(
                 web::JsonConfig::default()
                     .limit(body_limit_bytes)
@@ -44,6 +58,13 @@ pub fn configure(
             .service(
                 web::resource("/readyz")
                     .route(web::get().to(handlers::readyz))
+                    .default_service(other_methods("GET")),
+            )
+            // Development only, outside the `/v1` API and its document: production
+            // answers `development_only`.
+            .service(
+                web::resource("/dev/messages")
+                    .route(web::get().to(handlers::dev_messages))
                     .default_service(other_methods("GET")),
             )
             .service(

@@ -92,6 +92,11 @@ const ASSERTION: &[ErrorCode] = &[
     ErrorCode::AssertionReplayed,
 ];
 
+/// A browser page's origin that the app the request is about does not allow
+/// (`src/http/cors.rs`): on every operation whose app is known before its handler runs
+/// (the assertion's `iss`, or the challenge or recovery in the path).
+const ORIGIN: &[ErrorCode] = &[ErrorCode::OriginNotAllowed];
+
 /// The errors of a code check (`Outcome::error` in `domain::challenge`).
 const CODE: &[ErrorCode] = &[
     ErrorCode::InvalidCode,
@@ -122,7 +127,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
         "healthz" => (&[], &[]),
         "readyz" => (&[], &[E::Unavailable]),
         "enroll" => (
-            &[BODY, ASSERTION],
+            &[BODY, ASSERTION, ORIGIN],
             &[
                 E::AddressRateLimited,
                 E::InvalidField,
@@ -133,7 +138,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "add_method" => (
-            &[BODY, ASSERTION, PROOF, CODE],
+            &[BODY, ASSERTION, PROOF, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::InvalidPhoneNumber,
@@ -150,11 +155,11 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "list_methods" | "erase_user" => (
-            &[ASSERTION],
+            &[ASSERTION, ORIGIN],
             &[E::AddressRateLimited, E::NotEnrolled, E::Internal],
         ),
         "remove_method" => (
-            &[BODY, ASSERTION, PROOF, CODE],
+            &[BODY, ASSERTION, PROOF, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -166,7 +171,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "start_challenge" => (
-            &[BODY, ASSERTION],
+            &[BODY, ASSERTION, ORIGIN],
             &[
                 E::AddressRateLimited,
                 E::NotEnrolled,
@@ -185,7 +190,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
         // `method_not_found`: the challenge's method was removed (or its user erased)
         // between the read and the write.
         "answer" => (
-            &[BODY, CODE],
+            &[BODY, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -198,7 +203,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "unlock" => (
-            &[BODY, ASSERTION, PROOF, CODE],
+            &[BODY, ASSERTION, PROOF, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -209,7 +214,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "start_recovery" => (
-            &[BODY, ASSERTION],
+            &[BODY, ASSERTION, ORIGIN],
             &[
                 E::AddressRateLimited,
                 E::NotEnrolled,
@@ -227,7 +232,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
         ),
         // `recovery_not_found`: the user was erased between the read and the write.
         "verify_recovery" => (
-            &[BODY, CODE],
+            &[BODY, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -240,7 +245,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "release_recovery" => (
-            &[ASSERTION],
+            &[ASSERTION, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -254,7 +259,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "cancel_recovery" => (
-            &[BODY, ASSERTION, PROOF, CODE],
+            &[BODY, ASSERTION, PROOF, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -279,7 +284,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "replace_virtual_device" => (
-            &[BODY, ASSERTION, PROOF, CODE],
+            &[BODY, ASSERTION, PROOF, CODE, ORIGIN],
             &[
                 E::InvalidField,
                 E::UnsupportedSealedVersion,
@@ -290,7 +295,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "append_block" => (
-            &[BODY, ASSERTION],
+            &[BODY, ASSERTION, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,
@@ -302,7 +307,7 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
             ],
         ),
         "chain" => (
-            &[ASSERTION],
+            &[ASSERTION, ORIGIN],
             &[
                 E::InvalidField,
                 E::AddressRateLimited,

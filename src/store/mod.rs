@@ -337,6 +337,29 @@ pub struct VerifiedRecovery {
     pub sealed: Option<Vec<u8>>,
 }
 
+/// What a request carrying an `Origin` header is about, as far as the CORS layer can tell
+/// before the handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginSubject<'a> {
+    /// The app an assertion claims (`iss`, not yet verified).
+    App(&'a str),
+    /// The app of a challenge (or of the recovery with this id).
+    Challenge(&'a str),
+    /// Nothing the store can name.
+    Unknown,
+}
+
+/// Where an origin stands, for one request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OriginStanding {
+    /// The request's subject names an existing app.
+    pub app_known: bool,
+    /// That app allows the origin.
+    pub allowed_for_app: bool,
+    /// Some app allows the origin.
+    pub allowed_for_any: bool,
+}
+
 /// Everything Ghostkey stores.
 pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
@@ -361,6 +384,24 @@ pub trait Store: Send + Sync + 'static {
         policy: &AppPolicy,
         now: UnixTime,
     ) -> Result<(), StoreError>;
+    /// The web origins an app allows (normalised), in order.
+    fn app_origins(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
+    /// Allows a (normalised) origin for an app, audited; `false` if it already was.
+    fn add_app_origin(&self, app_id: &str, origin: &str, now: UnixTime)
+        -> Result<bool, StoreError>;
+    /// Stops allowing an origin for an app, audited; `false` if it was not allowed.
+    fn remove_app_origin(
+        &self,
+        app_id: &str,
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+    /// Where a (normalised) origin stands for a request about `subject` (reads only).
+    fn origin_standing(
+        &self,
+        subject: OriginSubject<'_>,
+        origin: &str,
+    ) -> Result<OriginStanding, StoreError>;
     /// What is known of the key an assertion names.
     fn lookup_assertion_key(&self, app_id: &str, kid: &str) -> Result<KeyLookup, StoreError>;
 

@@ -11,9 +11,9 @@ use serde_json::json;
 use sha2::Digest;
 
 use super::{
-    AddMethod, AnswerNotices, Answered, ClaimedMessage, MessageKind, NewMessage, OutboxCounts,
-    ProofAnswer, RecoveryNotices, RemoveMethod, SendResult, StartChallenge, StartRecovery, Store,
-    StoreError, UnlockUser, UserRecord, VerifiedRecovery,
+    AddMethod, AnswerNotices, Answered, ClaimedMessage, MessageKind, NewMessage, OriginStanding,
+    OriginSubject, OutboxCounts, ProofAnswer, RecoveryNotices, RemoveMethod, SendResult,
+    StartChallenge, StartRecovery, Store, StoreError, UnlockUser, UserRecord, VerifiedRecovery,
 };
 use crate::clock::UnixTime;
 use crate::config::Synchronous;
@@ -33,13 +33,14 @@ use crate::domain::recovery::{self, Recovery, RecoveryState};
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
 /// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
 const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/v2.sql")),
     (3, include_str!("migrations/v3.sql")),
+    (4, include_str!("migrations/v4.sql")),
 ];
 /// Expired `jti`s deleted per write, so the replay cache stays small without a sweeper.
 const JTI_PURGE_BATCH: i64 = 32;
@@ -1457,6 +1458,120 @@ impl Store for SqliteStore {
         })
     }
 
+    fn app_origins(&self, app_id: &str) -> Result<Vec<String>, StoreError> {
+        let conn = self.reader()?;
+        let mut stmt = conn.prepare_cached(
+            "SELECT origin FROM app_origins WHERE app_id = ?1 ORDER BY added_at, origin",
+        )?;
+        let origins = stmt
+            .query_map([app_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<String>>>()?;
+        Ok(origins)
+    }
+
+    fn add_app_origin(
+        &self,
+        app_id: &str,
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            if !app_exists(tx, app_id)? {
+                return Err(StoreError::UnknownApp);
+            }
+            let inserted = tx.exec(
+                "INSERT INTO app_origins (app_id, origin, added_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (app_id, origin) DO NOTHING",
+                params![app_id, origin, now],
+            )?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            audit(
+                tx,
+                now,
+                "app_origin_added",
+                app_id,
+                Who::Operator,
+                json!({ "origin": origin }),
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn remove_app_origin(
+        &self,
+        app_id: &str,
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.write(|tx| {
+            if !app_exists(tx, app_id)? {
+                return Err(StoreError::UnknownApp);
+            }
+            let removed = tx.exec(
+                "DELETE FROM app_origins WHERE app_id = ?1 AND origin = ?2",
+                params![app_id, origin],
+            )?;
+            if removed == 0 {
+                return Ok(false);
+            }
+            audit(
+                tx,
+                now,
+                "app_origin_removed",
+                app_id,
+                Who::Operator,
+                json!({ "origin": origin }),
+            )?;
+            Ok(true)
+        })
+    }
+
+    fn origin_standing(
+        &self,
+        subject: OriginSubject<'_>,
+        origin: &str,
+    ) -> Result<OriginStanding, StoreError> {
+        let conn = self.reader()?;
+        let app_id: Option<String> = match subject {
+            OriginSubject::App(id) => conn
+                .one("SELECT id FROM apps WHERE id = ?1", [id], |r| r.get(0))
+                .optional()?,
+            OriginSubject::Challenge(id) => conn
+                .one("SELECT app_id FROM challenges WHERE id = ?1", [id], |r| {
+                    r.get(0)
+                })
+                .optional()?,
+            OriginSubject::Unknown => None,
+        };
+        let allowed_for_app = match &app_id {
+            Some(app) => conn
+                .one(
+                    "SELECT 1 FROM app_origins WHERE app_id = ?1 AND origin = ?2",
+                    params![app, origin],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some(),
+            None => false,
+        };
+        let allowed_for_any = allowed_for_app
+            || conn
+                .one(
+                    "SELECT 1 FROM app_origins WHERE origin = ?1 LIMIT 1",
+                    [origin],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+        Ok(OriginStanding {
+            app_known: app_id.is_some(),
+            allowed_for_app,
+            allowed_for_any,
+        })
+    }
+
     fn lookup_assertion_key(&self, app_id: &str, kid: &str) -> Result<KeyLookup, StoreError> {
         let conn = self.reader()?;
         // One query answers all three questions: does the app exist, the key, is it revoked.
@@ -2736,6 +2851,80 @@ mod tests {
             .one("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_3_database_is_migrated_with_its_apps_and_gains_app_origins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for sql in [
+                include_str!("migrations/v1.sql"),
+                include_str!("migrations/v2.sql"),
+                include_str!("migrations/v3.sql"),
+            ] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute(
+                &format!(
+                    "INSERT INTO apps ({APP_COLUMNS}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
+                ),
+                [],
+            )
+            .unwrap();
+            let has_table: i64 = conn
+                .one(
+                    "SELECT count(*) FROM sqlite_schema WHERE name = 'app_origins'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(has_table, 0, "version 3 has no app_origins");
+        }
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        assert_eq!(
+            store
+                .app("app_1")
+                .unwrap()
+                .unwrap()
+                .policy
+                .user_lock_threshold,
+            7
+        );
+        assert!(store.app_origins("app_1").unwrap().is_empty());
+        assert!(store
+            .add_app_origin("app_1", "https://a.example", 5)
+            .unwrap());
+        assert!(!store
+            .add_app_origin("app_1", "https://a.example", 6)
+            .unwrap());
+        assert_eq!(store.app_origins("app_1").unwrap(), ["https://a.example"]);
+        let standing = store
+            .origin_standing(OriginSubject::App("app_1"), "https://a.example")
+            .unwrap();
+        assert_eq!(
+            standing,
+            OriginStanding {
+                app_known: true,
+                allowed_for_app: true,
+                allowed_for_any: true
+            }
+        );
+        let standing = store
+            .origin_standing(OriginSubject::App("app_2"), "https://a.example")
+            .unwrap();
+        assert!(!standing.app_known && !standing.allowed_for_app && standing.allowed_for_any);
+        drop(store);
+        let migrated = Connection::open(&path).unwrap();
+        let version: i64 = migrated
+            .one("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let fresh_path = dir.path().join("fresh.db");
+        drop(SqliteStore::open(&fresh_path, Synchronous::Full, Duration::from_secs(1)).unwrap());
+        let fresh = Connection::open(&fresh_path).unwrap();
+        assert_eq!(shape_of(&migrated), shape_of(&fresh));
     }
 
     #[test]

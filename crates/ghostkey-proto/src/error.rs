@@ -152,6 +152,11 @@ error_codes! {
     InvalidBlock = ("invalid_block", 422, "The block is not valid for this chain"),
     /// No chain for this user.
     ChainNotFound = ("chain_not_found", 404, "No chain for this user"),
+    /// A browser page at this `Origin` may not call the API for the app the request is
+    /// about: the origin is not in the app's allowed origins (`ghostkey app origins add`).
+    OriginNotAllowed = ("origin_not_allowed", 403, "This web origin may not call the API for this app"),
+    /// The endpoint exists only in development mode (`GET /dev/messages`).
+    DevelopmentOnly = ("development_only", 403, "This endpoint exists only in development mode"),
     /// The server is not ready (store unavailable).
     Unavailable = ("unavailable", 503, "The service is temporarily unavailable"),
     /// An unexpected server-side failure; the cause is in the server log, never in the answer.
