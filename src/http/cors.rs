@@ -206,7 +206,7 @@ pub async fn cors<B: MessageBody>(
     };
     let standing = match standing {
         Ok(standing) => standing,
-        Err(e) => return Ok(answer(req, e.error_response(), None)),
+        Err(e) => return Ok(answer(req, e.error_response())),
     };
     match decide(preflight, normal.is_some(), standing) {
         Decision::PreflightAllowed => {
@@ -225,54 +225,37 @@ pub async fn cors<B: MessageBody>(
                 header::ACCESS_CONTROL_MAX_AGE,
                 HeaderValue::from_static(MAX_AGE_SECS),
             );
-            Ok(answer(req, response, None))
+            Ok(answer(req, response))
         }
         Decision::PreflightRefused | Decision::Refuse => {
             let refusal = Error::new(ErrorCode::OriginNotAllowed).error_response();
-            Ok(answer(req, refusal, None))
+            Ok(answer(req, refusal))
         }
         Decision::Pass { cors: false } => {
             let mut response = next.call(req).await?;
             vary_origin(response.headers_mut());
             Ok(response.map_into_left_body())
         }
-        Decision::Pass { cors: true } => {
-            let request = req.request().clone();
-            let mut response = match next.call(req).await {
-                Ok(response) => response,
-                // An error that escaped the handler still answers with the headers.
-                Err(e) => {
-                    let response = e.error_response();
-                    return Ok(with_cors(
-                        ServiceResponse::new(request, response).map_into_right_body(),
-                        origin,
-                    ));
-                }
-            };
-            allow(response.headers_mut(), origin);
-            Ok(response.map_into_left_body())
-        }
+        Decision::Pass { cors: true } => match next.call(req).await {
+            Ok(mut response) => {
+                allow(response.headers_mut(), origin);
+                Ok(response.map_into_left_body())
+            }
+            // An error that escaped the handler (handlers and extractors answer theirs
+            // themselves) still answers with the headers.
+            Err(e) => {
+                let mut response = e.error_response();
+                allow(response.headers_mut(), origin);
+                Err(actix_web::error::InternalError::from_response(e, response).into())
+            }
+        },
     }
 }
 
-fn answer<B>(
-    req: ServiceRequest,
-    response: HttpResponse,
-    origin: Option<HeaderValue>,
-) -> ServiceResponse<EitherBody<B>> {
+/// Answers in place of the handler (a preflight, a refusal, a failed store read).
+fn answer<B>(req: ServiceRequest, response: HttpResponse) -> ServiceResponse<EitherBody<B>> {
     let mut response = req.into_response(response).map_into_right_body();
-    match origin {
-        Some(origin) => allow(response.headers_mut(), origin),
-        None => vary_origin(response.headers_mut()),
-    }
-    response
-}
-
-fn with_cors<B>(
-    mut response: ServiceResponse<EitherBody<B>>,
-    origin: HeaderValue,
-) -> ServiceResponse<EitherBody<B>> {
-    allow(response.headers_mut(), origin);
+    vary_origin(response.headers_mut());
     response
 }
 

@@ -384,7 +384,7 @@ pub trait Store: Send + Sync + 'static {
         policy: &AppPolicy,
         now: UnixTime,
     ) -> Result<(), StoreError>;
-    /// The web origins an app allows (normalised), in order.
+    /// The web origins an app allows (normalised), sorted.
     fn app_origins(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
     /// Allows a (normalised) origin for an app, audited; `false` if it already was.
     fn add_app_origin(&self, app_id: &str, origin: &str, now: UnixTime)
