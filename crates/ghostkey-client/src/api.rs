@@ -15,54 +15,7 @@ use reqwest::{StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::sealed::SealError;
-
-/// What went wrong with a call.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// Ghostkey refused the request with a problem document. `code` is `None` only for a
-    /// code newer than this library; `problem.code` still holds it.
-    #[error("ghostkey refused the request: {} ({})", problem.code, problem.title)]
-    Api {
-        /// The typed code.
-        code: Option<ErrorCode>,
-        /// The whole problem document.
-        problem: Box<Problem>,
-    },
-    /// The request did not reach Ghostkey or the answer did not arrive.
-    #[error("transport: {0}")]
-    Transport(#[from] reqwest::Error),
-    /// Ghostkey answered something that is not part of the protocol.
-    #[error("unexpected answer (HTTP {status}): {detail}")]
-    Unexpected {
-        /// The HTTP status.
-        status: u16,
-        /// What was wrong with it.
-        detail: String,
-    },
-    /// A sealed virtual device could not be made or opened.
-    #[error(transparent)]
-    Format(#[from] SealError),
-    /// The base URL is unusable.
-    #[error("bad base URL: {0}")]
-    BadUrl(String),
-    /// A chain Ghostkey served does not verify from the app's pinned keys.
-    #[error("the device chain does not verify: {0}")]
-    Chain(#[from] ghostkey_proto::chain::ChainError),
-    /// A chain operation on this device failed.
-    #[error(transparent)]
-    ChainUse(#[from] crate::chain::ChainUseError),
-}
-
-impl ClientError {
-    /// The stable error code, if Ghostkey answered with one.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Api { code, .. } => *code,
-            _ => None,
-        }
-    }
-}
+pub use crate::error::ClientError;
 
 /// A Ghostkey API client. Cheap to clone; reuse one per process.
 #[derive(Debug, Clone)]
@@ -428,6 +381,13 @@ async fn answer<T: DeserializeOwned>(
     expected: StatusCode,
 ) -> Result<T, ClientError> {
     let status = res.status();
+    // Read before the body consumes the response. Only the delta-seconds form: Ghostkey
+    // never sends an HTTP date.
+    let retry_after = res
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     let bytes = res.bytes().await?;
     if status == expected {
         return serde_json::from_slice(&bytes).map_err(|e| ClientError::Unexpected {
@@ -439,6 +399,7 @@ async fn answer<T: DeserializeOwned>(
         Ok(problem) => Err(ClientError::Api {
             code: ErrorCode::from_code(&problem.code),
             problem: Box::new(problem),
+            retry_after,
         }),
         Err(_) => Err(ClientError::Unexpected {
             status: status.as_u16(),

@@ -13,7 +13,6 @@ use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
 use ed25519_dalek::SigningKey;
 use ghostkey_proto::assertion::{AssertionClaims, Purpose};
 use ghostkey_proto::b64;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::rngs::OsRng;
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretBox, SecretString};
@@ -176,13 +175,28 @@ impl AppSigningKey {
         self.key.verifying_key().to_bytes()
     }
 
-    /// Mints an assertion with exactly these claims.
+    /// Mints an assertion with exactly these claims: a compact JWS (RFC 7515) signed with
+    /// EdDSA (RFC 8037), header `{"typ":"JWT","alg":"EdDSA","kid":...}` (docs/PROTOCOL.md
+    /// §2.1, byte for byte the §11.2 vector). Written out rather than through a JWT
+    /// library: it is a few lines, and keeps RSA and ECDSA code out of the WebAssembly
+    /// build.
     pub fn mint_claims<C: serde::Serialize>(&self, claims: &C) -> Result<String, KitError> {
-        let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid.clone());
-        let der = self.key.to_pkcs8_der().map_err(|_| KitError::BadKey)?;
-        let key = EncodingKey::from_ed_der(der.as_bytes());
-        jsonwebtoken::encode(&header, claims, &key).map_err(|e| KitError::Sign(e.to_string()))
+        #[derive(serde::Serialize)]
+        struct Header<'a> {
+            typ: &'a str,
+            alg: &'a str,
+            kid: &'a str,
+        }
+        let header = serde_json::to_vec(&Header {
+            typ: "JWT",
+            alg: ghostkey_proto::assertion::ALGORITHM,
+            kid: &self.kid,
+        })
+        .map_err(|e| KitError::Sign(e.to_string()))?;
+        let payload = serde_json::to_vec(claims).map_err(|e| KitError::Sign(e.to_string()))?;
+        let signing_input = format!("{}.{}", b64::encode(header), b64::encode(payload));
+        let signature = self.sign_bytes(signing_input.as_bytes());
+        Ok(format!("{signing_input}.{}", b64::encode(signature)))
     }
 }
 

@@ -3,32 +3,42 @@
 //! - [`kit`]: for the app provider's backend: generate user secrets, mint assertions.
 //! - [`device`] and [`sealed`]: device keys, the virtual device and its sealing under the
 //!   user secret (DESIGN.md §2).
+//! - [`chain`] and [`envelope`]: the device chain and documents sealed to users.
 //! - [`api`]: a typed HTTP client for the `/v1` API.
 //! - [`enroll`]: the enrolment flow, from a user secret and an assertion to a stored,
 //!   pending enrolment.
 //! - [`recovery`]: the recovery driver, from a user secret and `recover` assertions to
 //!   the virtual device's keys on a new device.
 //!
-//! No server dependencies: no actix, no SQLite.
+//! No server dependencies: no actix, no SQLite. The last three need the `http` feature
+//! (on by default: reqwest, over the host's `fetch` in WebAssembly); without it the crate
+//! is the core alone, keys, sealing, chain, envelopes and the kit, and does no I/O.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "http")]
 pub mod api;
 pub mod chain;
 pub mod device;
 pub mod envelope;
+pub mod error;
 pub mod kit;
+#[cfg(feature = "http")]
 pub mod recovery;
 pub mod sealed;
 
-pub use api::{Client, ClientError};
+#[cfg(feature = "http")]
+pub use api::Client;
 pub use device::{DeviceKeys, UserKeys, VirtualDevice};
+pub use error::ClientError;
 pub use ghostkey_proto as proto;
 pub use kit::{AppSigningKey, UserSecret};
 
+#[cfg(feature = "http")]
 use ghostkey_proto::api::EnrollResponse;
 
 /// What a successful enrolment leaves on the user's first device.
+#[cfg(feature = "http")]
 #[derive(Debug)]
 pub struct Enrolled {
     /// The virtual device, whose private keys now live only sealed at Ghostkey (and in
@@ -80,6 +90,7 @@ pub fn prepare_enrolment(
 
 /// The second half: seals the virtual device under `secret` (binding app id, user id and
 /// version 1) and stores it at Ghostkey with the endorsed root and an `enroll` assertion.
+#[cfg(feature = "http")]
 pub async fn complete_enrolment(
     client: &Client,
     assertion: &str,
@@ -127,6 +138,7 @@ pub async fn complete_enrolment(
 /// # Ok(())
 /// # }
 /// ```
+#[cfg(feature = "http")]
 pub async fn enroll(
     client: &Client,
     assertion: &str,
