@@ -23,7 +23,7 @@ export class GhostkeyError extends Error {
   constructor(
     code: string,
     message: string,
-    extra: { status?: number; retryAfter?: number; problem?: Problem } = {},
+    extra: { status?: number | undefined; retryAfter?: number | undefined; problem?: Problem | undefined } = {},
   ) {
     super(message);
     this.name = "GhostkeyError";
