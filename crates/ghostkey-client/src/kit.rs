@@ -170,6 +170,11 @@ impl AppSigningKey {
         self.key.sign(message).to_bytes()
     }
 
+    /// The 32-byte Ed25519 seed (the private key): for the app provider's secret storage.
+    pub fn seed(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// The app's Ed25519 public key, raw.
     pub fn public_key(&self) -> [u8; 32] {
         self.key.verifying_key().to_bytes()

@@ -294,18 +294,13 @@ impl AppKey {
         Ok(AppKey(AppSigningKey::from_seed(kid, &seed)))
     }
 
-    /// From a PKCS#8 PEM private key.
-    #[wasm_bindgen(js_name = fromPkcs8Pem)]
-    pub fn from_pkcs8_pem(kid: &str, mut pem: String) -> Result<AppKey> {
-        let key = AppSigningKey::from_pkcs8_pem(kid, &pem);
-        pem.zeroize();
-        Ok(AppKey(key?))
-    }
-
-    /// As PKCS#8 PEM, on explicit request only.
-    #[wasm_bindgen(js_name = exportPkcs8Pem)]
-    pub fn export_pkcs8_pem(&self) -> Result<JsString> {
-        Ok(JsString::from(self.0.to_pkcs8_pem()?.expose_secret()))
+    /// The 32-byte Ed25519 seed, on explicit request only. (PKCS#8 PEM is read and
+    /// written in TypeScript: for Ed25519 it is a fixed prefix and the seed, and the DER
+    /// and PEM crates would add 20 KiB to the module.)
+    #[wasm_bindgen(js_name = exportSeed)]
+    pub fn export_seed(&self) -> Uint8Array {
+        let seed = Zeroizing::new(self.0.seed());
+        Uint8Array::from(seed.as_slice())
     }
 
     /// The key id.

@@ -39,7 +39,7 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown ||
 # Size over speed for the module: the workspace's release profile is tuned for the server,
 # so override it for this build only (environment, not Cargo.toml).
 echo "build.sh: cargo build (wasm32, release)" >&2
-CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
+CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 CARGO_PROFILE_RELEASE_LTO=true \
 CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 CARGO_PROFILE_RELEASE_PANIC=abort \

@@ -13,9 +13,11 @@
  */
 import * as wasm from "./wasm/ghostkey_wasm.js";
 import { GhostkeyError, guard, guardAsync } from "./errors.js";
+import { pkcs8PemFromSeed, seedFromPkcs8Pem } from "./pkcs8.js";
 import type {
   AddMethodResponse,
   AnswerResponse,
+  AssertionClaims,
   AssertionSource,
   ChainDevice,
   ChallengeView,
@@ -521,13 +523,23 @@ export class AppKey extends Redacted {
 
   /** From a PKCS#8 PEM private key (`openssl genpkey -algorithm ed25519`). */
   static fromPkcs8Pem(kid: string, pem: string): AppKey {
-    return new AppKey(guard(() => wasm.AppKey.fromPkcs8Pem(kid, pem)));
+    const seed = seedFromPkcs8Pem(pem);
+    try {
+      return AppKey.fromSeed(kid, seed);
+    } finally {
+      seed.fill(0);
+    }
   }
 
   /** The private key as PKCS#8 PEM, for the backend's secret storage (also what `jose`'s
    *  `importPKCS8(pem, "EdDSA")` reads to mint assertions). */
   exportPkcs8Pem(): string {
-    return guard(() => live(this.#inner, this.label).exportPkcs8Pem());
+    const seed = guard(() => live(this.#inner, this.label).exportSeed());
+    try {
+      return pkcs8PemFromSeed(seed);
+    } finally {
+      seed.fill(0);
+    }
   }
 
   /** The key id. */
@@ -545,6 +557,16 @@ export class AppKey extends Redacted {
    *  the signed root block. */
   endorseRoot(unsignedRoot: Uint8Array, appId: string, userId: string): Uint8Array {
     return guard(() => live(this.#inner, this.label).endorseRoot(unsignedRoot, appId, userId));
+  }
+
+  /**
+   * Mints an assertion (a compact JWS, EdDSA, header `{"typ":"JWT","alg":"EdDSA","kid"}`)
+   * with exactly these claims (docs/PROTOCOL.md §2.2). `jti` must be fresh and random
+   * (16+ bytes, base64url); `exp - iat` at most the deployment's maximum (300 s by
+   * default). Any JWT library that signs EdDSA with this key does the same.
+   */
+  mintAssertion(claims: AssertionClaims): string {
+    return guard(() => live(this.#inner, this.label).mintAssertion(JSON.stringify(claims)));
   }
 
   /** Wipes the key from WebAssembly memory. Idempotent. */

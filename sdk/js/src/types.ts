@@ -111,3 +111,20 @@ export type PinnedKeys = Record<string, string>;
 /** Returns a fresh assertion (single use) from the app provider's backend for the
  *  logged-in user. */
 export type AssertionSource = (purpose: Purpose) => Promise<string>;
+
+/** The claims of an assertion (docs/PROTOCOL.md §2.2), in this order. */
+export interface AssertionClaims {
+  /** The app id. */
+  iss: string;
+  /** The user id (pseudonymous). */
+  sub: string;
+  /** The deployment's service id. */
+  aud: string;
+  /** Issued at, Unix seconds. */
+  iat: number;
+  /** Expires at, Unix seconds. */
+  exp: number;
+  /** A fresh random id (single use), base64url of 16+ bytes. */
+  jti: string;
+  purpose: Purpose;
+}
