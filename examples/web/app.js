@@ -198,6 +198,7 @@ async function enrol() {
     $('confirm-masked').textContent = challenge.masked;
   }
   $('confirm-code').value = '';
+  $('device-state').textContent = 'enrolled here; confirm a method';
   say('');
   show('account', 'confirm', 'danger');
 }
