@@ -169,6 +169,23 @@ impl VirtualDevice {
         )))
     }
 
+    /// A virtual device from existing keys (to seal the same keys with a higher version
+    /// when replacing the blob, or test vectors).
+    #[wasm_bindgen(js_name = fromKeys)]
+    pub fn from_keys(
+        app_id: &str,
+        user_id: &str,
+        version: f64,
+        keys: &DeviceKeys,
+    ) -> Result<VirtualDevice> {
+        Ok(VirtualDevice(CoreVirtual::from_keys(
+            app_id,
+            user_id,
+            version_from(version)?,
+            keys.0.clone(),
+        )))
+    }
+
     /// Opens a sealed blob and checks app, user and version (docs/PROTOCOL.md §3.3).
     pub fn open(
         sealed: &[u8],

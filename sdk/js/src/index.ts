@@ -291,6 +291,12 @@ export class VirtualDevice extends Redacted {
     return new VirtualDevice(guard(() => wasm.VirtualDevice.generate(appId, userId, version)));
   }
 
+  /** A virtual device from existing keys: to seal the same keys with a higher version
+   *  when replacing the blob ({@link GhostkeyClient.replaceVirtualDevice}). */
+  static fromKeys(appId: string, userId: string, version: number, keys: DeviceKeys): VirtualDevice {
+    return new VirtualDevice(guard(() => wasm.VirtualDevice.fromKeys(appId, userId, version, keys._inner)));
+  }
+
   /** Opens a sealed blob with the user secret and checks app, user and version.
    *  Throws `wrong_secret`, `wrong_binding`, `rolled_back` or `bad_format`. */
   static open(sealed: Uint8Array, secret: UserSecret, binding: Binding): VirtualDevice {
