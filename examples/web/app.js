@@ -336,10 +336,14 @@ async function loseEverything() {
 // and shows them at GET /dev/messages. A production Ghostkey has no such view: there the
 // code arrives on the user's phone or in their mailbox.
 
+let devTimer;
 async function pollDevMessages() {
   try {
     const res = await fetch(`${config.ghostkeyUrl}/dev/messages`);
-    if (!res.ok) throw new Error(`${res.status}`);
+    if (!res.ok) {
+      clearInterval(devTimer); // development_only (403): a production Ghostkey
+      throw new Error(`${res.status}`);
+    }
     const { messages } = await res.json();
     $('dev-messages').replaceChildren(
       ...messages.slice(-50).reverse().map((m) => {
@@ -370,7 +374,7 @@ async function main() {
   $('refresh').addEventListener('click', action($('refresh'), loadInbox));
   $('lose').addEventListener('click', action($('lose'), loseEverything));
   pollDevMessages();
-  setInterval(pollDevMessages, 1000);
+  devTimer = setInterval(pollDevMessages, 1000);
   await refresh();
   document.body.dataset.ready = 'true'; // for the tests: the page has settled
 }

@@ -70,13 +70,23 @@ export async function devCode(page, to, before) {
 
 /** Enrols the logged-in user with an SMS method and confirms it with the code. */
 export async function enrolSms(page, phone, e164) {
+  return enrolWithCode(page, 'sms', '#phone', phone, e164);
+}
+
+/** Enrols the logged-in user with an e-mail method and confirms it with the code. */
+export async function enrolEmail(page, address) {
+  return enrolWithCode(page, 'email', '#email', address, address);
+}
+
+// `to`: the destination as Ghostkey normalised it, as the development view shows it.
+async function enrolWithCode(page, kind, field, destination, to) {
   await waitVisible(page, '#enrol');
-  const before = await devCount(page, e164);
-  await page.check('input[name=kind][value=sms]');
-  await page.fill('#phone', phone);
+  const before = await devCount(page, to);
+  await page.check(`input[name=kind][value=${kind}]`);
+  await page.fill(field, destination);
   await page.click('#enrol-button');
   await waitVisible(page, '#confirm');
-  const code = await devCode(page, e164, before);
+  const code = await devCode(page, to, before);
   await page.fill('#confirm-code', code);
   await page.click('#confirm-button');
   await waitVisible(page, '#send');
