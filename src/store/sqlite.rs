@@ -1460,9 +1460,8 @@ impl Store for SqliteStore {
 
     fn app_origins(&self, app_id: &str) -> Result<Vec<String>, StoreError> {
         let conn = self.reader()?;
-        let mut stmt = conn.prepare_cached(
-            "SELECT origin FROM app_origins WHERE app_id = ?1 ORDER BY origin",
-        )?;
+        let mut stmt = conn
+            .prepare_cached("SELECT origin FROM app_origins WHERE app_id = ?1 ORDER BY origin")?;
         let origins = stmt
             .query_map([app_id], |r| r.get(0))?
             .collect::<rusqlite::Result<Vec<String>>>()?;
