@@ -455,6 +455,18 @@ fn the_origins_commands_validate_normalise_and_audit() {
         "{}",
         stderr(&out)
     );
+    for args in [
+        ["app", "origins", "list", "app_nope"].as_slice(),
+        ["app", "origins", "remove", "app_nope", "https://a.example"].as_slice(),
+    ] {
+        let out = cli(&db, args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr(&out).contains("no app with id `app_nope`"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
     assert_eq!(count(&db, "SELECT count(*) FROM app_origins"), 0);
     assert_eq!(events("app_origin_added"), 0);
 

@@ -354,6 +354,47 @@ mod tests {
     }
 
     #[test]
+    fn the_claimed_app_is_read_from_a_bearer_assertion_only() {
+        use actix_web::test::TestRequest;
+        let key = ghostkey_client::AppSigningKey::generate("k1");
+        let token = key
+            .mint(
+                &ghostkey_client::kit::AssertionRequest {
+                    app_id: "app_0123456789abcdef01234567",
+                    user_id: "alice",
+                    audience: "ghostkey-test",
+                    purpose: ghostkey_proto::assertion::Purpose::Manage,
+                },
+                1_700_000_000,
+                60,
+            )
+            .unwrap();
+        let with = |value: &str| {
+            TestRequest::default()
+                .insert_header((header::AUTHORIZATION, value.to_owned()))
+                .to_srv_request()
+        };
+        assert_eq!(
+            claimed_app(&with(&format!("Bearer {token}"))).as_deref(),
+            Some("app_0123456789abcdef01234567")
+        );
+        assert_eq!(
+            claimed_app(&with(&format!("bearer  {token} "))).as_deref(),
+            Some("app_0123456789abcdef01234567")
+        );
+        for refused in [
+            format!("Basic {token}"),
+            token.clone(),
+            "Bearer ".to_owned(),
+            "Bearer not.a.jwt".to_owned(),
+            format!("Bearer {}", "a".repeat(5000)),
+        ] {
+            assert_eq!(claimed_app(&with(&refused)), None, "{refused:.20}");
+        }
+        assert_eq!(claimed_app(&TestRequest::default().to_srv_request()), None);
+    }
+
+    #[test]
     fn routes_are_classified_by_how_their_app_is_found() {
         use Route::*;
         let cases: &[(&str, Option<Route<'_>>)] = &[
