@@ -58,7 +58,7 @@ function cargoMissing(result) {
 export function interop(command, file) {
   const result = spawnSync(
     "cargo",
-    ["run", "-q", "--locked", "-p", "ghostkey-client", "--example", "interop", "--", command, file],
+    ["run", "-q", "--release", "--locked", "-p", "ghostkey-client", "--example", "interop", "--", command, file],
     { cwd: repo, encoding: "utf8" },
   );
   cargoMissing(result);
