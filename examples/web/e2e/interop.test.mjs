@@ -23,15 +23,16 @@ before(async () => {
   env = await startAll();
   dir = mkdtempSync(join(tmpdir(), 'ghostkey-interop-'));
   // Built once here (cargo may wait for the shared target directory's lock), then run.
-  const bin = process.env.GHOSTKEY_INTEROP_BIN ?? join(repoRoot, 'target', 'debug', 'examples', 'interop');
+  // Release, like the SDK's own tests and the benchmark: one build for all of them.
+  const bin = process.env.GHOSTKEY_INTEROP_BIN ?? join(repoRoot, 'target', 'release', 'examples', 'interop');
   if (!process.env.GHOSTKEY_INTEROP_BIN) {
     try {
-      execFileSync('cargo', ['build', '-q', '--locked', '-p', 'ghostkey-client', '--example', 'interop'], {
+      execFileSync('cargo', ['build', '-q', '--release', '--locked', '-p', 'ghostkey-client', '--example', 'interop'], {
         cwd: repoRoot,
         stdio: ['ignore', 'ignore', 'pipe'],
       });
     } catch (e) {
-      throw new Error(`cannot build the Rust interop program (cargo build -p ghostkey-client --example interop): ${e.stderr ?? e.message}`);
+      throw new Error(`cannot build the Rust interop program (cargo build --release -p ghostkey-client --example interop): ${e.stderr ?? e.message}`);
     }
   }
   interop = (cmd, file) => execFileSync(bin, [cmd, file], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
