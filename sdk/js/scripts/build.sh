@@ -37,7 +37,9 @@ rustup target list --installed 2>/dev/null | grep -qx wasm32-unknown-unknown ||
     fail "TypeScript is not installed; run: (cd $here && npm ci)"
 
 # Size over speed for the module: the workspace's release profile is tuned for the server,
-# so override it for this build only (environment, not Cargo.toml).
+# so override it for this build only (environment and --config, not Cargo.toml). The
+# exception is curve25519-dalek, which chain verification spends its time in: at
+# opt-level 3 it verifies a 1,000-block chain about 1.7 times faster for 5 KiB gzipped.
 echo "build.sh: cargo build (wasm32, release)" >&2
 CARGO_PROFILE_RELEASE_OPT_LEVEL=z \
 CARGO_PROFILE_RELEASE_LTO=true \
@@ -45,7 +47,8 @@ CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
 CARGO_PROFILE_RELEASE_PANIC=abort \
 CARGO_TARGET_DIR=$target_dir \
     cargo build --locked --manifest-path "$repo/Cargo.toml" -p ghostkey-wasm \
-    --target wasm32-unknown-unknown --release
+    --target wasm32-unknown-unknown --release \
+    --config 'profile.release.package."curve25519-dalek".opt-level=3'
 
 rm -rf "$out"
 mkdir -p "$out/wasm"
