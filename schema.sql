@@ -3,7 +3,7 @@
 -- A fresh database is created by running this file as it is; a test checks that the
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
 -- a later version adds a migration in src/store/sqlite.rs and bumps it here.
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -112,14 +112,15 @@ CREATE TABLE user_failures (
 ) STRICT;
 CREATE INDEX user_failures_by_user ON user_failures (app_id, user_id, at);
 
--- Verification methods. The secret part (TOTP seed, phone number, e-mail address) is
--- encrypted with the server data key named by `key_id`; `destination_mac` is an HMAC of
+-- Verification methods. The secret part (TOTP seed, phone number, e-mail address, or for a
+-- passphrase the Argon2id hash of the client's verifier) is encrypted with the server data
+-- key named by `key_id`; `destination_mac` is an HMAC of
 -- the normalised destination, the only form rate limits ever see.
 CREATE TABLE methods (
     id               TEXT    PRIMARY KEY,
     app_id           TEXT    NOT NULL,
     user_id          TEXT    NOT NULL,
-    kind             TEXT    NOT NULL CHECK (kind IN ('totp', 'sms', 'email')),
+    kind             TEXT    NOT NULL CHECK (kind IN ('totp', 'sms', 'email', 'passphrase')),
     state            TEXT    NOT NULL CHECK (state IN ('pending', 'confirmed')),
     key_id           TEXT    NOT NULL,
     secret           BLOB    NOT NULL,

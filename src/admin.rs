@@ -528,7 +528,7 @@ pub fn rotate_keys(
                 ))
             })?;
             let mac = match m.kind {
-                MethodKind::Totp => None,
+                MethodKind::Totp | MethodKind::Passphrase => None,
                 kind => {
                     let text = String::from_utf8(plain.to_vec())
                         .map_err(|_| AdminError(format!("method {}: not UTF-8", m.id)))?;

@@ -230,6 +230,12 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
+    /// Argon2id computations at once (code and passphrase checks); 0 means one per core.
+    /// Each holds 19 MiB while it runs.
+    pub argon2_concurrency: usize,
+    /// Requests that may wait for an Argon2id slot, all together; past it a check is
+    /// answered 503 `unavailable` with `Retry-After` (load shedding). 0 means 32 per slot.
+    pub argon2_waiting: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
     /// The header from anyone else is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -303,6 +309,8 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
                 body_limit_bytes: 64 * 1024,
                 workers: 0,
+                argon2_concurrency: 0,
+                argon2_waiting: 0,
                 trusted_proxies: Vec::new(),
                 tls: None,
             },

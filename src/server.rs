@@ -206,16 +206,20 @@ pub fn start_with(
         max_lifetime_secs: config.assertions.max_lifetime_secs,
         max_clock_skew_secs: config.assertions.max_clock_skew_secs,
     };
-    let argon2_concurrency = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(2);
+    let argon2_concurrency = match config.server.argon2_concurrency {
+        0 => std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2),
+        n => n,
+    };
     let service = Ghostkey::new(
         Arc::clone(&store),
         Arc::clone(&clock),
         rules,
         Arc::clone(&keys),
         argon2_concurrency,
-    );
+    )
+    .with_argon2_waiting(config.server.argon2_waiting);
     let send_timeout = config.sms.timeout_ms.max(config.email.timeout_ms);
     // Production never serves the development view, whatever the senders hold.
     let senders_view = senders

@@ -142,9 +142,9 @@ impl Worker {
                     MessageKind::Notice => self.subjects.notice.clone(),
                 },
             ),
-            MethodKind::Totp => {
+            MethodKind::Totp | MethodKind::Passphrase => {
                 return SendResult::Failed {
-                    error: "a TOTP method has no destination".into(),
+                    error: "a TOTP or passphrase method has no destination".into(),
                 }
             }
         };

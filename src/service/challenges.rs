@@ -7,7 +7,7 @@ use ghostkey_proto::api::{
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
 
-use super::methods::{challenge_view, load_user, masked, method_view};
+use super::methods::{challenge_view, load_user, masked, method_view, passphrase_params};
 use super::{messages, parse_code, Caller, Ghostkey};
 use crate::clock::UnixTime;
 use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
@@ -103,7 +103,12 @@ impl Ghostkey {
         let new = self
             .new_challenge(&method, purpose, ctx.assertion.purpose, &ctx.app, now)
             .await?;
-        let view = challenge_view(&new.challenge, method.kind, masked(&self.keys, &method)?);
+        let view = challenge_view(
+            &new.challenge,
+            method.kind,
+            masked(&self.keys, &method)?,
+            passphrase_params(&self.keys, &method)?,
+        );
         self.blocking(move |store, _| {
             store.start_challenge(
                 &StartChallenge {

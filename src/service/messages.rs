@@ -85,6 +85,7 @@ pub fn code(
 
 fn describe(kind: MethodKind, masked: Option<&str>) -> String {
     match (kind, masked) {
+        (MethodKind::Passphrase, _) => "a passphrase".to_owned(),
         (MethodKind::Totp, _) | (_, None) => "an authenticator app".to_owned(),
         (MethodKind::Sms, Some(m)) => format!("the phone number {m}"),
         (MethodKind::Email, Some(m)) => format!("the e-mail address {m}"),

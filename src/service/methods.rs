@@ -3,8 +3,8 @@
 
 use ghostkey_proto::api::{
     AddMethodRequest, AddMethodResponse, ChallengePurpose as WireChallengePurpose, ChallengeView,
-    MethodList, MethodState as WireMethodState, MethodView, RemoveMethodRequest, TotpProvisioning,
-    UnlockRequest, UnlockResponse,
+    MethodList, MethodState as WireMethodState, MethodView, PassphraseParams, RemoveMethodRequest,
+    TotpProvisioning, UnlockRequest, UnlockResponse,
 };
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
@@ -110,10 +110,10 @@ fn authenticate_caller(
     Ok((assertion, app, address))
 }
 
-/// The masked destination of a method (`None` for TOTP).
+/// The masked destination of a method (`None` for TOTP and passphrase).
 pub(crate) fn masked(keys: &ServerKeys, method: &Method) -> Result<Option<String>, Error> {
     let mask: fn(&SecretString) -> String = match method.kind {
-        MethodKind::Totp => return Ok(None),
+        MethodKind::Totp | MethodKind::Passphrase => return Ok(None),
         MethodKind::Sms => mask_phone,
         MethodKind::Email => mask_email,
     };
@@ -139,10 +139,29 @@ pub fn method_view(keys: &ServerKeys, method: &Method) -> Result<MethodView, Err
     })
 }
 
+/// The derivation parameters a passphrase method's challenges show (`None` for the other
+/// kinds).
+pub(crate) fn passphrase_params(
+    keys: &ServerKeys,
+    method: &Method,
+) -> Result<Option<PassphraseParams>, Error> {
+    if method.kind != MethodKind::Passphrase {
+        return Ok(None);
+    }
+    let plain = keys
+        .open(&method.key_id, &method.secret)
+        .map_err(Error::internal)?;
+    let stored = crate::domain::passphrase::Stored::decode(&plain)?;
+    PassphraseParams::of_version(stored.version)
+        .map(Some)
+        .ok_or_else(|| Error::internal("a passphrase method has an unknown parameter version"))
+}
+
 pub(crate) fn challenge_view(
     ch: &Challenge,
     kind: MethodKind,
     masked: Option<String>,
+    passphrase: Option<PassphraseParams>,
 ) -> ChallengeView {
     ChallengeView {
         id: ch.id.clone(),
@@ -156,6 +175,7 @@ pub(crate) fn challenge_view(
         masked,
         expires_at: ch.expires_at,
         max_attempts: ch.max_attempts,
+        passphrase,
     }
 }
 
@@ -184,7 +204,8 @@ impl Ghostkey {
         now: UnixTime,
     ) -> Result<NewChallenge, Error> {
         let policy = &app.policy;
-        let (message, hashed) = if method.kind == MethodKind::Totp {
+        // TOTP and passphrase challenges have no code of their own: nothing is sent.
+        let (message, hashed) = if !method.kind.is_delivered() {
             (None, None)
         } else {
             let code = code::generate(policy.code_digits);
@@ -248,6 +269,13 @@ impl Ghostkey {
                     "`destination` must be absent for totp",
                 ))
             }
+            (MethodKind::Passphrase, None) => None,
+            (MethodKind::Passphrase, Some(_)) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`destination` must be absent for passphrase",
+                ))
+            }
             (MethodKind::Sms, Some(d)) => Some(normalise_phone(d)?),
             (MethodKind::Email, Some(d)) => Some(normalise_email(d)?),
             (_, None) => {
@@ -256,6 +284,25 @@ impl Ghostkey {
                     "`destination` is required for sms and email",
                 ))
             }
+        };
+        let passphrase = match (request.kind, request.passphrase.as_ref()) {
+            (MethodKind::Passphrase, Some(p)) => Some((
+                p.version,
+                crate::domain::passphrase::parse_setup(p.version, &p.verifier)?,
+            )),
+            (MethodKind::Passphrase, None) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`passphrase` (version and verifier) is required for passphrase",
+                ))
+            }
+            (_, Some(_)) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`passphrase` is only for the passphrase kind",
+                ))
+            }
+            (_, None) => None,
         };
         let proof_code = request.proof.as_ref().map(parse_proof).transpose()?;
         let proof_id = request.proof.as_ref().map(|p| p.challenge_id.clone());
@@ -299,6 +346,13 @@ impl Ghostkey {
 
         let policy = &ctx.app.policy;
         let (secret, destination_mac, provisioning, masked) = match (&destination, kind) {
+            (None, MethodKind::Passphrase) => {
+                let (version, verifier) = passphrase.ok_or_else(|| {
+                    Error::internal("a passphrase method without its checked verifier")
+                })?;
+                let stored = self.hash_passphrase(version, verifier).await?;
+                (self.keys.seal(&stored.encode()), None, None, None)
+            }
             (None, _) => {
                 let seed = totp::new_seed();
                 let p = totp::provisioning(
@@ -357,7 +411,12 @@ impl Ghostkey {
                 created_at: now,
                 confirmed_at: None,
             },
-            challenge: challenge_view(&new.challenge, kind, masked),
+            challenge: challenge_view(
+                &new.challenge,
+                kind,
+                masked,
+                passphrase_params(&self.keys, &method)?,
+            ),
             totp: provisioning.map(|p| TotpProvisioning {
                 otpauth_uri: p.uri.expose_secret().to_owned(),
                 qr_png_base64: p.qr_png_base64.expose_secret().to_owned(),

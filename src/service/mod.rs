@@ -86,12 +86,17 @@ struct Argon2Pool {
 pub const ARGON2_WAITING_PER_PERMIT: usize = 32;
 
 impl Argon2Pool {
-    fn new(concurrency: usize) -> Argon2Pool {
+    /// `waiting`: the length of the line (0: [`ARGON2_WAITING_PER_PERMIT`] per permit).
+    fn new(concurrency: usize, waiting: usize) -> Argon2Pool {
         let concurrency = concurrency.max(1);
+        let waiting = match waiting {
+            0 => concurrency * ARGON2_WAITING_PER_PERMIT,
+            n => n,
+        };
         Argon2Pool {
             permits: Semaphore::new(concurrency),
             memory: std::sync::Mutex::new(Vec::new()),
-            line: WaitLine::new(concurrency * ARGON2_WAITING_PER_PERMIT),
+            line: WaitLine::new(waiting),
         }
     }
 }
@@ -165,11 +170,19 @@ impl Ghostkey {
             clock,
             rules: Arc::new(rules),
             keys,
-            argon2: Arc::new(Argon2Pool::new(argon2_concurrency)),
+            argon2: Arc::new(Argon2Pool::new(argon2_concurrency, 0)),
             outbox_wake: Arc::new(Notify::new()),
             metrics: Arc::new(crate::metrics::Metrics::default()),
             chains: Arc::new(chain::ChainCache::default()),
         }
+    }
+
+    /// Sets how many checks may wait for an Argon2 permit, all together (0: the default,
+    /// [`ARGON2_WAITING_PER_PERMIT`] per permit). Call before the service is shared.
+    pub fn with_argon2_waiting(mut self, waiting: usize) -> Ghostkey {
+        let permits = self.argon2.permits.available_permits();
+        self.argon2 = Arc::new(Argon2Pool::new(permits, waiting));
+        self
     }
 
     /// The metrics this service records.
@@ -306,7 +319,9 @@ impl Ghostkey {
     }
 
     /// Judges a code against a challenge (or, if there is none, does the same work against
-    /// a dummy): TOTP against the method's seed, SMS and e-mail codes with Argon2.
+    /// a dummy): TOTP against the method's seed, SMS and e-mail codes and passphrase
+    /// verifiers with Argon2. An answer of the wrong shape for the method's kind (a code
+    /// for a passphrase, a verifier for a code) is refused before any work, uncounted.
     async fn judge(
         &self,
         found: Option<&(Challenge, Method, AppPolicy)>,
@@ -314,6 +329,19 @@ impl Ghostkey {
         now: UnixTime,
     ) -> Result<Verdict, Error> {
         use secrecy::ExposeSecret;
+        let is_verifier = crate::domain::passphrase::well_formed(code.expose_secret());
+        if let Some((_, method, _)) = found {
+            if (method.kind == MethodKind::Passphrase) != is_verifier {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    if is_verifier {
+                        "`code`: this challenge is answered with a code of digits"
+                    } else {
+                        "`code`: a passphrase challenge is answered with the passphrase verifier (43 base64url characters)"
+                    },
+                ));
+            }
+        }
         if let Some((_, method, policy)) = found {
             if method.kind == MethodKind::Totp {
                 let seed = self
@@ -333,6 +361,21 @@ impl Ghostkey {
                     None => Verdict::Wrong,
                 });
             }
+            if method.kind == MethodKind::Passphrase {
+                let plain = self
+                    .keys
+                    .open(&method.key_id, &method.secret)
+                    .map_err(Error::internal)?;
+                let stored = crate::domain::passphrase::Stored::decode(&plain)?;
+                let got = self
+                    .hash_code(stored.salt, code.clone(), Some(stored.pepper_key_id))
+                    .await?;
+                return Ok(if code::hashes_equal(&got, &stored.hash) {
+                    Verdict::Correct { totp_step: None }
+                } else {
+                    Verdict::Wrong
+                });
+            }
         }
         let expected = found.and_then(|(ch, _, _)| ch.code);
         let salt = expected
@@ -345,6 +388,26 @@ impl Ghostkey {
                 Verdict::Correct { totp_step: None }
             }
             _ => Verdict::Wrong,
+        })
+    }
+
+    /// The stored form of a new passphrase method: Argon2id of the client's verifier with
+    /// a fresh salt and the current pepper (one computation through the bounded pool).
+    pub(crate) async fn hash_passphrase(
+        &self,
+        version: u32,
+        verifier: SecretString,
+    ) -> Result<crate::domain::passphrase::Stored, Error> {
+        let salt = code::new_salt();
+        let pepper_key_id = self.keys.key_id().to_owned();
+        let hash = self
+            .hash_code(salt, verifier, Some(pepper_key_id.clone()))
+            .await?;
+        Ok(crate::domain::passphrase::Stored {
+            version,
+            salt,
+            hash,
+            pepper_key_id,
         })
     }
 }
@@ -381,16 +444,19 @@ pub fn parse_proof(proof: &ghostkey_proto::api::Proof) -> Result<SecretString, E
     parse_code(&proof.code)
 }
 
-/// Checks the shape of a typed code: 4 to 10 digits. Junk is refused before it costs an
-/// attempt or a hash.
+/// Checks the shape of an answer: a typed code of 4 to 10 digits, or a passphrase
+/// verifier (43 base64url characters). Junk is refused before it costs an attempt or a
+/// hash; whether the shape fits the challenge's method is checked once it is loaded.
 pub fn parse_code(code: &str) -> Result<SecretString, Error> {
     let code = code.trim();
-    if (4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()) {
+    if ((4..=10).contains(&code.len()) && code.bytes().all(|b| b.is_ascii_digit()))
+        || crate::domain::passphrase::well_formed(code)
+    {
         Ok(SecretString::from(code.to_owned()))
     } else {
         Err(Error::with_detail(
             ErrorCode::InvalidField,
-            "`code` must be 4 to 10 digits",
+            "`code` must be 4 to 10 digits, or a passphrase verifier (43 base64url characters)",
         ))
     }
 }

@@ -9,7 +9,9 @@ use ghostkey_proto::api::{
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::{b64, sealed, ErrorCode};
 
-use super::methods::{challenge_view, load_user, load_user_unspent, masked, UserContext};
+use super::methods::{
+    challenge_view, load_user, load_user_unspent, masked, passphrase_params, UserContext,
+};
 use super::{authenticate, messages, parse_code, parse_proof, refusal_at, Caller, Ghostkey};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -82,9 +84,9 @@ impl Ghostkey {
             Ok(method) => method,
             Err(refusal) => return Err(self.spend_refused(vec![address], now, refusal).await),
         };
-        // A new SMS or e-mail code is Argon2 work: its unit is spent before it. A TOTP start
-        // has none, and spends the unit in its own write.
-        let unspent = if method.kind == MethodKind::Totp {
+        // A new SMS or e-mail code is Argon2 work: its unit is spent before it. A TOTP or
+        // passphrase start has none, and spends the unit in its own write.
+        let unspent = if !method.kind.is_delivered() {
             vec![address]
         } else {
             self.spend_address(vec![address], now).await?;
@@ -117,7 +119,12 @@ impl Ghostkey {
             masked_destination.as_deref(),
             &cancel_code,
         );
-        let view = challenge_view(&new.challenge, method.kind, masked_destination);
+        let view = challenge_view(
+            &new.challenge,
+            method.kind,
+            masked_destination,
+            passphrase_params(&self.keys, &method)?,
+        );
         self.blocking(move |store, _| {
             store.start_recovery(
                 &StartRecovery {

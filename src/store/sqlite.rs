@@ -33,7 +33,7 @@ use crate::domain::recovery::{self, Recovery, RecoveryState};
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
 /// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (2, include_str!("migrations/v2.sql")),
     (3, include_str!("migrations/v3.sql")),
     (4, include_str!("migrations/v4.sql")),
+    (5, include_str!("migrations/v5.sql")),
 ];
 /// Expired `jti`s deleted per write, so the replay cache stays small without a sweeper.
 const JTI_PURGE_BATCH: i64 = 32;
@@ -176,11 +177,14 @@ impl SqliteStore {
             )));
         }
         conn.pragma_update(None, "synchronous", synchronous.as_pragma())?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
         // Deleted rows are overwritten with zeros, not left in free pages: an erased user
         // or a replaced sealed blob must not stay readable in the file (or a later backup).
         conn.pragma_update(None, "secure_delete", "ON")?;
+        // Migrations run with foreign keys off (a table rebuilt by the documented procedure
+        // must not cascade its drop), and check them before they commit.
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
         init_schema(&mut conn)?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
         Ok(SqliteStore {
             writer: Mutex::new(Writer {
                 conn,
@@ -424,6 +428,13 @@ fn init_schema(conn: &mut Connection) -> Result<(), StoreError> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Exclusive)?;
             for (_, sql) in MIGRATIONS.iter().filter(|(to, _)| *to > v) {
                 tx.execute_batch(sql)?;
+            }
+            let dangling: i64 =
+                tx.one("SELECT count(*) FROM pragma_foreign_key_check", [], |r| r.get(0))?;
+            if dangling != 0 {
+                return Err(StoreError::Backend(format!(
+                    "the upgrade would leave {dangling} rows referring to missing rows; nothing was changed"
+                )));
             }
             tx.commit()?;
             tracing::info!(from = v, to = SCHEMA_VERSION, "database schema upgraded");
@@ -2850,6 +2861,82 @@ mod tests {
             .one("PRAGMA user_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_version_4_database_keeps_its_methods_and_their_challenges_and_takes_passphrases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            for sql in [
+                include_str!("migrations/v1.sql"),
+                include_str!("migrations/v2.sql"),
+                include_str!("migrations/v3.sql"),
+                include_str!("migrations/v4.sql"),
+            ] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute(
+                &format!(
+                    "INSERT INTO apps ({APP_COLUMNS}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
+                ),
+                [],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (app_id, user_id, state, sealed_virtual_device, vd_signing_key, \
+                 vd_encryption_key, audit_pseudonym, created_at, updated_at) \
+                 VALUES ('app_1', 'u1', 'active', x'00', zeroblob(32), zeroblob(32), 'p', 1, 1);
+                 INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at) \
+                 VALUES ('m_1', 'app_1', 'u1', 'sms', 'confirmed', 'k', x'0102', 1);
+                 INSERT INTO challenges (id, app_id, user_id, method_id, purpose, max_attempts, \
+                 state, created_at, expires_at) \
+                 VALUES ('ch_1', 'app_1', 'u1', 'm_1', 'proof', 3, 'open', 1, 999);",
+            )
+            .unwrap();
+            let refused = conn.execute(
+                "INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at) \
+                 VALUES ('m_2', 'app_1', 'u1', 'passphrase', 'pending', 'k', x'01', 1)",
+                [],
+            );
+            assert!(refused.is_err(), "version 4 has no passphrase kind");
+        }
+        drop(SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, 5);
+        let kept: (String, Vec<u8>) = conn
+            .one(
+                "SELECT kind, secret FROM methods WHERE id = 'm_1'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(kept, ("sms".to_owned(), vec![1, 2]));
+        let challenges: i64 = conn
+            .one(
+                "SELECT count(*) FROM challenges WHERE method_id = 'm_1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(challenges, 1, "the rebuild did not cascade");
+        conn.execute(
+            "INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at) \
+             VALUES ('m_2', 'app_1', 'u1', 'passphrase', 'pending', 'k', x'01', 1)",
+            [],
+        )
+        .unwrap();
+        // The foreign keys still hold: a method's removal still takes its challenges.
+        conn.execute("DELETE FROM methods WHERE id = 'm_1'", [])
+            .unwrap();
+        let challenges: i64 = conn
+            .one("SELECT count(*) FROM challenges", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(challenges, 0);
     }
 
     #[test]

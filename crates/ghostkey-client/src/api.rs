@@ -101,6 +101,27 @@ impl Client {
         let body = AddMethodRequest {
             kind,
             destination: destination.map(str::to_owned),
+            passphrase: None,
+            proof,
+        };
+        self.post("/v1/methods", assertion, &body, StatusCode::CREATED)
+            .await
+    }
+
+    /// `POST /v1/methods` for a passphrase method: `setup` is the verifier derived with
+    /// [`crate::passphrase::setup`] (the passphrase itself never leaves the device).
+    /// Assertion and proof as for [`Client::add_method`]; confirm it with
+    /// [`Client::answer`] and the verifier derived again from the passphrase typed again.
+    pub async fn add_passphrase(
+        &self,
+        assertion: &str,
+        setup: ghostkey_proto::api::PassphraseSetup,
+        proof: Option<Proof>,
+    ) -> Result<AddMethodResponse, ClientError> {
+        let body = AddMethodRequest {
+            kind: MethodKind::Passphrase,
+            destination: None,
+            passphrase: Some(setup),
             proof,
         };
         self.post("/v1/methods", assertion, &body, StatusCode::CREATED)

@@ -1,6 +1,8 @@
 //! Ghostkey client library and app-provider kit.
 //!
 //! - [`kit`]: for the app provider's backend: generate user secrets, mint assertions.
+//! - [`passphrase`]: the verifier a passphrase method sends instead of the passphrase,
+//!   and the minimum strength a client enforces.
 //! - [`device`] and [`sealed`]: device keys, the virtual device and its sealing under the
 //!   user secret (DESIGN.md §2).
 //! - [`chain`] and [`envelope`]: the device chain and documents sealed to users.
@@ -23,6 +25,7 @@ pub mod device;
 pub mod envelope;
 pub mod error;
 pub mod kit;
+pub mod passphrase;
 #[cfg(feature = "http")]
 pub mod recovery;
 pub mod sealed;

@@ -73,6 +73,9 @@ pub enum MethodKind {
     Sms,
     /// A code sent by e-mail.
     Email,
+    /// A passphrase the user knows. Ghostkey receives only a verifier derived from it on
+    /// the client (docs/PROTOCOL.md §5.6); nothing is delivered.
+    Passphrase,
 }
 
 impl MethodKind {
@@ -82,7 +85,14 @@ impl MethodKind {
             MethodKind::Totp => "totp",
             MethodKind::Sms => "sms",
             MethodKind::Email => "email",
+            MethodKind::Passphrase => "passphrase",
         }
+    }
+
+    /// Whether Ghostkey sends this kind of method a code (SMS and e-mail) — the kinds
+    /// that have a destination, receive notices and spend send limits.
+    pub fn is_delivered(self) -> bool {
+        matches!(self, MethodKind::Sms | MethodKind::Email)
     }
 
     /// Parses a wire or stored name.
@@ -91,6 +101,7 @@ impl MethodKind {
             "totp" => Some(MethodKind::Totp),
             "sms" => Some(MethodKind::Sms),
             "email" => Some(MethodKind::Email),
+            "passphrase" => Some(MethodKind::Passphrase),
             _ => None,
         }
     }
@@ -115,8 +126,12 @@ pub struct Proof {
     /// The proof challenge.
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub challenge_id: String,
-    /// The code (4 to 10 digits).
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9]{4,10}$"))]
+    /// The code (4 to 10 digits), or for a passphrase method its verifier (43 base64url
+    /// characters, docs/PROTOCOL.md §5.6).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{43})$")
+    )]
     pub code: String,
 }
 
@@ -129,9 +144,13 @@ pub struct AddMethodRequest {
     /// The kind of method.
     pub kind: MethodKind,
     /// Phone number in international form (`+33 6 12 34 56 78`) for `sms`, address for
-    /// `email`; absent for `totp` (Ghostkey generates the seed).
+    /// `email`; absent for `totp` (Ghostkey generates the seed) and `passphrase`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<String>,
+    /// For `passphrase` (and only for it): the verifier the client derived from the
+    /// passphrase, and the version of the parameters it used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<PassphraseSetup>,
     /// Required once the user has a confirmed method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,
@@ -189,6 +208,66 @@ pub struct ChallengeView {
     pub expires_at: i64,
     /// Wrong answers it tolerates.
     pub max_attempts: u32,
+    /// For a passphrase method: the parameters to derive the verifier with (answer with
+    /// the verifier as the `code`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passphrase: Option<PassphraseParams>,
+}
+
+/// A passphrase verifier as the client sends it when adding a passphrase method.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PassphraseSetup {
+    /// The version of the derivation parameters (docs/PROTOCOL.md §5.6; only `1` exists).
+    pub version: u32,
+    /// The verifier: Argon2id of the passphrase, 32 bytes, base64url without padding.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{43}$"))]
+    pub verifier: String,
+}
+
+impl std::fmt::Debug for PassphraseSetup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The verifier is a password equivalent: never in a debug print.
+        f.debug_struct("PassphraseSetup")
+            .field("version", &self.version)
+            .field("verifier", &"[redacted]")
+            .finish()
+    }
+}
+
+/// The parameters a client derives a passphrase verifier with (docs/PROTOCOL.md §5.6).
+/// A client knows each version's parameters itself and refuses a version it does not
+/// know or parameters that differ from its own table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct PassphraseParams {
+    /// The version (`1`).
+    pub version: u32,
+    /// Argon2id memory cost in KiB (version 1: 19456).
+    pub memory_kib: u32,
+    /// Argon2id passes (version 1: 2).
+    pub iterations: u32,
+    /// Argon2id lanes (version 1: 1).
+    pub parallelism: u32,
+}
+
+impl PassphraseParams {
+    /// Version 1: Argon2id, 19 MiB, 2 passes, 1 lane (the OWASP minimum).
+    pub const V1: PassphraseParams = PassphraseParams {
+        version: 1,
+        memory_kib: 19_456,
+        iterations: 2,
+        parallelism: 1,
+    };
+
+    /// The parameters of a known version.
+    pub fn of_version(version: u32) -> Option<PassphraseParams> {
+        match version {
+            1 => Some(PassphraseParams::V1),
+            _ => None,
+        }
+    }
 }
 
 /// What an authenticator app needs. Shown once: it holds the TOTP seed.
@@ -231,8 +310,13 @@ pub struct StartChallengeRequest {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnswerRequest {
-    /// The code the user typed (4 to 10 digits).
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9]{4,10}$"))]
+    /// The code the user typed (4 to 10 digits), or for a passphrase method the verifier
+    /// the client derived from the passphrase (43 base64url characters, docs/PROTOCOL.md
+    /// §5.6).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{43})$")
+    )]
     pub code: String,
 }
 
