@@ -49,6 +49,9 @@ async function msPerRun(f, minMs = 1000) {
 // 1. Size.
 const raw = statSync(wasmFile).size;
 const gzipped = gzipSync(readFileSync(wasmFile), { level: 9 }).length;
+// GNU gzip's deflate packs this module about 5 KiB tighter than Node's zlib: show both.
+const gnu = spawnSync("sh", ["-c", 'gzip -9c "$0" | wc -c', wasmFile], { encoding: "utf8" });
+const gnuGzipped = gnu.status === 0 ? Number(gnu.stdout.trim()) : undefined;
 
 // 2. Sealing, in Node.
 const gk = await import(pathToFileURL(join(dist, "index.js")).href);
@@ -82,7 +85,11 @@ rmSync(work, { recursive: true, force: true });
 
 const kib = (n) => (n / 1024).toFixed(1);
 console.log("@ghostkey/client WebAssembly benchmark (printed, not asserted)");
-console.log(`  module size            ${kib(raw)} KiB, gzipped ${kib(gzipped)} KiB (target <= 300 KiB)`);
+console.log(
+  `  module size            ${kib(raw)} KiB, gzipped ${kib(gzipped)} KiB (zlib -9)` +
+    (gnuGzipped ? `, ${kib(gnuGzipped)} KiB (gzip -9)` : "") +
+    " (target <= 300 KiB)",
+);
 console.log(`  seal virtual device    ${(1000 / sealMs).toFixed(0)} per second (Node ${process.version})`);
 console.log(`  open virtual device    ${(1000 / openMs).toFixed(0)} per second (Node)`);
 console.log(`  verify ${BLOCKS}-block chain (target <= 3x native):`);

@@ -64,7 +64,7 @@ wasm-opt -Oz --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sig
     --enable-mutable-globals --enable-reference-types --enable-multivalue \
     "$raw" -o "$opt"
 echo "build.sh: wasm-bindgen $have" >&2
-wasm-bindgen --target web --out-dir "$out/wasm" "$opt"
+wasm-bindgen --target web --remove-name-section --remove-producers-section --out-dir "$out/wasm" "$opt"
 
 echo "build.sh: tsc" >&2
 (cd "$here" && ./node_modules/.bin/tsc -p tsconfig.json)
