@@ -14,6 +14,7 @@ import {
   GhostkeyError,
   DeviceKeys,
   UserSecret,
+  openReleased,
   IndexedDbKeyStorage,
   sealEnvelope,
   openEnvelope,
@@ -73,7 +74,9 @@ function say(text) {
 function showError(e) {
   $('error').hidden = false;
   $('error-code').textContent = e?.code ?? 'unexpected';
-  $('error-message').textContent = e?.message ?? String(e);
+  // retryAfter: Ghostkey's Retry-After (limits, release_pending), in seconds.
+  const retry = e?.retryAfter ? ` (try again in ${e.retryAfter} s)` : '';
+  $('error-message').textContent = (e?.message ?? String(e)) + retry;
   if (!(e instanceof GhostkeyError) && !e?.code) console.error(e);
 }
 
@@ -131,6 +134,7 @@ async function refresh() {
       ...confirmed.map((m) => new Option(`${m.kind} ${m.masked ?? ''}`.trim(), m.id)),
     );
     $('recover-verify-form').hidden = true;
+    $('recover-waiting').hidden = true;
     $('recover-start-form').hidden = false;
     return show('account', 'recover', 'danger');
   }
@@ -227,27 +231,62 @@ async function startRecovery() {
 async function verifyRecovery() {
   const secret = await userSecret();
   try {
-    const admitted = await gk.recover({
-      recoveryId: recovery.id,
-      code: $('recover-code').value,
-      secret,
-      appId: config.appId,
-      userId: me.userId,
-      pinned: config.appKeys,
-      assertions,
-    });
-    const bytes = admitted.device.exportBytes();
-    await storage.set(deviceKeyName(me.userId), bytes);
-    bytes.fill(0);
-    admitted.userKeys.free();
-    admitted.chain.free();
-    admitted.device.free();
-    // With a waiting period (not this demo's app) recover() throws recovery_waiting with
-    // retryAfter: come back then and call releaseRecovery, openReleased and admitDevice.
+    // The code; once released, the virtual device opens with the user secret and admits
+    // this device (recover assertions).
+    await keep(
+      await gk.recover({
+        recoveryId: recovery.id,
+        code: $('recover-code').value,
+        secret,
+        appId: config.appId,
+        userId: me.userId,
+        pinned: config.appKeys,
+        assertions,
+      }),
+    );
+  } catch (e) {
+    if (e.code !== 'recovery_waiting') throw e;
+    // The app has a waiting period: the release comes later (releaseRecovery).
+    $('recover-verify-form').hidden = true;
+    $('recover-waiting').hidden = false;
+    $('recover-available').textContent = new Date(Date.now() + e.retryAfter * 1000).toLocaleTimeString();
   } finally {
     secret.free();
   }
+}
+
+// After the waiting period. Too early: release_pending, with retryAfter.
+async function releaseRecovery() {
+  const answer = await gk.releaseRecovery(await assertions('recover'), recovery.id);
+  const secret = await userSecret();
+  const vd = openReleased(answer, secret, { appId: config.appId, userId: me.userId });
+  try {
+    await keep(
+      await gk.admitDevice({
+        appId: config.appId,
+        userId: me.userId,
+        pinned: config.appKeys,
+        author: vd,
+        assertions,
+        purpose: 'recover',
+      }),
+    );
+  } finally {
+    vd.free();
+    secret.free();
+  }
+}
+
+// The new device is admitted: keep its keys, and forget the rest.
+async function keep(admitted) {
+  const bytes = admitted.device.exportBytes();
+  await storage.set(deviceKeyName(me.userId), bytes);
+  bytes.fill(0);
+  admitted.userKeys.free();
+  admitted.chain.free();
+  admitted.device.free();
   recovery = undefined;
+  $('recover-waiting').hidden = true;
   say('Recovered: this device is now one of yours.');
   await refresh();
 }
@@ -370,6 +409,7 @@ async function main() {
   $('recover-start-form').addEventListener('submit', action($('recover-start'), startRecovery));
   $('recover-verify-form').addEventListener('submit', action($('recover-verify'), verifyRecovery));
   $('recover-cancel').addEventListener('click', action($('recover-cancel'), cancelRecovery));
+  $('recover-release').addEventListener('click', action($('recover-release'), releaseRecovery));
   $('send-form').addEventListener('submit', action($('send-button'), send));
   $('refresh').addEventListener('click', action($('refresh'), loadInbox));
   $('lose').addEventListener('click', action($('lose'), loseEverything));
