@@ -1054,3 +1054,102 @@ async fn a_proof_serves_only_the_purpose_it_was_opened_for_and_its_message_says_
         "{text}"
     );
 }
+
+/// The provider knows a passphrase of its own choosing and wants it on an active user's
+/// account to recover with it: without a proof through the user's confirmed method, every
+/// path is closed, and a passphrase challenge it opened on a method of its own does not
+/// exist to open.
+#[tokio::test]
+async fn the_provider_cannot_add_a_passphrase_it_knows_to_an_active_user() {
+    use ghostkey_client::passphrase;
+    use secrecy::SecretString;
+    let (server, app, gateway) = setup().await;
+    server.set_policy(
+        &app,
+        PolicyChange {
+            allowed_methods: Some(vec![
+                MethodKind::Totp,
+                MethodKind::Sms,
+                MethodKind::Email,
+                MethodKind::Passphrase,
+            ]),
+            ..Default::default()
+        },
+    );
+    let (_, _, sms_method) = common::enrol_with_sms(&server, &app, &gateway, "u1").await;
+    let client = server.client();
+    let known = SecretString::from("the provider's own passphrase".to_owned());
+    let setup = || passphrase::setup(&known, &app.id, "u1").unwrap();
+    let methods_before = server.count("methods");
+
+    // An enrol assertion after the user is active: wrong purpose.
+    let err = client
+        .add_passphrase(&app.assertion("u1", Purpose::Enroll), setup(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::AssertionWrongPurpose));
+    // A manage assertion without proof.
+    let err = client
+        .add_passphrase(&app.assertion("u1", Purpose::Manage), setup(), None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::ProofRequired));
+    // A proof challenge on the user's SMS method, answered with a guess (the provider does
+    // not see the code sent to the phone), or with the verifier of its passphrase.
+    let proof = client
+        .start_challenge(
+            &app.assertion("u1", Purpose::Manage),
+            &sms_method,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let err = client
+        .add_passphrase(
+            &app.assertion("u1", Purpose::Manage),
+            setup(),
+            Some(Proof {
+                challenge_id: proof.id.clone(),
+                code: "00000000".into(),
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Some(ErrorCode::InvalidProof | ErrorCode::InvalidCode)
+        ),
+        "{err:?}"
+    );
+    let err = client
+        .add_passphrase(
+            &app.assertion("u1", Purpose::Manage),
+            setup(),
+            Some(Proof {
+                challenge_id: proof.id,
+                code: passphrase::derive_verifier(&known, &app.id, "u1", 1)
+                    .map(|v| secrecy::ExposeSecret::expose_secret(&v).to_owned())
+                    .unwrap(),
+            }),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.code(),
+            Some(
+                ErrorCode::InvalidField
+                    | ErrorCode::InvalidProof
+                    | ErrorCode::UserBackoff
+                    | ErrorCode::TooManyAttempts
+            )
+        ),
+        "{err:?}"
+    );
+    assert_eq!(server.count("methods"), methods_before, "nothing was added");
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM methods WHERE kind = 'passphrase'"),
+        0
+    );
+}
