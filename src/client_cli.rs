@@ -9,11 +9,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
 use ghostkey_client::kit::{unix_now, AssertionRequest};
+use ghostkey_client::passphrase;
 use ghostkey_client::proto::api::{MethodKind, MethodState};
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::recovery::{Recovered, RecoveryDriver};
 use ghostkey_client::{AppSigningKey, Client, UserSecret, VirtualDevice};
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 
 #[derive(Subcommand)]
 pub enum ClientCommand {
@@ -37,6 +38,14 @@ pub enum ClientCommand {
         /// Confirm a TOTP method (prints the otpauth:// URI for an authenticator app).
         #[arg(long, group = "method")]
         totp: bool,
+        /// Confirm a passphrase method: asked twice on the terminal without echo (or read
+        /// from --passphrase-file). Only a verifier derived from it is sent.
+        #[arg(long, group = "method")]
+        passphrase: bool,
+        /// Read the passphrase from the first line of this file instead of the terminal
+        /// (for scripts and tests; keep the file private).
+        #[arg(long, requires = "passphrase")]
+        passphrase_file: Option<PathBuf>,
     },
     /// Recover a user's virtual device on a "new device": pick a method, type the code.
     Recover {
@@ -45,6 +54,10 @@ pub enum ClientCommand {
         /// The method to use (default: the first confirmed one).
         #[arg(long)]
         method_id: Option<String>,
+        /// For a passphrase method: read the passphrase from the first line of this file
+        /// instead of asking on the terminal without echo.
+        #[arg(long)]
+        passphrase_file: Option<PathBuf>,
     },
     /// Stop a recovery with the cancel code a notice carried: what a user does when a
     /// recovery they did not start is announced. Needs nothing from the app provider.
@@ -137,6 +150,51 @@ fn prompt(question: &str) -> Result<String, String> {
     Ok(line.trim().to_owned())
 }
 
+/// A passphrase from the first line of `file` (its line ending removed), or asked on the
+/// terminal with echo off (`stty -echo` on `/dev/tty`, restored afterwards).
+fn read_passphrase(file: Option<&Path>, question: &str) -> Result<SecretString, String> {
+    if let Some(path) = file {
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?,
+        );
+        let line = text.lines().next().unwrap_or("");
+        return Ok(SecretString::from(line.to_owned()));
+    }
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|e| {
+            format!("no terminal to ask for the passphrase ({e}): use --passphrase-file")
+        })?;
+    let stty = |arg: &str| -> Result<(), String> {
+        let input = tty.try_clone().map_err(|e| e.to_string())?;
+        let status = std::process::Command::new("stty")
+            .arg(arg)
+            .stdin(input)
+            .status()
+            .map_err(|e| format!("cannot run stty to hide the passphrase: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err("stty could not turn the terminal's echo off: use --passphrase-file".into())
+        }
+    };
+    eprint!("{question}");
+    std::io::stderr().flush().map_err(|e| e.to_string())?;
+    stty("-echo")?;
+    let mut line = zeroize::Zeroizing::new(String::new());
+    let read = std::io::BufReader::new(&tty).read_line(&mut line);
+    let restored = stty("echo");
+    eprintln!();
+    read.map_err(|e| e.to_string())?;
+    restored?;
+    Ok(SecretString::from(
+        line.trim_end_matches(['\r', '\n']).to_owned(),
+    ))
+}
+
 fn write_private(path: &Path, content: &str) -> Result<(), String> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -183,13 +241,34 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             sms,
             email,
             totp,
+            passphrase,
+            passphrase_file,
         } => {
             let session = Session::new(user)?;
-            let (kind, destination) = match (sms, email, totp) {
-                (Some(phone), _, _) => (MethodKind::Sms, Some(phone)),
-                (_, Some(address), _) => (MethodKind::Email, Some(address)),
-                (_, _, true) => (MethodKind::Totp, None),
-                _ => return Err("choose a first method: --sms, --email or --totp".into()),
+            let (kind, destination) = match (sms, email, totp, passphrase) {
+                (Some(phone), _, _, _) => (MethodKind::Sms, Some(phone)),
+                (_, Some(address), _, _) => (MethodKind::Email, Some(address)),
+                (_, _, true, _) => (MethodKind::Totp, None),
+                (_, _, _, true) => (MethodKind::Passphrase, None),
+                _ => {
+                    return Err(
+                        "choose a first method: --sms, --email, --totp or --passphrase".into(),
+                    )
+                }
+            };
+            // A passphrase is checked here, before anything is stored anywhere.
+            let chosen = if kind == MethodKind::Passphrase {
+                let first = read_passphrase(passphrase_file.as_deref(), "new passphrase: ")?;
+                passphrase::check_strength(&first).map_err(|e| e.to_string())?;
+                if passphrase_file.is_none() {
+                    let again = read_passphrase(None, "the same passphrase again: ")?;
+                    if again.expose_secret() != first.expose_secret() {
+                        return Err("the two passphrases differ; nothing was done".into());
+                    }
+                }
+                Some(first)
+            } else {
+                None
             };
             // The app provider's part: one secret per user, kept by the app.
             let secret = UserSecret::generate();
@@ -205,17 +284,41 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             .await
             .map_err(api)?;
             eprintln!("virtual device sealed and stored (pending until a method is confirmed)");
-            let added = session
-                .client
-                .add_method(
-                    &session.assertion(Purpose::Enroll)?,
-                    kind,
-                    destination.as_deref(),
-                    None,
+            let added = match &chosen {
+                Some(p) => {
+                    let setup = passphrase::setup(p, &session.args.app_id, &session.args.user)
+                        .map_err(|e| e.to_string())?;
+                    session
+                        .client
+                        .add_passphrase(&session.assertion(Purpose::Enroll)?, setup, None)
+                        .await
+                        .map_err(api)?
+                }
+                None => session
+                    .client
+                    .add_method(
+                        &session.assertion(Purpose::Enroll)?,
+                        kind,
+                        destination.as_deref(),
+                        None,
+                    )
+                    .await
+                    .map_err(api)?,
+            };
+            let code = match &chosen {
+                // Confirmed with the verifier of the passphrase typed (twice) above.
+                Some(p) => passphrase::answer(
+                    p,
+                    &session.args.app_id,
+                    &session.args.user,
+                    added.challenge.passphrase.as_ref(),
                 )
-                .await
-                .map_err(api)?;
-            if let Some(totp) = &added.totp {
+                .map_err(|e| e.to_string())?,
+                None => SecretString::from(String::new()),
+            };
+            if chosen.is_some() {
+                eprintln!("passphrase set; confirming it");
+            } else if let Some(totp) = &added.totp {
                 eprintln!(
                     "add this to your authenticator app:\n  {}",
                     totp.otpauth_uri
@@ -223,10 +326,13 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
             } else if let Some(masked) = &added.challenge.masked {
                 eprintln!("a code was sent to {masked}");
             }
-            let code = prompt("code: ")?;
+            let code = match chosen {
+                Some(_) => code,
+                None => SecretString::from(prompt("code: ")?),
+            };
             let answer = session
                 .client
-                .answer(&added.challenge.id, &code)
+                .answer(&added.challenge.id, code.expose_secret())
                 .await
                 .map_err(api)?;
             println!(
@@ -237,7 +343,11 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                 answer.method.id
             );
         }
-        ClientCommand::Recover { user, method_id } => {
+        ClientCommand::Recover {
+            user,
+            method_id,
+            passphrase_file,
+        } => {
             let session = Session::new(user)?;
             let secret = read_secret(&session.args.secret_file)?;
             let driver = RecoveryDriver::new(
@@ -255,7 +365,10 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                     "  method {}  {}  {}  {:?}",
                     m.id,
                     m.kind.as_str(),
-                    m.masked.as_deref().unwrap_or("authenticator app"),
+                    m.masked.as_deref().unwrap_or(match m.kind {
+                        MethodKind::Passphrase => "passphrase",
+                        _ => "authenticator app",
+                    }),
                     m.state
                 );
             }
@@ -272,18 +385,38 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                 .start(&session.assertion(Purpose::Recover)?, &method)
                 .await
                 .map_err(api)?;
-            match &started.masked {
-                Some(masked) => eprintln!(
-                    "recovery {} started; a code was sent to {masked}",
-                    started.id
-                ),
-                None => eprintln!(
-                    "recovery {} started; type your authenticator app's code",
-                    started.id
-                ),
-            }
-            let code = prompt("code: ")?;
-            match driver.submit_code(&started.id, &code).await.map_err(api)? {
+            let code = match (&started.masked, &started.passphrase) {
+                (_, Some(params)) => {
+                    eprintln!("recovery {} started; type your passphrase", started.id);
+                    let typed = read_passphrase(passphrase_file.as_deref(), "passphrase: ")?;
+                    passphrase::answer(
+                        &typed,
+                        &session.args.app_id,
+                        &session.args.user,
+                        Some(params),
+                    )
+                    .map_err(|e| e.to_string())?
+                }
+                (Some(masked), None) => {
+                    eprintln!(
+                        "recovery {} started; a code was sent to {masked}",
+                        started.id
+                    );
+                    SecretString::from(prompt("code: ")?)
+                }
+                (None, None) => {
+                    eprintln!(
+                        "recovery {} started; type your authenticator app's code",
+                        started.id
+                    );
+                    SecretString::from(prompt("code: ")?)
+                }
+            };
+            match driver
+                .submit_code(&started.id, code.expose_secret())
+                .await
+                .map_err(api)?
+            {
                 Recovered::Released(device) => show_device(&device),
                 Recovered::Waiting { available_at } => {
                     println!(

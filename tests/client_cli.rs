@@ -171,3 +171,99 @@ impl ExposeStr for secrecy::SecretString {
         self.expose_secret().to_owned()
     }
 }
+
+/// `--passphrase` with `--passphrase-file` (no terminal needed): a weak passphrase is
+/// refused before anything is stored; a good one enrols, and `recover` asks for it and
+/// recovers the virtual device.
+#[tokio::test]
+async fn a_person_enrols_and_recovers_with_a_passphrase() {
+    let server = TestServer::start_at(common::now(), |_| {});
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("app.key");
+    let secret_file = dir.path().join("user.secret");
+    let out = ghostkey()
+        .args(["client", "keygen", "--out"])
+        .arg(&key_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let public_key = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = ghostkey()
+        .args(["app", "add", "--name", "Notes", "--key-id", "k1"])
+        .args(["--public-key", &public_key])
+        .env("GHOSTKEY_DATABASE__PATH", server.db_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let app_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    ghostkey::admin::set_policy(
+        &server.store(),
+        &app_id,
+        &ghostkey::domain::policy::PolicyChange {
+            allowed_methods: Some(vec![ghostkey_client::proto::api::MethodKind::Passphrase]),
+            ..Default::default()
+        },
+        server.now(),
+    )
+    .unwrap();
+    let run = |command: &str, file: &std::path::Path, extra: &[&str]| {
+        let out = ghostkey()
+            .args(["client", command, "--server", &server.base_url])
+            .args(["--service-id", SERVICE_ID, "--app-id", &app_id])
+            .arg("--key-file")
+            .arg(&key_file)
+            .args(["--user", "writer-3", "--secret-file"])
+            .arg(&secret_file)
+            .args(extra)
+            .arg("--passphrase-file")
+            .arg(file)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let weak = dir.path().join("weak");
+    std::fs::write(&weak, "aaaaaaaaaaaaaaaa\n").unwrap();
+    let (ok, _, stderr) = run("enroll", &weak, &["--passphrase"]);
+    assert!(!ok);
+    assert!(stderr.contains("too weak"), "{stderr}");
+    assert!(!stderr.contains("aaaaaaaa"), "{stderr}");
+    assert!(
+        !secret_file.exists(),
+        "nothing stored for a refused passphrase"
+    );
+    assert_eq!(server.count("users"), 0);
+
+    let good = dir.path().join("good");
+    std::fs::write(&good, "seven quiet harbours under amber light\n").unwrap();
+    let (ok, stdout, stderr) = run("enroll", &good, &["--passphrase"]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(stdout.contains("enrolled: user writer-3"), "{stdout}");
+    assert_eq!(
+        server.query_i64(
+            "SELECT count(*) FROM methods WHERE kind = 'passphrase' AND state = 'confirmed'"
+        ),
+        1
+    );
+
+    let wrong = dir.path().join("wrong");
+    std::fs::write(&wrong, "seven quiet harbours under amber lights\n").unwrap();
+    let (ok, _, stderr) = run("recover", &wrong, &[]);
+    assert!(!ok);
+    assert!(stderr.contains("invalid_code"), "{stderr}");
+
+    // The user backs off for 2 seconds after a failure.
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (ok, stdout, stderr) = run("recover", &good, &[]);
+    assert!(ok, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("virtual device version 1 recovered"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("passphrase"), "{stderr}");
+}
