@@ -221,3 +221,25 @@ test("transport failures and bad input have their own codes", async () => {
   });
   await assert.rejects(client.listMethods(assertion), (e) => e.code === "assertion_unknown_issuer" && e.status === 401);
 });
+
+test("retryAfter comes from the Retry-After header, even when the problem document has none", async () => {
+  // A stand-in for a proxy or an older Ghostkey: the header only.
+  const { createServer } = await import("node:http");
+  const stub = createServer((req, res) => {
+    res.writeHead(429, { "content-type": "application/problem+json", "retry-after": "7" });
+    res.end(JSON.stringify({ type: "urn:ghostkey:error:address_rate_limited", title: "Too many requests from this address", status: 429, code: "address_rate_limited" }));
+  });
+  await new Promise((r) => stub.listen(0, "127.0.0.1", r));
+  try {
+    const client = new gk.GhostkeyClient(`http://127.0.0.1:${stub.address().port}`);
+    await assert.rejects(client.answer("ch_1", "12345678"), (e) => {
+      assert.equal(e.code, "address_rate_limited");
+      assert.equal(e.status, 429);
+      assert.equal(e.retryAfter, 7);
+      assert.equal(e.problem.retry_after, undefined);
+      return true;
+    });
+  } finally {
+    stub.close();
+  }
+});
