@@ -264,7 +264,8 @@ enum PolicyCommand {
 struct PolicySetArgs {
     /// The app id.
     app_id: String,
-    /// Allowed methods, comma-separated: totp,sms,email.
+    /// Allowed methods, comma-separated: totp,sms,email,passphrase (passphrase is off by
+    /// default).
     #[arg(long, value_delimiter = ',')]
     allowed_methods: Option<Vec<String>>,
     /// Digits of SMS and e-mail codes (6-10; default 8).

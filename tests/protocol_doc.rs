@@ -30,6 +30,8 @@ const KNOWN_VECTORS: &[&str] = &[
     "webhook-signature",
     "webhook-signature-long-secret",
     "constants",
+    // crates/ghostkey-client/tests/protocol_vectors.rs (the derivation is the client's).
+    "passphrase-v1",
 ];
 
 fn doc() -> String {

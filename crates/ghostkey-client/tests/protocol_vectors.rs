@@ -1,4 +1,4 @@
-//! The test vectors of `docs/PROTOCOL.md` (§11.1 sealed virtual device, §11.2 assertion,
+//! The test vectors of `docs/PROTOCOL.md` (§11.1 sealed virtual device, §11.2 assertion, §11.5 passphrase verifier,
 //! §11.3 device chain), read from the document at run time and recomputed with this crate's code, byte for
 //! byte. A change to the document or to the code that breaks one fails here.
 
@@ -511,4 +511,48 @@ fn device_chain_vector_matches_the_code() {
             fault: ChainFault::WrongIndex
         })
     );
+}
+
+#[test]
+fn passphrase_verifier_v1() {
+    use ghostkey_client::passphrase;
+    use secrecy::{ExposeSecret, SecretString};
+    let v = vector(
+        "passphrase-v1",
+        &[
+            "app_id",
+            "user_id",
+            "version",
+            "passphrase_utf8",
+            "nfc_utf8",
+            "salt",
+            "verifier",
+        ],
+    );
+    let typed = String::from_utf8(unhex(&v["passphrase_utf8"])).unwrap();
+    let nfc = String::from_utf8(unhex(&v["nfc_utf8"])).unwrap();
+    assert_ne!(typed, nfc, "the vector types a decomposed form");
+    assert_eq!(
+        hex(&passphrase::salt(&v["app_id"], &v["user_id"])),
+        v["salt"]
+    );
+    // The salt by hand: SHA-256 of the context and the length-prefixed ids, first 16 bytes.
+    let mut h = Sha256::new();
+    h.update(b"ghostkey passphrase v1");
+    for id in [&v["app_id"], &v["user_id"]] {
+        h.update((id.len() as u32).to_be_bytes());
+        h.update(id.as_bytes());
+    }
+    assert_eq!(hex(&h.finalize()[..16]), v["salt"]);
+    let version: u32 = v["version"].parse().unwrap();
+    for spelling in [typed, nfc] {
+        let got = passphrase::derive_verifier(
+            &SecretString::from(spelling),
+            &v["app_id"],
+            &v["user_id"],
+            version,
+        )
+        .unwrap();
+        assert_eq!(got.expose_secret(), &v["verifier"]);
+    }
 }
