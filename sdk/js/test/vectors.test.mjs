@@ -14,6 +14,10 @@ test("the document's vectors are the ones this file knows", () => {
     "assertion-eddsa",
     "chain-v1",
     "constants",
+    // Passphrase methods (§5.6) are in the Rust client core but not exposed by this package
+    // yet: Argon2id and NFC tables would take the module past its size budget. Until they
+    // are, this vector is not reproduced here.
+    "passphrase-v1",
     "sealed-v1",
     // Server side only (how Ghostkey signs its SMS webhook calls): no client code.
     "webhook-signature",
