@@ -2,8 +2,9 @@
 // names stay snake_case so that they match the protocol document and the server's
 // OpenAPI description. Times are Unix seconds.
 
-/** A kind of verification method. */
-export type MethodKind = "sms" | "email" | "totp";
+/** A kind of verification method. (`passphrase` methods, docs/PROTOCOL.md §5.6, may
+ *  appear in results; this package cannot add or answer them yet.) */
+export type MethodKind = "sms" | "email" | "totp" | "passphrase";
 
 /** What an assertion allows (docs/PROTOCOL.md §2.3). */
 export type Purpose = "enroll" | "manage" | "recover";
@@ -60,6 +61,8 @@ export interface ChallengeView {
   masked?: string;
   expires_at: number;
   max_attempts: number;
+  /** For a passphrase method: the parameters of its verifier derivation. */
+  passphrase?: { version: number; memory_kib: number; iterations: number; parallelism: number };
 }
 
 export interface AddMethodResponse {
