@@ -635,7 +635,8 @@ fn rotate(config: &Config, batch: usize) -> Result<(), String> {
         } else {
             eprintln!(
                 "key {id}: still needed by {methods} method(s), {messages} queued message(s), \
-                 {challenges} live challenge(s) (codes expire within their lifetime; run again later)"
+                 {challenges} live challenge(s) (codes expire within their lifetime; run again later; \
+                 a passphrase method stays under the key it was set with until the user replaces it)"
             );
         }
     }

@@ -555,7 +555,8 @@ pub trait Store: Send + Sync + 'static {
     /// Sets the time floor to `to` (after the clock had jumped ahead, so the floor is in
     /// the future), audited; returns the previous floor. Only with no server running.
     fn reset_time_floor(&self, to: UnixTime) -> Result<UnixTime, StoreError>;
-    /// Up to `limit` methods whose secret is under another data key than `current`.
+    /// Up to `limit` methods whose secret is under another data key than `current`
+    /// (passphrase methods excepted: their hash needs the pepper of the key they are under).
     fn methods_under_other_keys(
         &self,
         current: &str,

@@ -2356,7 +2356,9 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Method>, StoreError> {
         let conn = self.reader()?;
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {METHOD_COLUMNS} FROM methods WHERE key_id != ?1 LIMIT ?2"
+            // A passphrase method stays under its key: its hash was made with that key's
+            // pepper, which no rotation can redo without the verifier.
+            "SELECT {METHOD_COLUMNS} FROM methods WHERE key_id != ?1 AND kind != 'passphrase' LIMIT ?2"
         ))?;
         let rows = stmt
             .query_map(params![current, limit as i64], method_from_row)?
