@@ -229,3 +229,74 @@ async fn rotation_moves_every_secret_and_the_old_key_can_go() {
         Recovered::Released(_)
     ));
 }
+
+/// A passphrase method's hash was made with the old key's pepper, which a rotation cannot
+/// redo (Ghostkey has no verifier at rest): `keys rotate` leaves it under that key and
+/// keeps counting it, and with the old key retired the passphrase still checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_passphrase_method_stays_under_the_key_that_peppered_it() {
+    use ghostkey_client::passphrase;
+    use secrecy::{ExposeSecret, SecretString};
+    let server = TestServer::start_at(common::now(), |_| {});
+    let app = server.register_app("Notes");
+    server.set_policy(
+        &app,
+        ghostkey::domain::policy::PolicyChange {
+            allowed_methods: Some(vec![MethodKind::Passphrase]),
+            ..Default::default()
+        },
+    );
+    let old_key = server.config.dev_data_key_path();
+    let client = server.client();
+    common::enrol(&server, &app, "u1").await;
+    let typed = SecretString::from("lanterns drift over seven quiet harbours".to_owned());
+    let added = client
+        .add_passphrase(
+            &app.assertion("u1", Purpose::Enroll),
+            passphrase::setup(&typed, &app.id, "u1").unwrap(),
+            None,
+        )
+        .await
+        .unwrap();
+    let verifier = passphrase::derive_verifier(&typed, &app.id, "u1", 1).unwrap();
+    client
+        .answer(&added.challenge.id, verifier.expose_secret())
+        .await
+        .unwrap();
+
+    let new_key = server.dir.path().join("new.key");
+    let out = ghostkey(
+        &server,
+        &["keys", "generate", "--out", new_key.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let server = server.restart(|c| {
+        c.keys.data_key_file = Some(new_key.clone());
+        c.keys.retired_key_files = vec![old_key.clone()];
+    });
+    let out = ghostkey(&server, &["keys", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        report["methods"], 0,
+        "the passphrase method was not re-encrypted"
+    );
+    assert_eq!(report["retired"][0][1], 1, "it still needs the old key");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("nothing left under it"), "{stderr}");
+
+    let client = server.client();
+    let recovery = client
+        .start_recovery(&app.assertion("u1", Purpose::Recover), &added.method.id)
+        .await
+        .unwrap();
+    let released = client
+        .verify_recovery(&recovery.id, verifier.expose_secret())
+        .await
+        .unwrap();
+    assert!(released.sealed_virtual_device.is_some());
+}
