@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: the Rust workspace, then the JavaScript SDK
+# (its WebAssembly build, Node tests, interoperability with the Rust client) and the
+# reference web page in a real headless Chromium.
+#
+# Installs what the tests need and is missing: the wasm32 target, wasm-bindgen-cli at the
+# version Cargo.lock pins, binaryen (wasm-opt), Chromium, Node.js, shellcheck and systemd
+# (tests/deploy_files.rs). Nothing is skipped: a missing tool is installed or the run fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+
+run_as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+echo "== tools"
+missing=()
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v shellcheck >/dev/null 2>&1 || missing+=(shellcheck)
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v wasm-opt >/dev/null 2>&1 || missing+=(binaryen)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing: ${missing[*]}"
+    run_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    run_as_root env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+rustup target list --installed | grep -qx wasm32-unknown-unknown ||
+    rustup target add wasm32-unknown-unknown
+# The CLI must be the exact version of the wasm-bindgen crate in Cargo.lock: the two
+# generate and read the same glue.
+wasm_bindgen_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/[^0-9.]/, ""); print; exit }' Cargo.lock)
+if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindgen_version" ]; then
+    # Not --locked: the lock file packaged with wasm-bindgen-cli names crate versions the
+    # registry mirror may not carry; the CLI's own version is pinned exactly.
+    cargo install wasm-bindgen-cli --version "=$wasm_bindgen_version"
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+
+echo "== Rust: cargo test --workspace --locked"
+cargo test --workspace --locked
+
+echo "== release binary for the JavaScript tests"
+cargo build --release --locked --bin ghostkey
+export GHOSTKEY_BIN="${CARGO_TARGET_DIR:-$repo/target}/release/ghostkey"
+
+echo "== JavaScript SDK: build (wasm + TypeScript) and Node tests"
+(cd sdk/js && npm ci --no-audit --no-fund && npm run build && npm test && npm run test:browser)
+
+echo "== reference web page: headless Chromium"
+(cd examples/web && npm ci --no-audit --no-fund && npm test)
+
+echo "== all tests passed"
