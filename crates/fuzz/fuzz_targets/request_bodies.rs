@@ -226,7 +226,12 @@ fn check_code(code: &str) {
     if let Ok(parsed) = ghostkey::service::parse_code(code) {
         let parsed = parsed.expose_secret();
         assert_eq!(parsed, code.trim());
-        assert!((4..=10).contains(&parsed.len()) && parsed.bytes().all(|b| b.is_ascii_digit()));
+        // Digits, or a passphrase verifier: 32 bytes of base64url (43 characters).
+        let digits =
+            (4..=10).contains(&parsed.len()) && parsed.bytes().all(|b| b.is_ascii_digit());
+        let verifier = ghostkey::domain::passphrase::well_formed(parsed)
+            && ghostkey_proto::b64::decode(parsed).is_ok_and(|v| v.len() == 32);
+        assert!(digits || verifier, "{parsed}");
     }
 }
 
@@ -246,7 +251,7 @@ fn check_destination(kind: MethodKind, destination: &str) {
     let normalised = match kind {
         MethodKind::Sms => method::normalise_phone(destination),
         MethodKind::Email => method::normalise_email(destination),
-        MethodKind::Totp => return,
+        MethodKind::Totp | MethodKind::Passphrase => return,
     };
     tally(match (kind, normalised.is_ok()) {
         (MethodKind::Sms, true) => "phone:valid",
