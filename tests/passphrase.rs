@@ -357,3 +357,149 @@ async fn a_burst_of_checks_is_shed_with_503_and_retry_after_and_none_is_accepted
         .unwrap();
     assert!(released.sealed_virtual_device.is_some());
 }
+
+/// `ghostkey serve` as its own process at log level `trace`: after a passphrase enrolment,
+/// a malformed verifier, a wrong one and a recovery, its whole log holds neither the
+/// passphrase nor the verifier (nor a prefix of either).
+#[tokio::test]
+async fn neither_the_passphrase_nor_its_verifier_is_in_the_servers_log() {
+    use ghostkey_client::kit::{unix_now, AssertionRequest};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ghostkey.db");
+    let ghostkey = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GHOSTKEY_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(dir.path())
+            .env("GHOSTKEY_DATABASE__PATH", &db)
+            .env("GHOSTKEY_LOG__LEVEL", "trace");
+        cmd
+    };
+    let key = ghostkey_client::AppSigningKey::generate("k1");
+    let out = ghostkey()
+        .args(["app", "add", "--name", "Notes", "--key-id", "k1"])
+        .args(["--public-key", &key.public_key_b64()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let out = ghostkey()
+        .args(["app", "policy", "set", &app_id, "--allowed-methods"])
+        .arg("totp,passphrase")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = dir.path().join("serve.log");
+    let mut child = ghostkey()
+        .arg("serve")
+        .env("GHOSTKEY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = ghostkey_client::Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.ready().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let assertion = |purpose| {
+        key.mint(
+            &AssertionRequest {
+                app_id: &app_id,
+                user_id: "u1",
+                audience: "ghostkey-dev",
+                purpose,
+            },
+            unix_now(),
+            120,
+        )
+        .unwrap()
+    };
+    let typed = SecretString::from(PASSPHRASE.to_owned());
+    let v = passphrase::derive_verifier(&typed, &app_id, "u1", 1).unwrap();
+    let run = async {
+        ghostkey_client::enroll(
+            &client,
+            &assertion(Purpose::Enroll),
+            &ghostkey_client::UserSecret::generate(),
+            &app_id,
+            "u1",
+            &key,
+        )
+        .await
+        .unwrap();
+        // Malformed: the verifier with a character too many.
+        let mut bad = passphrase::setup(&typed, &app_id, "u1").unwrap();
+        bad.verifier.push('A');
+        let err = client
+            .add_passphrase(&assertion(Purpose::Enroll), bad, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidField));
+        let added = client
+            .add_passphrase(
+                &assertion(Purpose::Enroll),
+                passphrase::setup(&typed, &app_id, "u1").unwrap(),
+                None,
+            )
+            .await
+            .unwrap();
+        client
+            .answer(&added.challenge.id, v.expose_secret())
+            .await
+            .unwrap();
+        let recovery = client
+            .start_recovery(&assertion(Purpose::Recover), &added.method.id)
+            .await
+            .unwrap();
+        let wrong =
+            passphrase::derive_verifier(&SecretString::from(OTHER.to_owned()), &app_id, "u1", 1)
+                .unwrap();
+        let err = client
+            .verify_recovery(&recovery.id, wrong.expose_secret())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidCode));
+    };
+    run.await;
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let log = std::fs::read(&log_path).unwrap();
+    assert!(log.len() > 200, "the server logged its requests");
+    for needle in [
+        PASSPHRASE.as_bytes(),
+        &PASSPHRASE.as_bytes()[..10],
+        v.expose_secret().as_bytes(),
+        &v.expose_secret().as_bytes()[..12],
+    ] {
+        assert!(
+            !log.windows(needle.len()).any(|w| w == needle),
+            "a secret is in the server's log"
+        );
+    }
+}
