@@ -24,7 +24,9 @@ before(async () => {
   dir = mkdtempSync(join(tmpdir(), 'ghostkey-interop-'));
   // Built once here (cargo may wait for the shared target directory's lock), then run.
   // Release, like the SDK's own tests and the benchmark: one build for all of them.
-  const bin = process.env.GHOSTKEY_INTEROP_BIN ?? join(repoRoot, 'target', 'release', 'examples', 'interop');
+  // Cargo writes to $CARGO_TARGET_DIR when set (as the SDK's tests assume too), else target/.
+  const targetDir = process.env.CARGO_TARGET_DIR || join(repoRoot, 'target');
+  const bin = process.env.GHOSTKEY_INTEROP_BIN ?? join(targetDir, 'release', 'examples', 'interop');
   if (!process.env.GHOSTKEY_INTEROP_BIN) {
     try {
       execFileSync('cargo', ['build', '-q', '--release', '--locked', '-p', 'ghostkey-client', '--example', 'interop'], {
