@@ -39,7 +39,7 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindge
     # registry mirror may not carry; the CLI's own version is pinned exactly.
     cargo install wasm-bindgen-cli --version "=$wasm_bindgen_version"
 fi
-export PATH="$HOME/.cargo/bin:$PATH"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 echo "== Rust: cargo test --workspace --locked"
 cargo test --workspace --locked
