@@ -24,10 +24,10 @@ fail() {
 locked=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/version = |"/, ""); print; exit }' "$repo/Cargo.lock")
 [ -n "$locked" ] || fail "no wasm-bindgen in $repo/Cargo.lock"
 command -v wasm-bindgen >/dev/null 2>&1 ||
-    fail "wasm-bindgen is not installed; run: cargo install wasm-bindgen-cli --version $locked --locked"
+    fail "wasm-bindgen is not installed; run: cargo install wasm-bindgen-cli --version =$locked"
 have=$(wasm-bindgen --version | awk '{ print $2 }')
 [ "$have" = "$locked" ] ||
-    fail "wasm-bindgen $have is installed but Cargo.lock pins $locked; run: cargo install wasm-bindgen-cli --version $locked --locked --force"
+    fail "wasm-bindgen $have is installed but Cargo.lock pins $locked; run: cargo install wasm-bindgen-cli --version =$locked --force"
 # Required, not optional: the published module is the optimised one, reproducibly.
 command -v wasm-opt >/dev/null 2>&1 ||
     fail "wasm-opt is not installed; install binaryen (apt-get install binaryen, or brew install binaryen)"
