@@ -130,7 +130,7 @@ pub struct Proof {
     /// characters, docs/PROTOCOL.md §5.6).
     #[cfg_attr(
         feature = "openapi",
-        schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{43})$")
+        schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$")
     )]
     pub code: String,
 }
@@ -220,9 +220,15 @@ pub struct ChallengeView {
 #[serde(deny_unknown_fields)]
 pub struct PassphraseSetup {
     /// The version of the derivation parameters (docs/PROTOCOL.md §5.6; only `1` exists).
+    /// JSON has one number type: `1.0` is read as `1`, as JSON Schema's `integer` says.
+    #[serde(deserialize_with = "integral_u32")]
     pub version: u32,
-    /// The verifier: Argon2id of the passphrase, 32 bytes, base64url without padding.
-    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{43}$"))]
+    /// The verifier: Argon2id of the passphrase, 32 bytes, base64url without padding (the
+    /// last character carries 4 bits, so it is one of 16).
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")
+    )]
     pub verifier: String,
 }
 
@@ -315,7 +321,7 @@ pub struct AnswerRequest {
     /// §5.6).
     #[cfg_attr(
         feature = "openapi",
-        schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{43})$")
+        schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$")
     )]
     pub code: String,
 }
@@ -471,4 +477,56 @@ pub struct ChainResponse {
     pub user_id: String,
     /// The encoded blocks in order, base64url.
     pub blocks: Vec<String>,
+}
+
+/// A `u32` from a JSON number written either way (`1` or `1.0`); a fraction, a negative
+/// number or one past `u32::MAX` is refused.
+fn integral_u32<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    struct Integral;
+    impl serde::de::Visitor<'_> for Integral {
+        type Value = u32;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a whole number from 0 to 4294967295")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom("number out of range"))
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u32, E> {
+            u32::try_from(v).map_err(|_| E::custom("number out of range"))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<u32, E> {
+            if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                // Whole and in range: the conversion is exact.
+                Ok(v as u32)
+            } else {
+                Err(E::custom("not a whole number in range"))
+            }
+        }
+    }
+    deserializer.deserialize_any(Integral)
+}
+
+#[cfg(test)]
+mod integral_tests {
+    use super::PassphraseSetup;
+
+    fn version(json: &str) -> Option<u32> {
+        let body = format!(
+            r#"{{"version": {json}, "verifier": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"}}"#
+        );
+        serde_json::from_str::<PassphraseSetup>(&body)
+            .ok()
+            .map(|s| s.version)
+    }
+
+    #[test]
+    fn a_version_is_read_as_a_whole_number_written_either_way() {
+        assert_eq!(version("1"), Some(1));
+        assert_eq!(version("1.0"), Some(1));
+        assert_eq!(version("359817.0"), Some(359_817));
+        assert_eq!(version("1.5"), None);
+        assert_eq!(version("-1"), None);
+        assert_eq!(version("4294967296"), None);
+        assert_eq!(version("\"1\""), None);
+    }
 }
