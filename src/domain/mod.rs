@@ -11,6 +11,7 @@ pub mod enrollment;
 pub mod limits;
 pub mod method;
 pub mod origin;
+pub mod passkey;
 pub mod passphrase;
 pub mod policy;
 pub mod recovery;
