@@ -3,7 +3,7 @@
 -- A fresh database is created by running this file as it is; a test checks that the
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
 -- a later version adds a migration in src/store/sqlite.rs and bumps it here.
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -26,7 +26,9 @@ CREATE TABLE apps (
     -- Added in schema version 2.
     user_failures_per_day            INTEGER NOT NULL DEFAULT 10,
     recovery_starts_per_user_per_day INTEGER NOT NULL DEFAULT 5,
-    code_checks_per_app_per_minute   INTEGER NOT NULL DEFAULT 600
+    code_checks_per_app_per_minute   INTEGER NOT NULL DEFAULT 600,
+    -- Added in schema version 6: the WebAuthn relying-party id of the app's passkeys.
+    passkey_rp_id                    TEXT
 ) STRICT;
 
 -- Ed25519 public keys that sign an app's assertions (JWT header `kid`).
@@ -120,7 +122,7 @@ CREATE TABLE methods (
     id               TEXT    PRIMARY KEY,
     app_id           TEXT    NOT NULL,
     user_id          TEXT    NOT NULL,
-    kind             TEXT    NOT NULL CHECK (kind IN ('totp', 'sms', 'email', 'passphrase')),
+    kind             TEXT    NOT NULL CHECK (kind IN ('totp', 'sms', 'email', 'passphrase', 'passkey')),
     state            TEXT    NOT NULL CHECK (state IN ('pending', 'confirmed')),
     key_id           TEXT    NOT NULL,
     secret           BLOB    NOT NULL,
@@ -128,9 +130,13 @@ CREATE TABLE methods (
     totp_last_step   INTEGER,
     created_at       INTEGER NOT NULL,
     confirmed_at     INTEGER,
+    -- Added in schema version 6: for a registered passkey, SHA-256 of its credential id
+    -- (domain-separated), unique across every app and user; the id stays encrypted.
+    credential_hash  BLOB,
     FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
 ) STRICT;
 CREATE INDEX methods_by_user ON methods (app_id, user_id);
+CREATE UNIQUE INDEX methods_by_credential ON methods (credential_hash);
 
 -- One-time-code challenges. SMS and e-mail codes are kept only as an Argon2id hash keyed
 -- with the server pepper; TOTP challenges have no code of their own.
@@ -151,6 +157,9 @@ CREATE TABLE challenges (
     -- Added in schema version 2: the purpose of the assertion that opened the challenge; a
     -- proof authorises only a request whose assertion has the same purpose.
     opened_by     TEXT,
+    -- Added in schema version 6: a passkey method's WebAuthn ceremony state, encrypted
+    -- under the data key code_key_id names.
+    ceremony      BLOB,
     FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
 ) STRICT;
 CREATE INDEX challenges_by_user ON challenges (app_id, user_id);

@@ -207,6 +207,34 @@ pub fn list_origins(store: &dyn Store, app_id: &str) -> Result<Vec<String>, Admi
         .map_err(|e| explain(e, app_id, None))
 }
 
+/// Sets (or with `None` clears) the WebAuthn relying-party id of an app's passkeys.
+/// Returns the id in its normal form and the allowed origins passkeys work from (those
+/// whose host is the id or a subdomain of it).
+pub fn set_passkey_rp_id(
+    store: &dyn Store,
+    app_id: &str,
+    rp_id: Option<&str>,
+    now: UnixTime,
+) -> Result<(Option<String>, Vec<String>), AdminError> {
+    let rp_id = rp_id
+        .map(crate::domain::passkey::parse_rp_id)
+        .transpose()
+        .map_err(AdminError)?;
+    let change = PolicyChange {
+        passkey_rp_id: Some(rp_id.clone()),
+        ..PolicyChange::default()
+    };
+    set_policy(store, app_id, &change, now)?;
+    let fitting = match &rp_id {
+        Some(id) => list_origins(store, app_id)?
+            .into_iter()
+            .filter(|o| crate::domain::passkey::origin_fits(id, o))
+            .collect(),
+        None => Vec::new(),
+    };
+    Ok((rp_id, fitting))
+}
+
 /// Adds a key to an app (to rotate: add the new key, switch the app provider, revoke the old).
 pub fn add_key(
     store: &dyn Store,
@@ -528,7 +556,7 @@ pub fn rotate_keys(
                 ))
             })?;
             let mac = match m.kind {
-                MethodKind::Totp | MethodKind::Passphrase => None,
+                MethodKind::Totp | MethodKind::Passphrase | MethodKind::Passkey => None,
                 kind => {
                     let text = String::from_utf8(plain.to_vec())
                         .map_err(|_| AdminError(format!("method {}: not UTF-8", m.id)))?;

@@ -372,14 +372,31 @@ pub async fn run(command: ClientCommand) -> Result<(), String> {
                     m.state
                 );
             }
+            // A passkey needs an authenticator, which this command cannot reach: it is
+            // refused before a recovery (one of the user's few a day) is started for nothing.
             let method = match method_id {
-                Some(id) => id,
+                Some(id) => {
+                    if methods
+                        .methods
+                        .iter()
+                        .any(|m| m.id == id && m.kind == MethodKind::Passkey)
+                    {
+                        return Err(format!(
+                            "method {id} is a passkey: recover with it from a browser (the web SDK) \
+                             or another WebAuthn client; this command cannot use an authenticator"
+                        ));
+                    }
+                    id
+                }
                 None => methods
                     .methods
                     .iter()
-                    .find(|m| m.state == MethodState::Confirmed)
+                    .find(|m| m.state == MethodState::Confirmed && m.kind != MethodKind::Passkey)
                     .map(|m| m.id.clone())
-                    .ok_or("the user has no confirmed method")?,
+                    .ok_or(
+                        "the user has no confirmed method this command can use (a passkey needs \
+                         a browser or another WebAuthn client)",
+                    )?,
             };
             let started = driver
                 .start(&session.assertion(Purpose::Recover)?, &method)

@@ -177,6 +177,30 @@ enum AppCommand {
     /// Manage the web origins allowed to call the API for an app from a browser (CORS).
     #[command(subcommand)]
     Origins(OriginsCommand),
+    /// Manage the WebAuthn relying party of an app's passkey methods.
+    #[command(subcommand)]
+    Passkey(PasskeyCommand),
+}
+
+#[derive(Subcommand)]
+enum PasskeyCommand {
+    /// Set the relying-party id of the app's passkeys: a domain name (no scheme, port or
+    /// path) that its allowed origins share, such as `example.org` for
+    /// https://health.example.org. Passkeys are made and used only from the allowed
+    /// origins whose host is that domain or a subdomain of it. Passkeys registered under
+    /// one RP id do not work under another: set it once.
+    Set {
+        /// The app id.
+        app_id: String,
+        /// The RP id.
+        #[arg(long)]
+        rp_id: String,
+    },
+    /// Remove the relying-party id: the app's passkey methods can no longer be checked.
+    Clear {
+        /// The app id.
+        app_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -324,7 +348,7 @@ impl PolicySetArgs {
                     .iter()
                     .map(|n| {
                         MethodKind::parse(n.trim()).ok_or_else(|| {
-                            format!("unknown method `{n}` (expected totp, sms or email)")
+                            format!("unknown method `{n}` (expected totp, sms, email, passphrase or passkey)")
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()?,
@@ -346,6 +370,7 @@ impl PolicySetArgs {
             requests_per_address_per_minute: self.requests_per_address_per_minute,
             code_checks_per_app_per_minute: self.code_checks_per_app_per_minute,
             waiting_period_secs: self.waiting_period_secs,
+            passkey_rp_id: None,
         })
     }
 }
@@ -392,6 +417,10 @@ fn print_policy(p: &ghostkey::domain::policy::AppPolicy) {
     let methods: Vec<&str> = p.allowed_methods.iter().map(|m| m.as_str()).collect();
     println!("  policy:");
     println!("    allowed_methods: {}", methods.join(","));
+    println!(
+        "    passkey_rp_id: {}",
+        p.passkey_rp_id.as_deref().unwrap_or("none")
+    );
     println!("    code_digits: {}", p.code_digits);
     println!("    totp_digits: {}", p.totp_digits);
     println!("    code_lifetime_secs: {}", p.code_lifetime_secs);
@@ -523,6 +552,26 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
                     println!("{origin}");
                 }
             }
+        }
+        AppCommand::Passkey(PasskeyCommand::Set { app_id, rp_id }) => {
+            let (rp_id, fitting) =
+                admin::set_passkey_rp_id(&store, &app_id, Some(&rp_id), now).map_err(|e| e.0)?;
+            eprintln!(
+                "app `{app_id}`: passkeys use the relying-party id `{}`",
+                rp_id.unwrap_or_default()
+            );
+            if fitting.is_empty() {
+                eprintln!(
+                    "WARNING: none of the app's allowed origins is that domain or a subdomain of it: \
+                     no passkey can be made or used until one is (`ghostkey app origins add`)"
+                );
+            } else {
+                eprintln!("  made and used from: {}", fitting.join(", "));
+            }
+        }
+        AppCommand::Passkey(PasskeyCommand::Clear { app_id }) => {
+            admin::set_passkey_rp_id(&store, &app_id, None, now).map_err(|e| e.0)?;
+            eprintln!("app `{app_id}` has no passkey relying party: its passkey methods cannot be checked");
         }
         AppCommand::Policy(PolicyCommand::Set(args)) => {
             let change = args.change()?;

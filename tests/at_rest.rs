@@ -57,7 +57,8 @@ async fn the_database_file_holds_no_secret_or_personal_value_in_clear() {
             .unwrap();
         Some(ghostkey_client::proto::api::Proof {
             challenge_id: challenge.id,
-            code: sms_gateway::next_code(&gateway, before).await,
+            code: Some(sms_gateway::next_code(&gateway, before).await),
+            webauthn: None,
         })
     };
     let mail = client

@@ -101,7 +101,8 @@ async fn send_guess(
                 recovery,
                 Some(Proof {
                     challenge_id: proof.clone(),
-                    code: code.to_owned(),
+                    code: Some(code.to_owned()),
+                    webauthn: None,
                 }),
             )
             .await
@@ -412,7 +413,8 @@ async fn without_back_off_parallel_guesses_on_nine_challenges_stop_at_the_lock()
             Some("+33 6 12 34 56 79"),
             Some(Proof {
                 challenge_id: proof.id,
-                code,
+                code: Some(code),
+                webauthn: None,
             }),
         )
         .await

@@ -58,11 +58,12 @@ async fn no_24_hours_hold_more_failures_than_the_budget_when_answers_commit_out_
     let notices = AnswerNotices {
         added: &unused,
         locked: &unused,
+        cloned: &unused,
         pending_removed: &unused,
     };
     let wrong = |challenge: &str, now: i64| {
         store
-            .answer_challenge(challenge, Verdict::Wrong, &notices, now)
+            .answer_challenge(challenge, Verdict::Wrong, None, &notices, now)
             .unwrap()
             .settlement
             .outcome

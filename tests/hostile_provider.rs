@@ -117,7 +117,8 @@ async fn add_phone_with_totp_proof(
             Some(PHONE),
             Some(Proof {
                 challenge_id: proof.id,
-                code: authenticator.code(server),
+                code: Some(authenticator.code(server)),
+                webauthn: None,
             }),
         )
         .await
@@ -282,7 +283,8 @@ async fn try_to_unlock(
             &app.assertion("victim", Purpose::Manage),
             Some(Proof {
                 challenge_id: proof.id,
-                code: authenticator.wrong_code(server),
+                code: Some(authenticator.wrong_code(server)),
+                webauthn: None,
             }),
         )
         .await
@@ -634,7 +636,8 @@ async fn erasure_and_replacement_leave_nothing_in_the_file_its_wal_or_a_later_ba
             &new_blob,
             Proof {
                 challenge_id: proof.id,
-                code: authenticator.code(&server),
+                code: Some(authenticator.code(&server)),
+                webauthn: None,
             },
         )
         .await
@@ -742,7 +745,8 @@ async fn the_user_cancels_the_providers_recovery_with_the_notice_code_alone() {
             Some("victim@example.org"),
             Some(Proof {
                 challenge_id: proof.id,
-                code: sms_gateway::next_code(&gateway, before).await,
+                code: Some(sms_gateway::next_code(&gateway, before).await),
+                webauthn: None,
             }),
         )
         .await
@@ -1009,7 +1013,8 @@ async fn a_proof_serves_only_the_purpose_it_was_opened_for_and_its_message_says_
             None,
             Some(Proof {
                 challenge_id: proof.id.clone(),
-                code: code.clone(),
+                code: Some(code.clone()),
+                webauthn: None,
             }),
         )
         .await
@@ -1036,7 +1041,8 @@ async fn a_proof_serves_only_the_purpose_it_was_opened_for_and_its_message_says_
             None,
             Some(Proof {
                 challenge_id: proof.id,
-                code: sms_gateway::next_code(&gateway, before).await,
+                code: Some(sms_gateway::next_code(&gateway, before).await),
+                webauthn: None,
             }),
         )
         .await
@@ -1110,7 +1116,8 @@ async fn the_provider_cannot_add_a_passphrase_it_knows_to_an_active_user() {
             setup(),
             Some(Proof {
                 challenge_id: proof.id.clone(),
-                code: "00000000".into(),
+                code: Some("00000000".into()),
+                webauthn: None,
             }),
         )
         .await
@@ -1128,9 +1135,12 @@ async fn the_provider_cannot_add_a_passphrase_it_knows_to_an_active_user() {
             setup(),
             Some(Proof {
                 challenge_id: proof.id,
-                code: passphrase::derive_verifier(&known, &app.id, "u1", 1)
-                    .map(|v| secrecy::ExposeSecret::expose_secret(&v).to_owned())
-                    .unwrap(),
+                code: Some(
+                    passphrase::derive_verifier(&known, &app.id, "u1", 1)
+                        .map(|v| secrecy::ExposeSecret::expose_secret(&v).to_owned())
+                        .unwrap(),
+                ),
+                webauthn: None,
             }),
         )
         .await

@@ -97,7 +97,8 @@ async fn totp_confirms_the_enrolment_and_each_step_is_used_once() {
             Some("doctor@example.org"),
             Some(Proof {
                 challenge_id: proof.id.clone(),
-                code: right.clone(),
+                code: Some(right.clone()),
+                webauthn: None,
             }),
         )
         .await
@@ -113,7 +114,8 @@ async fn totp_confirms_the_enrolment_and_each_step_is_used_once() {
             Some("doctor@example.org"),
             Some(Proof {
                 challenge_id: proof.id.clone(),
-                code: previous,
+                code: Some(previous),
+                webauthn: None,
             }),
         )
         .await
@@ -136,7 +138,8 @@ async fn totp_confirms_the_enrolment_and_each_step_is_used_once() {
             Some("Doctor@Example.org"),
             Some(Proof {
                 challenge_id: proof.id,
-                code: fresh,
+                code: Some(fresh),
+                webauthn: None,
             }),
         )
         .await
@@ -223,7 +226,8 @@ async fn email_codes_travel_over_real_smtp_and_changes_are_notified() {
             Some("+33 6 12 34 56 78"),
             Some(Proof {
                 challenge_id: proof.id.clone(),
-                code: proof_code.clone(),
+                code: Some(proof_code.clone()),
+                webauthn: None,
             }),
         )
         .await
@@ -237,7 +241,8 @@ async fn email_codes_travel_over_real_smtp_and_changes_are_notified() {
             None,
             Some(Proof {
                 challenge_id: proof.id,
-                code: proof_code,
+                code: Some(proof_code),
+                webauthn: None,
             }),
         )
         .await
@@ -279,7 +284,8 @@ async fn email_codes_travel_over_real_smtp_and_changes_are_notified() {
             &added.method.id,
             Proof {
                 challenge_id: proof.id,
-                code,
+                code: Some(code),
+                webauthn: None,
             },
         )
         .await
@@ -305,7 +311,8 @@ async fn email_codes_travel_over_real_smtp_and_changes_are_notified() {
             &sms.method.id,
             Proof {
                 challenge_id: proof.id,
-                code,
+                code: Some(code),
+                webauthn: None,
             },
         )
         .await

@@ -201,7 +201,8 @@ async fn a_passphrase_proves_a_change_and_is_replaced_by_adding_a_new_one_and_re
     let client = server.client();
     let proof_for = |id: String, v: &SecretString| Proof {
         challenge_id: id,
-        code: v.expose_secret().to_owned(),
+        code: Some(v.expose_secret().to_owned()),
+        webauthn: None,
     };
     let right = verifier(&app, "u1", PASSPHRASE);
 

@@ -417,7 +417,7 @@ impl Model {
                 }
                 Outcome::Accepted
             }
-            Verdict::Wrong => {
+            Verdict::Wrong | Verdict::Refused(_) => {
                 ch.wrongs += 1;
                 self.in_a_row += 1;
                 let delay = model_backoff(p.user_backoff_base_secs, self.in_a_row);
@@ -427,6 +427,8 @@ impl Model {
                 if self.in_a_row >= p.user_lock_threshold {
                     self.locked_since.get_or_insert(now);
                     Outcome::WrongAndLocked
+                } else if let Verdict::Refused(why) = verdict {
+                    Outcome::Refused(why)
                 } else {
                     Outcome::Wrong
                 }
@@ -509,6 +511,7 @@ impl Store {
             },
             code: None,
             code_key_id: None,
+            ceremony: None,
             attempts: 0,
             max_attempts: policy.max_attempts_per_challenge,
             state: ChallengeState::Open,
@@ -914,7 +917,7 @@ fn run_case(case: &Case) -> Result<Seen, TestCaseError> {
                 }
                 streak.clear();
             }
-            Outcome::Wrong | Outcome::WrongAndLocked => {
+            Outcome::Wrong | Outcome::WrongAndLocked | Outcome::Refused(_) => {
                 seen.hit(State::wrong);
                 streak.insert(ch.id.clone());
                 if s.state == ChallengeState::Dead {

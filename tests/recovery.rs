@@ -175,7 +175,8 @@ async fn the_whole_story_with_an_email_code_over_smtp_and_with_totp() {
             None,
             Some(Proof {
                 challenge_id: proof.id,
-                code: find_code(&mails[1].data, 8).unwrap(),
+                code: Some(find_code(&mails[1].data, 8).unwrap()),
+                webauthn: None,
             }),
         )
         .await
@@ -424,7 +425,8 @@ async fn the_waiting_period_delays_the_release_and_a_cancelled_recovery_never_re
             Some("u@example.org"),
             Some(Proof {
                 challenge_id: proof.id,
-                code: sms_gateway::code(&w.gateway, 1).await,
+                code: Some(sms_gateway::code(&w.gateway, 1).await),
+                webauthn: None,
             }),
         )
         .await
@@ -559,7 +561,8 @@ async fn the_waiting_period_delays_the_release_and_a_cancelled_recovery_never_re
             &started.id,
             Some(Proof {
                 challenge_id: proof.id,
-                code: proof_code,
+                code: Some(proof_code),
+                webauthn: None,
             }),
         )
         .await
@@ -716,7 +719,8 @@ async fn replacing_the_sealed_virtual_device_after_a_secret_rotation() {
             &sealed,
             Proof {
                 challenge_id: proof.id.clone(),
-                code: "00000000".into(),
+                code: Some("00000000".into()),
+                webauthn: None,
             },
         )
         .await
@@ -729,7 +733,8 @@ async fn replacing_the_sealed_virtual_device_after_a_secret_rotation() {
             &sealed,
             Proof {
                 challenge_id: proof.id.clone(),
-                code: code.clone(),
+                code: Some(code.clone()),
+                webauthn: None,
             },
         )
         .await
@@ -741,7 +746,8 @@ async fn replacing_the_sealed_virtual_device_after_a_secret_rotation() {
             &sealed,
             Proof {
                 challenge_id: proof.id,
-                code,
+                code: Some(code),
+                webauthn: None,
             },
         )
         .await

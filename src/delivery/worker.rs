@@ -142,9 +142,9 @@ impl Worker {
                     MessageKind::Notice => self.subjects.notice.clone(),
                 },
             ),
-            MethodKind::Totp | MethodKind::Passphrase => {
+            MethodKind::Totp | MethodKind::Passphrase | MethodKind::Passkey => {
                 return SendResult::Failed {
-                    error: "a TOTP or passphrase method has no destination".into(),
+                    error: "a TOTP, passphrase or passkey method has no destination".into(),
                 }
             }
         };

@@ -83,6 +83,11 @@ pub struct Challenge {
     /// The purpose of the assertion that opened it: a proof authorises only requests made
     /// with an assertion of the same purpose (`None` on challenges opened before version 2).
     pub opened_by: Option<ghostkey_proto::assertion::Purpose>,
+    /// For a passkey method: the WebAuthn ceremony's state (its random challenge, and for
+    /// an authentication the credential allowed), encrypted under the data key
+    /// `code_key_id`. Kept server-side so that the response can only answer this
+    /// challenge, once.
+    pub ceremony: Option<Vec<u8>>,
 }
 
 /// A user's failure record.
@@ -126,11 +131,26 @@ pub enum LockRule {
 pub enum Verdict {
     /// The code is right; for TOTP, the step it belongs to.
     Correct {
-        /// The TOTP step matched, if the method is TOTP.
+        /// The TOTP step matched, if the method is TOTP; for a passkey, its signature
+        /// counter when it keeps one (both must move forward: the store keeps the last one
+        /// in the method's `totp_last_step`).
         totp_step: Option<i64>,
     },
     /// The code is wrong.
     Wrong,
+    /// A passkey's response was refused: a failure like a wrong code, answered with its
+    /// own error code.
+    Refused(Refusal),
+}
+
+/// Why a passkey's response was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// It does not verify (`passkey_rejected`).
+    PasskeyRejected,
+    /// Its signature counter went backwards: a copy of the credential may exist
+    /// (`authenticator_cloned`; the user is told).
+    Cloned,
 }
 
 /// What happened to an answer.
@@ -142,6 +162,8 @@ pub enum Outcome {
     Wrong,
     /// Wrong code, and the user is now locked.
     WrongAndLocked,
+    /// A passkey's response refused: counted like a wrong code.
+    Refused(Refusal),
     /// The challenge expired; nothing counted.
     Expired,
     /// The challenge is dead; nothing counted.
@@ -161,7 +183,10 @@ pub enum Outcome {
 impl Outcome {
     /// Whether this answer was a checked, wrong code (it counts in every budget).
     pub fn is_failure(self) -> bool {
-        matches!(self, Outcome::Wrong | Outcome::WrongAndLocked)
+        matches!(
+            self,
+            Outcome::Wrong | Outcome::WrongAndLocked | Outcome::Refused(_)
+        )
     }
 }
 
@@ -171,6 +196,8 @@ impl Outcome {
         Some(match self {
             Outcome::Accepted => return None,
             Outcome::Wrong => Error::new(ErrorCode::InvalidCode),
+            Outcome::Refused(Refusal::PasskeyRejected) => Error::new(ErrorCode::PasskeyRejected),
+            Outcome::Refused(Refusal::Cloned) => Error::new(ErrorCode::AuthenticatorCloned),
             Outcome::WrongAndLocked | Outcome::Locked => Error::new(ErrorCode::Locked),
             Outcome::Expired => Error::new(ErrorCode::CodeExpired),
             Outcome::Dead => Error::new(ErrorCode::TooManyAttempts),
@@ -296,7 +323,7 @@ pub fn settle_with(
                 totp_step,
             }
         }
-        Verdict::Wrong => {
+        Verdict::Wrong | Verdict::Refused(_) => {
             let attempts = challenge.attempts.saturating_add(1);
             let state = if attempts >= challenge.max_attempts {
                 ChallengeState::Dead
@@ -319,10 +346,10 @@ pub fn settle_with(
                 },
             };
             Settlement {
-                outcome: if locked {
-                    Outcome::WrongAndLocked
-                } else {
-                    Outcome::Wrong
+                outcome: match (locked, verdict) {
+                    (true, _) => Outcome::WrongAndLocked,
+                    (false, Verdict::Refused(why)) => Outcome::Refused(why),
+                    (false, _) => Outcome::Wrong,
                 },
                 attempts,
                 state,
@@ -354,6 +381,7 @@ mod tests {
             created_at: NOW,
             expires_at: NOW + 600,
             opened_by: None,
+            ceremony: None,
         }
     }
 

@@ -2,7 +2,6 @@
 //! caller keeps the ceremony state (server-side, single use, with the challenge it belongs
 //! to) and the stored credential (inside the method's secret, encrypted at rest).
 //!
-//! Not yet wired to the API: this module is the domain part of issue 16's passkey method.
 //! What it fixes:
 //! - A relying party is an app's: its RP id (a registrable domain, or `localhost`) and the
 //!   app's allowed web origins, each of whose hosts must be the RP id or a subdomain of it
@@ -158,10 +157,65 @@ pub struct Stored {
     pub name: Option<String>,
 }
 
+/// The plaintext of a passkey method's secret (JSON, encrypted at rest): while the method
+/// is pending, only the name the user gave; once its registration ceremony succeeded, the
+/// credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum MethodSecret {
+    /// Added, not registered yet.
+    Pending {
+        /// The name the user gave, if any.
+        name: Option<String>,
+    },
+    /// Registered: the credential.
+    Registered(Stored),
+}
+
+impl MethodSecret {
+    /// The plaintext to encrypt.
+    pub fn encode(&self) -> Result<Vec<u8>, String> {
+        serde_json::to_vec(self).map_err(|e| format!("a passkey method secret: {e}"))
+    }
+
+    /// Reads a plaintext written by [`MethodSecret::encode`].
+    pub fn decode(plain: &[u8]) -> Result<MethodSecret, String> {
+        serde_json::from_slice(plain)
+            .map_err(|_| "a stored passkey method secret is malformed".into())
+    }
+
+    /// How the method is shown.
+    pub fn masked(&self) -> String {
+        match self {
+            MethodSecret::Pending { name: Some(name) } => format!("passkey \u{201c}{name}\u{201d}"),
+            MethodSecret::Pending { name: None } => "passkey".to_owned(),
+            MethodSecret::Registered(stored) => stored.masked(),
+        }
+    }
+
+    /// The name the user gave, if any.
+    pub fn name(&self) -> Option<String> {
+        match self {
+            MethodSecret::Pending { name } => name.clone(),
+            MethodSecret::Registered(stored) => stored.name.clone(),
+        }
+    }
+}
+
+/// What the store keeps to find a credential id already registered (any user, any app): a
+/// hash, since the id itself stays inside the encrypted secret.
+pub fn credential_hash(credential_id: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"ghostkey passkey credential v1\0");
+    hash.update(credential_id);
+    hash.finalize().into()
+}
+
 impl Stored {
     /// The plaintext of the method secret (JSON).
     pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("a passkey serialises")
+        serde_json::to_vec(self).unwrap_or_default()
     }
 
     /// Reads a method secret written by [`Stored::encode`].

@@ -49,6 +49,11 @@ pub struct AppPolicy {
     pub code_checks_per_app_per_minute: u32,
     /// Delay between a correct recovery code and the release, in seconds (0: at once).
     pub waiting_period_secs: i64,
+    /// The WebAuthn relying-party id of this app's passkey methods (a domain name its
+    /// allowed web origins share, such as `example.org`); `None` until the operator sets
+    /// it (`ghostkey app passkey set`): passkey methods need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey_rp_id: Option<String>,
 }
 
 impl Default for AppPolicy {
@@ -69,6 +74,7 @@ impl Default for AppPolicy {
             requests_per_address_per_minute: 60,
             code_checks_per_app_per_minute: 600,
             waiting_period_secs: 0,
+            passkey_rp_id: None,
         }
     }
 }
@@ -106,6 +112,8 @@ pub struct PolicyChange {
     pub code_checks_per_app_per_minute: Option<u32>,
     /// See [`AppPolicy::waiting_period_secs`].
     pub waiting_period_secs: Option<i64>,
+    /// See [`AppPolicy::passkey_rp_id`] (`Some(None)` clears it).
+    pub passkey_rp_id: Option<Option<String>>,
 }
 
 fn in_range<T: PartialOrd + std::fmt::Display + Copy>(
@@ -146,7 +154,8 @@ impl AppPolicy {
             app_daily_send_budget,
             requests_per_address_per_minute,
             code_checks_per_app_per_minute,
-            waiting_period_secs
+            waiting_period_secs,
+            passkey_rp_id
         );
         p.validate()?;
         Ok(p)
@@ -221,6 +230,14 @@ impl AppPolicy {
             self.waiting_period_secs,
             0..=30 * 24 * 3600,
         )?;
+        if let Some(rp_id) = &self.passkey_rp_id {
+            let normal = super::passkey::parse_rp_id(rp_id)?;
+            if &normal != rp_id {
+                return Err(format!(
+                    "passkey_rp_id must be in its normal form ({normal})"
+                ));
+            }
+        }
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::ErrorCode;
 
 use super::methods::{challenge_view, load_user, masked, method_view, passphrase_params};
-use super::{messages, parse_code, Caller, Ghostkey};
+use super::{messages, parse_answer, Caller, Ghostkey};
 use crate::clock::UnixTime;
 use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
 use crate::domain::limits::{address_limit, app_check_limit, Limit};
@@ -108,6 +108,7 @@ impl Ghostkey {
             method.kind,
             masked(&self.keys, &method)?,
             passphrase_params(&self.keys, &method)?,
+            new.webauthn.clone(),
         );
         self.blocking(move |store, _| {
             store.start_challenge(
@@ -137,7 +138,7 @@ impl Ghostkey {
         request: AnswerRequest,
     ) -> Result<AnswerResponse, Error> {
         let now = self.now();
-        let code = parse_code(&request.code)?;
+        let code = parse_answer(request.code.as_deref(), request.webauthn.as_ref(), "")?;
         let (found, app_name) = self
             .challenge_for_answer(&challenge_id, caller, now)
             .await?;
@@ -155,7 +156,7 @@ impl Ghostkey {
                 ));
             }
         }
-        let verdict = self.judge(found.as_ref(), &code, now).await?;
+        let judged = self.judge_answer(found.as_ref(), &code, now).await?;
         let Some((ch, method, _)) = found else {
             return Err(Error::new(ErrorCode::InvalidCode));
         };
@@ -166,15 +167,23 @@ impl Ghostkey {
             masked(&self.keys, &method)?.as_deref(),
         );
         let locked = messages::locked(&self.keys, &app_name);
+        let cloned = messages::passkey_cloned(&self.keys, &app_name);
         let pending_removed = messages::pending_methods_removed(&self.keys, &app_name);
         let answered = self
             .blocking(move |store, _| {
                 let notices = AnswerNotices {
                     added: &added,
                     locked: &locked,
+                    cloned: &cloned,
                     pending_removed: &pending_removed,
                 };
-                Ok(store.answer_challenge(&challenge_id, verdict, &notices, now)?)
+                Ok(store.answer_challenge(
+                    &challenge_id,
+                    judged.verdict,
+                    judged.registered.as_ref(),
+                    &notices,
+                    now,
+                )?)
             })
             .await?;
         self.record_code(answered.settlement.outcome, "confirm");

@@ -86,6 +86,8 @@ pub fn code(
 fn describe(kind: MethodKind, masked: Option<&str>) -> String {
     match (kind, masked) {
         (MethodKind::Passphrase, _) => "a passphrase".to_owned(),
+        (MethodKind::Passkey, Some(m)) => format!("the {m}"),
+        (MethodKind::Passkey, None) => "a passkey".to_owned(),
         (MethodKind::Totp, _) | (_, None) => "an authenticator app".to_owned(),
         (MethodKind::Sms, Some(m)) => format!("the phone number {m}"),
         (MethodKind::Email, Some(m)) => format!("the e-mail address {m}"),
@@ -230,6 +232,17 @@ pub fn locked(keys: &ServerKeys, app_name: &str) -> NewMessage {
          If you did not try to recover your account, someone else did: contact {app_name}."
     );
     notice(keys, "locked", &text)
+}
+
+/// To every method: a passkey answered with a signature counter that went backwards.
+pub fn passkey_cloned(keys: &ServerKeys, app_name: &str) -> NewMessage {
+    let text = format!(
+        "{app_name} security notice: a passkey you use to recover your account answered with \
+         a signature count lower than before, which happens when a copy of it is used. The \
+         answer was refused. If you did not just try to recover your account, replace that \
+         passkey and contact {app_name}."
+    );
+    notice(keys, "passkey_cloned", &text)
 }
 
 /// To every method: the lock was lifted.

@@ -110,10 +110,19 @@ fn authenticate_caller(
     Ok((assertion, app, address))
 }
 
-/// The masked destination of a method (`None` for TOTP and passphrase).
+/// The masked destination of a method, or a passkey's name (`None` for TOTP and
+/// passphrase).
 pub(crate) fn masked(keys: &ServerKeys, method: &Method) -> Result<Option<String>, Error> {
     let mask: fn(&SecretString) -> String = match method.kind {
         MethodKind::Totp | MethodKind::Passphrase => return Ok(None),
+        MethodKind::Passkey => {
+            let plain = keys
+                .open(&method.key_id, &method.secret)
+                .map_err(Error::internal)?;
+            let secret =
+                crate::domain::passkey::MethodSecret::decode(&plain).map_err(Error::internal)?;
+            return Ok(Some(secret.masked()));
+        }
         MethodKind::Sms => mask_phone,
         MethodKind::Email => mask_email,
     };
@@ -162,6 +171,7 @@ pub(crate) fn challenge_view(
     kind: MethodKind,
     masked: Option<String>,
     passphrase: Option<PassphraseParams>,
+    webauthn: Option<serde_json::Value>,
 ) -> ChallengeView {
     ChallengeView {
         id: ch.id.clone(),
@@ -176,15 +186,18 @@ pub(crate) fn challenge_view(
         expires_at: ch.expires_at,
         max_attempts: ch.max_attempts,
         passphrase,
+        webauthn,
     }
 }
 
 /// A new challenge on `method`; for SMS and e-mail, with a fresh code whose hash it keeps,
-/// the message that carries the code, and the send limits that message spends.
+/// the message that carries the code, and the send limits that message spends; for a
+/// passkey, the WebAuthn options for the client (its ceremony state is in the challenge).
 pub(crate) struct NewChallenge {
     pub challenge: Challenge,
     pub message: Option<NewMessage>,
     pub limits: Vec<Limit>,
+    pub webauthn: Option<serde_json::Value>,
 }
 
 impl Ghostkey {
@@ -221,6 +234,10 @@ impl Ghostkey {
             );
             (Some(message), Some((salt, hash)))
         };
+        let ceremony = match method.kind {
+            MethodKind::Passkey => Some(self.passkey_ceremony(method, purpose, app).await?),
+            _ => None,
+        };
         let limits = match &method.destination_mac {
             Some(mac) => send_limits(
                 &app.id,
@@ -239,17 +256,57 @@ impl Ghostkey {
                 method_id: method.id.clone(),
                 purpose,
                 code: hashed,
-                code_key_id: hashed.map(|_| self.keys.key_id().to_owned()),
+                code_key_id: (hashed.is_some() || ceremony.is_some())
+                    .then(|| self.keys.key_id().to_owned()),
                 attempts: 0,
                 max_attempts: policy.max_attempts_per_challenge,
                 state: ChallengeState::Open,
                 created_at: now,
                 expires_at: now + policy.code_lifetime_secs,
                 opened_by: Some(opened_by),
+                ceremony: ceremony.as_ref().map(|(state, _)| self.keys.seal(state)),
             },
             message,
             limits,
+            webauthn: ceremony.map(|(_, options)| options),
         })
+    }
+
+    /// Starts a passkey challenge's WebAuthn ceremony: a registration for `confirm`, an
+    /// authentication with the method's credential otherwise. Returns the state to keep
+    /// (plaintext, to encrypt) and the options for the client.
+    async fn passkey_ceremony(
+        &self,
+        method: &Method,
+        purpose: ChallengePurpose,
+        app: &App,
+    ) -> Result<(Vec<u8>, serde_json::Value), Error> {
+        use crate::domain::passkey::{self, MethodSecret};
+        let plain = self
+            .keys
+            .open(&method.key_id, &method.secret)
+            .map_err(Error::internal)?;
+        let secret = MethodSecret::decode(&plain).map_err(Error::internal)?;
+        let (app, method) = (app.clone(), method.clone());
+        self.blocking(move |store, _| {
+            let rp = super::passkey_rp(store, &app.policy, &app.id, &app.name)?;
+            match (purpose, secret) {
+                (ChallengePurpose::Confirm, _) => {
+                    // The authenticator shows the user id under the app's name; the user
+                    // handle inside the credential is random (see domain::passkey).
+                    let started = passkey::start_registration(&rp, &method.user_id, Vec::new())
+                        .map_err(Error::internal)?;
+                    Ok((started.state, started.options))
+                }
+                (_, MethodSecret::Registered(stored)) => {
+                    let started =
+                        passkey::start_authentication(&rp, &stored).map_err(Error::internal)?;
+                    Ok((started.state, started.options))
+                }
+                (_, MethodSecret::Pending { .. }) => Err(Error::new(ErrorCode::MethodNotConfirmed)),
+            }
+        })
+        .await
     }
 
     /// Adds a method to the assertion's user: pending until its first correct code.
@@ -276,6 +333,13 @@ impl Ghostkey {
                     "`destination` must be absent for passphrase",
                 ))
             }
+            (MethodKind::Passkey, None) => None,
+            (MethodKind::Passkey, Some(_)) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`destination` must be absent for passkey",
+                ))
+            }
             (MethodKind::Sms, Some(d)) => Some(normalise_phone(d)?),
             (MethodKind::Email, Some(d)) => Some(normalise_email(d)?),
             (_, None) => {
@@ -300,6 +364,23 @@ impl Ghostkey {
                 return Err(Error::with_detail(
                     ErrorCode::InvalidField,
                     "`passphrase` is only for the passphrase kind",
+                ))
+            }
+            (_, None) => None,
+        };
+        let passkey_name = match (request.kind, request.passkey.as_ref()) {
+            (MethodKind::Passkey, Some(setup)) => setup
+                .name
+                .as_deref()
+                .map(crate::domain::passkey::parse_name)
+                .transpose()
+                .map_err(|e| {
+                    Error::with_detail(ErrorCode::InvalidField, format!("`passkey.name`: {e}"))
+                })?,
+            (_, Some(_)) => {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "`passkey` is only for the passkey kind",
                 ))
             }
             (_, None) => None,
@@ -340,6 +421,7 @@ impl Ghostkey {
                 verdict: self.judge(proof_found.as_ref(), &code, now).await?,
                 challenge_id: p.challenge_id,
                 locked_notice: messages::locked(&self.keys, &ctx.app.name),
+                cloned_notice: messages::passkey_cloned(&self.keys, &ctx.app.name),
             }),
             _ => None,
         };
@@ -352,6 +434,12 @@ impl Ghostkey {
                 })?;
                 let stored = self.hash_passphrase(version, verifier).await?;
                 (self.keys.seal(&stored.encode()), None, None, None)
+            }
+            (None, MethodKind::Passkey) => {
+                let secret = crate::domain::passkey::MethodSecret::Pending { name: passkey_name };
+                let masked = secret.masked();
+                let plain = secret.encode().map_err(Error::internal)?;
+                (self.keys.seal(&plain), None, None, Some(masked))
             }
             (None, _) => {
                 let seed = totp::new_seed();
@@ -416,6 +504,7 @@ impl Ghostkey {
                 kind,
                 masked,
                 passphrase_params(&self.keys, &method)?,
+                new.webauthn.clone(),
             ),
             totp: provisioning.map(|p| TotpProvisioning {
                 otpauth_uri: p.uri.expose_secret().to_owned(),
@@ -508,6 +597,7 @@ impl Ghostkey {
             verdict: self.judge(proof_found.as_ref(), &proof_code, now).await?,
             challenge_id: request.proof.challenge_id,
             locked_notice: messages::locked(&self.keys, &ctx.app.name),
+            cloned_notice: messages::passkey_cloned(&self.keys, &ctx.app.name),
         };
         self.blocking(move |store, _| {
             store
@@ -556,6 +646,7 @@ impl Ghostkey {
                 verdict: self.judge(proof_found.as_ref(), &code, now).await?,
                 challenge_id: p.challenge_id,
                 locked_notice: messages::locked(&self.keys, &ctx.app.name),
+                cloned_notice: messages::passkey_cloned(&self.keys, &ctx.app.name),
             }),
             _ => None,
         };

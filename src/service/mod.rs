@@ -19,13 +19,13 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::clock::{Clock, UnixTime};
 use crate::domain::assertion::{self, AssertionRules, VerifiedAssertion};
-use crate::domain::challenge::{Challenge, Verdict};
+use crate::domain::challenge::{Challenge, ChallengePurpose, Verdict};
 use crate::domain::code;
 use crate::domain::method::Method;
 use crate::domain::policy::{AppPolicy, MethodKind};
 use crate::error::Error;
 use crate::keys::ServerKeys;
-use crate::store::{Store, StoreError};
+use crate::store::{RegisteredPasskey, Store, StoreError};
 
 impl From<StoreError> for Error {
     fn from(e: StoreError) -> Error {
@@ -318,19 +318,55 @@ impl Ghostkey {
         .map_err(|e| Error::internal(format!("argon2 task failed: {e}")))?
     }
 
-    /// Judges a code against a challenge (or, if there is none, does the same work against
-    /// a dummy): TOTP against the method's seed, SMS and e-mail codes and passphrase
-    /// verifiers with Argon2. An answer of the wrong shape for the method's kind (a code
-    /// for a passphrase, a verifier for a code) is refused before any work, uncounted.
+    /// Judges an answer against a challenge (or, if there is none, does the same work as
+    /// for a wrong code): TOTP against the method's seed, SMS and e-mail codes and
+    /// passphrase verifiers with Argon2, a passkey's response with its WebAuthn ceremony.
+    /// An answer of the wrong shape for the method's kind (a code for a passphrase, a
+    /// verifier for a code, a code for a passkey or a passkey's response for anything
+    /// else) is refused before any work, uncounted.
     async fn judge(
         &self,
         found: Option<&(Challenge, Method, AppPolicy)>,
-        code: &SecretString,
+        answer: &Answer,
         now: UnixTime,
     ) -> Result<Verdict, Error> {
+        Ok(self.judge_answer(found, answer, now).await?.verdict)
+    }
+
+    /// [`Ghostkey::judge`], with the credential a passkey's registration made (for a
+    /// `confirm` answer, to store when the answer is accepted).
+    async fn judge_answer(
+        &self,
+        found: Option<&(Challenge, Method, AppPolicy)>,
+        answer: &Answer,
+        now: UnixTime,
+    ) -> Result<Judged, Error> {
+        let code = match answer {
+            Answer::Code(code) => code,
+            Answer::WebAuthn(response) => {
+                let Some((ch, method, policy)) = found else {
+                    return Ok(Judged::from(Verdict::Wrong));
+                };
+                if method.kind != MethodKind::Passkey {
+                    return Err(Error::with_detail(
+                        ErrorCode::InvalidField,
+                        "`webauthn` answers only a passkey method's challenge; this one is answered with `code`",
+                    ));
+                }
+                return self
+                    .judge_passkey(ch.clone(), method.clone(), policy.clone(), response.clone())
+                    .await;
+            }
+        };
         use secrecy::ExposeSecret;
         let is_verifier = crate::domain::passphrase::well_formed(code.expose_secret());
         if let Some((_, method, _)) = found {
+            if method.kind == MethodKind::Passkey {
+                return Err(Error::with_detail(
+                    ErrorCode::InvalidField,
+                    "a passkey challenge is answered with `webauthn` (the authenticator's response), not `code`",
+                ));
+            }
             if (method.kind == MethodKind::Passphrase) != is_verifier {
                 return Err(Error::with_detail(
                     ErrorCode::InvalidField,
@@ -354,12 +390,12 @@ impl Ghostkey {
                     code.expose_secret(),
                     now,
                 )?;
-                return Ok(match step {
+                return Ok(Judged::from(match step {
                     Some(step) => Verdict::Correct {
                         totp_step: Some(step),
                     },
                     None => Verdict::Wrong,
-                });
+                }));
             }
             if method.kind == MethodKind::Passphrase {
                 let plain = self
@@ -370,11 +406,11 @@ impl Ghostkey {
                 let got = self
                     .hash_code(stored.salt, code.clone(), Some(stored.pepper_key_id))
                     .await?;
-                return Ok(if code::hashes_equal(&got, &stored.hash) {
+                return Ok(Judged::from(if code::hashes_equal(&got, &stored.hash) {
                     Verdict::Correct { totp_step: None }
                 } else {
                     Verdict::Wrong
-                });
+                }));
             }
         }
         let expected = found.and_then(|(ch, _, _)| ch.code);
@@ -383,12 +419,88 @@ impl Ghostkey {
             .unwrap_or([0u8; code::SALT_LEN]);
         let key_id = found.and_then(|(ch, _, _)| ch.code_key_id.clone());
         let got = self.hash_code(salt, code.clone(), key_id).await?;
-        Ok(match expected {
+        Ok(Judged::from(match expected {
             Some((_, want)) if code::hashes_equal(&got, &want) => {
                 Verdict::Correct { totp_step: None }
             }
             _ => Verdict::Wrong,
+        }))
+    }
+
+    /// Finishes a passkey challenge's WebAuthn ceremony with the client's response: a
+    /// registration for `confirm` (the new credential, unless it is registered already),
+    /// an authentication for `proof` and `recover` (its counter must move past the last
+    /// one accepted).
+    async fn judge_passkey(
+        &self,
+        ch: Challenge,
+        method: Method,
+        policy: AppPolicy,
+        response: serde_json::Value,
+    ) -> Result<Judged, Error> {
+        use crate::domain::challenge::Refusal as Why;
+        use crate::domain::passkey::{self, MethodSecret, Refusal};
+        let keys = Arc::clone(&self.keys);
+        self.blocking(move |store, _| {
+            let rp = passkey_rp(store, &policy, &ch.app_id, "Ghostkey")?;
+            let (Some(key_id), Some(sealed)) = (&ch.code_key_id, &ch.ceremony) else {
+                return Err(Error::internal("a passkey challenge without its ceremony"));
+            };
+            let state = keys.open(key_id, sealed).map_err(Error::internal)?;
+            let secret = keys
+                .open(&method.key_id, &method.secret)
+                .map_err(Error::internal)?;
+            let secret = MethodSecret::decode(&secret).map_err(Error::internal)?;
+            let refused = |why: Why, reason: &str| {
+                tracing::info!(reason, "passkey response refused");
+                Ok(Judged::from(Verdict::Refused(why)))
+            };
+            if ch.purpose == ChallengePurpose::Confirm {
+                let stored =
+                    match passkey::finish_registration(&rp, &response, &state, secret.name()) {
+                        Ok(stored) => stored,
+                        Err(Refusal::Rejected(reason)) => {
+                            return refused(Why::PasskeyRejected, reason)
+                        }
+                        Err(Refusal::Cloned) => {
+                            return refused(Why::PasskeyRejected, "counter at registration")
+                        }
+                    };
+                let credential_hash = passkey::credential_hash(stored.credential_id());
+                if store.credential_registered(&credential_hash)? {
+                    return refused(Why::PasskeyRejected, "credential registered already");
+                }
+                let plain = MethodSecret::Registered(stored)
+                    .encode()
+                    .map_err(Error::internal)?;
+                return Ok(Judged {
+                    verdict: Verdict::Correct { totp_step: None },
+                    registered: Some(RegisteredPasskey {
+                        key_id: keys.key_id().to_owned(),
+                        secret: keys.seal(&plain),
+                        credential_hash,
+                    }),
+                });
+            }
+            let MethodSecret::Registered(mut stored) = secret else {
+                return refused(Why::PasskeyRejected, "the method has no credential yet");
+            };
+            // The counter last accepted is the store's (the secret keeps the one of the
+            // registration): a response must move past it.
+            let last = method
+                .totp_last_step
+                .and_then(|c| u32::try_from(c).ok())
+                .unwrap_or(0);
+            stored.counter = stored.counter.max(last);
+            match passkey::finish_authentication(&rp, &response, &state, &mut stored) {
+                Ok(()) => Ok(Judged::from(Verdict::Correct {
+                    totp_step: (stored.counter > 0).then_some(i64::from(stored.counter)),
+                })),
+                Err(Refusal::Cloned) => refused(Why::Cloned, "signature counter went backwards"),
+                Err(Refusal::Rejected(reason)) => refused(Why::PasskeyRejected, reason),
+            }
         })
+        .await
     }
 
     /// The stored form of a new passphrase method: Argon2id of the client's verifier with
@@ -426,10 +538,87 @@ pub fn authenticate(
     assertion::verify(&unverified, &key, rules, purposes, now)
 }
 
+/// What a check of an answer found, and for a passkey's accepted registration, the
+/// credential to store.
+pub(crate) struct Judged {
+    pub verdict: Verdict,
+    pub registered: Option<RegisteredPasskey>,
+}
+
+impl From<Verdict> for Judged {
+    fn from(verdict: Verdict) -> Judged {
+        Judged {
+            verdict,
+            registered: None,
+        }
+    }
+}
+
+/// The relying party of an app's passkeys: its RP id (policy) and its allowed origins.
+/// An app whose operator set none cannot use passkeys.
+pub(crate) fn passkey_rp(
+    store: &dyn Store,
+    policy: &AppPolicy,
+    app_id: &str,
+    app_name: &str,
+) -> Result<webauthn_rs::Webauthn, Error> {
+    let Some(rp_id) = &policy.passkey_rp_id else {
+        return Err(Error::with_detail(
+            ErrorCode::MethodKindNotAllowed,
+            "passkeys need the app's relying-party id, which the operator sets with `ghostkey app passkey set`",
+        ));
+    };
+    // Passkeys are made and used from the allowed origins under the RP id; the app may
+    // allow others (for CORS) that have no part in them.
+    let origins: Vec<String> = store
+        .app_origins(app_id)?
+        .into_iter()
+        .filter(|o| crate::domain::passkey::origin_fits(rp_id, o))
+        .collect();
+    crate::domain::passkey::relying_party(rp_id, app_name, &origins).map_err(|e| {
+        tracing::warn!(app = %app_id, error = %e, "an app's passkey relying party is unusable");
+        Error::with_detail(
+            ErrorCode::MethodKindNotAllowed,
+            "the app's passkey relying party is not usable: none of its allowed web origins is under its RP id",
+        )
+    })
+}
+
+/// A user's answer to a challenge: a typed code (or passphrase verifier), or a passkey's
+/// response.
+#[derive(Clone)]
+pub enum Answer {
+    /// Digits, or a passphrase verifier.
+    Code(SecretString),
+    /// The authenticator's response, as JSON.
+    WebAuthn(serde_json::Value),
+}
+
+/// Checks the shape of an answer: exactly one of a code ([`parse_code`]) and a passkey's
+/// response (a JSON object).
+pub fn parse_answer(
+    code: Option<&str>,
+    webauthn: Option<&serde_json::Value>,
+    field: &str,
+) -> Result<Answer, Error> {
+    match (code, webauthn) {
+        (Some(code), None) => parse_code(code).map(Answer::Code),
+        (None, Some(response)) if response.is_object() => Ok(Answer::WebAuthn(response.clone())),
+        (None, Some(_)) => Err(Error::with_detail(
+            ErrorCode::InvalidField,
+            format!("`{field}webauthn` must be the authenticator's response, a JSON object"),
+        )),
+        _ => Err(Error::with_detail(
+            ErrorCode::InvalidField,
+            format!("give exactly one of `{field}code` and `{field}webauthn`"),
+        )),
+    }
+}
+
 /// Checks the shape of a proof (its challenge id as any id in a path: 1 to 64 of
-/// `A-Z a-z 0-9 _ -`, as the API document says) and returns its code; a malformed proof is
-/// refused before anything else looks at the request.
-pub fn parse_proof(proof: &ghostkey_proto::api::Proof) -> Result<SecretString, Error> {
+/// `A-Z a-z 0-9 _ -`, as the API document says) and returns its answer; a malformed proof
+/// is refused before anything else looks at the request.
+pub fn parse_proof(proof: &ghostkey_proto::api::Proof) -> Result<Answer, Error> {
     let id = &proof.challenge_id;
     let id_ok = (1..=64).contains(&id.len())
         && id
@@ -441,7 +630,7 @@ pub fn parse_proof(proof: &ghostkey_proto::api::Proof) -> Result<SecretString, E
             "`proof.challenge_id` must be 1 to 64 of A-Z a-z 0-9 _ -",
         ));
     }
-    parse_code(&proof.code)
+    parse_answer(proof.code.as_deref(), proof.webauthn.as_ref(), "proof.")
 }
 
 /// Checks the shape of an answer: a typed code of 4 to 10 digits, or a passphrase

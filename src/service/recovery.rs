@@ -12,7 +12,7 @@ use ghostkey_proto::{b64, sealed, ErrorCode};
 use super::methods::{
     challenge_view, load_user, load_user_unspent, masked, passphrase_params, UserContext,
 };
-use super::{authenticate, messages, parse_code, parse_proof, refusal_at, Caller, Ghostkey};
+use super::{authenticate, messages, parse_answer, parse_proof, refusal_at, Caller, Ghostkey};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::domain::cancel_code;
@@ -124,6 +124,7 @@ impl Ghostkey {
             method.kind,
             masked_destination,
             passphrase_params(&self.keys, &method)?,
+            new.webauthn.clone(),
         );
         self.blocking(move |store, _| {
             store.start_recovery(
@@ -155,7 +156,7 @@ impl Ghostkey {
         request: AnswerRequest,
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
-        let code = parse_code(&request.code)?;
+        let code = parse_answer(request.code.as_deref(), request.webauthn.as_ref(), "")?;
         let ((found, app_name), limits) = self
             .challenge_for_answer_unspent(&recovery_id, caller, now)
             .await?;
@@ -186,6 +187,7 @@ impl Ghostkey {
         };
         let released = messages::recovery_released(&self.keys, &app_name);
         let locked = messages::locked(&self.keys, &app_name);
+        let cloned = messages::passkey_cloned(&self.keys, &app_name);
         let (cancel_code, waiting_cancel_mac) = self.new_cancel_code()?;
         let waiting = messages::recovery_waiting(
             &self.keys,
@@ -205,6 +207,7 @@ impl Ghostkey {
                         waiting: &waiting,
                         waiting_cancel_mac: &waiting_cancel_mac,
                         locked: &locked,
+                        cloned: &cloned,
                     },
                     now,
                 )?)
@@ -280,6 +283,7 @@ impl Ghostkey {
                 verdict: self.judge(proof_found.as_ref(), &code, now).await?,
                 challenge_id: p.challenge_id,
                 locked_notice: messages::locked(&self.keys, &ctx.app.name),
+                cloned_notice: messages::passkey_cloned(&self.keys, &ctx.app.name),
             }),
             _ => None,
         };
@@ -396,6 +400,7 @@ impl Ghostkey {
             verdict: self.judge(proof_found.as_ref(), &proof_code, now).await?,
             challenge_id: request.proof.challenge_id,
             locked_notice: messages::locked(&self.keys, &ctx.app.name),
+            cloned_notice: messages::passkey_cloned(&self.keys, &ctx.app.name),
         };
         let notice = messages::virtual_device_replaced(&self.keys, &ctx.app.name);
         self.blocking(move |store, _| {

@@ -148,6 +148,21 @@ pub struct ProofAnswer {
     pub verdict: Verdict,
     /// "Your account is locked", to every confirmed method, if this answer locks the user.
     pub locked_notice: NewMessage,
+    /// "Your passkey may have been copied", to every confirmed method, if the answer was a
+    /// passkey whose signature counter went backwards.
+    pub cloned_notice: NewMessage,
+}
+
+/// The credential a passkey's registration ceremony made, to become its method's secret
+/// when the `confirm` answer is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredPasskey {
+    /// The data key the secret is encrypted under.
+    pub key_id: String,
+    /// The encrypted secret (the credential, see `domain::passkey::MethodSecret`).
+    pub secret: Vec<u8>,
+    /// `domain::passkey::credential_hash` of its credential id: unique across all users.
+    pub credential_hash: [u8; 32],
 }
 
 /// The notices an answer to a `confirm` challenge may send.
@@ -157,6 +172,9 @@ pub struct AnswerNotices<'a> {
     pub added: &'a NewMessage,
     /// "Your account is locked", to every confirmed method, if this answer locks the user.
     pub locked: &'a NewMessage,
+    /// "Your passkey may have been copied", to every confirmed method, if a passkey's
+    /// signature counter went backwards.
+    pub cloned: &'a NewMessage,
     /// "Methods added while you enrolled were removed", to the first confirmed method.
     pub pending_removed: &'a NewMessage,
 }
@@ -324,6 +342,9 @@ pub struct RecoveryNotices<'a> {
     pub waiting_cancel_mac: &'a [u8],
     /// "Your account is locked", to every confirmed method, if this answer locks the user.
     pub locked: &'a NewMessage,
+    /// "Your passkey may have been copied", to every confirmed method, if a passkey's
+    /// signature counter went backwards.
+    pub cloned: &'a NewMessage,
 }
 
 /// What a recovery code did.
@@ -434,13 +455,19 @@ pub trait Store: Send + Sync + 'static {
         &self,
         challenge_id: &str,
     ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError>;
-    /// Settles an answer; on a correct `confirm` answer, confirms the method, activates
-    /// the user and queues the `added` notice to the user's other confirmed methods. The
-    /// first confirmed method removes every other pending method of the user.
+    /// Whether a passkey credential (its `credential_hash`) is registered already, by any
+    /// user of any app.
+    fn credential_registered(&self, credential_hash: &[u8; 32]) -> Result<bool, StoreError>;
+    /// Settles an answer; on a correct `confirm` answer, confirms the method (for a
+    /// passkey, storing the `registered` credential, refused if that credential is
+    /// registered already), activates the user and queues the `added` notice to the
+    /// user's other confirmed methods. The first confirmed method removes every other
+    /// pending method of the user.
     fn answer_challenge(
         &self,
         challenge_id: &str,
         verdict: Verdict,
+        registered: Option<&RegisteredPasskey>,
         notices: &AnswerNotices<'_>,
         now: UnixTime,
     ) -> Result<Answered, StoreError>;

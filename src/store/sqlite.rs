@@ -12,8 +12,9 @@ use sha2::Digest;
 
 use super::{
     AddMethod, AnswerNotices, Answered, ClaimedMessage, MessageKind, NewMessage, OriginStanding,
-    OriginSubject, OutboxCounts, ProofAnswer, RecoveryNotices, RemoveMethod, SendResult,
-    StartChallenge, StartRecovery, Store, StoreError, UnlockUser, UserRecord, VerifiedRecovery,
+    OriginSubject, OutboxCounts, ProofAnswer, RecoveryNotices, RegisteredPasskey, RemoveMethod,
+    SendResult, StartChallenge, StartRecovery, Store, StoreError, UnlockUser, UserRecord,
+    VerifiedRecovery,
 };
 use crate::clock::UnixTime;
 use crate::config::Synchronous;
@@ -22,7 +23,7 @@ use crate::domain::assertion::VerifiedAssertion;
 use crate::domain::audit::{AuditEvent, AuditHead};
 use crate::domain::challenge::{
     self, Challenge, ChallengePurpose, ChallengeState, FailureWindow, Guard, LockRule, Outcome,
-    Settlement, Verdict, FAILURE_WINDOW_SECS,
+    Refusal, Settlement, Verdict, FAILURE_WINDOW_SECS,
 };
 use crate::domain::enrollment::Enrollment;
 use crate::domain::limits::Limit;
@@ -33,7 +34,7 @@ use crate::domain::recovery::{self, Recovery, RecoveryState};
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
 /// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
@@ -42,6 +43,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (3, include_str!("migrations/v3.sql")),
     (4, include_str!("migrations/v4.sql")),
     (5, include_str!("migrations/v5.sql")),
+    (6, include_str!("migrations/v6.sql")),
 ];
 /// Expired `jti`s deleted per write, so the replay cache stays small without a sweeper.
 const JTI_PURGE_BATCH: i64 = 32;
@@ -450,7 +452,7 @@ const APP_COLUMNS: &str = "id, name, created_at, allowed_methods, code_digits, t
     code_lifetime_secs, max_attempts_per_challenge, user_lock_threshold, user_backoff_base_secs, \
     sends_per_destination_per_hour, sends_per_destination_per_day, app_daily_send_budget, \
     requests_per_address_per_minute, waiting_period_secs, user_failures_per_day, \
-    recovery_starts_per_user_per_day, code_checks_per_app_per_minute";
+    recovery_starts_per_user_per_day, code_checks_per_app_per_minute, passkey_rp_id";
 
 fn methods_to_text(methods: &[MethodKind]) -> String {
     methods
@@ -494,6 +496,7 @@ fn app_from_row(row: &Row<'_>) -> rusqlite::Result<App> {
             user_failures_per_day: row.get(15)?,
             recovery_starts_per_user_per_day: row.get(16)?,
             code_checks_per_app_per_minute: row.get(17)?,
+            passkey_rp_id: row.get(18)?,
         },
     })
 }
@@ -590,7 +593,7 @@ fn method_from_row(row: &Row<'_>) -> rusqlite::Result<Method> {
 }
 
 const CHALLENGE_COLUMNS: &str =
-    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id, opened_by";
+    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id, opened_by, ceremony";
 
 fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
     let purpose: String = row.get(4)?;
@@ -628,6 +631,7 @@ fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
         opened_by: row
             .get::<_, Option<String>>(13)?
             .and_then(|p| ghostkey_proto::assertion::Purpose::parse(&p)),
+        ceremony: row.get(14)?,
     })
 }
 
@@ -768,13 +772,14 @@ fn save_settlement(
 }
 
 /// Loads and settles a challenge; the caller commits whatever the outcome. When the
-/// answer locks the user, `locked_notice` goes to every confirmed method of theirs.
+/// answer locks the user, `locked_notice` goes to every confirmed method of theirs; when a
+/// passkey's counter went backwards, `cloned_notice` does.
 fn settle_in(
     tx: &Connection,
     ch: &Challenge,
     verdict: Verdict,
     lock: LockRule,
-    locked_notice: &NewMessage,
+    (locked_notice, cloned_notice): (&NewMessage, &NewMessage),
     now: UnixTime,
 ) -> Result<(Method, Settlement), StoreError> {
     let method = load_method(tx, &ch.method_id)?.ok_or(StoreError::MethodNotFound)?;
@@ -815,6 +820,17 @@ fn settle_in(
         )?;
         enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", locked_notice, now)?;
     }
+    if verdict == Verdict::Refused(Refusal::Cloned) && settlement.outcome.is_failure() {
+        audit(
+            tx,
+            now,
+            "passkey_cloned",
+            &ch.app_id,
+            Who::User(&ch.user_id),
+            json!({ "method": method.id }),
+        )?;
+        enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", cloned_notice, now)?;
+    }
     Ok((method, settlement))
 }
 
@@ -850,7 +866,14 @@ fn settle_proof_with(
     {
         return Ok(Err(StoreError::InvalidProof));
     }
-    let (method, settlement) = settle_in(tx, &ch, proof.verdict, lock, &proof.locked_notice, now)?;
+    let (method, settlement) = settle_in(
+        tx,
+        &ch,
+        proof.verdict,
+        lock,
+        (&proof.locked_notice, &proof.cloned_notice),
+        now,
+    )?;
     if method.state != MethodState::Confirmed {
         return Ok(Err(StoreError::InvalidProof));
     }
@@ -934,7 +957,7 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
         None => (None, None),
     };
     tx.exec(
-        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)"),
+        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
         params![
             ch.id,
             ch.app_id,
@@ -949,7 +972,8 @@ fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
             ch.created_at,
             ch.expires_at,
             ch.code_key_id,
-            ch.opened_by.map(|p| p.as_str())
+            ch.opened_by.map(|p| p.as_str()),
+            ch.ceremony
         ],
     )?;
     Ok(())
@@ -1315,7 +1339,7 @@ impl Store for SqliteStore {
         let p = &app.policy;
         self.write(|tx| {
             tx.exec(
-                &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"),
+                &format!("INSERT INTO apps ({APP_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)"),
                 params![
                     app.id,
                     app.name,
@@ -1335,6 +1359,7 @@ impl Store for SqliteStore {
                     p.user_failures_per_day,
                     p.recovery_starts_per_user_per_day,
                     p.code_checks_per_app_per_minute,
+                    p.passkey_rp_id,
                 ],
             )?;
             tx.exec(
@@ -1439,7 +1464,7 @@ impl Store for SqliteStore {
                  sends_per_destination_per_hour = ?9, sends_per_destination_per_day = ?10, \
                  app_daily_send_budget = ?11, requests_per_address_per_minute = ?12, waiting_period_secs = ?13, \
                  user_failures_per_day = ?14, recovery_starts_per_user_per_day = ?15, \
-                 code_checks_per_app_per_minute = ?16 \
+                 code_checks_per_app_per_minute = ?16, passkey_rp_id = ?17 \
                  WHERE id = ?1",
                 params![
                     app_id,
@@ -1458,6 +1483,7 @@ impl Store for SqliteStore {
                     p.user_failures_per_day,
                     p.recovery_starts_per_user_per_day,
                     p.code_checks_per_app_per_minute,
+                    p.passkey_rp_id,
                 ],
             )?;
             if updated == 0 {
@@ -1772,19 +1798,59 @@ impl Store for SqliteStore {
         Ok(Some((ch, method, policy)))
     }
 
+    fn credential_registered(&self, credential_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        let conn = self.reader()?;
+        Ok(conn
+            .one(
+                "SELECT 1 FROM methods WHERE credential_hash = ?1",
+                [&credential_hash[..]],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
     fn answer_challenge(
         &self,
         challenge_id: &str,
         verdict: Verdict,
+        registered: Option<&RegisteredPasskey>,
         notices: &AnswerNotices<'_>,
         now: UnixTime,
     ) -> Result<Answered, StoreError> {
         self.write(|tx| {
             let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::MethodNotFound)?;
-            let (method, settlement) =
-                settle_in(tx, &ch, verdict, LockRule::Enforce, notices.locked, now)?;
+            let (method, settlement) = settle_in(
+                tx,
+                &ch,
+                verdict,
+                LockRule::Enforce,
+                (notices.locked, notices.cloned),
+                now,
+            )?;
             let mut enrollment_completed = false;
             if settlement.outcome == Outcome::Accepted && ch.purpose == ChallengePurpose::Confirm {
+                if let Some(passkey) = registered {
+                    // The credential the registration ceremony made becomes the method's
+                    // secret; a credential id registered once already (any user) is refused.
+                    let taken = tx
+                        .one(
+                            "SELECT 1 FROM methods WHERE credential_hash = ?1",
+                            [&passkey.credential_hash[..]],
+                            |_| Ok(()),
+                        )
+                        .optional()?
+                        .is_some();
+                    if taken {
+                        return Err(refused(crate::error::Error::new(
+                            ghostkey_proto::ErrorCode::PasskeyRejected,
+                        )));
+                    }
+                    tx.exec(
+                        "UPDATE methods SET key_id = ?2, secret = ?3, credential_hash = ?4 WHERE id = ?1 AND kind = 'passkey'",
+                        params![method.id, passkey.key_id, passkey.secret, &passkey.credential_hash[..]],
+                    )?;
+                }
                 tx.exec(
                     "UPDATE methods SET state = 'confirmed', confirmed_at = ?2 WHERE id = ?1 AND state = 'pending'",
                     params![method.id, now],
@@ -2034,8 +2100,14 @@ impl Store for SqliteStore {
                         ghostkey_proto::ErrorCode::RecoveryCancelled,
                     )));
                 }
-                let (_, settlement) =
-                    settle_in(tx, &ch, verdict, LockRule::Enforce, notices.locked, now)?;
+                let (_, settlement) = settle_in(
+                    tx,
+                    &ch,
+                    verdict,
+                    LockRule::Enforce,
+                    (notices.locked, notices.cloned),
+                    now,
+                )?;
                 let mut sealed = None;
                 if settlement.outcome == Outcome::Accepted {
                     let policy = load_policy(tx, &ch.app_id)?;
@@ -2730,6 +2802,78 @@ mod tests {
             .unwrap()
     }
 
+    /// The apps columns of schema versions 2 to 5 (version 6 added `passkey_rp_id`).
+    const APP_COLUMNS_V2: &str = "id, name, created_at, allowed_methods, code_digits, totp_digits, \
+        code_lifetime_secs, max_attempts_per_challenge, user_lock_threshold, user_backoff_base_secs, \
+        sends_per_destination_per_hour, sends_per_destination_per_day, app_daily_send_budget, \
+        requests_per_address_per_minute, waiting_period_secs, user_failures_per_day, \
+        recovery_starts_per_user_per_day, code_checks_per_app_per_minute";
+
+    #[test]
+    fn a_version_5_database_keeps_its_methods_and_challenges_and_takes_passkeys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v5.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            conn.execute_batch(include_str!("migrations/v1.sql"))
+                .unwrap();
+            for (_, sql) in MIGRATIONS.iter().filter(|(to, _)| *to <= 5) {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute(
+                &format!(
+                    "INSERT INTO apps ({APP_COLUMNS_V2}) VALUES ('app_1', 'A', 1, 'totp,passphrase', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
+                ),
+                [],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (app_id, user_id, state, sealed_virtual_device, vd_signing_key, \
+                 vd_encryption_key, audit_pseudonym, created_at, updated_at) \
+                 VALUES ('app_1', 'u1', 'active', x'00', zeroblob(32), zeroblob(32), 'p', 1, 1);
+                 INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, totp_last_step, created_at) \
+                 VALUES ('m_1', 'app_1', 'u1', 'passphrase', 'confirmed', 'k', x'0102', 7, 1);
+                 INSERT INTO challenges (id, app_id, user_id, method_id, purpose, max_attempts, \
+                 state, created_at, expires_at) \
+                 VALUES ('ch_1', 'app_1', 'u1', 'm_1', 'proof', 3, 'open', 1, 999);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        let (ch, method, policy) = store.challenge("ch_1").unwrap().unwrap();
+        assert_eq!(
+            (ch.ceremony, method.kind, method.totp_last_step),
+            (None, MethodKind::Passphrase, Some(7))
+        );
+        assert_eq!(method.secret, vec![1, 2]);
+        assert_eq!(policy.passkey_rp_id, None);
+        assert!(!store.credential_registered(&[9; 32]).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // Passkeys fit now, and a credential registers once.
+        conn.execute_batch(
+            "INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at, credential_hash) \
+             VALUES ('m_2', 'app_1', 'u1', 'passkey', 'confirmed', 'k', x'03', 1, zeroblob(32));",
+        )
+        .unwrap();
+        assert!(store.credential_registered(&[0; 32]).unwrap());
+        assert!(conn
+            .execute_batch(
+                "INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at, credential_hash) \
+                 VALUES ('m_3', 'app_1', 'u1', 'passkey', 'pending', 'k', x'03', 1, zeroblob(32));",
+            )
+            .is_err());
+        // The migrated database has the shape of a fresh one.
+        let fresh_path = dir.path().join("fresh.db");
+        drop(SqliteStore::open(&fresh_path, Synchronous::Full, Duration::from_secs(1)).unwrap());
+        assert_eq!(
+            shape_of(&conn),
+            shape_of(&Connection::open(&fresh_path).unwrap())
+        );
+    }
+
     #[test]
     fn a_fresh_database_has_exactly_the_canonical_schema() {
         let dir = tempfile::tempdir().unwrap();
@@ -2882,7 +3026,7 @@ mod tests {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO apps ({APP_COLUMNS}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
+                    "INSERT INTO apps ({APP_COLUMNS_V2}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
                 ),
                 [],
             )
@@ -2909,7 +3053,7 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.pragma_update(None, "foreign_keys", "ON").unwrap();
         let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0)).unwrap();
-        assert_eq!(version, 5);
+        assert_eq!(version, SCHEMA_VERSION);
         let kept: (String, Vec<u8>) = conn
             .one(
                 "SELECT kind, secret FROM methods WHERE id = 'm_1'",
@@ -2956,7 +3100,7 @@ mod tests {
             }
             conn.execute(
                 &format!(
-                    "INSERT INTO apps ({APP_COLUMNS}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
+                    "INSERT INTO apps ({APP_COLUMNS_V2}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600)"
                 ),
                 [],
             )

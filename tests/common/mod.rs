@@ -491,7 +491,8 @@ pub async fn unlock_with_sms_proof(
             &app.assertion(user, Purpose::Manage),
             Some(ghostkey_client::proto::api::Proof {
                 challenge_id: proof.id,
-                code,
+                code: Some(code),
+                webauthn: None,
             }),
         )
         .await

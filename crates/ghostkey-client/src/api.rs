@@ -102,6 +102,7 @@ impl Client {
             kind,
             destination: destination.map(str::to_owned),
             passphrase: None,
+            passkey: None,
             proof,
         };
         self.post("/v1/methods", assertion, &body, StatusCode::CREATED)
@@ -122,6 +123,31 @@ impl Client {
             kind: MethodKind::Passphrase,
             destination: None,
             passphrase: Some(setup),
+            passkey: None,
+            proof,
+        };
+        self.post("/v1/methods", assertion, &body, StatusCode::CREATED)
+            .await
+    }
+
+    /// `POST /v1/methods` for a passkey method, with the name the user gives it (if any).
+    /// The answer's challenge carries `webauthn` creation options: pass them to the
+    /// authenticator (`navigator.credentials.create`, or any WebAuthn client) and confirm
+    /// with [`Client::answer_webauthn`] and the new credential. Assertion and proof as for
+    /// [`Client::add_method`].
+    pub async fn add_passkey(
+        &self,
+        assertion: &str,
+        name: Option<&str>,
+        proof: Option<Proof>,
+    ) -> Result<AddMethodResponse, ClientError> {
+        let body = AddMethodRequest {
+            kind: MethodKind::Passkey,
+            destination: None,
+            passphrase: None,
+            passkey: Some(ghostkey_proto::api::PasskeySetup {
+                name: name.map(str::to_owned),
+            }),
             proof,
         };
         self.post("/v1/methods", assertion, &body, StatusCode::CREATED)
@@ -186,7 +212,21 @@ impl Client {
         code: &str,
     ) -> Result<AnswerResponse, ClientError> {
         let path = format!("/v1/challenges/{}/answer", path_segment(challenge_id)?);
-        self.post_code(&path, code).await
+        self.post_answer(&path, &AnswerRequest::with_code(code))
+            .await
+    }
+
+    /// `POST /v1/challenges/{id}/answer` for a passkey method: the new credential
+    /// (`RegisterPublicKeyCredential` JSON) the authenticator made from the challenge's
+    /// `webauthn` creation options.
+    pub async fn answer_webauthn(
+        &self,
+        challenge_id: &str,
+        credential: serde_json::Value,
+    ) -> Result<AnswerResponse, ClientError> {
+        let path = format!("/v1/challenges/{}/answer", path_segment(challenge_id)?);
+        self.post_answer(&path, &AnswerRequest::with_webauthn(credential))
+            .await
     }
 
     /// `POST /v1/users/unlock`: lifts the user's lock (`manage` assertion) with the user's
@@ -227,7 +267,21 @@ impl Client {
         code: &str,
     ) -> Result<RecoveryResponse, ClientError> {
         let path = format!("/v1/recoveries/{}/verify", path_segment(recovery_id)?);
-        self.post_code(&path, code).await
+        self.post_answer(&path, &AnswerRequest::with_code(code))
+            .await
+    }
+
+    /// `POST /v1/recoveries/{id}/verify` for a passkey method: the authenticator's
+    /// assertion (`PublicKeyCredential` JSON) made from the challenge's `webauthn` request
+    /// options.
+    pub async fn verify_recovery_webauthn(
+        &self,
+        recovery_id: &str,
+        assertion: serde_json::Value,
+    ) -> Result<RecoveryResponse, ClientError> {
+        let path = format!("/v1/recoveries/{}/verify", path_segment(recovery_id)?);
+        self.post_answer(&path, &AnswerRequest::with_webauthn(assertion))
+            .await
     }
 
     /// `POST /v1/recoveries/cancel`: cancels the recovery a notice's cancel code belongs
@@ -331,17 +385,14 @@ impl Client {
             .collect()
     }
 
-    /// Posts a typed code to a challenge's own URL: the challenge id is the handle, no
+    /// Posts an answer to a challenge's own URL: the challenge id is the handle, no
     /// assertion goes with it.
-    async fn post_code<T: DeserializeOwned>(
+    async fn post_answer<T: DeserializeOwned>(
         &self,
         path: &str,
-        code: &str,
+        body: &AnswerRequest,
     ) -> Result<T, ClientError> {
-        let body = AnswerRequest {
-            code: code.to_owned(),
-        };
-        let res = self.http.post(self.url(path)?).json(&body).send().await?;
+        let res = self.http.post(self.url(path)?).json(body).send().await?;
         answer(res, StatusCode::OK).await
     }
 

@@ -76,6 +76,9 @@ pub enum MethodKind {
     /// A passphrase the user knows. Ghostkey receives only a verifier derived from it on
     /// the client (docs/PROTOCOL.md §5.6); nothing is delivered.
     Passphrase,
+    /// A passkey (WebAuthn credential) made for Ghostkey alone, checked by Ghostkey's own
+    /// WebAuthn ceremonies with user verification (docs/PROTOCOL.md §5.7).
+    Passkey,
 }
 
 impl MethodKind {
@@ -86,6 +89,7 @@ impl MethodKind {
             MethodKind::Sms => "sms",
             MethodKind::Email => "email",
             MethodKind::Passphrase => "passphrase",
+            MethodKind::Passkey => "passkey",
         }
     }
 
@@ -102,6 +106,7 @@ impl MethodKind {
             "sms" => Some(MethodKind::Sms),
             "email" => Some(MethodKind::Email),
             "passphrase" => Some(MethodKind::Passphrase),
+            "passkey" => Some(MethodKind::Passkey),
             _ => None,
         }
     }
@@ -118,7 +123,8 @@ pub enum MethodState {
     Confirmed,
 }
 
-/// A proof through a confirmed method: a `proof` challenge and the code the user typed.
+/// A proof through a confirmed method: a `proof` challenge and the user's answer to it
+/// (exactly one of `code` and `webauthn`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
@@ -127,12 +133,38 @@ pub struct Proof {
     #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub challenge_id: String,
     /// The code (4 to 10 digits), or for a passphrase method its verifier (43 base64url
-    /// characters, docs/PROTOCOL.md §5.6).
+    /// characters, docs/PROTOCOL.md §5.6). Absent for a passkey method.
     #[cfg_attr(
         feature = "openapi",
         schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$")
     )]
-    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// For a passkey method (and only for it): the authenticator's assertion, a
+    /// `PublicKeyCredential` in its JSON form (docs/PROTOCOL.md §5.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub webauthn: Option<serde_json::Value>,
+}
+
+impl Proof {
+    /// A proof answered with a typed code or a passphrase verifier.
+    pub fn with_code(challenge_id: impl Into<String>, code: impl Into<String>) -> Proof {
+        Proof {
+            challenge_id: challenge_id.into(),
+            code: Some(code.into()),
+            webauthn: None,
+        }
+    }
+
+    /// A proof answered with a passkey's assertion.
+    pub fn with_webauthn(challenge_id: impl Into<String>, webauthn: serde_json::Value) -> Proof {
+        Proof {
+            challenge_id: challenge_id.into(),
+            code: None,
+            webauthn: Some(webauthn),
+        }
+    }
 }
 
 /// `POST /v1/methods`: an `enroll` assertion while the user has no confirmed method, a
@@ -151,6 +183,9 @@ pub struct AddMethodRequest {
     /// passphrase, and the version of the parameters it used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<PassphraseSetup>,
+    /// For `passkey` (optional, and only for it): the name the user gives the passkey.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passkey: Option<PasskeySetup>,
     /// Required once the user has a confirmed method.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<Proof>,
@@ -166,7 +201,9 @@ pub struct MethodView {
     pub kind: MethodKind,
     /// Pending or confirmed.
     pub state: MethodState,
-    /// The masked destination (`+33 6******78`, `j***@e***.org`); absent for TOTP.
+    /// The masked destination (`+33 6******78`, `j***@e***.org`), or a passkey's name
+    /// (`passkey “YubiKey”`, or its authenticator model's AAGUID); absent for TOTP and
+    /// passphrase.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub masked: Option<String>,
     /// When added.
@@ -212,6 +249,26 @@ pub struct ChallengeView {
     /// the verifier as the `code`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub passphrase: Option<PassphraseParams>,
+    /// For a passkey method: the WebAuthn options to pass to the authenticator, as
+    /// `{"publicKey": ...}` with binary members in base64url: creation options for a
+    /// `confirm` challenge (`navigator.credentials.create`), request options for `proof`
+    /// and `recover` (`navigator.credentials.get`). Answer with the credential's JSON as
+    /// `webauthn`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub webauthn: Option<serde_json::Value>,
+}
+
+/// What a client may say when adding a passkey method.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct PasskeySetup {
+    /// The name the user gives it (1 to 64 characters, no control characters), shown in
+    /// method lists and notices instead of the authenticator model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(min_length = 1, max_length = 64))]
+    pub name: Option<String>,
 }
 
 /// A passphrase verifier as the client sends it when adding a passphrase method.
@@ -311,19 +368,45 @@ pub struct StartChallengeRequest {
     pub purpose: ChallengePurpose,
 }
 
-/// `POST /v1/challenges/{id}/answer`.
+/// `POST /v1/challenges/{id}/answer` and `POST /v1/recoveries/{id}/verify`: exactly one of
+/// `code` and `webauthn`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AnswerRequest {
     /// The code the user typed (4 to 10 digits), or for a passphrase method the verifier
     /// the client derived from the passphrase (43 base64url characters, docs/PROTOCOL.md
-    /// §5.6).
+    /// §5.6). Absent for a passkey method.
     #[cfg_attr(
         feature = "openapi",
         schema(pattern = r"^(?:[0-9]{4,10}|[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048])$")
     )]
-    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// For a passkey method (and only for it): the authenticator's response in its JSON
+    /// form: the new credential (`RegisterPublicKeyCredential`) for a `confirm` challenge,
+    /// an assertion (`PublicKeyCredential`) for a recovery (docs/PROTOCOL.md §5.7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
+    pub webauthn: Option<serde_json::Value>,
+}
+
+impl AnswerRequest {
+    /// An answer with a typed code or a passphrase verifier.
+    pub fn with_code(code: impl Into<String>) -> AnswerRequest {
+        AnswerRequest {
+            code: Some(code.into()),
+            webauthn: None,
+        }
+    }
+
+    /// An answer with a passkey's response.
+    pub fn with_webauthn(webauthn: serde_json::Value) -> AnswerRequest {
+        AnswerRequest {
+            code: None,
+            webauthn: Some(webauthn),
+        }
+    }
 }
 
 /// The answer to a correct code.

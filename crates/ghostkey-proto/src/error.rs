@@ -105,6 +105,13 @@ error_codes! {
     LastMethod = ("last_method", 409, "The last confirmed method cannot be removed"),
     /// The code is wrong (or the challenge does not exist).
     InvalidCode = ("invalid_code", 403, "The code is not correct"),
+    /// A passkey's response does not verify (bad signature, another origin or relying
+    /// party, user verification missing, another challenge's or another credential's
+    /// response, a credential already registered); counted like a wrong code.
+    PasskeyRejected = ("passkey_rejected", 403, "The passkey's response was not accepted"),
+    /// A passkey's signature counter went backwards: a copy of the credential may exist.
+    /// Counted like a wrong code, and the user is told.
+    AuthenticatorCloned = ("authenticator_cloned", 403, "The passkey's signature counter went backwards"),
     /// The challenge has expired.
     CodeExpired = ("code_expired", 410, "The code has expired"),
     /// The challenge has been answered correctly already.
