@@ -157,6 +157,7 @@ impl Ghostkey {
             }
         }
         let judged = self.judge_answer(found.as_ref(), &code, now).await?;
+        let registered = judged.registered.clone();
         let Some((ch, method, _)) = found else {
             return Err(Error::new(ErrorCode::InvalidCode));
         };
@@ -193,6 +194,11 @@ impl Ghostkey {
         debug_assert_eq!(answered.settlement.state, ChallengeState::Used);
         self.outbox_wake.notify_one();
         let mut method = method;
+        if let Some(passkey) = registered {
+            // Shown as what was registered (the authenticator model, or the name).
+            method.key_id = passkey.key_id;
+            method.secret = passkey.secret;
+        }
         method.state = MethodState::Confirmed;
         method.confirmed_at = method.confirmed_at.or(Some(now));
         Ok(AnswerResponse {
