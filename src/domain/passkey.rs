@@ -169,7 +169,7 @@ pub enum MethodSecret {
         name: Option<String>,
     },
     /// Registered: the credential.
-    Registered(Stored),
+    Registered(Box<Stored>),
 }
 
 impl MethodSecret {

@@ -470,7 +470,7 @@ impl Ghostkey {
                 if store.credential_registered(&credential_hash)? {
                     return refused(Why::PasskeyRejected, "credential registered already");
                 }
-                let plain = MethodSecret::Registered(stored)
+                let plain = MethodSecret::Registered(Box::new(stored))
                     .encode()
                     .map_err(Error::internal)?;
                 return Ok(Judged {

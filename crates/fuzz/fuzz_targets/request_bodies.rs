@@ -235,15 +235,39 @@ fn check_code(code: &str) {
     }
 }
 
+/// An answer (or a proof's): exactly one of a well-formed code and a JSON object (a
+/// passkey's response) is accepted, unchanged.
+fn check_answer(code: Option<&str>, webauthn: Option<&serde_json::Value>, field: &str) {
+    if let Some(code) = code {
+        check_code(code);
+    }
+    match ghostkey::service::parse_answer(code, webauthn, field) {
+        Ok(ghostkey::service::Answer::Code(parsed)) => {
+            tally("answer:code");
+            assert!(webauthn.is_none());
+            assert_eq!(Some(parsed.expose_secret()), code.map(str::trim));
+        }
+        Ok(ghostkey::service::Answer::WebAuthn(response)) => {
+            tally("answer:webauthn");
+            assert!(code.is_none());
+            assert!(response.is_object());
+            assert_eq!(Some(&response), webauthn);
+        }
+        Err(e) => {
+            tally("answer:invalid");
+            assert_eq!(e.code, ErrorCode::InvalidField);
+        }
+    }
+}
+
 fn check_proof(proof: &Proof) {
-    check_code(&proof.code);
-    if let Ok(code) = ghostkey::service::parse_proof(proof) {
+    check_answer(proof.code.as_deref(), proof.webauthn.as_ref(), "proof.");
+    if ghostkey::service::parse_proof(proof).is_ok() {
         let id = &proof.challenge_id;
         assert!((1..=64).contains(&id.len()));
         assert!(id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'));
-        assert_eq!(code.expose_secret(), proof.code.trim());
     }
 }
 
@@ -251,7 +275,7 @@ fn check_destination(kind: MethodKind, destination: &str) {
     let normalised = match kind {
         MethodKind::Sms => method::normalise_phone(destination),
         MethodKind::Email => method::normalise_email(destination),
-        MethodKind::Totp | MethodKind::Passphrase => return,
+        MethodKind::Totp | MethodKind::Passphrase | MethodKind::Passkey => return,
     };
     tally(match (kind, normalised.is_ok()) {
         (MethodKind::Sms, true) => "phone:valid",
@@ -367,7 +391,7 @@ fn check_bytes(bytes: &[u8], only: Option<u8>) -> bool {
     if wants(b'd') {
         if let Some(body) = parse::<AnswerRequest>(bytes) {
             parsed = true;
-            check_code(&body.code);
+            check_answer(body.code.as_deref(), body.webauthn.as_ref(), "");
         }
     }
     if wants(b'e') {
