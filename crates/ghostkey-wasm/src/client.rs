@@ -3,17 +3,22 @@
 //! Each method returns a Promise of the answer's JSON text (or of nothing), which the
 //! TypeScript layer parses into its typed results. Arguments are plain strings and bytes:
 //! the TypeScript layer does the sealing and chain work synchronously around these calls,
-//! so no secret object has to live across an `await`.
+//! so no secret object has to live across an `await`. A passphrase verifier is the
+//! exception that proves the rule: it comes in as a [`Verifier`] (or inside a
+//! [`ProofInput`]), and the request takes its own copy, wiped once sent, before the
+//! Promise is returned.
 
 use std::future::Future;
 
 use ghostkey_client::proto::api::{ChallengePurpose, DevicePublicKeys, MethodKind, Proof};
 use js_sys::{Array, Promise, Uint8Array};
+use secrecy::ExposeSecret;
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 use wasm_bindgen_futures::future_to_promise;
 
 use crate::error::{Failure, Result};
+use crate::passphrase::Verifier;
 
 /// A Ghostkey API client.
 #[wasm_bindgen]
@@ -44,17 +49,55 @@ where
     })
 }
 
-fn required_proof(text: &str) -> Result<Proof> {
-    serde_json::from_str(text)
-        .map_err(|_| Failure::local("bad_format", "a proof is { challenge_id, code }"))
-}
+/// A proof on its way into a request: a `proof` challenge's id and its answer (a code, a
+/// passphrase verifier or a passkey's assertion). Made for one call, which consumes it.
+#[wasm_bindgen]
+pub struct ProofInput(Proof);
 
-fn proof(text: Option<String>) -> Result<Option<Proof>> {
-    text.as_deref().map(required_proof).transpose()
+#[wasm_bindgen]
+impl ProofInput {
+    /// From `{ challenge_id, code }` or `{ challenge_id, webauthn }` (exactly one of the
+    /// two answers) as JSON text.
+    #[wasm_bindgen(js_name = fromJson)]
+    pub fn from_json(text: &str) -> Result<ProofInput> {
+        let proof: Proof = serde_json::from_str(text).map_err(|_| {
+            Failure::local(
+                "bad_format",
+                "a proof is { challenge_id, code } or { challenge_id, webauthn }",
+            )
+        })?;
+        if proof.code.is_some() == proof.webauthn.is_some() {
+            return Err(Failure::local(
+                "bad_format",
+                "a proof has exactly one of code and webauthn",
+            ));
+        }
+        Ok(ProofInput(proof))
+    }
+
+    /// A proof answered with a passphrase verifier (derived from the proof challenge's
+    /// parameters).
+    #[wasm_bindgen(js_name = withVerifier)]
+    pub fn with_verifier(challenge_id: String, verifier: &Verifier) -> ProofInput {
+        ProofInput(Proof::with_code(
+            challenge_id,
+            verifier.secret.expose_secret().to_owned(),
+        ))
+    }
 }
 
 fn rejected(f: Failure) -> Promise {
     Promise::reject(&f.into())
+}
+
+fn webauthn_json(text: &str) -> Result<serde_json::Value> {
+    match serde_json::from_str(text) {
+        Ok(value @ serde_json::Value::Object(_)) => Ok(value),
+        _ => Err(Failure::local(
+            "bad_format",
+            "a WebAuthn response is a JSON object (PublicKeyCredential JSON)",
+        )),
+    }
 }
 
 #[wasm_bindgen]
@@ -90,28 +133,59 @@ impl Client {
         })
     }
 
-    /// `POST /v1/methods`; `kind` is `sms`, `email` or `totp`; `proof_json` an optional
-    /// `{ challenge_id, code }`.
+    /// `POST /v1/methods`; `kind` is `sms`, `email` or `totp` (passphrases and passkeys
+    /// have their own calls).
     #[wasm_bindgen(js_name = addMethod)]
     pub fn add_method(
         &self,
         assertion: String,
         kind: &str,
         destination: Option<String>,
-        proof_json: Option<String>,
+        proof: Option<ProofInput>,
     ) -> Promise {
-        let Some(kind) = MethodKind::parse(kind) else {
-            return rejected(Failure::local("bad_format", "kind is sms, email or totp"));
+        let kind = match MethodKind::parse(kind) {
+            Some(k @ (MethodKind::Sms | MethodKind::Email | MethodKind::Totp)) => k,
+            Some(MethodKind::Passphrase | MethodKind::Passkey) => {
+                return rejected(Failure::local(
+                    "bad_format",
+                    "passphrase and passkey methods are added with addPassphrase and addPasskey",
+                ))
+            }
+            None => return rejected(Failure::local("bad_format", "kind is sms, email or totp")),
         };
-        let proof = match proof(proof_json) {
-            Ok(p) => p,
-            Err(f) => return rejected(f),
-        };
+        let proof = proof.map(|p| p.0);
         let c = self.0.clone();
         json(async move {
             c.add_method(&assertion, kind, destination.as_deref(), proof)
                 .await
         })
+    }
+
+    /// `POST /v1/methods` for a passphrase method, with its verifier.
+    #[wasm_bindgen(js_name = addPassphrase)]
+    pub fn add_passphrase(
+        &self,
+        assertion: String,
+        verifier: &Verifier,
+        proof: Option<ProofInput>,
+    ) -> Promise {
+        let setup = verifier.setup();
+        let proof = proof.map(|p| p.0);
+        let c = self.0.clone();
+        json(async move { c.add_passphrase(&assertion, setup, proof).await })
+    }
+
+    /// `POST /v1/methods` for a passkey method, with the name the user gives it.
+    #[wasm_bindgen(js_name = addPasskey)]
+    pub fn add_passkey(
+        &self,
+        assertion: String,
+        name: Option<String>,
+        proof: Option<ProofInput>,
+    ) -> Promise {
+        let proof = proof.map(|p| p.0);
+        let c = self.0.clone();
+        json(async move { c.add_passkey(&assertion, name.as_deref(), proof).await })
     }
 
     /// `GET /v1/methods`.
@@ -127,14 +201,10 @@ impl Client {
         &self,
         assertion: String,
         method_id: String,
-        proof_json: String,
+        proof: ProofInput,
     ) -> Promise {
-        let proof = match required_proof(&proof_json) {
-            Ok(p) => p,
-            Err(f) => return rejected(f),
-        };
         let c = self.0.clone();
-        unit(async move { c.remove_method(&assertion, &method_id, proof).await })
+        unit(async move { c.remove_method(&assertion, &method_id, proof.0).await })
     }
 
     /// `POST /v1/challenges`; `purpose` is `confirm` or `proof`.
@@ -155,12 +225,29 @@ impl Client {
         json(async move { c.answer(&challenge_id, &code).await })
     }
 
-    /// `POST /v1/users/unlock`.
-    pub fn unlock(&self, assertion: String, proof_json: Option<String>) -> Promise {
-        let proof = match proof(proof_json) {
-            Ok(p) => p,
+    /// `POST /v1/challenges/{id}/answer` with a passphrase verifier as the code.
+    #[wasm_bindgen(js_name = answerVerifier)]
+    pub fn answer_verifier(&self, challenge_id: String, verifier: &Verifier) -> Promise {
+        let code = verifier.copy();
+        let c = self.0.clone();
+        json(async move { c.answer(&challenge_id, code.expose_secret()).await })
+    }
+
+    /// `POST /v1/challenges/{id}/answer` with a passkey's new credential
+    /// (`RegisterPublicKeyCredential` JSON text) as `webauthn`.
+    #[wasm_bindgen(js_name = answerWebauthn)]
+    pub fn answer_webauthn(&self, challenge_id: String, credential_json: &str) -> Promise {
+        let credential = match webauthn_json(credential_json) {
+            Ok(v) => v,
             Err(f) => return rejected(f),
         };
+        let c = self.0.clone();
+        json(async move { c.answer_webauthn(&challenge_id, credential).await })
+    }
+
+    /// `POST /v1/users/unlock`.
+    pub fn unlock(&self, assertion: String, proof: Option<ProofInput>) -> Promise {
+        let proof = proof.map(|p| p.0);
         let c = self.0.clone();
         json(async move { c.unlock(&assertion, proof).await })
     }
@@ -179,6 +266,26 @@ impl Client {
         json(async move { c.verify_recovery(&recovery_id, &code).await })
     }
 
+    /// `POST /v1/recoveries/{id}/verify` with a passphrase verifier as the code.
+    #[wasm_bindgen(js_name = verifyRecoveryVerifier)]
+    pub fn verify_recovery_verifier(&self, recovery_id: String, verifier: &Verifier) -> Promise {
+        let code = verifier.copy();
+        let c = self.0.clone();
+        json(async move { c.verify_recovery(&recovery_id, code.expose_secret()).await })
+    }
+
+    /// `POST /v1/recoveries/{id}/verify` with a passkey's assertion (`PublicKeyCredential`
+    /// JSON text) as `webauthn`.
+    #[wasm_bindgen(js_name = verifyRecoveryWebauthn)]
+    pub fn verify_recovery_webauthn(&self, recovery_id: String, assertion_json: &str) -> Promise {
+        let assertion = match webauthn_json(assertion_json) {
+            Ok(v) => v,
+            Err(f) => return rejected(f),
+        };
+        let c = self.0.clone();
+        json(async move { c.verify_recovery_webauthn(&recovery_id, assertion).await })
+    }
+
     /// `POST /v1/recoveries/{id}/release`.
     #[wasm_bindgen(js_name = releaseRecovery)]
     pub fn release_recovery(&self, assertion: String, recovery_id: String) -> Promise {
@@ -192,12 +299,9 @@ impl Client {
         &self,
         assertion: String,
         recovery_id: String,
-        proof_json: Option<String>,
+        proof: Option<ProofInput>,
     ) -> Promise {
-        let proof = match proof(proof_json) {
-            Ok(p) => p,
-            Err(f) => return rejected(f),
-        };
+        let proof = proof.map(|p| p.0);
         let c = self.0.clone();
         json(async move { c.cancel_recovery(&assertion, &recovery_id, proof).await })
     }
@@ -235,14 +339,10 @@ impl Client {
         &self,
         assertion: String,
         sealed: Vec<u8>,
-        proof_json: String,
+        proof: ProofInput,
     ) -> Promise {
-        let proof = match required_proof(&proof_json) {
-            Ok(p) => p,
-            Err(f) => return rejected(f),
-        };
         let c = self.0.clone();
-        unit(async move { c.replace_virtual_device(&assertion, &sealed, proof).await })
+        unit(async move { c.replace_virtual_device(&assertion, &sealed, proof.0).await })
     }
 
     /// `POST /v1/users/erase`.

@@ -35,6 +35,11 @@ impl Failure {
             problem: None,
         }
     }
+
+    /// Its stable code.
+    pub fn code(&self) -> &str {
+        &self.code
+    }
 }
 
 /// What every exported function returns on failure.

@@ -6,6 +6,7 @@
 //!
 //! - [`keys`]: user secrets, device keys, user keys, the virtual device, the app key;
 //! - [`chain`]: the verified device chain and envelopes;
+//! - [`passphrase`]: passphrases and their verifiers (strength check, Argon2id);
 //! - [`client`]: the `/v1` API client;
 //! - [`error`]: failures as JavaScript objects with stable codes.
 #![forbid(unsafe_code)]
@@ -14,6 +15,7 @@ pub mod chain;
 pub mod client;
 pub mod error;
 pub mod keys;
+pub mod passphrase;
 
 use wasm_bindgen::prelude::*;
 

@@ -76,7 +76,29 @@ export type LocalErrorCode =
   /** `init()` has not been called, or the WebAssembly module could not be loaded. */
   | "not_initialised"
   /** An object was used after `free()`. */
-  | "freed";
+  | "freed"
+  /** A new passphrase has fewer than 12 characters (after NFC): nothing was derived or sent. */
+  | "passphrase_too_short"
+  /** A new passphrase's strength estimate is under 50 bits (repetitions, few kinds of
+   *  characters): nothing was derived or sent. */
+  | "passphrase_too_weak"
+  /** A passphrase challenge names a parameter version this package does not know. */
+  | "passphrase_unknown_version"
+  /** A passphrase challenge's parameters differ from this package's table for its version
+   *  (a server may not make a client derive more cheaply): nothing was derived or sent. */
+  | "passphrase_params_refused"
+  /** The challenge is for another kind of method (a passphrase's answer to a challenge
+   *  without passphrase parameters, a passkey's to one without WebAuthn options). */
+  | "wrong_method_kind"
+  /** This host has no WebAuthn (`navigator.credentials`): passkeys need a browser. */
+  | "webauthn_unavailable"
+  /** The browser's passkey ceremony did not complete: the user cancelled, it timed out,
+   *  or it was aborted (`NotAllowedError`, `AbortError`). */
+  | "webauthn_cancelled"
+  /** The browser refused the passkey ceremony otherwise; `message` names the DOMException
+   *  (`InvalidStateError`: the authenticator already holds a passkey of this user;
+   *  `SecurityError`: the page's origin does not fit the app's RP id). */
+  | "webauthn_failed";
 
 /** Turns whatever the WebAssembly layer threw into a GhostkeyError. */
 export function toGhostkeyError(thrown: unknown): GhostkeyError {

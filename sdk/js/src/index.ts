@@ -3,7 +3,8 @@
  * TypeScript API, for browsers and Node 20.
  *
  * Call {@link init} once, then use the classes. Secret-holding objects ({@link UserSecret},
- * {@link DeviceKeys}, {@link UserKeys}, {@link VirtualDevice}, {@link AppKey}) keep their
+ * {@link DeviceKeys}, {@link UserKeys}, {@link VirtualDevice}, {@link AppKey},
+ * {@link Passphrase}, {@link PassphraseVerifier}) keep their
  * bytes in WebAssembly memory, never print them (`String(x)`, `JSON.stringify(x)`,
  * `util.inspect(x)` show a redacted form), give them out only through an explicit
  * `export…()` call, and wipe them when freed: call `free()` when done (a
@@ -14,9 +15,16 @@
 import * as wasm from "./wasm/ghostkey_wasm.js";
 import { GhostkeyError, guard, guardAsync } from "./errors.js";
 import { pkcs8PemFromSeed, seedFromPkcs8Pem } from "./pkcs8.js";
+import { fromBase64Url } from "./base64.js";
+import { createPasskey, getPasskeyAssertion } from "./webauthn.js";
+import type { WebAuthnCallOptions } from "./webauthn.js";
 import type {
   AddMethodResponse,
   AnswerResponse,
+  AuthenticationResponseJSON,
+  PasskeyProof,
+  PassphraseProof,
+  RegistrationResponseJSON,
   AssertionClaims,
   AssertionSource,
   ChainDevice,
@@ -33,9 +41,19 @@ import type {
 } from "./types.js";
 
 export { GhostkeyError } from "./errors.js";
+export { toBase64Url, fromBase64Url } from "./base64.js";
 export type { LocalErrorCode } from "./errors.js";
 export type * from "./types.js";
 export { MemoryKeyStorage, IndexedDbKeyStorage } from "./storage.js";
+export {
+  createPasskey,
+  getPasskeyAssertion,
+  passkeyCreationOptions,
+  passkeyRequestOptions,
+  registrationResponseJSON,
+  authenticationResponseJSON,
+} from "./webauthn.js";
+export type { WebAuthnCallOptions } from "./webauthn.js";
 export type { KeyStorage } from "./storage.js";
 
 // ---------------------------------------------------------------------------------------
@@ -101,27 +119,6 @@ abstract class Redacted {
 function live<T>(inner: T | undefined, label: string): T {
   if (inner === undefined) throw new GhostkeyError("freed", `${label} was freed`);
   return inner;
-}
-
-// ---------------------------------------------------------------------------------------
-// Base64url (no padding), the protocol's text form of bytes.
-
-/** Encodes bytes as base64url without padding. */
-export function toBase64Url(bytes: Uint8Array): string {
-  let s = "";
-  for (const b of bytes) s += String.fromCharCode(b);
-  return btoa(s).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
-}
-
-/** Decodes base64url without padding; throws `bad_format` on anything else. */
-export function fromBase64Url(text: string): Uint8Array {
-  if (!/^[A-Za-z0-9_-]*$/.test(text) || text.length % 4 === 1) {
-    throw new GhostkeyError("bad_format", "not base64url without padding");
-  }
-  const bin = atob(text.replace(/-/g, "+").replace(/_/g, "/"));
-  const out = new Uint8Array(bin.length);
-  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -356,6 +353,152 @@ export class VirtualDevice extends Redacted {
     this.#inner?.free();
     this.#inner = undefined;
   }
+}
+
+// ---------------------------------------------------------------------------------------
+// Passphrases (docs/PROTOCOL.md §5.6)
+
+/** The strength of a new passphrase, as {@link Passphrase.strength} reports it. */
+export interface PassphraseStrength {
+  /** Whether it passes the minimum ({@link Passphrase.checkStrength} does not throw). */
+  ok: boolean;
+  /** The estimate, in bits (length, at most twice the distinct characters, times log2 of
+   *  the character classes' sizes). A floor against the obvious, not a real measure. */
+  bits: number;
+  /** The minimum estimate (50). */
+  minBits: number;
+  /** The minimum length in characters after NFC (12). */
+  minChars: number;
+  /** Why it fails: `passphrase_too_short` or `passphrase_too_weak`. */
+  code?: "passphrase_too_short" | "passphrase_too_weak";
+  /** A sentence for the user (no part of the passphrase). */
+  message?: string;
+}
+
+/**
+ * A passphrase the user typed. It never leaves the device: Ghostkey receives a
+ * {@link PassphraseVerifier} derived from it (Argon2id of its NFC form, salted with the
+ * app id and the user id), computed here by the same Rust code as the native client.
+ *
+ * The text is copied into WebAssembly memory and wiped from there by `free()`; the
+ * JavaScript string it came from (an input field's value) is out of this package's reach,
+ * so clear the field once done.
+ */
+export class Passphrase extends Redacted {
+  protected readonly label = "Passphrase";
+  #inner: wasm.Passphrase | undefined;
+
+  private constructor(inner: wasm.Passphrase) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** From the text the user typed (any Unicode; NFC and NFD spellings are the same). */
+  static from(text: string): Passphrase {
+    if (typeof text !== "string") throw new GhostkeyError("bad_format", "a passphrase is a string");
+    return new Passphrase(guard(() => wasm.Passphrase.fromString(text)));
+  }
+
+  /** The minimum strength of a new passphrase: at least 12 characters and an estimate of
+   *  50 bits. Throws `passphrase_too_short` or `passphrase_too_weak`. */
+  checkStrength(): void {
+    guard(() => live(this.#inner, this.label).checkStrength());
+  }
+
+  /** The same check as a report, for a strength meter. */
+  strength(): PassphraseStrength {
+    return guard(() => JSON.parse(live(this.#inner, this.label).strength()) as PassphraseStrength);
+  }
+
+  /**
+   * What adding a passphrase method sends ({@link GhostkeyClient.addPassphrase}): checks the
+   * strength first (`passphrase_too_short`, `passphrase_too_weak`, before deriving
+   * anything), then derives the verifier with the newest parameters. About 19 MiB and two
+   * Argon2id passes: a fraction of a second, synchronously.
+   */
+  setup(appId: string, userId: string): PassphraseVerifier {
+    return new PassphraseVerifier(guard(() => live(this.#inner, this.label).setup(appId, userId)));
+  }
+
+  /**
+   * The answer to a passphrase method's challenge (`confirm`, `proof` or `recover`): the
+   * verifier derived with the parameters the challenge shows, once they are checked
+   * against this package's own table (`passphrase_unknown_version`,
+   * `passphrase_params_refused`: a server cannot talk the client into a cheaper
+   * derivation; `wrong_method_kind` for a challenge of another kind). No strength check:
+   * the passphrase is the one already set.
+   */
+  answer(challenge: ChallengeView, appId: string, userId: string): PassphraseVerifier {
+    if (challenge.kind !== "passphrase") {
+      throw new GhostkeyError("wrong_method_kind", `challenge ${challenge.id} is for a ${challenge.kind} method, not a passphrase`);
+    }
+    const params = challenge.passphrase === undefined || challenge.passphrase === null ? undefined : JSON.stringify(challenge.passphrase);
+    return new PassphraseVerifier(guard(() => live(this.#inner, this.label).answer(appId, userId, params)));
+  }
+
+  /** The verifier with the parameters of `version` (no strength check, no challenge): for
+   *  test vectors. */
+  deriveVerifier(appId: string, userId: string, version = 1): PassphraseVerifier {
+    return new PassphraseVerifier(guard(() => live(this.#inner, this.label).deriveVerifier(appId, userId, version)));
+  }
+
+  /** Wipes the passphrase from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+}
+
+/**
+ * A passphrase verifier: what Ghostkey checks, where a code would go. Whoever holds it can
+ * answer the user's passphrase challenges, so it is a secret like the passphrase: it
+ * stays in WebAssembly memory, goes out only inside a request
+ * ({@link GhostkeyClient.addPassphrase}, {@link GhostkeyClient.answer},
+ * {@link GhostkeyClient.verifyRecovery}, a {@link PassphraseProof}) or through
+ * {@link exportBase64}, and prints redacted.
+ */
+export class PassphraseVerifier extends Redacted {
+  protected readonly label = "PassphraseVerifier";
+  #inner: wasm.Verifier | undefined;
+
+  /** @internal */
+  constructor(inner: wasm.Verifier) {
+    super();
+    this.#inner = inner;
+  }
+
+  /** The parameter version it was derived with. */
+  get version(): number {
+    return guard(() => live(this.#inner, this.label).version);
+  }
+
+  /** The verifier as base64url (43 characters), on explicit request only (test vectors). */
+  exportBase64(): string {
+    return guard(() => live(this.#inner, this.label).exportBase64());
+  }
+
+  /** @internal */
+  get _inner(): wasm.Verifier {
+    return live(this.#inner, this.label);
+  }
+
+  /** Wipes the verifier from WebAssembly memory. Idempotent. */
+  free(): void {
+    this.#inner?.free();
+    this.#inner = undefined;
+  }
+}
+
+/** The WebAssembly form of a proof, for one call. */
+function proofInput(proof: Proof): wasm.ProofInput {
+  if ("verifier" in proof && proof.verifier instanceof PassphraseVerifier) {
+    return wasm.ProofInput.withVerifier(proof.challenge_id, proof.verifier._inner);
+  }
+  return wasm.ProofInput.fromJson(JSON.stringify(proof));
+}
+
+function optionalProof(proof: Proof | undefined): wasm.ProofInput | undefined {
+  return proof === undefined ? undefined : proofInput(proof);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -653,6 +796,23 @@ export interface Admitted {
   chain: Chain;
 }
 
+/** What {@link GhostkeyClient.recover} needs: the recovery, the user's answer (exactly one
+ *  of `code` and `webauthn`), and what opening and admitting take. */
+export interface RecoverOptions {
+  recoveryId: string;
+  /** The code the user typed, or a passphrase method's verifier. */
+  code?: string | PassphraseVerifier;
+  /** A passkey's assertion over the recovery's challenge. */
+  webauthn?: AuthenticationResponseJSON;
+  secret: UserSecret;
+  appId: string;
+  userId: string;
+  pinned: PinnedKeys;
+  assertions: AssertionSource;
+  minVersion?: number;
+  device?: DeviceKeys;
+}
+
 /** A typed client for Ghostkey's /v1 API, over the host's `fetch`. */
 export class GhostkeyClient {
   #inner: wasm.Client;
@@ -777,13 +937,40 @@ export class GhostkeyClient {
 
   // --- Methods and challenges ------------------------------------------------------------
 
-  /** `POST /v1/methods`. With no confirmed method yet: an `enroll` assertion and no proof;
-   *  afterwards a `manage` assertion and a proof. `destination`: phone number or e-mail
-   *  address; omit for TOTP. */
-  addMethod(assertion: string, kind: MethodKind, destination?: string, proof?: Proof): Promise<AddMethodResponse> {
-    return this.#json(() =>
-      this.#inner.addMethod(assertion, kind, destination, proof === undefined ? undefined : JSON.stringify(proof)),
-    );
+  /** `POST /v1/methods` for an SMS, e-mail or TOTP method. With no confirmed method yet:
+   *  an `enroll` assertion and no proof; afterwards a `manage` assertion and a proof.
+   *  `destination`: phone number or e-mail address; omit for TOTP. (Passphrases and
+   *  passkeys: {@link addPassphrase}, {@link addPasskey}.) */
+  addMethod(
+    assertion: string,
+    kind: Exclude<MethodKind, "passphrase" | "passkey">,
+    destination?: string,
+    proof?: Proof,
+  ): Promise<AddMethodResponse> {
+    return this.#json(() => this.#inner.addMethod(assertion, kind, destination, optionalProof(proof)));
+  }
+
+  /**
+   * `POST /v1/methods` for a passphrase method, with the verifier from
+   * {@link Passphrase.setup} (which has checked the strength: a weak passphrase never gets
+   * this far). Assertion and proof as for {@link addMethod}. Confirm it with
+   * {@link answer} and the verifier of the passphrase typed a second time
+   * (`Passphrase.answer(added.challenge, ...)`). The app's policy must allow `passphrase`.
+   */
+  addPassphrase(assertion: string, verifier: PassphraseVerifier, proof?: Proof): Promise<AddMethodResponse> {
+    return this.#json(() => this.#inner.addPassphrase(assertion, verifier._inner, optionalProof(proof)));
+  }
+
+  /**
+   * `POST /v1/methods` for a passkey method, with the name the user gives it (1 to 64
+   * characters; shown in method lists instead of the authenticator's model). Assertion and
+   * proof as for {@link addMethod}. The answer's challenge carries the WebAuthn creation
+   * options: make the passkey and confirm with {@link confirmPasskey} (or
+   * {@link createPasskey} and {@link answerWebAuthn}). The app needs a relying-party id
+   * (`ghostkey app passkey set`) and a policy that allows `passkey`.
+   */
+  addPasskey(assertion: string, name?: string, proof?: Proof): Promise<AddMethodResponse> {
+    return this.#json(() => this.#inner.addPasskey(assertion, name, optionalProof(proof)));
   }
 
   /** `GET /v1/methods`: the user's methods, masked (`manage` or `recover` assertion). */
@@ -793,7 +980,7 @@ export class GhostkeyClient {
 
   /** `POST /v1/methods/{id}/remove` (`manage` assertion and a proof). */
   removeMethod(assertion: string, methodId: string, proof: Proof): Promise<void> {
-    return guardAsync(() => this.#inner.removeMethod(assertion, methodId, JSON.stringify(proof)));
+    return guardAsync(() => this.#inner.removeMethod(assertion, methodId, proofInput(proof)));
   }
 
   /** `POST /v1/challenges`: a new code for a pending method (`confirm`) or a proof
@@ -802,15 +989,60 @@ export class GhostkeyClient {
     return this.#json(() => this.#inner.startChallenge(assertion, methodId, purpose));
   }
 
-  /** `POST /v1/challenges/{id}/answer`: the code the user typed. A wrong code throws
-   *  `invalid_code`. */
-  answer(challengeId: string, code: string): Promise<AnswerResponse> {
-    return this.#json(() => this.#inner.answer(challengeId, code));
+  /** `POST /v1/challenges/{id}/answer`: the code the user typed, or for a passphrase
+   *  method the verifier ({@link Passphrase.answer}). A wrong one throws `invalid_code`. */
+  answer(challengeId: string, code: string | PassphraseVerifier): Promise<AnswerResponse> {
+    return this.#json(() =>
+      code instanceof PassphraseVerifier
+        ? this.#inner.answerVerifier(challengeId, code._inner)
+        : this.#inner.answer(challengeId, code),
+    );
+  }
+
+  /** `POST /v1/challenges/{id}/answer` for a passkey method: the new passkey
+   *  ({@link createPasskey}) as `webauthn`. A response that does not verify throws
+   *  `passkey_rejected` (counted like a wrong code). */
+  answerWebAuthn(challengeId: string, credential: RegistrationResponseJSON): Promise<AnswerResponse> {
+    return this.#json(() => this.#inner.answerWebauthn(challengeId, JSON.stringify(credential)));
+  }
+
+  /** Confirms a passkey method: makes the passkey from its `confirm` challenge's options
+   *  with the browser's WebAuthn ({@link createPasskey}) and answers with it. */
+  async confirmPasskey(challenge: ChallengeView, options: WebAuthnCallOptions = {}): Promise<AnswerResponse> {
+    const credential = await createPasskey(challenge, options);
+    return this.answerWebAuthn(challenge.id, credential);
+  }
+
+  /**
+   * A proof through a confirmed passkey method: starts a `proof` challenge on it (with
+   * `assertion`, of the purpose of the request the proof is for), signs it with the
+   * browser's WebAuthn, and returns the proof to pass to that request.
+   */
+  async proofWithPasskey(assertion: string, methodId: string, options: WebAuthnCallOptions = {}): Promise<PasskeyProof> {
+    const challenge = await this.startChallenge(assertion, methodId, "proof");
+    return { challenge_id: challenge.id, webauthn: await getPasskeyAssertion(challenge, options) };
+  }
+
+  /**
+   * A proof through a confirmed passphrase method: starts a `proof` challenge on it (with
+   * `assertion`, of the purpose of the request the proof is for) and derives the verifier
+   * with the parameters it shows ({@link Passphrase.answer}). Free `proof.verifier` after
+   * the request.
+   */
+  async proofWithPassphrase(
+    assertion: string,
+    methodId: string,
+    passphrase: Passphrase,
+    appId: string,
+    userId: string,
+  ): Promise<PassphraseProof> {
+    const challenge = await this.startChallenge(assertion, methodId, "proof");
+    return { challenge_id: challenge.id, verifier: passphrase.answer(challenge, appId, userId) };
   }
 
   /** `POST /v1/users/unlock` (`manage` assertion; a proof once the user has a method). */
   unlock(assertion: string, proof?: Proof): Promise<UnlockResponse> {
-    return this.#json(() => this.#inner.unlock(assertion, proof === undefined ? undefined : JSON.stringify(proof)));
+    return this.#json(() => this.#inner.unlock(assertion, optionalProof(proof)));
   }
 
   // --- Recovery --------------------------------------------------------------------------
@@ -820,10 +1052,23 @@ export class GhostkeyClient {
     return this.#json(() => this.#inner.startRecovery(assertion, methodId));
   }
 
-  /** `POST /v1/recoveries/{id}/verify`: the code the user typed. `released` at once, or
-   *  `waiting` until `available_at`. Open a release with {@link openReleased}. */
-  verifyRecovery(recoveryId: string, code: string): Promise<RecoveryResponse> {
-    return this.#json(() => this.#inner.verifyRecovery(recoveryId, code));
+  /** `POST /v1/recoveries/{id}/verify`: the code the user typed, or for a passphrase
+   *  method the verifier ({@link Passphrase.answer} of the recovery's challenge).
+   *  `released` at once, or `waiting` until `available_at`. Open a release with
+   *  {@link openReleased}. */
+  verifyRecovery(recoveryId: string, code: string | PassphraseVerifier): Promise<RecoveryResponse> {
+    return this.#json(() =>
+      code instanceof PassphraseVerifier
+        ? this.#inner.verifyRecoveryVerifier(recoveryId, code._inner)
+        : this.#inner.verifyRecovery(recoveryId, code),
+    );
+  }
+
+  /** `POST /v1/recoveries/{id}/verify` for a passkey method: the assertion
+   *  ({@link getPasskeyAssertion} of the recovery's challenge) as `webauthn`. Refusals:
+   *  `passkey_rejected`, `authenticator_cloned`, and the code errors. */
+  verifyRecoveryWebAuthn(recoveryId: string, assertion: AuthenticationResponseJSON): Promise<RecoveryResponse> {
+    return this.#json(() => this.#inner.verifyRecoveryWebauthn(recoveryId, JSON.stringify(assertion)));
   }
 
   /** `POST /v1/recoveries/{id}/release` after the waiting period (`recover` assertion). */
@@ -833,9 +1078,7 @@ export class GhostkeyClient {
 
   /** `POST /v1/recoveries/{id}/cancel`: a `manage` assertion alone, or `recover` with a proof. */
   cancelRecovery(assertion: string, recoveryId: string, proof?: Proof): Promise<RecoveryResponse> {
-    return this.#json(() =>
-      this.#inner.cancelRecovery(assertion, recoveryId, proof === undefined ? undefined : JSON.stringify(proof)),
-    );
+    return this.#json(() => this.#inner.cancelRecovery(assertion, recoveryId, optionalProof(proof)));
   }
 
   /** `POST /v1/recoveries/cancel` with the cancel code of a notice (no assertion). */
@@ -844,24 +1087,22 @@ export class GhostkeyClient {
   }
 
   /**
-   * Submits the code and, once released, opens the virtual device with `secret` and admits
-   * a fresh device to the chain with it (`recover` assertions): from "all devices lost" to
-   * "new device admitted" in one call. Throws `recovery_waiting` (with `retryAfter`) when
-   * the app has a waiting period: call {@link releaseRecovery} later, then
-   * {@link openReleased} and {@link admitDevice}.
+   * Submits the user's answer and, once released, opens the virtual device with `secret`
+   * and admits a fresh device to the chain with it (`recover` assertions): from "all
+   * devices lost" to "new device admitted" in one call. The answer is exactly one of
+   * `code` (a typed code, or a passphrase method's {@link PassphraseVerifier}) and
+   * `webauthn` (a passkey's assertion, {@link getPasskeyAssertion}). Throws
+   * `recovery_waiting` (with `retryAfter`) when the app has a waiting period: call
+   * {@link releaseRecovery} later, then {@link openReleased} and {@link admitDevice}.
    */
-  async recover(options: {
-    recoveryId: string;
-    code: string;
-    secret: UserSecret;
-    appId: string;
-    userId: string;
-    pinned: PinnedKeys;
-    assertions: AssertionSource;
-    minVersion?: number;
-    device?: DeviceKeys;
-  }): Promise<Admitted> {
-    const answer = await this.verifyRecovery(options.recoveryId, options.code);
+  async recover(options: RecoverOptions): Promise<Admitted> {
+    if ((options.code === undefined) === (options.webauthn === undefined)) {
+      throw new GhostkeyError("bad_format", "recover takes exactly one of code and webauthn");
+    }
+    const answer =
+      options.webauthn !== undefined
+        ? await this.verifyRecoveryWebAuthn(options.recoveryId, options.webauthn)
+        : await this.verifyRecovery(options.recoveryId, options.code as string | PassphraseVerifier);
     const vd = openReleased(answer, options.secret, options);
     try {
       return await this.admitDevice({
@@ -902,7 +1143,7 @@ export class GhostkeyClient {
   /** `POST /v1/virtual-device/replace`: the virtual device sealed under a new secret or
    *  with a higher version (`manage` assertion and a proof). */
   replaceVirtualDevice(assertion: string, sealed: Uint8Array, proof: Proof): Promise<void> {
-    return guardAsync(() => this.#inner.replaceVirtualDevice(assertion, sealed, JSON.stringify(proof)));
+    return guardAsync(() => this.#inner.replaceVirtualDevice(assertion, sealed, proofInput(proof)));
   }
 
   /** `POST /v1/users/erase`: deletes everything Ghostkey holds for the user (`manage`). */

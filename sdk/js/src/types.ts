@@ -2,9 +2,11 @@
 // names stay snake_case so that they match the protocol document and the server's
 // OpenAPI description. Times are Unix seconds.
 
-/** A kind of verification method. (`passphrase` methods, docs/PROTOCOL.md §5.6, may
- *  appear in results; this package cannot add or answer them yet.) */
-export type MethodKind = "sms" | "email" | "totp" | "passphrase";
+import type { PassphraseVerifier } from "./index.js";
+
+/** A kind of verification method. `passphrase` (docs/PROTOCOL.md §5.6) and `passkey`
+ *  have their own calls to add them (`addPassphrase`, `addPasskey`). */
+export type MethodKind = "sms" | "email" | "totp" | "passphrase" | "passkey";
 
 /** What an assertion allows (docs/PROTOCOL.md §2.3). */
 export type Purpose = "enroll" | "manage" | "recover";
@@ -20,10 +22,32 @@ export interface Problem {
   available_at?: number;
 }
 
-/** A proof through a confirmed method: a `proof` challenge and the code the user typed. */
-export interface Proof {
+/**
+ * A proof through a confirmed method: a `proof` challenge and its answer, which is one of
+ * - the code the user typed (SMS, e-mail, TOTP): `{ challenge_id, code }`;
+ * - a passkey's assertion: `{ challenge_id, webauthn }` (`GhostkeyClient.proofWithPasskey`);
+ * - a passphrase's verifier: `{ challenge_id, verifier }` (`GhostkeyClient.proofWithPassphrase`),
+ *   which travels as the `code` without ever being a JavaScript string.
+ */
+export type Proof = CodeProof | PasskeyProof | PassphraseProof;
+
+/** A proof answered with a typed code. */
+export interface CodeProof {
   challenge_id: string;
   code: string;
+}
+
+/** A proof answered with a passkey's assertion (made from the proof challenge's options). */
+export interface PasskeyProof {
+  challenge_id: string;
+  webauthn: AuthenticationResponseJSON;
+}
+
+/** A proof answered with a passphrase verifier (derived with the proof challenge's
+ *  parameters). Free the verifier after the request. */
+export interface PassphraseProof {
+  challenge_id: string;
+  verifier: PassphraseVerifier;
 }
 
 export interface DevicePublicKeys {
@@ -61,8 +85,94 @@ export interface ChallengeView {
   masked?: string;
   expires_at: number;
   max_attempts: number;
-  /** For a passphrase method: the parameters of its verifier derivation. */
-  passphrase?: { version: number; memory_kib: number; iterations: number; parallelism: number };
+  /** For a passphrase method: the parameters to derive the verifier with (checked against
+   *  this package's own table before any derivation). */
+  passphrase?: PassphraseParams;
+  /** For a passkey method: the WebAuthn options, binary members in base64url. Creation
+   *  options for a `confirm` challenge, request options for `proof` and `recover`. */
+  webauthn?: WebAuthnCreationOptionsJSON | WebAuthnRequestOptionsJSON;
+}
+
+/** A passphrase challenge's derivation parameters (docs/PROTOCOL.md §5.6). */
+export interface PassphraseParams {
+  version: number;
+  memory_kib: number;
+  iterations: number;
+  parallelism: number;
+}
+
+/** A credential descriptor with its id in base64url. */
+export interface WebAuthnCredentialDescriptorJSON {
+  type: "public-key";
+  id: string;
+  transports?: string[];
+}
+
+/** `PublicKeyCredentialCreationOptions` as Ghostkey sends them (webauthn-rs's
+ *  `CreationChallengeResponse`): binary members in base64url. */
+export interface WebAuthnCreationOptionsJSON {
+  publicKey: {
+    rp: { id?: string; name: string };
+    user: { id: string; name: string; displayName: string };
+    challenge: string;
+    pubKeyCredParams: { type: "public-key"; alg: number }[];
+    timeout?: number;
+    excludeCredentials?: WebAuthnCredentialDescriptorJSON[];
+    authenticatorSelection?: {
+      authenticatorAttachment?: string;
+      residentKey?: string;
+      requireResidentKey?: boolean;
+      userVerification?: string;
+    };
+    attestation?: string;
+    attestationFormats?: string[];
+    hints?: string[];
+    extensions?: Record<string, unknown>;
+  };
+}
+
+/** `PublicKeyCredentialRequestOptions` as Ghostkey sends them (webauthn-rs's
+ *  `RequestChallengeResponse`): binary members in base64url. */
+export interface WebAuthnRequestOptionsJSON {
+  publicKey: {
+    challenge: string;
+    timeout?: number;
+    rpId?: string;
+    allowCredentials?: WebAuthnCredentialDescriptorJSON[];
+    userVerification?: string;
+    hints?: string[];
+    extensions?: Record<string, unknown>;
+  };
+  mediation?: string;
+}
+
+/** A new passkey, serialised as WebAuthn Level 3's `toJSON()` does (binary members in
+ *  base64url): the `webauthn` answer to a passkey's `confirm` challenge. */
+export interface RegistrationResponseJSON {
+  id: string;
+  rawId: string;
+  type: "public-key";
+  response: {
+    clientDataJSON: string;
+    attestationObject: string;
+    transports?: string[];
+  };
+  clientExtensionResults: Record<string, unknown>;
+}
+
+/** A passkey's assertion, serialised as WebAuthn Level 3's `toJSON()` does: the
+ *  `webauthn` answer to a passkey's `proof` or `recover` challenge. */
+export interface AuthenticationResponseJSON {
+  id: string;
+  rawId: string;
+  type: "public-key";
+  response: {
+    clientDataJSON: string;
+    authenticatorData: string;
+    signature: string;
+    userHandle?: string;
+  };
+  clientExtensionResults: Record<string, unknown>;
 }
 
 export interface AddMethodResponse {

@@ -22,7 +22,12 @@ test("secrets and private keys never print; their public halves may", () => {
   const vd = gk.VirtualDevice.generate("app_1", "u1");
   const prepared = gk.prepareEnrolment("app_1", "u1", "k1");
   const app = gk.AppKey.generate("k1");
+  const passphrase = gk.Passphrase.from("correct horse battery staple");
+  const verifier = passphrase.setup("app_1", "u1");
   const cases = [
+    [passphrase, "correct horse battery staple"],
+    [verifier, verifier.exportBase64()],
+    [{ challenge_id: "ch_1", verifier }, verifier.exportBase64()],
     [secret, secret.exportBase64()],
     [device, b64(device.exportBytes())],
     [vd, b64(vd.keys().exportBytes())],
@@ -39,6 +44,8 @@ test("secrets and private keys never print; their public halves may", () => {
   assert.equal(String(device), `DeviceKeys(${device.signingKey})`);
   assert.equal(util.inspect(vd), "VirtualDevice([redacted])");
   assert.match(String(app), /^AppKey\(k1, [A-Za-z0-9_-]{43}\)$/);
+  assert.equal(String(passphrase), "Passphrase([redacted])");
+  assert.equal(util.inspect(verifier), "PassphraseVerifier([redacted])");
   // The unsigned root holds only public keys and a sealed box.
   assert.ok(!Buffer.from(prepared.unsignedRoot).toString("base64url").includes(b64(prepared.userKeys.exportBytes())));
 });

@@ -128,12 +128,12 @@ export async function startServer() {
     log: () => log,
     /** `ghostkey app add`, with the server's directory and environment (same database). */
     addApp(name, kid, publicKey) {
-      const r = spawnSync(bin, ["app", "add", "--name", name, "--key-id", kid, "--public-key", publicKey], {
-        cwd: dir,
-        env,
-        encoding: "utf8",
-      });
-      if (r.status !== 0) throw new Error(`ghostkey app add failed: ${r.stderr}`);
+      return this.cli(["app", "add", "--name", name, "--key-id", kid, `--public-key=${publicKey}`]);
+    },
+    /** Any `ghostkey` admin command on the server's database; its standard output. */
+    cli(args) {
+      const r = spawnSync(bin, args, { cwd: dir, env, encoding: "utf8" });
+      if (r.status !== 0) throw new Error(`ghostkey ${args.slice(0, 3).join(" ")} failed: ${r.stderr}`);
       return r.stdout.trim();
     },
     async stop() {

@@ -2,6 +2,7 @@
 // package, read from the document at run time: a change of format on either side fails.
 
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { test } from "node:test";
 import { b64, hex, protocolVectors, sdk, unb64, unhex } from "./support.mjs";
 
@@ -14,9 +15,6 @@ test("the document's vectors are the ones this file knows", () => {
     "assertion-eddsa",
     "chain-v1",
     "constants",
-    // Passphrase methods (§5.6) are in the Rust client core but not exposed by this package
-    // yet: Argon2id and NFC tables would take the module past its size budget. Until they
-    // are, this vector is not reproduced here.
     "passphrase-v1",
     "sealed-v1",
     // Server side only (how Ghostkey signs its SMS webhook calls): no client code.
@@ -166,4 +164,50 @@ test("constants: the formats' versions and bounds a client enforces", () => {
   const blocks = Array.from({ length: Number(c.max_chain_blocks) + 1 }, () => root);
   assert.throws(() => gk.Chain.verify(blocks, pinned), (e) => e.code === "chain_invalid" && /too_long/.test(e.message));
   secret.free();
+});
+
+test("passphrase-v1: the NFD passphrase and its NFC spelling derive the vector's verifier", () => {
+  const v = vectors["passphrase-v1"];
+  const typed = new TextDecoder().decode(unhex(v.passphrase_utf8));
+  const nfc = new TextDecoder().decode(unhex(v.nfc_utf8));
+  assert.notEqual(typed, nfc, "the vector's input is the decomposed spelling");
+  assert.equal(typed.normalize("NFC"), nfc);
+  // The salt of §5.6, recomputed from its definition: what the Rust core salts with.
+  const len = (s) => {
+    const b = Buffer.alloc(4);
+    b.writeUInt32BE(Buffer.byteLength(s));
+    return b;
+  };
+  const salt = createHash("sha256")
+    .update("ghostkey passphrase v1")
+    .update(len(v.app_id))
+    .update(v.app_id)
+    .update(len(v.user_id))
+    .update(v.user_id)
+    .digest()
+    .subarray(0, 16);
+  assert.equal(hex(salt), v.salt);
+
+  for (const text of [typed, nfc]) {
+    const passphrase = gk.Passphrase.from(text);
+    const verifier = passphrase.deriveVerifier(v.app_id, v.user_id, Number(v.version));
+    assert.equal(verifier.version, Number(v.version));
+    assert.equal(verifier.exportBase64(), v.verifier);
+    // The answer to a challenge that shows version 1's parameters is the same verifier.
+    const challenge = {
+      id: "ch_1",
+      purpose: "recover",
+      method_id: "m_1",
+      kind: "passphrase",
+      expires_at: 0,
+      max_attempts: 3,
+      passphrase: { version: 1, memory_kib: 19456, iterations: 2, parallelism: 1 },
+    };
+    assert.equal(passphrase.answer(challenge, v.app_id, v.user_id).exportBase64(), v.verifier);
+    // Another user (or app) gets another verifier: the ids salt it.
+    assert.notEqual(passphrase.deriveVerifier(v.app_id, "u-other", 1).exportBase64(), v.verifier);
+    passphrase.free();
+  }
+  const unknown = gk.Passphrase.from(typed);
+  assert.throws(() => unknown.deriveVerifier(v.app_id, v.user_id, 2), (e) => e.code === "passphrase_unknown_version");
 });
