@@ -60,6 +60,9 @@ pub struct PhaseResult {
     pub errors: usize,
     /// The first few error messages, for the report.
     pub error_samples: Vec<String>,
+    /// `503 unavailable` answers (Ghostkey's Argon2 line full), each waited out for its
+    /// Retry-After and retried; not errors, and not hidden: counted here.
+    pub shed: usize,
     /// Wall-clock time of the phase, in seconds.
     pub seconds: f64,
     /// Successful operations per second.
@@ -133,6 +136,7 @@ where
         operations,
         errors: errors.len(),
         error_samples: errors.into_iter().take(5).collect(),
+        shed: 0,
         seconds,
         ops_per_sec: operations as f64 / seconds.max(1e-9),
         operation: Latency::of(whole),

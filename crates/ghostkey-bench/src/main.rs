@@ -113,7 +113,7 @@ fn http_client() -> Result<reqwest::Client, String> {
 
 fn print_phase(p: &PhaseResult) {
     eprintln!(
-        "  {:<40} c={:<3} {:>7} ops in {:>6.2} s = {:>8.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  errors {}",
+        "  {:<40} c={:<3} {:>7} ops in {:>6.2} s = {:>8.1}/s  p50 {:>7.2} ms  p99 {:>7.2} ms  max {:>7.2} ms  errors {}  shed {}",
         p.scenario,
         p.concurrency,
         p.operations,
@@ -122,7 +122,8 @@ fn print_phase(p: &PhaseResult) {
         p.operation.p50_ms,
         p.operation.p99_ms,
         p.operation.max_ms,
-        p.errors
+        p.errors,
+        p.shed
     );
     for e in &p.error_samples {
         eprintln!("    error: {e}");
@@ -200,6 +201,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         key,
         audience: setup.service_id.clone(),
         inbox,
+        shed: std::sync::atomic::AtomicUsize::new(0),
     });
     let (results, setups) = ghostkey_phases(&t, &args.concurrency, args.scale, "a", 0).await?;
     let mut preload_comparison = None;
@@ -262,6 +264,13 @@ async fn run(args: RunArgs) -> Result<(), String> {
         args.markdown.display()
     );
     Ok(())
+}
+
+/// A Ghostkey phase's result with the `503 unavailable` answers it met (counted apart
+/// from errors: each was retried after its Retry-After).
+fn with_shed(t: &scenarios::Target, mut p: PhaseResult) -> PhaseResult {
+    p.shed = t.take_shed();
+    p
 }
 
 /// A phase with errors is not a benchmark result.
@@ -367,7 +376,25 @@ from = "Ghostkey <no-reply@bench.ghostkey.test>"
                 .args(["--requests-per-address-per-minute", "100000"])
                 .args(["--sends-per-destination-per-hour", "100"])
                 .args(["--sends-per-destination-per-day", "1000"])
-                .args(["--app-daily-send-budget", "10000000"]),
+                .args(["--app-daily-send-budget", "10000000"])
+                // The app-wide ceiling on code checks without an assertion (default 600
+                // a minute) would refuse the load of one benchmark; at its maximum.
+                .args(["--code-checks-per-app-per-minute", "1000000"])
+                .args(["--allowed-methods", "totp,sms,passphrase,passkey"]),
+        )?;
+        // Passkeys: the RP id and the page they are made and used on.
+        procs::run(
+            std::process::Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["app", "passkey", "set", &app_id])
+                .args(["--rp-id", scenarios::PASSKEY_RP_ID]),
+        )?;
+        procs::run(
+            std::process::Command::new(&self.binary)
+                .arg("--config")
+                .arg(&self.config)
+                .args(["app", "origins", "add", &app_id, scenarios::PASSKEY_ORIGIN]),
         )?;
         Ok(app_id)
     }
@@ -422,6 +449,7 @@ async fn ghostkey_phases(
             scenarios::enrol(Arc::clone(&tt), e)
         })
         .await;
+        let p = with_shed(t, p);
         print_phase(&p);
         check_clean(&p)?;
         results.push(p);
@@ -443,6 +471,7 @@ async fn ghostkey_phases(
             }
         })
         .await;
+        let p = with_shed(t, p);
         print_phase(&p);
         check_clean(&p)?;
         setups.push(p);
@@ -464,6 +493,7 @@ async fn ghostkey_phases(
             scenarios::totp_recovery(Arc::clone(&tt), r)
         })
         .await;
+        let p = with_shed(t, p);
         print_phase(&p);
         check_clean(&p)?;
         results.push(p);
@@ -497,6 +527,7 @@ async fn ghostkey_phases(
             },
         )
         .await;
+        let p = with_shed(t, p);
         print_phase(&p);
         check_clean(&p)?;
         setups.push(p);
@@ -506,6 +537,91 @@ async fn ghostkey_phases(
             scenarios::sms_verification(Arc::clone(&tt), v)
         })
         .await;
+        let p = with_shed(t, p);
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+    }
+
+    // Passphrase: users with a confirmed passphrase (the client's derivation done once
+    // per user here), then the complete recoveries.
+    for &c in concurrency {
+        let n = ops(6, 40, c, scale);
+        let ids: Vec<String> = (0..n).map(|i| format!("pass-{pass}-c{c}-{i}")).collect();
+        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tt, r) = (Arc::clone(t), Arc::clone(&ready));
+        let p = closed_loop(
+            "setup: enrol, derive, add and confirm passphrase",
+            ids,
+            16,
+            move |id| {
+                let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
+                async move {
+                    let t0 = std::time::Instant::now();
+                    let user = scenarios::setup_passphrase(tt, id).await?;
+                    r.lock().map_err(|e| e.to_string())?.push(user);
+                    Ok(vec![("setup", t0.elapsed())])
+                }
+            },
+        )
+        .await;
+        let p = with_shed(t, p);
+        print_phase(&p);
+        check_clean(&p)?;
+        setups.push(p);
+        let users = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        let prepared = users
+            .into_iter()
+            .map(|u| scenarios::prepare_passphrase_recovery(t, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tt = Arc::clone(t);
+        let p = closed_loop(
+            "complete passphrase recovery (Argon2id)",
+            prepared,
+            c,
+            move |r| scenarios::passphrase_recovery(Arc::clone(&tt), r),
+        )
+        .await;
+        let p = with_shed(t, p);
+        print_phase(&p);
+        check_clean(&p)?;
+        results.push(p);
+    }
+
+    // Passkey: users with a registered software passkey, then the complete recoveries.
+    for &c in concurrency {
+        let n = ops(20, 300, c, scale);
+        let ids: Vec<String> = (0..n).map(|i| format!("key-{pass}-c{c}-{i}")).collect();
+        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tt, r) = (Arc::clone(t), Arc::clone(&ready));
+        let p = closed_loop("setup: enrol, register passkey", ids, 16, move |id| {
+            let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
+            async move {
+                let t0 = std::time::Instant::now();
+                let user = scenarios::setup_passkey(tt, id).await?;
+                r.lock().map_err(|e| e.to_string())?.push(user);
+                Ok(vec![("setup", t0.elapsed())])
+            }
+        })
+        .await;
+        let p = with_shed(t, p);
+        print_phase(&p);
+        check_clean(&p)?;
+        setups.push(p);
+        let users = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        let prepared = users
+            .into_iter()
+            .map(|u| scenarios::prepare_passkey_recovery(t, u))
+            .collect::<Result<Vec<_>, _>>()?;
+        let tt = Arc::clone(t);
+        let p = closed_loop(
+            "complete passkey recovery (WebAuthn)",
+            prepared,
+            c,
+            move |r| scenarios::passkey_recovery(Arc::clone(&tt), r),
+        )
+        .await;
+        let p = with_shed(t, p);
         print_phase(&p);
         check_clean(&p)?;
         results.push(p);

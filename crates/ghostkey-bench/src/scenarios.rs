@@ -1,13 +1,22 @@
 //! What the benchmark asks of Ghostkey, through our own client library: enrolments,
-//! complete TOTP recoveries, SMS-code verifications, and the setup they need.
+//! complete TOTP, passphrase and passkey recoveries, SMS-code verifications, and the
+//! setup they need.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ghostkey_client::kit::{unix_now, AssertionRequest};
-use ghostkey_client::proto::api::{DevicePublicKeys, MethodKind, RecoveryState};
+use ghostkey_client::passphrase;
+use ghostkey_client::proto::api::{ChallengeView, DevicePublicKeys, MethodKind, RecoveryState};
 use ghostkey_client::proto::assertion::Purpose;
-use ghostkey_client::{AppSigningKey, Client, UserSecret};
+use ghostkey_client::proto::ErrorCode;
+use ghostkey_client::{AppSigningKey, Client, ClientError, UserSecret};
+use secrecy::SecretString;
+use webauthn_authenticator_rs::prelude::Url;
+use webauthn_authenticator_rs::softpasskey::SoftPasskey;
+use webauthn_authenticator_rs::WebauthnAuthenticator;
 
 use crate::load::{timed, Steps};
 use crate::receiver::Inbox;
@@ -24,7 +33,19 @@ pub struct Target {
     pub audience: String,
     /// The SMS gateway's inbox.
     pub inbox: Inbox,
+    /// `503 unavailable` answers (the Argon2 line full) since the last
+    /// [`Target::take_shed`]; each was retried after its `Retry-After`.
+    pub shed: AtomicUsize,
 }
+
+/// The web page a passkey is made and used on: an allowed origin of the bench app, under
+/// its RP id `localhost`.
+pub const PASSKEY_ORIGIN: &str = "http://localhost:8443";
+/// The passkeys' relying-party id.
+pub const PASSKEY_RP_ID: &str = "localhost";
+
+/// Shed answers retried before the operation counts as failed.
+const MAX_SHED_RETRIES: usize = 30;
 
 impl Target {
     /// A fresh single-use assertion.
@@ -44,6 +65,51 @@ impl Target {
             )
             .map_err(|e| e.to_string())
     }
+
+    /// The shed answers counted since the last call (a phase's, when called after it).
+    pub fn take_shed(&self) -> usize {
+        self.shed.swap(0, Ordering::SeqCst)
+    }
+}
+
+/// Times one request to Ghostkey that may be shed: a `503 unavailable` (every Argon2 slot
+/// busy and the line full) is counted in [`Target::shed`], waited out for its
+/// `Retry-After` as a client would, and the same request sent again. Only the accepted
+/// attempt is recorded under `name`; the whole operation's time includes the shed
+/// attempts and the waits.
+async fn timed_shed<T, F, Fut>(
+    t: &Target,
+    steps: &mut Steps,
+    name: &'static str,
+    mut request: F,
+) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, ClientError>>,
+{
+    for _ in 0..=MAX_SHED_RETRIES {
+        let t0 = Instant::now();
+        match request().await {
+            Ok(v) => {
+                steps.push((name, t0.elapsed()));
+                return Ok(v);
+            }
+            Err(ClientError::Api {
+                code: Some(ErrorCode::Unavailable),
+                retry_after,
+                ..
+            }) => {
+                t.shed.fetch_add(1, Ordering::SeqCst);
+                let wait = retry_after.unwrap_or(1).clamp(1, 10);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            Err(e) => return Err(format!("{name}: {e}")),
+        }
+    }
+    Err(format!(
+        "{name}: shed {} times in a row",
+        MAX_SHED_RETRIES + 1
+    ))
 }
 
 /// An enrolment, ready to send.
@@ -190,15 +256,16 @@ pub async fn setup_sms_recovery(
         .await
         .map_err(|e| format!("add SMS: {e}"))?;
     let code = t.inbox.code(&phone, 0, Duration::from_secs(60)).await?;
-    t.client
-        .answer(&added.challenge.id, &code)
-        .await
-        .map_err(|e| format!("confirm SMS: {e}"))?;
-    let started = t
-        .client
-        .start_recovery(&t.assertion(&user_id, Purpose::Recover)?, &added.method.id)
-        .await
-        .map_err(|e| format!("start SMS recovery: {e}"))?;
+    let mut steps = Steps::new();
+    timed_shed(&t, &mut steps, "confirm SMS", || {
+        t.client.answer(&added.challenge.id, &code)
+    })
+    .await?;
+    let recover = t.assertion(&user_id, Purpose::Recover)?;
+    let started = timed_shed(&t, &mut steps, "start SMS recovery", || {
+        t.client.start_recovery(&recover, &added.method.id)
+    })
+    .await?;
     let code = t.inbox.code(&phone, 1, Duration::from_secs(60)).await?;
     Ok(SmsVerification {
         recovery_id: started.id,
@@ -210,15 +277,196 @@ pub async fn setup_sms_recovery(
 /// release.
 pub async fn sms_verification(t: Arc<Target>, v: SmsVerification) -> Result<Steps, String> {
     let mut steps = Steps::new();
-    let released = timed(
+    let released = timed_shed(
+        &t,
         &mut steps,
         "POST /v1/recoveries/{id}/verify (SMS code)",
-        t.client.verify_recovery(&v.recovery_id, &v.code),
+        || t.client.verify_recovery(&v.recovery_id, &v.code),
     )
     .await?;
     expect_released(released.state, released.sealed_virtual_device.is_some())?;
     Ok(steps)
 }
+
+/// The passphrase every benchmark user sets (its verifier differs per user: the salt is
+/// the app and user ids).
+const PASSPHRASE: &str = "violet anchors drift past seven lanterns";
+
+/// A user with a confirmed passphrase method, and the verifier their client derived.
+pub struct PassphraseUser {
+    user_id: String,
+    method_id: String,
+    verifier: String,
+}
+
+/// Enrols `user_id` and adds and confirms a passphrase method. The client's Argon2id
+/// derivation of the verifier is done here, once per user, on a blocking thread: it is
+/// the client's cost, not the server's, and stays out of the measured recoveries.
+pub async fn setup_passphrase(t: Arc<Target>, user_id: String) -> Result<PassphraseUser, String> {
+    let e = prepare_enrolment(&t, &user_id)?;
+    enrol(Arc::clone(&t), e).await?;
+    let (app, user) = (t.app_id.clone(), user_id.clone());
+    let setup = tokio::task::spawn_blocking(move || {
+        passphrase::setup(&SecretString::from(PASSPHRASE.to_owned()), &app, &user)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let verifier = setup.verifier.clone();
+    let mut steps = Steps::new();
+    let assertion = t.assertion(&user_id, Purpose::Enroll)?;
+    let added = timed_shed(&t, &mut steps, "add passphrase", || {
+        t.client.add_passphrase(&assertion, setup.clone(), None)
+    })
+    .await?;
+    if added.challenge.passphrase.as_ref().map(|p| p.version) != Some(setup.version) {
+        return Err("the confirm challenge shows other passphrase parameters".into());
+    }
+    timed_shed(&t, &mut steps, "confirm passphrase", || {
+        t.client.answer(&added.challenge.id, &verifier)
+    })
+    .await?;
+    Ok(PassphraseUser {
+        user_id,
+        method_id: added.method.id,
+        verifier,
+    })
+}
+
+/// A complete passphrase recovery, ready to run.
+pub struct PassphraseRecovery {
+    user: PassphraseUser,
+    start_assertion: String,
+}
+
+/// Mints what the recovery of `user` needs.
+pub fn prepare_passphrase_recovery(
+    t: &Target,
+    user: PassphraseUser,
+) -> Result<PassphraseRecovery, String> {
+    Ok(PassphraseRecovery {
+        start_assertion: t.assertion(&user.user_id, Purpose::Recover)?,
+        user,
+    })
+}
+
+/// Start, then verify with the verifier derived at setup: one Argon2id check on the
+/// server, then the release.
+pub async fn passphrase_recovery(t: Arc<Target>, r: PassphraseRecovery) -> Result<Steps, String> {
+    let mut steps = Steps::new();
+    let started = timed(
+        &mut steps,
+        "POST /v1/recoveries",
+        t.client
+            .start_recovery(&r.start_assertion, &r.user.method_id),
+    )
+    .await?;
+    if started.passphrase.is_none() {
+        return Err("a passphrase recovery without its parameters".into());
+    }
+    let released = timed_shed(&t, &mut steps, "POST /v1/recoveries/{id}/verify", || {
+        t.client.verify_recovery(&started.id, &r.user.verifier)
+    })
+    .await?;
+    expect_released(released.state, released.sealed_virtual_device.is_some())?;
+    Ok(steps)
+}
+
+/// A user with a confirmed passkey, and the software authenticator that holds it.
+pub struct PasskeyUser {
+    user_id: String,
+    method_id: String,
+    authenticator: SoftPasskey,
+}
+
+fn passkey_page() -> Result<Url, String> {
+    Url::parse(PASSKEY_ORIGIN).map_err(|e| e.to_string())
+}
+
+fn webauthn_options<T: serde::de::DeserializeOwned>(ch: &ChallengeView) -> Result<T, String> {
+    let options = ch
+        .webauthn
+        .clone()
+        .ok_or("a passkey challenge without WebAuthn options")?;
+    serde_json::from_value(options).map_err(|e| format!("WebAuthn options: {e}"))
+}
+
+/// Enrols `user_id` and registers a passkey from a software authenticator (user
+/// verification set) on the allowed page: the user becomes active.
+pub async fn setup_passkey(t: Arc<Target>, user_id: String) -> Result<PasskeyUser, String> {
+    let e = prepare_enrolment(&t, &user_id)?;
+    enrol(Arc::clone(&t), e).await?;
+    let added = t
+        .client
+        .add_passkey(&t.assertion(&user_id, Purpose::Enroll)?, None, None)
+        .await
+        .map_err(|e| format!("add passkey: {e}"))?;
+    let mut authenticator = SoftPasskey::new(true);
+    let registration = authenticator
+        .do_registration(passkey_page()?, webauthn_options(&added.challenge)?)
+        .map_err(|e| format!("the authenticator's registration: {e:?}"))?;
+    let registration = serde_json::to_value(&registration).map_err(|e| e.to_string())?;
+    t.client
+        .answer_webauthn(&added.challenge.id, registration)
+        .await
+        .map_err(|e| format!("confirm passkey: {e}"))?;
+    Ok(PasskeyUser {
+        user_id,
+        method_id: added.method.id,
+        authenticator,
+    })
+}
+
+/// A complete passkey recovery, ready to run.
+pub struct PasskeyRecovery {
+    user: PasskeyUser,
+    start_assertion: String,
+}
+
+/// Mints what the recovery of `user` needs.
+pub fn prepare_passkey_recovery(t: &Target, user: PasskeyUser) -> Result<PasskeyRecovery, String> {
+    Ok(PasskeyRecovery {
+        start_assertion: t.assertion(&user.user_id, Purpose::Recover)?,
+        user,
+    })
+}
+
+/// Start (the server makes the ceremony's challenge and keeps its state, sealed), the
+/// authenticator signs the challenge (ECDSA P-256, on the load generator's core, timed
+/// as its own step), then verify (the server opens the state and checks the signature),
+/// which releases.
+pub async fn passkey_recovery(t: Arc<Target>, r: PasskeyRecovery) -> Result<Steps, String> {
+    let PasskeyRecovery {
+        mut user,
+        start_assertion,
+    } = r;
+    let mut steps = Steps::new();
+    let started = timed(
+        &mut steps,
+        "POST /v1/recoveries",
+        t.client.start_recovery(&start_assertion, &user.method_id),
+    )
+    .await?;
+    let t0 = Instant::now();
+    let signed = user
+        .authenticator
+        .do_authentication(passkey_page()?, webauthn_options(&started)?)
+        .map_err(|e| format!("the authenticator's assertion: {e:?}"))?;
+    let signed = serde_json::to_value(&signed).map_err(|e| e.to_string())?;
+    steps.push((CLIENT_SIGNS, t0.elapsed()));
+    let released = timed(
+        &mut steps,
+        "POST /v1/recoveries/{id}/verify",
+        t.client.verify_recovery_webauthn(&started.id, signed),
+    )
+    .await?;
+    expect_released(released.state, released.sealed_virtual_device.is_some())?;
+    Ok(steps)
+}
+
+/// The step name of the authenticator's signature in a passkey recovery: the client's
+/// work, inside the whole operation's time, not a request.
+pub const CLIENT_SIGNS: &str = "client: the authenticator signs";
 
 /// The baseline's one request: one durable write.
 pub async fn baseline_write(http: reqwest::Client, url: Arc<String>) -> Result<Steps, String> {
