@@ -6,7 +6,10 @@
 //     documents it cannot read;
 //   - this page (the user's device) talks to Ghostkey directly: its origin is allowed for
 //     the app at Ghostkey (`ghostkey app origins add`), so the browser lets it;
-//   - the device's keys stay in this browser's IndexedDB, through the SDK's KeyStorage.
+//   - the device's keys stay in this browser's IndexedDB, through the SDK's KeyStorage;
+//   - Ghostkey's own check of the user is an SMS or e-mail code, a TOTP app, a passphrase
+//     (only a verifier derived from it here reaches Ghostkey) or a passkey (this browser's
+//     WebAuthn, a passkey for Ghostkey alone).
 
 import {
   init,
@@ -14,6 +17,8 @@ import {
   GhostkeyError,
   DeviceKeys,
   UserSecret,
+  Passphrase,
+  getPasskeyAssertion,
   openReleased,
   IndexedDbKeyStorage,
   sealEnvelope,
@@ -31,7 +36,7 @@ let config; // { ghostkeyUrl, appId, kid, appKeys } from the backend
 let gk; // GhostkeyClient
 let me; // { name, userId } once logged in
 let device; // this browser's DeviceKeys for `me`, when it has some
-let recovery; // the recovery in progress: { id, masked }
+let recovery; // the recovery in progress: { id, challenge }
 let challenge; // the confirm challenge in progress
 
 // ---------------------------------------------------------------------------------------
@@ -131,7 +136,8 @@ async function refresh() {
   if (!device && confirmed.length) {
     $('device-state').textContent = 'no keys: a new device';
     $('recover-method').replaceChildren(
-      ...confirmed.map((m) => new Option(`${m.kind} ${m.masked ?? ''}`.trim(), m.id)),
+      // A passkey's masked form names it already: passkey “My laptop”.
+      ...confirmed.map((m) => new Option(m.kind === 'passkey' ? m.masked : `${m.kind} ${m.masked ?? ''}`.trim(), m.id)),
     );
     $('recover-verify-form').hidden = true;
     $('recover-waiting').hidden = true;
@@ -164,6 +170,28 @@ async function login() {
 async function enrol() {
   const kind = document.querySelector('input[name=kind]:checked').value;
   const destination = kind === 'sms' ? $('phone').value : kind === 'email' ? $('email').value : undefined;
+  // A passphrase: checked (length, strength) and turned into its verifier here, before
+  // anything else happens; a weak one stops here, and Ghostkey never sees the passphrase.
+  let verifier;
+  if (kind === 'passphrase') {
+    const passphrase = Passphrase.from($('passphrase').value);
+    try {
+      say('Deriving your passphrase verifier…');
+      verifier = passphrase.setup(config.appId, me.userId);
+    } finally {
+      passphrase.free();
+    }
+    $('passphrase').value = '';
+    $('passphrase-strength').textContent = '';
+  }
+  try {
+    await enrolWith(kind, destination, verifier);
+  } finally {
+    verifier?.free();
+  }
+}
+
+async function enrolWith(kind, destination, verifier) {
   if (!device) {
     say('Creating your keys…');
     const secret = await userSecret();
@@ -190,25 +218,62 @@ async function enrol() {
     }
   }
   // The first method goes with an `enroll` assertion (no method is confirmed yet).
-  const added = await gk.addMethod(await assertions('enroll'), kind, destination);
+  const enroll = await assertions('enroll');
+  const added =
+    kind === 'passphrase'
+      ? await gk.addPassphrase(enroll, verifier)
+      : kind === 'passkey'
+        ? await gk.addPasskey(enroll, $('passkey-name').value.trim() || undefined)
+        : await gk.addMethod(enroll, kind, destination);
   challenge = added.challenge;
   $('totp').hidden = !added.totp;
-  $('confirm-sent').hidden = !!added.totp;
+  $('confirm-sent').hidden = kind !== 'sms' && kind !== 'email';
+  $('confirm-passphrase-hint').hidden = kind !== 'passphrase';
+  $('confirm-passkey-hint').hidden = kind !== 'passkey';
   if (added.totp) {
     // Shown once: Ghostkey keeps only the seed, never shows it again.
     $('totp-qr').src = `data:image/png;base64,${added.totp.qr_png_base64}`;
     $('totp-uri').textContent = added.totp.otpauth_uri;
   } else {
-    $('confirm-masked').textContent = challenge.masked;
+    $('confirm-masked').textContent = challenge.masked ?? '';
   }
+  // What the confirmation takes: a code, the passphrase again, or the passkey's creation.
+  const typesCode = kind !== 'passphrase' && kind !== 'passkey';
+  $('confirm-code-label').hidden = !typesCode;
+  $('confirm-code').required = typesCode;
+  $('confirm-passphrase-label').hidden = kind !== 'passphrase';
+  $('confirm-passphrase').required = kind === 'passphrase';
+  $('confirm-button').textContent = kind === 'passkey' ? 'Create the passkey' : 'Confirm';
   $('confirm-code').value = '';
+  $('confirm-passphrase').value = '';
   $('device-state').textContent = 'enrolled here; confirm a method';
   say('');
   show('account', 'confirm', 'danger');
 }
 
 async function confirm() {
-  await gk.answer(challenge.id, $('confirm-code').value);
+  if (challenge.kind === 'passkey') {
+    // The browser makes the passkey (navigator.credentials.create) from Ghostkey's options;
+    // Ghostkey checks the new credential and keeps its public key.
+    await gk.confirmPasskey(challenge);
+  } else if (challenge.kind === 'passphrase') {
+    // Typed a second time: the verifier derived with the parameters the challenge shows.
+    const passphrase = Passphrase.from($('confirm-passphrase').value);
+    let verifier;
+    try {
+      verifier = passphrase.answer(challenge, config.appId, me.userId);
+    } finally {
+      passphrase.free();
+    }
+    try {
+      await gk.answer(challenge.id, verifier);
+    } finally {
+      verifier.free();
+    }
+    $('confirm-passphrase').value = '';
+  } else {
+    await gk.answer(challenge.id, $('confirm-code').value);
+  }
   challenge = undefined;
   say('Your method is confirmed: Ghostkey can now recover your account.');
   await refresh();
@@ -221,22 +286,53 @@ async function confirm() {
 
 async function startRecovery() {
   const started = await gk.startRecovery(await assertions('recover'), $('recover-method').value);
-  recovery = { id: started.id, masked: started.masked ?? 'your authenticator app' };
-  $('recover-masked').textContent = recovery.masked;
+  recovery = { id: started.id, challenge: started };
+  const [prompt, masked] = {
+    passphrase: ['type your passphrase', ''],
+    passkey: ['unlock your passkey', started.masked],
+    totp: ['enter the code of', 'your authenticator app'],
+  }[started.kind] ?? ['enter the code for', started.masked];
+  $('recover-prompt').textContent = masked ? `${prompt} ` : prompt;
+  $('recover-masked').textContent = masked;
+  const typesCode = started.kind !== 'passphrase' && started.kind !== 'passkey';
+  $('recover-code-label').hidden = !typesCode;
+  $('recover-code').required = typesCode;
+  $('recover-passphrase-label').hidden = started.kind !== 'passphrase';
+  $('recover-passphrase').required = started.kind === 'passphrase';
+  $('recover-verify').textContent = started.kind === 'passkey' ? 'Use my passkey' : 'Recover';
   $('recover-code').value = '';
+  $('recover-passphrase').value = '';
   $('recover-start-form').hidden = true;
   $('recover-verify-form').hidden = false;
 }
 
+// The user's answer to the recovery's challenge: a code, a passphrase's verifier (derived
+// with the parameters the challenge shows, checked against the SDK's own table), or a
+// passkey's assertion (navigator.credentials.get over Ghostkey's options).
+async function recoveryAnswer(started) {
+  if (started.kind === 'passkey') return { webauthn: await getPasskeyAssertion(started) };
+  if (started.kind === 'passphrase') {
+    const passphrase = Passphrase.from($('recover-passphrase').value);
+    try {
+      return { code: passphrase.answer(started, config.appId, me.userId) };
+    } finally {
+      passphrase.free();
+      $('recover-passphrase').value = '';
+    }
+  }
+  return { code: $('recover-code').value };
+}
+
 async function verifyRecovery() {
+  const answer = await recoveryAnswer(recovery.challenge);
   const secret = await userSecret();
   try {
-    // The code; once released, the virtual device opens with the user secret and admits
+    // The answer; once released, the virtual device opens with the user secret and admits
     // this device (recover assertions).
     await keep(
       await gk.recover({
         recoveryId: recovery.id,
-        code: $('recover-code').value,
+        ...answer,
         secret,
         appId: config.appId,
         userId: me.userId,
@@ -252,6 +348,7 @@ async function verifyRecovery() {
     $('recover-available').textContent = new Date(Date.now() + e.retryAfter * 1000).toLocaleTimeString();
   } finally {
     secret.free();
+    if (typeof answer.code === 'object') answer.code.free(); // a passphrase verifier
   }
 }
 
@@ -357,6 +454,19 @@ async function loadInbox() {
   }
 }
 
+// A strength meter for a new passphrase: the SDK's own check (the one enrolment applies).
+function showStrength() {
+  const text = $('passphrase').value;
+  if (!text) return ($('passphrase-strength').textContent = '');
+  const passphrase = Passphrase.from(text);
+  try {
+    const s = passphrase.strength();
+    $('passphrase-strength').textContent = s.ok ? `strong enough (about ${s.bits} bits)` : s.message;
+  } finally {
+    passphrase.free();
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // "Lose every device": forget all this origin keeps in the browser.
 
@@ -413,6 +523,7 @@ async function main() {
   $('send-form').addEventListener('submit', action($('send-button'), send));
   $('refresh').addEventListener('click', action($('refresh'), loadInbox));
   $('lose').addEventListener('click', action($('lose'), loseEverything));
+  $('passphrase').addEventListener('input', showStrength);
   pollDevMessages();
   devTimer = setInterval(pollDevMessages, 1000);
   await refresh();

@@ -351,7 +351,10 @@ export async function start(config, { log = console.log } = {}) {
     server.listen(config.port, config.host, ok);
   });
   const { port } = server.address();
-  const url = `http://${config.host}:${port}`;
+  // On a loopback address the page is opened as http://localhost:PORT: passkeys need a
+  // domain name for their relying party (localhost), never an IP address.
+  const loopback = ['127.0.0.1', '::1', 'localhost'].includes(config.host);
+  const url = `http://${loopback ? 'localhost' : config.host}:${port}`;
   return { server, url, close: () => new Promise((ok) => server.close(ok)) };
 }
 

@@ -3,14 +3,18 @@
 //   1. generate the app's Ed25519 key (app-key.pem, PKCS#8, mode 0600) unless it exists;
 //   2. register the app with Ghostkey:  ghostkey app add --name ... --key-id k1 --public-key <raw, base64url>
 //   3. allow the page's origin:         ghostkey app origins add APP_ID ORIGIN
-//   4. write config.json for server.mjs (app id, key file, kid, Ghostkey URL).
+//   4. allow every kind of method:      ghostkey app policy set APP_ID --allowed-methods totp,sms,email,passphrase,passkey
+//   5. the passkeys' relying party:     ghostkey app passkey set APP_ID --rp-id localhost
+//      (the origin's host; a passkey's RP id is a domain name, never an IP address, which
+//      is why the page is opened as http://localhost:3000 and not http://127.0.0.1:3000)
+//   6. write config.json for server.mjs (app id, key file, kid, Ghostkey URL).
 //
 // The ghostkey commands act on the database of the configuration they run with, so they
 // run in the directory where `ghostkey serve` runs (by default the repository root, where
 // `cargo run --release -- serve` puts ./ghostkey.db).
 //
 // Usage: node setup.mjs [--ghostkey BIN] [--ghostkey-cwd DIR] [--ghostkey-url URL]
-//                       [--origin http://127.0.0.1:3000] [--name "MedConnect (web demo)"]
+//                       [--origin http://localhost:3000] [--name "MedConnect (web demo)"]
 
 import { generateKeyPairSync, createPublicKey } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
@@ -75,13 +79,35 @@ export function allowOrigin(bin, cwd, appId, origin, env) {
   return ghostkey(bin, cwd, ['app', 'origins', 'add', appId, origin], env);
 }
 
+/** The method kinds the page offers. Passphrases and passkeys are off by default: the
+ *  operator allows them per app. */
+export const METHODS = 'totp,sms,email,passphrase,passkey';
+
+export function allowMethods(bin, cwd, appId, env) {
+  return ghostkey(bin, cwd, ['app', 'policy', 'set', appId, '--allowed-methods', METHODS], env);
+}
+
+/**
+ * The relying-party id of the app's passkeys: a domain name (never an IP address) that the
+ * page's host is, or is a subdomain of. Passkeys are made and used only from the allowed
+ * origins under it.
+ */
+export function setPasskeyRpId(bin, cwd, appId, rpId, env) {
+  return ghostkey(bin, cwd, ['app', 'passkey', 'set', appId, '--rp-id', rpId], env);
+}
+
+/** Whether a host can be a passkey relying-party id (a domain name, not an IP address). */
+export function isDomainName(host) {
+  return /^[a-z0-9-]+(\.[a-z0-9-]+)*$/i.test(host) && !/^[0-9.]+$/.test(host);
+}
+
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const { values } = parseArgs({
     options: {
       ghostkey: { type: 'string', default: process.env.GHOSTKEY_BIN ?? defaultBin },
       'ghostkey-cwd': { type: 'string', default: repoRoot },
       'ghostkey-url': { type: 'string', default: 'http://127.0.0.1:8080' },
-      origin: { type: 'string', default: 'http://127.0.0.1:3000' },
+      origin: { type: 'string', default: 'http://localhost:3000' },
       name: { type: 'string', default: 'MedConnect (web demo)' },
       kid: { type: 'string', default: 'k1' },
     },
@@ -108,6 +134,15 @@ if (import.meta.url === pathToFileURL(process.argv[1]).href) {
     }
     allowOrigin(values.ghostkey, values['ghostkey-cwd'], appId, values.origin);
     console.log(`allowed origin: ${values.origin}`);
+    allowMethods(values.ghostkey, values['ghostkey-cwd'], appId);
+    console.log(`allowed methods: ${METHODS}`);
+    const host = new URL(values.origin).hostname;
+    if (isDomainName(host)) {
+      setPasskeyRpId(values.ghostkey, values['ghostkey-cwd'], appId, host);
+      console.log(`passkeys: relying-party id ${host}`);
+    } else {
+      console.log(`passkeys: not set up, ${host} is not a domain name (open the page as http://localhost:PORT)`);
+    }
     const port = Number(new URL(values.origin).port || 80);
     writeFileSync(
       configFile,

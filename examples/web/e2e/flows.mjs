@@ -107,6 +107,42 @@ export async function enrolTotp(page) {
   return uri;
 }
 
+/** Enrols with a passphrase: typed once (checked and derived on the page), then typed
+ *  again to confirm it (`confirmWith`, the same by default). */
+export async function enrolPassphrase(page, passphrase, confirmWith = passphrase) {
+  await startPassphraseEnrolment(page, passphrase);
+  await waitVisible(page, '#confirm');
+  await page.fill('#confirm-passphrase', confirmWith);
+  await page.click('#confirm-button');
+  await waitVisible(page, '#send');
+}
+
+/** Picks the passphrase method, types it and presses Enrol (no waiting). */
+export async function startPassphraseEnrolment(page, passphrase) {
+  await waitVisible(page, '#enrol');
+  await page.check('input[name=kind][value=passphrase]');
+  await page.fill('#passphrase', passphrase);
+  await page.click('#enrol-button');
+}
+
+/** Enrols with a passkey named `name`: Enrol, then "Create the passkey" (the browser's
+ *  WebAuthn; a test gives the tab a virtual authenticator first). */
+export async function enrolPasskey(page, name) {
+  await waitVisible(page, '#enrol');
+  await page.check('input[name=kind][value=passkey]');
+  if (name) await page.fill('#passkey-name', name);
+  await page.click('#enrol-button');
+  await waitVisible(page, '#confirm');
+  await page.click('#confirm-button');
+  await waitVisible(page, '#send');
+}
+
+/** Types the passphrase into the recovery form and presses Recover. */
+export async function typeRecoveryPassphrase(page, passphrase) {
+  await page.fill('#recover-passphrase', passphrase);
+  await page.click('#recover-verify');
+}
+
 export async function sendDocument(page, to, text) {
   await page.fill('#to', to);
   await page.fill('#text', text);

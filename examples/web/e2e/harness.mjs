@@ -10,7 +10,17 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
-import { generateKey, registerApp, allowOrigin, raiseAddressLimit, ghostkey, defaultBin, repoRoot } from '../setup.mjs';
+import {
+  generateKey,
+  registerApp,
+  allowOrigin,
+  allowMethods,
+  setPasskeyRpId,
+  raiseAddressLimit,
+  ghostkey,
+  defaultBin,
+  repoRoot,
+} from '../setup.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
 export const webDir = join(here, '..');
@@ -118,10 +128,14 @@ export function registerDemoApp(gk) {
   const appId = registerApp(ghostkeyBin, gk.dir, { name: 'MedConnect (browser tests)', kid: 'k1', publicKey }, gk.env);
   // Every browser of the tests comes from 127.0.0.1: one address for all the users.
   raiseAddressLimit(ghostkeyBin, gk.dir, appId, gk.env);
+  // Passphrases and passkeys too, as setup.mjs does; the page is opened on localhost.
+  allowMethods(ghostkeyBin, gk.dir, appId, gk.env);
+  setPasskeyRpId(ghostkeyBin, gk.dir, appId, 'localhost', gk.env);
   return { appId, keyFile, publicKey };
 }
 
-/** Starts server.mjs on a free port; `allow` registers its origin with Ghostkey. */
+/** Starts server.mjs on a free port (its page on http://localhost:PORT, the origin passkeys
+ *  need); `allow` registers that origin with Ghostkey. */
 export async function startBackend(gk, app, { allow = true } = {}) {
   const child = spawn(
     process.execPath,
@@ -186,5 +200,37 @@ export async function startAll() {
       await backend.close();
       await gk.close();
     },
+  };
+}
+
+/**
+ * A virtual WebAuthn authenticator in `page`'s tab, through the DevTools protocol: a
+ * platform authenticator (CTAP2, internal) with resident keys and user verification that
+ * succeeds (the user's fingerprint, face or PIN), presence given automatically. Its
+ * credentials can be read (`credentials()`) and added (`add(credential)`): exporting one
+ * from a lost device's authenticator and adding it to a new device's models a passkey
+ * synced by a password manager.
+ */
+export async function virtualAuthenticator(page) {
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('WebAuthn.enable', { enableUI: false });
+  const { authenticatorId } = await cdp.send('WebAuthn.addVirtualAuthenticator', {
+    options: {
+      protocol: 'ctap2',
+      transport: 'internal',
+      hasResidentKey: true,
+      hasUserVerification: true,
+      isUserVerified: true,
+      automaticPresenceSimulation: true,
+    },
+  });
+  return {
+    id: authenticatorId,
+    async credentials() {
+      return (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
+    },
+    add: (credential) => cdp.send('WebAuthn.addCredential', { authenticatorId, credential }),
+    /** Whether the user passes verification (false: the fingerprint is not recognised). */
+    setUserVerified: (isUserVerified) => cdp.send('WebAuthn.setUserVerified', { authenticatorId, isUserVerified }),
   };
 }
