@@ -595,7 +595,10 @@ fn a_version_3_database_keeps_its_apps_and_gains_the_origins_table() {
     let app = "app_0123456789abcdef01234567";
     let out = cli(&db, &["app", "origins", "add", app, "https://old.example"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert_eq!(count(&db, "PRAGMA user_version"), 5);
+    assert_eq!(
+        count(&db, "PRAGMA user_version"),
+        ghostkey::store::sqlite::SCHEMA_VERSION
+    );
     let out = cli(&db, &["app", "show", app, "--json"]);
     let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(shown["name"], "Old app");

@@ -513,7 +513,7 @@ async fn a_passkey_registers_recovers_proves_and_stays_encrypted_at_rest() {
     );
 
     let mut auth = SoftPasskey::new(true);
-    enrol(&server, &app, "u1").await;
+    let secret = enrol(&server, &app, "u1").await;
     let added = client
         .add_passkey(&app.assertion("u1", Purpose::Enroll), None, None)
         .await
@@ -565,11 +565,18 @@ async fn a_passkey_registers_recovers_proves_and_stays_encrypted_at_rest() {
     let recovery = start_recovery(&server, &app, "u1", &method).await;
     assert_eq!(recovery.kind, MethodKind::Passkey);
     assert_eq!(recovery.masked.as_deref(), Some(shown.as_str()));
-    let released = client
-        .verify_recovery_webauthn(&recovery.id, assertion(&mut auth, &recovery))
+    // Through the Rust client's recovery driver: released, opened with the user secret.
+    let driver = ghostkey_client::recovery::RecoveryDriver::new(&client, &secret, &app.id, "u1");
+    match driver
+        .submit_webauthn(&recovery.id, assertion(&mut auth, &recovery))
         .await
-        .unwrap();
-    assert_eq!(released.state, RecoveryState::Released);
+        .unwrap()
+    {
+        ghostkey_client::recovery::Recovered::Released(device) => {
+            assert_eq!(device.app_id(), app.id);
+        }
+        other => panic!("expected a release, got {other:?}"),
+    }
 
     // A proof through the passkey authorises a change (adding a TOTP method), once.
     let proof = client

@@ -229,13 +229,42 @@ impl Stored {
         self.passkey.cred_id().as_ref()
     }
 
-    /// How the method is shown: the user's name for it, else the AAGUID.
+    /// How the method is shown: the user's name for it, else the authenticator model
+    /// (a few well-known ones by name, the others by AAGUID).
     pub fn masked(&self) -> String {
-        match &self.name {
-            Some(name) => format!("passkey \u{201c}{name}\u{201d}"),
-            None => format!("passkey (AAGUID {})", Uuid::from_bytes(self.aaguid)),
+        match (&self.name, model_name(&self.aaguid)) {
+            (Some(name), _) => format!("passkey \u{201c}{name}\u{201d}"),
+            (None, Some(model)) => format!("passkey ({model})"),
+            (None, None) => format!("passkey (AAGUID {})", Uuid::from_bytes(self.aaguid)),
         }
     }
+}
+
+/// Well-known passkey providers by the AAGUID their authenticators report (from the
+/// providers' published values; an authenticator that reports none, all zeros, is shown by
+/// AAGUID). Display only: an AAGUID is not attested, so nothing is decided on it.
+const MODELS: &[(&str, &str)] = &[
+    (
+        "ea9b8d66-4d01-1d21-3ce4-b6b48cb575d4",
+        "Google Password Manager",
+    ),
+    ("adce0002-35bc-c60a-648b-0b25f1f05503", "Chrome on Mac"),
+    ("fbfc3007-154e-4ecc-8c0b-6e020557d7bd", "iCloud Keychain"),
+    ("08987058-cadc-4b81-b6e1-30de50dcbe96", "Windows Hello"),
+    ("9ddd1817-af5a-4672-a2b9-3e3dd95000a9", "Windows Hello"),
+    ("6028b017-b1d4-4c02-b4b3-afcdafc96bb2", "Windows Hello"),
+    ("bada5566-a7aa-401f-bd96-45619a55120d", "1Password"),
+    ("d548826e-79b4-db40-a3d8-11116f7e8349", "Bitwarden"),
+    ("531126d6-e717-415c-9320-3d9aa6981239", "Dashlane"),
+];
+
+/// The name of a well-known authenticator model.
+fn model_name(aaguid: &[u8; 16]) -> Option<&'static str> {
+    let text = Uuid::from_bytes(*aaguid).to_string();
+    MODELS
+        .iter()
+        .find(|(id, _)| *id == text)
+        .map(|(_, name)| *name)
 }
 
 /// Checks a name the user gives their passkey: 1 to [`MAX_NAME_LEN`] characters, no
@@ -512,6 +541,11 @@ mod tests {
         let mut named = stored.clone();
         named.name = Some(parse_name(" Laptop ").unwrap());
         assert_eq!(named.masked(), "passkey \u{201c}Laptop\u{201d}");
+        let mut google = stored.clone();
+        google.aaguid = *Uuid::parse_str("ea9b8d66-4d01-1d21-3ce4-b6b48cb575d4")
+            .unwrap()
+            .as_bytes();
+        assert_eq!(google.masked(), "passkey (Google Password Manager)");
         assert!(parse_name("").is_err());
         assert!(parse_name("a\u{7}").is_err());
         assert!(parse_name(&"x".repeat(MAX_NAME_LEN + 1)).is_err());

@@ -97,9 +97,14 @@ const ASSERTION: &[ErrorCode] = &[
 /// (the assertion's `iss`, or the challenge or recovery in the path).
 const ORIGIN: &[ErrorCode] = &[ErrorCode::OriginNotAllowed];
 
-/// The errors of a code check (`Outcome::error` in `domain::challenge`).
+/// The errors of a code check (`Outcome::error` in `domain::challenge`), a passkey's
+/// response included (`passkey_rejected`, `authenticator_cloned`, and
+/// `method_kind_not_allowed` when the app's passkey relying party is no longer usable).
 const CODE: &[ErrorCode] = &[
     ErrorCode::InvalidCode,
+    ErrorCode::PasskeyRejected,
+    ErrorCode::AuthenticatorCloned,
+    ErrorCode::MethodKindNotAllowed,
     ErrorCode::CodeExpired,
     ErrorCode::TooManyAttempts,
     ErrorCode::CodeAlreadyUsed,

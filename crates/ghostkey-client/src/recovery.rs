@@ -137,6 +137,21 @@ impl<'a> RecoveryDriver<'a> {
         self.settle(answer)
     }
 
+    /// Submits a passkey's assertion (the JSON a WebAuthn client made from the recovery
+    /// challenge's `webauthn` request options); opens and checks the blob if it is
+    /// released now.
+    pub async fn submit_webauthn(
+        &self,
+        recovery_id: &str,
+        assertion: serde_json::Value,
+    ) -> Result<Recovered, ClientError> {
+        let answer = self
+            .client
+            .verify_recovery_webauthn(recovery_id, assertion)
+            .await?;
+        self.settle(answer)
+    }
+
     /// After the waiting period: releases, opens and checks the blob (`recover` assertion).
     pub async fn release(
         &self,
