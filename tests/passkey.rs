@@ -607,7 +607,65 @@ async fn a_passkey_registers_recovers_proves_and_stays_encrypted_at_rest() {
         )
         .await;
     assert_eq!(code_of(again), ErrorCode::CodeAlreadyUsed);
-    // A second passkey needs a proof too: the app provider alone cannot add one.
+    // A second passkey (with a proof through the first) excludes the first credential, and
+    // a registration without user verification is refused and counted.
+    let proof = client
+        .start_challenge(
+            &app.assertion("u1", Purpose::Manage),
+            &method,
+            ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let second = client
+        .add_passkey(
+            &app.assertion("u1", Purpose::Manage),
+            Some("Phone"),
+            Some(Proof::with_webauthn(
+                &proof.id,
+                assertion(&mut auth, &proof),
+            )),
+        )
+        .await
+        .unwrap();
+    let mut options = second.challenge.webauthn.clone().unwrap();
+    let excluded = options["publicKey"]["excludeCredentials"]
+        .as_array()
+        .unwrap();
+    assert_eq!(excluded.len(), 1);
+    assert_eq!(
+        excluded[0]["id"].as_str().unwrap(),
+        ghostkey_client::proto::b64::encode(&raw_id)
+    );
+    options["publicKey"]["authenticatorSelection"]["userVerification"] = "discouraged".into();
+    options["publicKey"]["excludeCredentials"] = json!([]);
+    let (mut token, _) = SoftToken::new(true).unwrap();
+    let without_uv = token
+        .do_registration(url(ORIGIN), serde_json::from_value(options).unwrap())
+        .unwrap();
+    let before = failures(&server, &app, "u1");
+    assert_eq!(
+        code_of(
+            client
+                .answer_webauthn(
+                    &second.challenge.id,
+                    serde_json::to_value(&without_uv).unwrap()
+                )
+                .await
+        ),
+        ErrorCode::PasskeyRejected
+    );
+    assert_eq!(failures(&server, &app, "u1"), before + 1);
+    assert_eq!(
+        server.query_i64(&format!(
+            "SELECT count(*) FROM methods WHERE id = '{}' AND state = 'pending' AND credential_hash IS NULL",
+            second.method.id
+        )),
+        1,
+        "nothing registered"
+    );
+
+    // A passkey needs a proof too: the app provider alone cannot add one.
     let no_proof = client
         .add_passkey(&app.assertion("u1", Purpose::Manage), Some("Phone"), None)
         .await;

@@ -288,13 +288,33 @@ impl Ghostkey {
             .map_err(Error::internal)?;
         let secret = MethodSecret::decode(&plain).map_err(Error::internal)?;
         let (app, method) = (app.clone(), method.clone());
+        let keys = std::sync::Arc::clone(&self.keys);
         self.blocking(move |store, _| {
             let rp = super::passkey_rp(store, &app.policy, &app.id, &app.name)?;
             match (purpose, secret) {
                 (ChallengePurpose::Confirm, _) => {
+                    // The user's passkeys registered already are excluded: an authenticator
+                    // holding one of them makes no second (it would add no second factor).
+                    let mut exclude = Vec::new();
+                    if let Some(user) = store.user(&method.app_id, &method.user_id)? {
+                        for other in user
+                            .methods
+                            .iter()
+                            .filter(|m| m.kind == MethodKind::Passkey)
+                        {
+                            let plain = keys
+                                .open(&other.key_id, &other.secret)
+                                .map_err(Error::internal)?;
+                            if let MethodSecret::Registered(stored) =
+                                MethodSecret::decode(&plain).map_err(Error::internal)?
+                            {
+                                exclude.push(stored.credential_id().to_vec());
+                            }
+                        }
+                    }
                     // The authenticator shows the user id under the app's name; the user
                     // handle inside the credential is random (see domain::passkey).
-                    let started = passkey::start_registration(&rp, &method.user_id, Vec::new())
+                    let started = passkey::start_registration(&rp, &method.user_id, exclude)
                         .map_err(Error::internal)?;
                     Ok((started.state, started.options))
                 }

@@ -92,7 +92,7 @@ impl Ghostkey {
             self.spend_address(vec![address], now).await?;
             Vec::new()
         };
-        let mut new = self
+        let mut new = match self
             .new_challenge(
                 &method,
                 ChallengePurpose::Recover,
@@ -100,7 +100,16 @@ impl Ghostkey {
                 &ctx.app,
                 now,
             )
-            .await?;
+            .await
+        {
+            Ok(new) => new,
+            // A passkey start refused (the app's relying party unusable) still spends the
+            // caller's unit, like every other refusal here.
+            Err(refusal) if !unspent.is_empty() => {
+                return Err(self.spend_refused(unspent, now, refusal).await)
+            }
+            Err(refusal) => return Err(refusal),
+        };
         // However many assertions the app mints, a user sees few recovery starts a day.
         let user_mac = self.keys.destination_mac(
             "recovery-user",
