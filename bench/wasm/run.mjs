@@ -2,6 +2,8 @@
 //
 // - the gzipped size of the .wasm (target: at most 300 KiB);
 // - sealing and opening a virtual device per second, in Node;
+// - deriving a passphrase verifier (Argon2id, version 1: 19 MiB, 2 passes), in Node and
+//   Chromium, in milliseconds;
 // - verifying the same 1,000-block device chain natively (Rust, release) and in
 //   WebAssembly, in Node and in headless Chromium, as a ratio to native (target: at most 3x).
 //
@@ -61,6 +63,9 @@ const vd = gk.VirtualDevice.generate("app_bench", "user", 1);
 const sealed = vd.seal(secret);
 const sealMs = await msPerRun(() => vd.seal(secret));
 const openMs = await msPerRun(() => gk.VirtualDevice.open(sealed, secret, { appId: "app_bench", userId: "user" }).free());
+const passphrase = gk.Passphrase.from("correct horse battery staple");
+const deriveMs = await msPerRun(() => passphrase.deriveVerifier("app_bench", "user", 1).free(), 3000);
+passphrase.free();
 
 // 3. The chain: made and timed natively, then verified here.
 const work = mkdtempSync(join(tmpdir(), "ghostkey-bench-wasm-"));
@@ -92,6 +97,7 @@ console.log(
 );
 console.log(`  seal virtual device    ${(1000 / sealMs).toFixed(0)} per second (Node ${process.version})`);
 console.log(`  open virtual device    ${(1000 / openMs).toFixed(0)} per second (Node)`);
+console.log(`  passphrase verifier    ${deriveMs.toFixed(0)} ms (Node)` + (browser ? `, ${browser.deriveMs.toFixed(0)} ms (Chromium)` : ""));
 console.log(`  verify ${BLOCKS}-block chain (target <= 3x native):`);
 console.log(`    native (Rust)        ${nativeMs.toFixed(1)} ms`);
 console.log(`    wasm, Node           ${nodeMs.toFixed(1)} ms  (${(nodeMs / nativeMs).toFixed(2)}x)`);
@@ -123,7 +129,9 @@ async function inChromium() {
       const sealed = vd.seal(secret);
       const sealMs = await msPerRun(() => vd.seal(secret));
       const openMs = await msPerRun(() => gk.VirtualDevice.open(sealed, secret, { appId: "app_bench", userId: "user" }).free());
-      window.result = { verifyMs, sealMs, openMs, userAgent: navigator.userAgent.match(/(Headless)?Chrome\\/[\\d.]+/)?.[0] };
+      const passphrase = gk.Passphrase.from("correct horse battery staple");
+      const deriveMs = await msPerRun(() => passphrase.deriveVerifier("app_bench", "user", 1).free(), 3000);
+      window.result = { verifyMs, sealMs, openMs, deriveMs, userAgent: navigator.userAgent.match(/(Headless)?Chrome\\/[\\d.]+/)?.[0] };
     } catch (e) {
       window.result = { error: String(e && e.stack || e) };
     }
