@@ -1,0 +1,279 @@
+//! Verification methods: add, confirm-time cleanup, remove, and their data keys (rotation).
+
+use super::audit::{audit, Who};
+use super::challenges::{insert_challenge, settle_proof};
+use super::limits::{consume_jti, take_limits_in};
+use super::outbox::{enqueue, enqueue_to_others};
+use super::users::{guard_allows_start, load_guard, user_exists};
+use super::{Cached, SqliteStore};
+use crate::clock::UnixTime;
+use crate::domain::method::{Method, MethodState};
+use crate::domain::policy::MethodKind;
+use crate::store::{AddMethod, RemoveMethod, StoreError};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
+pub(super) fn parse_kind(s: &str) -> rusqlite::Result<MethodKind> {
+    MethodKind::parse(s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            0,
+            rusqlite::types::Type::Text,
+            "unknown method kind".into(),
+        )
+    })
+}
+
+const METHOD_COLUMNS: &str =
+    "id, app_id, user_id, kind, state, key_id, secret, destination_mac, totp_last_step, created_at, confirmed_at";
+
+fn method_from_row(row: &Row<'_>) -> rusqlite::Result<Method> {
+    let kind: String = row.get(3)?;
+    let state: String = row.get(4)?;
+    Ok(Method {
+        id: row.get(0)?,
+        app_id: row.get(1)?,
+        user_id: row.get(2)?,
+        kind: parse_kind(&kind)?,
+        state: if state == "confirmed" {
+            MethodState::Confirmed
+        } else {
+            MethodState::Pending
+        },
+        key_id: row.get(5)?,
+        secret: row.get(6)?,
+        destination_mac: row.get(7)?,
+        totp_last_step: row.get(8)?,
+        created_at: row.get(9)?,
+        confirmed_at: row.get(10)?,
+    })
+}
+
+pub(super) fn load_method(tx: &Connection, id: &str) -> Result<Option<Method>, StoreError> {
+    Ok(tx
+        .one(
+            &format!("SELECT {METHOD_COLUMNS} FROM methods WHERE id = ?1"),
+            [id],
+            method_from_row,
+        )
+        .optional()?)
+}
+
+pub(super) fn load_methods(
+    tx: &Connection,
+    app_id: &str,
+    user_id: &str,
+) -> Result<Vec<Method>, StoreError> {
+    let mut stmt = tx.prepare_cached(&format!(
+        "SELECT {METHOD_COLUMNS} FROM methods WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at, id"
+    ))?;
+    let methods = stmt
+        .query_map(params![app_id, user_id], method_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(methods)
+}
+
+/// Deletes every pending method of a user, with their challenges and unsent messages;
+/// answers how many methods went.
+pub(super) fn remove_pending_methods(
+    tx: &Connection,
+    app_id: &str,
+    user_id: &str,
+) -> Result<usize, StoreError> {
+    let pending = "SELECT id FROM methods WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'";
+    tx.exec(
+        &format!("DELETE FROM outbox WHERE state = 'pending' AND method_id IN ({pending})"),
+        params![app_id, user_id],
+    )?;
+    tx.exec(
+        &format!("DELETE FROM challenges WHERE method_id IN ({pending})"),
+        params![app_id, user_id],
+    )?;
+    Ok(tx.exec(
+        "DELETE FROM methods WHERE app_id = ?1 AND user_id = ?2 AND state = 'pending'",
+        params![app_id, user_id],
+    )?)
+}
+
+pub(super) fn add_method(
+    store: &SqliteStore,
+    cmd: &AddMethod<'_>,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    store.write_keeping(|tx| {
+        consume_jti(tx, cmd.assertion, now)?;
+        let (app_id, user_id) = (&cmd.assertion.app_id, &cmd.assertion.user_id);
+        if !user_exists(tx, app_id, user_id)? {
+            return Err(StoreError::NotEnrolled);
+        }
+        guard_allows_start(&load_guard(tx, app_id, user_id)?)?;
+        let methods = load_methods(tx, app_id, user_id)?;
+        let has_confirmed = methods.iter().any(|m| m.state == MethodState::Confirmed);
+        match (has_confirmed, cmd.proof) {
+            (true, None) => return Err(StoreError::ProofRequired),
+            (_, Some(proof)) => {
+                if let Err(refused) = settle_proof(tx, proof, cmd.assertion, now)? {
+                    return Ok(Err(refused));
+                }
+            }
+            (false, None) => {}
+        }
+        if methods.len() >= cmd.max_methods {
+            return Ok(Err(StoreError::TooManyMethods));
+        }
+        if let Err(limit) = take_limits_in(tx, cmd.limits, now)? {
+            // A spent proof stays spent: commit it with the refusal.
+            return if cmd.proof.is_some() { Ok(Err(limit)) } else { Err(limit) };
+        }
+        let m = cmd.method;
+        tx.exec(
+            &format!("INSERT INTO methods ({METHOD_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            params![
+                m.id,
+                m.app_id,
+                m.user_id,
+                m.kind.as_str(),
+                m.state.as_str(),
+                m.key_id,
+                m.secret,
+                m.destination_mac,
+                m.totp_last_step,
+                m.created_at,
+                m.confirmed_at
+            ],
+        )?;
+        insert_challenge(tx, cmd.challenge)?;
+        if let Some(msg) = cmd.message {
+            enqueue(tx, app_id, &m.id, msg, now)?;
+        }
+        audit(tx, now, "method_added", app_id, Who::User(user_id), json!({ "method": m.id, "kind": m.kind.as_str() }))?;
+        Ok(Ok(()))
+    })
+}
+
+pub(super) fn remove_method(
+    store: &SqliteStore,
+    cmd: &RemoveMethod<'_>,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    store.write_keeping(|tx| {
+        consume_jti(tx, cmd.assertion, now)?;
+        let (app_id, user_id) = (&cmd.assertion.app_id, &cmd.assertion.user_id);
+        if !user_exists(tx, app_id, user_id)? {
+            return Err(StoreError::NotEnrolled);
+        }
+        let methods = load_methods(tx, app_id, user_id)?;
+        let Some(target) = methods.iter().find(|m| m.id == cmd.method_id) else {
+            return Err(StoreError::MethodNotFound);
+        };
+        let others_confirmed = methods
+            .iter()
+            .filter(|m| m.id != target.id && m.state == MethodState::Confirmed)
+            .count();
+        if target.state == MethodState::Confirmed && others_confirmed == 0 {
+            return Err(StoreError::LastMethod);
+        }
+        if let Err(refused) = settle_proof(tx, cmd.proof, cmd.assertion, now)? {
+            return Ok(Err(refused));
+        }
+        tx.exec("DELETE FROM methods WHERE id = ?1", [&target.id])?;
+        enqueue_to_others(tx, app_id, user_id, &target.id, cmd.notice, now)?;
+        audit(
+            tx,
+            now,
+            "method_removed",
+            app_id,
+            Who::User(user_id),
+            json!({ "method": target.id, "kind": target.kind.as_str() }),
+        )?;
+        Ok(Ok(()))
+    })
+}
+
+pub(super) fn credential_registered(
+    store: &SqliteStore,
+    credential_hash: &[u8; 32],
+) -> Result<bool, StoreError> {
+    let conn = store.reader()?;
+    Ok(conn
+        .one(
+            "SELECT 1 FROM methods WHERE credential_hash = ?1",
+            [&credential_hash[..]],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+pub(super) fn methods_under_other_keys(
+    store: &SqliteStore,
+    current: &str,
+    limit: usize,
+) -> Result<Vec<Method>, StoreError> {
+    let conn = store.reader()?;
+    let mut stmt = conn.prepare_cached(&format!(
+        // A passphrase method stays under its key: its hash was made with that key's
+        // pepper, which no rotation can redo without the verifier.
+        "SELECT {METHOD_COLUMNS} FROM methods WHERE key_id != ?1 AND kind != 'passphrase' LIMIT ?2"
+    ))?;
+    let rows = stmt
+        .query_map(params![current, limit as i64], method_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+pub(super) fn rekey_method(
+    store: &SqliteStore,
+    method_id: &str,
+    old_key: &str,
+    new_key: &str,
+    secret: &[u8],
+    destination_mac: Option<&[u8]>,
+) -> Result<bool, StoreError> {
+    store.write(|tx| {
+        Ok(tx.exec(
+            "UPDATE methods SET key_id = ?3, secret = ?4, destination_mac = ?5 WHERE id = ?1 AND key_id = ?2",
+            params![method_id, old_key, new_key, secret, destination_mac],
+        )? == 1)
+    })
+}
+
+pub(super) fn key_ids_in_use(
+    store: &SqliteStore,
+    now: UnixTime,
+) -> Result<Vec<String>, StoreError> {
+    let conn = store.reader()?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT key_id FROM methods \
+         UNION SELECT key_id FROM outbox WHERE length(body) > 0 \
+         UNION SELECT destination_key_id FROM outbox WHERE destination IS NOT NULL \
+         UNION SELECT code_key_id FROM challenges \
+               WHERE code_key_id IS NOT NULL AND state = 'open' AND expires_at > ?1",
+    )?;
+    let ids = stmt
+        .query_map([now], |r| r.get(0))?
+        .collect::<rusqlite::Result<Vec<String>>>()?;
+    Ok(ids)
+}
+
+pub(super) fn key_usage(
+    store: &SqliteStore,
+    key_id: &str,
+    now: UnixTime,
+) -> Result<(u64, u64, u64), StoreError> {
+    let conn = store.reader()?;
+    let count = |sql: &str, p: &[&dyn rusqlite::ToSql]| -> Result<u64, StoreError> {
+        Ok(conn.one(sql, p, |r| r.get(0))?)
+    };
+    Ok((
+        count("SELECT count(*) FROM methods WHERE key_id = ?1", &[&key_id])?
+            + count(
+                "SELECT count(*) FROM outbox WHERE destination_key_id = ?1 AND destination IS NOT NULL",
+                &[&key_id],
+            )?,
+        count("SELECT count(*) FROM outbox WHERE key_id = ?1 AND length(body) > 0", &[&key_id])?,
+        count(
+            "SELECT count(*) FROM challenges WHERE code_key_id = ?1 AND state = 'open' AND expires_at > ?2",
+            &[&key_id, &now],
+        )?,
+    ))
+}

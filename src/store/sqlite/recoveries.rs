@@ -1,0 +1,379 @@
+//! Recoveries: start, verify, release after the waiting period, cancel (with an assertion
+//! or a cancel code).
+
+use super::apps::load_policy;
+use super::audit::{audit, Who};
+use super::challenges::{insert_challenge, load_challenge, settle_in, settle_proof};
+use super::limits::{consume_jti, spending, take_limits_in};
+use super::outbox::{enqueue, enqueue_to_others};
+use super::users::{guard_allows_start, load_guard, sealed_blob};
+use super::{refused, Cached, SqliteStore};
+use crate::clock::UnixTime;
+use crate::domain::assertion::VerifiedAssertion;
+use crate::domain::challenge::{ChallengePurpose, LockRule, Outcome, Verdict};
+use crate::domain::limits::Limit;
+use crate::domain::recovery::{self, Recovery, RecoveryState};
+use crate::store::{
+    NewMessage, ProofAnswer, RecoveryNotices, StartRecovery, StoreError, VerifiedRecovery,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
+fn insert_cancel_code(
+    tx: &Connection,
+    mac: &[u8],
+    challenge_id: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    tx.exec(
+        "INSERT INTO cancel_codes (mac, challenge_id, created_at) VALUES (?1, ?2, ?3)",
+        params![mac, challenge_id, now],
+    )?;
+    Ok(())
+}
+
+/// Marks a recovery cancelled and kills its challenge (a late right code releases
+/// nothing), notifying every method.
+fn cancel_in(
+    tx: &Connection,
+    rec: &mut Recovery,
+    notice: &NewMessage,
+    by: &str,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    rec.state = RecoveryState::Cancelled;
+    rec.cancelled_at = Some(now);
+    save_recovery(tx, rec)?;
+    tx.exec(
+        "UPDATE challenges SET state = 'dead' WHERE id = ?1 AND state = 'open'",
+        [&rec.challenge_id],
+    )?;
+    // Its cancel codes have done their work.
+    tx.exec(
+        "DELETE FROM cancel_codes WHERE challenge_id = ?1",
+        [&rec.challenge_id],
+    )?;
+    enqueue_to_others(tx, &rec.app_id, &rec.user_id, "", notice, now)?;
+    audit(
+        tx,
+        now,
+        "recovery_cancelled",
+        &rec.app_id,
+        Who::User(&rec.user_id),
+        json!({ "recovery": rec.challenge_id, "by": by }),
+    )?;
+    Ok(())
+}
+
+const RECOVERY_COLUMNS: &str =
+    "challenge_id, app_id, user_id, method_id, state, available_at, released_at, cancelled_at, created_at";
+
+fn recovery_from_row(row: &Row<'_>) -> rusqlite::Result<Recovery> {
+    let state: String = row.get(4)?;
+    Ok(Recovery {
+        challenge_id: row.get(0)?,
+        app_id: row.get(1)?,
+        user_id: row.get(2)?,
+        method_id: row.get(3)?,
+        state: RecoveryState::parse(&state).ok_or_else(|| {
+            rusqlite::Error::FromSqlConversionFailure(
+                4,
+                rusqlite::types::Type::Text,
+                "unknown recovery state".into(),
+            )
+        })?,
+        available_at: row.get(5)?,
+        released_at: row.get(6)?,
+        cancelled_at: row.get(7)?,
+        created_at: row.get(8)?,
+    })
+}
+
+fn load_recovery(tx: &Connection, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
+    Ok(tx
+        .one(
+            &format!("SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE challenge_id = ?1"),
+            [challenge_id],
+            recovery_from_row,
+        )
+        .optional()?)
+}
+
+/// The recovery `challenge_id` of the assertion's user, or `RecoveryNotFound` (also for
+/// another user's recovery: its existence is not revealed).
+fn load_own_recovery(
+    tx: &Connection,
+    assertion: &VerifiedAssertion,
+    challenge_id: &str,
+) -> Result<Recovery, StoreError> {
+    match load_recovery(tx, challenge_id)? {
+        Some(r) if r.app_id == assertion.app_id && r.user_id == assertion.user_id => Ok(r),
+        _ => Err(StoreError::RecoveryNotFound),
+    }
+}
+
+fn save_recovery(tx: &Connection, r: &Recovery) -> Result<(), StoreError> {
+    tx.exec(
+        "UPDATE recoveries SET state = ?2, available_at = ?3, released_at = ?4, cancelled_at = ?5 WHERE challenge_id = ?1",
+        params![r.challenge_id, r.state.as_str(), r.available_at, r.released_at, r.cancelled_at],
+    )?;
+    Ok(())
+}
+
+pub(super) fn start_recovery(
+    store: &SqliteStore,
+    cmd: &StartRecovery<'_>,
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    store.write_keeping(|tx| spending(tx, cmd.unspent, now, |tx| {
+        consume_jti(tx, cmd.assertion, now)?;
+        let ch = cmd.challenge;
+        // A locked user may still get a proof challenge: its answer is what lifts the
+        // lock (`POST /v1/users/unlock`), and nothing else accepts it while locked.
+        if ch.purpose != ChallengePurpose::Proof {
+            guard_allows_start(&load_guard(tx, &ch.app_id, &ch.user_id)?)?;
+        }
+        take_limits_in(tx, cmd.limits, now)??;
+        insert_challenge(tx, ch)?;
+        tx.exec(
+            &format!("INSERT INTO recoveries ({RECOVERY_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 'started', NULL, NULL, NULL, ?5)"),
+            params![ch.id, ch.app_id, ch.user_id, ch.method_id, now],
+        )?;
+        if let Some(msg) = cmd.message {
+            enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
+        }
+        insert_cancel_code(tx, cmd.cancel_mac, &ch.id, now)?;
+        enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)?;
+        audit(tx, now, "recovery_started", &ch.app_id, Who::User(&ch.user_id), json!({ "recovery": ch.id, "method": ch.method_id }))?;
+        Ok(())
+    }))
+}
+
+pub(super) fn recovery(
+    store: &SqliteStore,
+    challenge_id: &str,
+) -> Result<Option<Recovery>, StoreError> {
+    load_recovery(&*store.reader()?, challenge_id)
+}
+
+pub(super) fn verify_recovery(
+    store: &SqliteStore,
+    challenge_id: &str,
+    unspent: &[Limit],
+    verdict: Verdict,
+    notices: &RecoveryNotices<'_>,
+    now: UnixTime,
+) -> Result<VerifiedRecovery, StoreError> {
+    store.write_keeping(|tx| {
+        spending(tx, unspent, now, |tx| {
+            let ch = load_challenge(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+            let mut rec = load_recovery(tx, challenge_id)?.ok_or(StoreError::RecoveryNotFound)?;
+            // A cancelled recovery says so, whatever the code, and counts nothing.
+            if rec.state == RecoveryState::Cancelled {
+                return Err(refused(crate::error::Error::new(
+                    ghostkey_proto::ErrorCode::RecoveryCancelled,
+                )));
+            }
+            let (_, settlement) = settle_in(
+                tx,
+                &ch,
+                verdict,
+                LockRule::Enforce,
+                (notices.locked, notices.cloned),
+                now,
+            )?;
+            let mut sealed = None;
+            if settlement.outcome == Outcome::Accepted {
+                let policy = load_policy(tx, &ch.app_id)?;
+                let (state, at) = recovery::after_verified_code(policy.waiting_period_secs, now);
+                rec.state = state;
+                rec.available_at = Some(at);
+                if state == RecoveryState::Released {
+                    rec.released_at = Some(now);
+                    // A released recovery can no longer be cancelled: its codes are void.
+                    tx.exec(
+                        "DELETE FROM cancel_codes WHERE challenge_id = ?1",
+                        [&rec.challenge_id],
+                    )?;
+                    sealed = Some(sealed_blob(tx, &ch.app_id, &ch.user_id)?);
+                    enqueue_to_others(
+                        tx,
+                        &ch.app_id,
+                        &ch.user_id,
+                        &ch.method_id,
+                        notices.released,
+                        now,
+                    )?;
+                } else {
+                    insert_cancel_code(tx, notices.waiting_cancel_mac, &ch.id, now)?;
+                    enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
+                }
+                save_recovery(tx, &rec)?;
+                let kind = if state == RecoveryState::Released {
+                    "recovery_released"
+                } else {
+                    "recovery_waiting"
+                };
+                audit(
+                    tx,
+                    now,
+                    kind,
+                    &ch.app_id,
+                    Who::User(&ch.user_id),
+                    json!({ "recovery": ch.id, "available_at": at }),
+                )?;
+            }
+            Ok(VerifiedRecovery {
+                settlement,
+                recovery: rec,
+                sealed,
+            })
+        })
+    })
+}
+
+pub(super) fn release_recovery(
+    store: &SqliteStore,
+    assertion: &VerifiedAssertion,
+    challenge_id: &str,
+    notice: &NewMessage,
+    now: UnixTime,
+) -> Result<(Recovery, Vec<u8>), StoreError> {
+    store.write(|tx| {
+        consume_jti(tx, assertion, now)?;
+        let mut rec = load_own_recovery(tx, assertion, challenge_id)?;
+        recovery::check_release(&rec, now).map_err(refused)?;
+        rec.state = RecoveryState::Released;
+        rec.released_at = Some(now);
+        // A released recovery can no longer be cancelled: its codes are void.
+        tx.exec(
+            "DELETE FROM cancel_codes WHERE challenge_id = ?1",
+            [&rec.challenge_id],
+        )?;
+        save_recovery(tx, &rec)?;
+        let sealed = sealed_blob(tx, &rec.app_id, &rec.user_id)?;
+        enqueue_to_others(tx, &rec.app_id, &rec.user_id, &rec.method_id, notice, now)?;
+        audit(
+            tx,
+            now,
+            "recovery_released",
+            &rec.app_id,
+            Who::User(&rec.user_id),
+            json!({ "recovery": rec.challenge_id, "after_waiting": true }),
+        )?;
+        Ok((rec, sealed))
+    })
+}
+
+pub(super) fn cancel_recovery(
+    store: &SqliteStore,
+    assertion: &VerifiedAssertion,
+    proof: Option<&ProofAnswer>,
+    challenge_id: &str,
+    notice: &NewMessage,
+    now: UnixTime,
+) -> Result<Recovery, StoreError> {
+    store.write_keeping(|tx| {
+        consume_jti(tx, assertion, now)?;
+        let mut rec = load_own_recovery(tx, assertion, challenge_id)?;
+        recovery::check_cancel(&rec).map_err(refused)?;
+        if let Some(proof) = proof {
+            if let Err(refusal) = settle_proof(tx, proof, assertion, now)? {
+                return Ok(Err(refusal));
+            }
+        }
+        let by = if proof.is_some() {
+            "user_proof"
+        } else {
+            "manage_assertion"
+        };
+        cancel_in(tx, &mut rec, notice, by, now)?;
+        Ok(Ok(rec))
+    })
+}
+
+pub(super) fn recovery_by_cancel_code(
+    store: &SqliteStore,
+    mac: &[u8],
+) -> Result<Option<Recovery>, StoreError> {
+    let conn = store.reader()?;
+    let id: Option<String> = conn
+        .one(
+            "SELECT challenge_id FROM cancel_codes WHERE mac = ?1",
+            [mac],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match id {
+        Some(id) => load_recovery(&conn, &id),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn cancel_recovery_by_code(
+    store: &SqliteStore,
+    mac: &[u8],
+    notice: &NewMessage,
+    now: UnixTime,
+) -> Result<Recovery, StoreError> {
+    store.write(|tx| {
+        let id: Option<String> = tx
+            .one(
+                "SELECT challenge_id FROM cancel_codes WHERE mac = ?1",
+                [mac],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let rec = match id {
+            Some(id) => load_recovery(tx, &id)?,
+            None => None,
+        }
+        .ok_or_else(|| {
+            refused(crate::error::Error::new(
+                ghostkey_proto::ErrorCode::InvalidCode,
+            ))
+        })?;
+        // The code stops every open recovery of its user: notices of one kind are
+        // coalesced, so the code the user got may be from the first of several.
+        let open: Vec<String> = {
+            let mut stmt = tx.prepare_cached(
+                "SELECT challenge_id FROM recoveries WHERE app_id = ?1 AND user_id = ?2 \
+                 AND state IN ('started', 'waiting') ORDER BY created_at, challenge_id",
+            )?;
+            let ids = stmt
+                .query_map(params![rec.app_id, rec.user_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()?;
+            ids
+        };
+        if open.is_empty() {
+            recovery::check_cancel(&rec).map_err(refused)?;
+        }
+        let mut answer = rec.clone();
+        for id in open {
+            if let Some(mut other) = load_recovery(tx, &id)? {
+                cancel_in(tx, &mut other, notice, "cancel_code", now)?;
+                if other.challenge_id == rec.challenge_id {
+                    answer = other;
+                }
+            }
+        }
+        // Spent, even if its own recovery had ended before.
+        tx.exec("DELETE FROM cancel_codes WHERE mac = ?1", [mac])?;
+        Ok(answer)
+    })
+}
+
+pub(super) fn user_recoveries(
+    store: &SqliteStore,
+    app_id: &str,
+    user_id: &str,
+) -> Result<Vec<Recovery>, StoreError> {
+    let conn = store.reader()?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {RECOVERY_COLUMNS} FROM recoveries WHERE app_id = ?1 AND user_id = ?2 ORDER BY created_at DESC"
+    ))?;
+    let rows = stmt
+        .query_map(params![app_id, user_id], recovery_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
