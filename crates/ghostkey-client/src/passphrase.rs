@@ -20,7 +20,6 @@ use argon2::{Algorithm, Argon2, Params, Version};
 use ghostkey_proto::api::{PassphraseParams, PassphraseSetup};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
-use unicode_normalization::UnicodeNormalization;
 use zeroize::Zeroizing;
 
 /// Fewest characters (Unicode scalar values, after NFC) a new passphrase may have.
@@ -81,17 +80,28 @@ pub fn salt(app_id: &str, user_id: &str) -> [u8; 16] {
     out
 }
 
+/// The passphrase in Unicode Normalization Form C (wiped when dropped). ICU4X's
+/// normalizer: its data is already in the WebAssembly module (URL parsing uses it), so NFC
+/// adds no tables of its own there.
+fn nfc(passphrase: &str) -> Zeroizing<String> {
+    Zeroizing::new(
+        icu_normalizer::ComposingNormalizerBorrowed::new_nfc()
+            .normalize(passphrase)
+            .into_owned(),
+    )
+}
+
 /// The strength estimate, in bits: `L × log2(C)`, where `C` is the sum of the sizes of
 /// the character classes the passphrase uses (lower case 26, upper case 26, digits 10,
 /// other ASCII including space 33, anything beyond ASCII 100) and `L` is its length in
 /// characters, but at most twice the number of distinct characters (so repetitions such
 /// as `aaaa…` or `abcabc…` count for little). Rounded down.
 pub fn estimate_bits(passphrase: &str) -> u32 {
-    let text: String = passphrase.nfc().collect();
-    let chars: Vec<char> = text.chars().collect();
+    let text = nfc(passphrase);
+    let chars: Zeroizing<Vec<char>> = Zeroizing::new(text.chars().collect());
     let (mut lower, mut upper, mut digit, mut other, mut beyond) =
         (false, false, false, false, false);
-    for c in &chars {
+    for c in chars.iter() {
         match c {
             'a'..='z' => lower = true,
             'A'..='Z' => upper = true,
@@ -125,7 +135,7 @@ pub fn estimate_bits(passphrase: &str) -> u32 {
 
 /// Checks a new passphrase against the minimum strength (length, then the estimate).
 pub fn check_strength(passphrase: &SecretString) -> Result<(), PassphraseError> {
-    let chars = passphrase.expose_secret().nfc().count();
+    let chars = nfc(passphrase.expose_secret()).chars().count();
     if chars < MIN_CHARS {
         return Err(PassphraseError::TooShort {
             chars,
@@ -159,7 +169,7 @@ pub fn derive_verifier(
     )
     .map_err(|e| PassphraseError::Derive(e.to_string()))?;
     let argon = Argon2::new(Algorithm::Argon2id, Version::V0x13, params);
-    let normalised = Zeroizing::new(passphrase.expose_secret().nfc().collect::<String>());
+    let normalised = nfc(passphrase.expose_secret());
     let mut out = Zeroizing::new([0u8; VERIFIER_LEN]);
     argon
         .hash_password_into(normalised.as_bytes(), &salt(app_id, user_id), &mut out[..])
