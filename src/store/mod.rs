@@ -4,7 +4,9 @@
 //! [`crate::service::Blocking`], which runs them on a blocking thread pool, never on the
 //! async executor. Every state that must hold across restarts and nodes (replay caches,
 //! counters) lives here, not in process memory. A PostgreSQL backend implements the same
-//! trait.
+//! trait. The trait's documentation is the concurrency contract every backend keeps (what
+//! must hold when several nodes call a method at once); `README.md` beside this file
+//! describes the layout and how a migration is added.
 
 pub mod lock;
 pub mod sqlite;
@@ -382,23 +384,102 @@ pub struct OriginStanding {
 }
 
 /// Everything Ghostkey stores.
+///
+/// # Concurrency contract
+///
+/// Several nodes (processes sharing one database) may call any method at once, each from
+/// many threads. Every backend keeps the rules below, and each method's `Concurrency:`
+/// paragraph says what must hold for it and how the SQLite backend provides it today.
+///
+/// - **A write is one transaction.** All of it commits or none of it does, and the method
+///   returns only after the commit (an acknowledged write is durable). The exceptions are
+///   written down and keep part of a refused request on purpose: a refused proof still
+///   records its settlement (attempt, failure, back-off, lock) and consumes the `jti`; an
+///   `unspent` limit unit stays spent when the request behind it is refused. Any other
+///   refusal writes nothing, not even the `jti`.
+/// - **Writes are serialisable.** What a write checks and what it writes see one state: no
+///   other write commits in between, so every read-modify-write (attempt and failure
+///   counts, method counts, limit counters, recovery states, the chain length, the audit
+///   head) is exact. SQLite provides this with its single write lock: each process has one
+///   write connection, and every write runs inside a `BEGIN IMMEDIATE` transaction of it
+///   (group commit: the writes of one process run one at a time, each in a savepoint, and
+///   share a `COMMIT`); other processes wait for the lock up to `busy_timeout`, then fail
+///   with `Backend`. Since every write is serialised with every other, the SQLite code
+///   checks and then writes. A backend with concurrent writers must get the same result
+///   differently for each method, as its paragraph says: row locks taken in one order,
+///   conditional statements whose row count decides, unique keys whose conflict is the
+///   refusal.
+/// - **Lock order**, for a backend with row locks: the user's `users` row first (the
+///   per-user lock: a user's guard, failure window, methods, challenges, recoveries, chain
+///   and queued messages are written only under it, and some of them, such as the guard
+///   before the first failure, have no row of their own to lock), then the challenge, then
+///   the recovery, then rate counters in key order, then outbox rows, and the audit head
+///   last (every audited write moves it, so it is held from the append to the commit: the
+///   one point where all audited writes meet).
+/// - **A conflict ends as the documented refusal.** A unique-key conflict or a
+///   serialisation failure caused by a concurrent caller must end as the refusal the
+///   method documents, or be retried, never as another outcome. The exceptions today are
+///   named where they occur (they surface as `Backend`).
+/// - **Reads see commits, perhaps not the latest.** A read-only method sees committed data
+///   only, never a write still waiting for its commit, but may be a commit or more behind
+///   by the time it returns. In SQLite each statement of a read is its own snapshot (the
+///   reader connections run in autocommit mode), so a read made of several statements is
+///   not one snapshot; the methods for which that is the case say so. A write checks again,
+///   in its own transaction, whatever it depends on; where it does not, it says so.
+/// - **Shared state every write may touch.** A `jti` is consumed exactly once (see
+///   [`Store::consume_assertion`]); limits never go over their cap (see
+///   [`Store::take_limits`]), except that a notice adds to its destination's and app's
+///   budgets even when they are full (a notice is never refused); a notice joins a pending,
+///   unleased notice of its kind to the same method (`events + 1`) if there is one, or is
+///   queued an hour after the last of its kind, decided under the user's lock; the
+///   audit log is one hash chain: each audited write appends one event whose `seq` is the
+///   head's plus one and whose hash chains to the head's, and moves the head, in its
+///   transaction, so concurrent writers never fork it or reuse a `seq`; the time floor
+///   only moves forward (`max`), except by [`Store::reset_time_floor`].
 pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
+    ///
+    /// Concurrency: read-only.
     fn ping(&self) -> Result<(), StoreError>;
 
     /// Registers an app with its first key.
+    ///
+    /// Concurrency: one transaction with its audit event. Of two creations of one app id
+    /// one lands; the other fails on the `apps` primary key, today as `Backend` (app ids
+    /// are random, made by the operator's command).
     fn create_app(&self, app: &App, first_key: &AppKey) -> Result<(), StoreError>;
     /// All apps, oldest first.
+    ///
+    /// Concurrency: read-only, one statement.
     fn list_apps(&self) -> Result<Vec<App>, StoreError>;
     /// One app.
+    ///
+    /// Concurrency: read-only, one statement. A policy read here may be replaced before
+    /// the request that read it writes; the writes that depend on the policy (settling a
+    /// code, the waiting period) read it again in their transaction.
     fn app(&self, app_id: &str) -> Result<Option<App>, StoreError>;
     /// An app's keys, oldest first.
+    ///
+    /// Concurrency: read-only, one statement.
     fn app_keys(&self, app_id: &str) -> Result<Vec<AppKey>, StoreError>;
     /// Adds a key to an app.
+    ///
+    /// Concurrency: the `(app_id, kid)` unique key decides (`ON CONFLICT DO NOTHING` and
+    /// its row count): of two additions of one `kid` exactly one lands, the other gets
+    /// `KeyExists`. Apps are never deleted, so the existence check cannot go stale.
     fn add_app_key(&self, app_id: &str, key: &AppKey) -> Result<(), StoreError>;
     /// Revokes a key of an app, from `now` on.
+    ///
+    /// Concurrency: of two revocations of one key exactly one succeeds, the other gets
+    /// `KeyAlreadyRevoked`. SQLite reads `revoked_at`, then updates, under the write lock;
+    /// another backend: `UPDATE ... WHERE revoked_at IS NULL` and its row count. A request
+    /// whose key was looked up before the revocation committed may still be accepted (see
+    /// [`Store::lookup_assertion_key`]).
     fn revoke_app_key(&self, app_id: &str, kid: &str, now: UnixTime) -> Result<(), StoreError>;
     /// Replaces an app's policy.
+    ///
+    /// Concurrency: the whole policy is replaced: of concurrent replacements the last to
+    /// commit wins. Requests in flight may still act on the policy they read.
     fn set_app_policy(
         &self,
         app_id: &str,
@@ -406,11 +487,19 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// The web origins an app allows (normalised), sorted.
+    ///
+    /// Concurrency: read-only, one statement.
     fn app_origins(&self, app_id: &str) -> Result<Vec<String>, StoreError>;
     /// Allows a (normalised) origin for an app, audited; `false` if it already was.
+    ///
+    /// Concurrency: the `(app_id, origin)` unique key decides (`ON CONFLICT DO NOTHING`):
+    /// of two concurrent additions one returns `true` and is audited, the other `false`.
     fn add_app_origin(&self, app_id: &str, origin: &str, now: UnixTime)
         -> Result<bool, StoreError>;
     /// Stops allowing an origin for an app, audited; `false` if it was not allowed.
+    ///
+    /// Concurrency: the `DELETE`'s row count decides: of two concurrent removals one
+    /// returns `true` and is audited, the other `false`.
     fn remove_app_origin(
         &self,
         app_id: &str,
@@ -418,16 +507,28 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<bool, StoreError>;
     /// Where a (normalised) origin stands for a request about `subject` (reads only).
+    ///
+    /// Concurrency: read-only, up to three statements (in SQLite not one snapshot). An
+    /// origin added or removed while the request runs may or may not count for it.
     fn origin_standing(
         &self,
         subject: OriginSubject<'_>,
         origin: &str,
     ) -> Result<OriginStanding, StoreError>;
     /// What is known of the key an assertion names.
+    ///
+    /// Concurrency: read-only, one statement. Nothing checks the key again when the
+    /// assertion is used: a key revoked by a commit that lands while a request is in
+    /// flight may still verify that request's assertion.
     fn lookup_assertion_key(&self, app_id: &str, kid: &str) -> Result<KeyLookup, StoreError>;
 
     /// In one transaction: consumes the assertion's `jti` and stores a new enrolment.
     /// Nothing is written if either fails.
+    ///
+    /// Concurrency: the `(app_id, user_id)` unique key decides (`ON CONFLICT DO NOTHING`):
+    /// of two enrolments of one user exactly one lands, with its root block at index 0 and
+    /// its audit event; the other gets `AlreadyEnrolled` and writes nothing (its `jti`
+    /// stays unused).
     fn enroll(
         &self,
         assertion: &VerifiedAssertion,
@@ -435,34 +536,87 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// A user's enrolment.
+    ///
+    /// Concurrency: read-only, one statement.
     fn enrollment(&self, app_id: &str, user_id: &str) -> Result<Option<Enrollment>, StoreError>;
 
     /// Consumes an assertion's `jti` for a request that writes nothing else.
+    ///
+    /// Concurrency: a `jti` is consumed exactly once across all nodes: of concurrent
+    /// consumers of one `(app_id, jti)` one succeeds and every other gets
+    /// `AssertionReplayed`. The unique key decides (`INSERT ... ON CONFLICT DO NOTHING` and
+    /// its row count, never a check then an insert). This holds for every method that
+    /// consumes a `jti`; a transaction that does not commit leaves the `jti` unused. A few
+    /// expired `jti`s are purged on the way (the purge raises the time floor); purges
+    /// racing over the same rows delete each row once.
     fn consume_assertion(
         &self,
         assertion: &VerifiedAssertion,
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// A user with their guard and methods.
+    ///
+    /// Concurrency: read-only. The enrolment, the guard and the methods are separate
+    /// statements (in SQLite on two connections): not one snapshot. What a request decides
+    /// from it, the write that acts on it checks again (the lock, the proof requirement,
+    /// the method count, the last confirmed method).
     fn user(&self, app_id: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
     /// Adds a pending method and its confirmation challenge; settles the proof first.
     /// A refused proof still records its failure (and the `jti`), and adds nothing.
+    ///
+    /// Concurrency: under the user's lock, the lock check, the proof requirement (the user
+    /// has a confirmed method), the proof's settlement (as in
+    /// [`Store::answer_challenge`]), the `max_methods` count and the limits (as in
+    /// [`Store::take_limits`]) are all checked against the state the insert commits on:
+    /// parallel additions never exceed `max_methods`, and a method confirmed meanwhile
+    /// makes the proof required. SQLite: the write lock.
     fn add_method(&self, cmd: &AddMethod<'_>, now: UnixTime) -> Result<(), StoreError>;
     /// Starts a challenge on a method of the assertion's user.
+    ///
+    /// Concurrency: the `jti`, the lock check (not for a proof challenge) and the limits
+    /// (never over the cap) in one transaction. The method is not checked again: the caller
+    /// read it. A method removed, or a user erased, after that read makes the insert fail
+    /// on its foreign key: today `Backend`.
     fn start_challenge(&self, cmd: &StartChallenge<'_>, now: UnixTime) -> Result<(), StoreError>;
     /// A challenge with its method and the app's policy, for checking a code.
+    ///
+    /// Concurrency: read-only, three statements (in SQLite not one snapshot). The code is
+    /// checked against this read; the answer is settled against the rows as they are in
+    /// the settling transaction ([`Store::answer_challenge`], [`Store::verify_recovery`],
+    /// the proof of a change).
     fn challenge(
         &self,
         challenge_id: &str,
     ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError>;
     /// Whether a passkey credential (its `credential_hash`) is registered already, by any
     /// user of any app.
+    ///
+    /// Concurrency: read-only, advisory: [`Store::answer_challenge`] checks again, and the
+    /// unique index on `methods.credential_hash` backs that check.
     fn credential_registered(&self, credential_hash: &[u8; 32]) -> Result<bool, StoreError>;
     /// Settles an answer; on a correct `confirm` answer, confirms the method (for a
     /// passkey, storing the `registered` credential, refused if that credential is
     /// registered already), activates the user and queues the `added` notice to the
     /// user's other confirmed methods. The first confirmed method removes every other
     /// pending method of the user.
+    ///
+    /// Concurrency: each answer is settled once, exactly. The settlement reads the
+    /// challenge's attempts and state, the user's guard (failures, back-off, lock) and
+    /// failure window, and writes them back: of parallel wrong answers (to this challenge
+    /// or to another of the user's), each one judged adds exactly one attempt to its
+    /// challenge and one failure to the user; the challenge dies at `max_attempts`; the
+    /// user is locked when the failures reach the threshold, and the `user_locked` event
+    /// and notice happen once, at that transition; of parallel right answers one is
+    /// `Accepted` and the others `AlreadyUsed`. A TOTP step, or a passkey's non-zero
+    /// signature counter, is accepted once: it must move past the stored one, compared in
+    /// the transaction (and stored by a conditional update that only raises it). The
+    /// confirmation is conditional (`state = 'pending'`), and exactly one answer completes
+    /// the enrolment (the `users` update from `pending` and its row count); only that one
+    /// removes the other pending methods. A passkey credential is unique across all users
+    /// (checked in the transaction, backed by a unique index): the loser of a race gets
+    /// `Refused(PasskeyRejected)` with nothing written, no attempt counted. SQLite: all
+    /// under the write lock; another backend: lock the user's row, then the challenge's,
+    /// before reading them (the guard may have no row yet).
     fn answer_challenge(
         &self,
         challenge_id: &str,
@@ -472,18 +626,35 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<Answered, StoreError>;
     /// Removes a confirmed method after settling the proof.
+    ///
+    /// Concurrency: the last confirmed method is never removed: the count of the user's
+    /// other confirmed methods and the delete are in one transaction under the user's lock,
+    /// so of two parallel removals of a user's last two confirmed methods one succeeds and
+    /// the other gets `LastMethod` (decided before the proof is settled: it writes
+    /// nothing). SQLite: the write lock.
     fn remove_method(&self, cmd: &RemoveMethod<'_>, now: UnixTime) -> Result<(), StoreError>;
     /// Lifts a user's lock and clears their back-off, after the app's proof (or for an
     /// operator), notifying every confirmed method. A refused proof records its failure
     /// and the `jti`, and unlocks nothing. Returns whether the user was locked.
+    ///
+    /// Concurrency: under the user's lock, the lock state read for the answer, the proof's
+    /// settlement and the "no confirmed method" check agree with what commits: a method
+    /// confirmed meanwhile makes the proof required. Of two parallel unlocks both succeed
+    /// and only the first to commit returns `true`. Against a failing answer, whichever
+    /// commits last decides whether the user is locked. SQLite: the write lock.
     fn unlock_user(&self, cmd: &UnlockUser<'_>, now: UnixTime) -> Result<bool, StoreError>;
     /// The length of a user's chain and the hash of its last block (`None`: no chain).
+    ///
+    /// Concurrency: read-only, one statement; the head may have moved by the time the
+    /// caller appends (see [`Store::append_block`]).
     fn chain_head(
         &self,
         app_id: &str,
         user_id: &str,
     ) -> Result<Option<crate::domain::chain::Head>, StoreError>;
     /// The encoded block at `index` of a user's chain, if there is one.
+    ///
+    /// Concurrency: read-only, one statement.
     fn chain_block(
         &self,
         app_id: &str,
@@ -491,9 +662,20 @@ pub trait Store: Send + Sync + 'static {
         index: usize,
     ) -> Result<Option<Vec<u8>>, StoreError>;
     /// The encoded blocks of a user's chain, in order (empty if none).
+    ///
+    /// Concurrency: read-only, one statement (one snapshot of the chain).
     fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError>;
     /// Appends a checked block at `index`, consuming the assertion; refuses with
     /// `ChainFork` if the chain no longer has exactly `index` blocks.
+    ///
+    /// Concurrency: an append lands only on the chain it was checked against: of two
+    /// appends built on the same head exactly one lands, the other gets `ChainFork` and
+    /// writes nothing (its `jti` stays unused). SQLite counts the blocks in the
+    /// transaction, under the write lock, and the `(app_id, user_id, idx)` primary key backs
+    /// it; another backend must make a conflicting insert at `index` end as `ChainFork`,
+    /// not `Backend`. The length is compared, not the head's hash: chains are append-only,
+    /// so only an erasure and a new enrolment of the same user between the caller's read
+    /// and this write could show the same length with another head.
     fn append_block(
         &self,
         assertion: &VerifiedAssertion,
@@ -503,14 +685,30 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Starts a recovery.
+    ///
+    /// Concurrency: the caller's `unspent` limits first (spent even when the start is
+    /// refused, unless one of them is full), then in one transaction the `jti`, the lock
+    /// check and the limits, the user's daily recovery starts among them, never over the
+    /// cap (as in [`Store::take_limits`]). Several recoveries of one user may be open at
+    /// once.
     fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError>;
     /// A recovery by id.
+    ///
+    /// Concurrency: read-only, one statement.
     fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError>;
     /// Settles a recovery code; when right, releases now (returning the sealed virtual
     /// device) or starts the waiting period, and queues the matching notices.
     /// A unit of each of the caller's `unspent` limits (its address, the app's ceiling;
     /// empty if the caller already spent them) is spent first, even when the code is
     /// refused; a full limit refuses the request and changes nothing.
+    ///
+    /// Concurrency: settled once, as in [`Store::answer_challenge`]: of parallel right
+    /// codes one releases (or starts the waiting period) and the others are
+    /// `AlreadyUsed`, so the sealed virtual device is released at most once per recovery.
+    /// A cancellation that commits first wins: the code finds the recovery cancelled and
+    /// counts nothing (the `unspent` units stay spent). SQLite: the write lock; another
+    /// backend: lock the user's row, then the challenge and the recovery, before reading
+    /// their states.
     fn verify_recovery(
         &self,
         challenge_id: &str,
@@ -521,6 +719,16 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<VerifiedRecovery, StoreError>;
     /// Releases a recovery whose waiting period is over, to a `recover` assertion of its
     /// user; nothing changes when the release is refused.
+    ///
+    /// Concurrency: a release and a cancellation never both succeed, and a recovery is
+    /// released once: the state check (`waiting`, its period over) and the move to
+    /// `released` are one transaction, so of a release and a cancellation the one that
+    /// commits first wins and the other is refused (`AlreadyReleased`,
+    /// `RecoveryCancelled`) with nothing written. SQLite: read, check, write under the
+    /// write lock; another backend: lock the recovery row, or `UPDATE ... WHERE state =
+    /// 'waiting'` and its row count. The sealed virtual device returned is the one
+    /// committed when the release commits (a parallel replacement lands wholly before or
+    /// after it).
     fn release_recovery(
         &self,
         assertion: &VerifiedAssertion,
@@ -529,6 +737,12 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(Recovery, Vec<u8>), StoreError>;
     /// Cancels a recovery (a `manage` assertion, or any assertion of the user with a proof).
+    ///
+    /// Concurrency: against a release, see [`Store::release_recovery`]; of two
+    /// cancellations one succeeds and the other gets `RecoveryCancelled`, writing nothing.
+    /// The recovery's challenge is killed by a conditional update (`state = 'open'`), so a
+    /// right code answered after the cancellation releases nothing. A refused proof keeps
+    /// its failure and the `jti`. SQLite: the write lock.
     fn cancel_recovery(
         &self,
         assertion: &VerifiedAssertion,
@@ -538,9 +752,18 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<Recovery, StoreError>;
     /// The recovery a cancel code (its MAC) belongs to.
+    ///
+    /// Concurrency: read-only, two statements (in SQLite not one snapshot).
     fn recovery_by_cancel_code(&self, mac: &[u8]) -> Result<Option<Recovery>, StoreError>;
     /// Cancels the recovery a cancel code belongs to (no assertion: the code reached only
     /// the user's confirmed methods), notifying every method.
+    ///
+    /// Concurrency: in one transaction, cancels every recovery of the user open at that
+    /// moment (`started` or `waiting`) and spends the code: of two uses of one code the
+    /// second finds it spent (`Refused(InvalidCode)`). Against a release, see
+    /// [`Store::release_recovery`]. The set of open recoveries is read in the transaction:
+    /// SQLite's write lock keeps it exact; another backend must lock the user's row first,
+    /// so that a recovery started meanwhile is either cancelled too or starts after.
     fn cancel_recovery_by_code(
         &self,
         mac: &[u8],
@@ -548,6 +771,10 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<Recovery, StoreError>;
     /// Replaces the sealed virtual device (`manage` assertion and a proof).
+    ///
+    /// Concurrency: under the user's lock, after its proof; of parallel replacements the
+    /// last to commit wins. A release reads the sealed virtual device in its own
+    /// transaction and gets the old or the new one, whole. SQLite: the write lock.
     fn replace_virtual_device(
         &self,
         assertion: &VerifiedAssertion,
@@ -559,6 +786,13 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes every row of a user (right to erasure), after queueing `notice` to each of
     /// their confirmed SMS and e-mail methods (a farewell that outlives them until it is
     /// sent); consumes the assertion's `jti` when one is given (operators act without one).
+    ///
+    /// Concurrency: one transaction: a write about the user that commits before it is
+    /// erased with the rest; one that commits after it finds nothing (`NotEnrolled`,
+    /// `MethodNotFound`, `RecoveryNotFound`, or, for an insert that names the user's rows,
+    /// a foreign-key failure, today `Backend`). Of two erasures one succeeds and the other
+    /// gets `NotEnrolled`, writing nothing. A backend must lock the user's row first so
+    /// that no row of theirs is added while the others are deleted.
     fn erase_user(
         &self,
         app_id: &str,
@@ -568,6 +802,9 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
     ) -> Result<(), StoreError>;
     /// Audit events after `after_seq`, oldest first, at most `limit`.
+    ///
+    /// Concurrency: read-only, one statement. Events are committed in `seq` order (the
+    /// head is held to the commit), so a page never has a gap that a later commit fills.
     fn audit_events(
         &self,
         after_seq: i64,
@@ -575,15 +812,26 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<crate::domain::audit::AuditEvent>, StoreError>;
     /// The audit log's recorded head (its last event's position and hash); `None` if the
     /// record itself is gone.
+    ///
+    /// Concurrency: read-only, one statement; read after [`Store::audit_events`], it may be
+    /// past the last event that call returned.
     fn audit_head(&self) -> Result<Option<crate::domain::audit::AuditHead>, StoreError>;
     /// The latest time the database relied on (its last audited write, or the last purge
     /// of expired state): the server's time must not go back before it.
+    ///
+    /// Concurrency: read-only, one statement; concurrent writes only raise it.
     fn time_floor(&self) -> Result<UnixTime, StoreError>;
     /// Sets the time floor to `to` (after the clock had jumped ahead, so the floor is in
     /// the future), audited; returns the previous floor. Only with no server running.
+    ///
+    /// Concurrency: overwrites the floor (every other write only raises it), so it runs
+    /// alone: the caller holds the database lock ([`LockHolder::Maintenance`]), which no
+    /// server runs without.
     fn reset_time_floor(&self, to: UnixTime) -> Result<UnixTime, StoreError>;
     /// Up to `limit` methods whose secret is under another data key than `current`
     /// (passphrase methods excepted: their hash needs the pepper of the key they are under).
+    ///
+    /// Concurrency: read-only, one statement.
     fn methods_under_other_keys(
         &self,
         current: &str,
@@ -591,6 +839,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Method>, StoreError>;
     /// Replaces a method's secret (and destination MAC) if it is still under `old_key`;
     /// returns whether it was.
+    ///
+    /// Concurrency: a compare-and-set on the key id (`UPDATE ... WHERE key_id = old_key`
+    /// and its row count): a method rewritten meanwhile under another key is left alone.
+    /// The secret written is the caller's re-encryption of what it read, so this is exact
+    /// only while no node still writes values under `old_key` (every node restarted with
+    /// the new key first, as the rotation procedure says): a passkey registered under
+    /// `old_key` between the read and this update would be overwritten by the stale copy.
     fn rekey_method(
         &self,
         method_id: &str,
@@ -601,12 +856,18 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Up to `limit` queued message bodies under another data key than `current`:
     /// (outbox id, key id, body).
+    ///
+    /// Concurrency: read-only, one statement.
     fn messages_under_other_keys(
         &self,
         current: &str,
         limit: usize,
     ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError>;
     /// Replaces a queued body if it is still under `old_key`; returns whether it was.
+    ///
+    /// Concurrency: a compare-and-set on the key id and a body not yet wiped: a message
+    /// sent or given up meanwhile is left alone (`false`). Bodies are never rewritten
+    /// otherwise, so the stale-copy hazard of [`Store::rekey_method`] does not arise.
     fn rekey_message(
         &self,
         id: i64,
@@ -616,36 +877,75 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
     /// Every data key id a stored value still needs: methods, queued bodies and
     /// destinations, live challenges whose code it hashed.
+    ///
+    /// Concurrency: read-only, one statement; a node still writing under a key it is about
+    /// to stop using can add a value right after.
     fn key_ids_in_use(&self, now: UnixTime) -> Result<Vec<String>, StoreError>;
     /// What still needs data key `key_id`: methods, queued bodies, live challenges whose
     /// code it hashed.
+    ///
+    /// Concurrency: read-only, four statements (in SQLite not one snapshot).
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError>;
     /// An app's activity: enrolled users, audit events since `since`, and the time of its
     /// last event.
+    ///
+    /// Concurrency: read-only, two statements (in SQLite not one snapshot).
     fn app_activity(
         &self,
         app_id: &str,
         since: UnixTime,
     ) -> Result<(u64, u64, Option<UnixTime>), StoreError>;
     /// A user's recoveries, newest first.
+    ///
+    /// Concurrency: read-only, one statement.
     fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError>;
 
     /// Takes one unit from each limit, all or none.
+    ///
+    /// Concurrency: never over a cap: of parallel takers of a limit's last unit exactly one
+    /// gets it and the others get `LimitReached`, which names the first full limit in the
+    /// order of `limits`; a refusal takes nothing from any limit. SQLite checks every limit,
+    /// then adds one to each (an upsert), under the write lock. Another backend: per limit,
+    /// in key order, one conditional statement (`INSERT ... ON CONFLICT DO UPDATE SET
+    /// count = count + 1 WHERE count < max`) whose row count decides, rolling back at the
+    /// first full one. A few expired counters are purged on the way (raising the time
+    /// floor). The same holds for the limits every other write spends.
     fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;
     /// Refuses (`LimitReached`) if any of `limits` is full, spending nothing: a cheap
     /// early check for requests that spend their unit later, in the write that records
     /// them (the cap itself is enforced by that write).
+    ///
+    /// Concurrency: read-only, advisory: one statement per limit (in SQLite not one
+    /// snapshot), possibly a commit behind.
     fn limits_allow(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError>;
 
     /// Leases the oldest due message for `lease_secs`.
+    ///
+    /// Concurrency: a message is claimed by one worker at a time: of parallel claims each
+    /// gets a different message, or none. SQLite selects and then sets the lease under the
+    /// write lock; another backend: `SELECT ... FOR UPDATE SKIP LOCKED`, or a conditional
+    /// update on `leased_until` and its row count. A lease that runs out makes the message
+    /// claimable again (delivery at least once). A leased notice takes no new events: a
+    /// notice of its kind queued meanwhile is a new message.
     fn claim_message(
         &self,
         now: UnixTime,
         lease_secs: i64,
     ) -> Result<Option<ClaimedMessage>, StoreError>;
     /// Records how a send attempt ended.
+    ///
+    /// Concurrency: must apply only under the lease of the claim it reports on. Today it
+    /// does not check that: it matches the message id alone and clears whatever lease the
+    /// message has, so a worker whose lease ran out while another worker claimed the
+    /// message would record its result over the other's and make the message claimable
+    /// again while the other is still sending. SQLite relies on one delivery worker per
+    /// database (`serve` holds the database lock) and a lease longer than any send. A
+    /// backend for several nodes must identify the claim (a lease token, or the
+    /// `leased_until` the claim set) and finish only where it still matches.
     fn finish_message(&self, id: i64, result: &SendResult, now: UnixTime)
         -> Result<(), StoreError>;
     /// Outbox counts.
+    ///
+    /// Concurrency: read-only, one statement.
     fn outbox_counts(&self) -> Result<OutboxCounts, StoreError>;
 }

@@ -1,13 +1,14 @@
 //! Apps: their keys, policy and web origins, and the key an assertion names.
 
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
 use super::audit::{audit, Who};
 use super::{Cached, SqliteStore};
 use crate::clock::UnixTime;
 use crate::domain::app::{App, AppKey, KeyLookup};
 use crate::domain::policy::{AppPolicy, MethodKind};
 use crate::store::{OriginStanding, OriginSubject, StoreError};
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::json;
 
 pub(super) const APP_COLUMNS: &str =
     "id, name, created_at, allowed_methods, code_digits, totp_digits, \

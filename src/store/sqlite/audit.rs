@@ -1,10 +1,11 @@
 //! The audit log: events hash-chained in the writer's transaction, and its recorded head.
 
+use rusqlite::{params, Connection, OptionalExtension};
+
 use super::{bad_blob, Cached, SqliteStore};
 use crate::clock::UnixTime;
 use crate::domain::audit::{AuditEvent, AuditHead};
 use crate::store::StoreError;
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Who an audit event is about.
 pub(super) enum Who<'a> {

@@ -1,13 +1,14 @@
 //! The device chain: reads and the append that lands only on the head it names.
 
+use rusqlite::{params, OptionalExtension};
+use serde_json::json;
+
 use super::audit::{audit, Who};
 use super::limits::consume_jti;
 use super::{Cached, SqliteStore};
 use crate::clock::UnixTime;
 use crate::domain::assertion::VerifiedAssertion;
 use crate::store::StoreError;
-use rusqlite::{params, OptionalExtension};
-use serde_json::json;
 
 pub(super) fn chain_head(
     store: &SqliteStore,

@@ -1,6 +1,9 @@
 //! Challenges: their rows, settling an answer (attempts, the user's guard, failures), proofs
 //! through a confirmed method, and the answer to a challenge.
 
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
 use super::apps::load_policy;
 use super::audit::{audit, Who};
 use super::limits::{consume_jti, raise_clock_floor, take_limits_in};
@@ -19,8 +22,6 @@ use crate::domain::policy::AppPolicy;
 use crate::store::{
     AnswerNotices, Answered, NewMessage, ProofAnswer, RegisteredPasskey, StartChallenge, StoreError,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::json;
 
 const CHALLENGE_COLUMNS: &str =
     "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id, opened_by, ceremony";

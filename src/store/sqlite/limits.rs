@@ -1,12 +1,13 @@
 //! Limits: rate counters, single-use assertion `jti`s, and the clock floor.
 
+use rusqlite::{params, Connection, OptionalExtension};
+
 use super::audit::{audit, Who};
 use super::{Cached, SqliteStore};
 use crate::clock::UnixTime;
 use crate::domain::assertion::VerifiedAssertion;
 use crate::domain::limits::Limit;
 use crate::store::StoreError;
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// Expired `jti`s deleted per write, so the replay cache stays small without a sweeper.
 const JTI_PURGE_BATCH: i64 = 32;

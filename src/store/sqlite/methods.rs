@@ -1,5 +1,8 @@
 //! Verification methods: add, confirm-time cleanup, remove, and their data keys (rotation).
 
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
 use super::audit::{audit, Who};
 use super::challenges::{insert_challenge, settle_proof};
 use super::limits::{consume_jti, take_limits_in};
@@ -10,8 +13,6 @@ use crate::clock::UnixTime;
 use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::MethodKind;
 use crate::store::{AddMethod, RemoveMethod, StoreError};
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::json;
 
 pub(super) fn parse_kind(s: &str) -> rusqlite::Result<MethodKind> {
     MethodKind::parse(s).ok_or_else(|| {

@@ -24,6 +24,13 @@ pub use schema::{SCHEMA_SQL, SCHEMA_VERSION};
 
 use schema::{check_copy, init_schema};
 
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use rusqlite::{Connection, Row};
+
 use crate::clock::UnixTime;
 use crate::config::Synchronous;
 use crate::domain::app::{App, AppKey, KeyLookup};
@@ -40,11 +47,6 @@ use crate::store::{
     OutboxCounts, ProofAnswer, RecoveryNotices, RegisteredPasskey, RemoveMethod, SendResult,
     StartChallenge, StartRecovery, Store, StoreError, UnlockUser, UserRecord, VerifiedRecovery,
 };
-use rusqlite::{Connection, Row};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> StoreError {

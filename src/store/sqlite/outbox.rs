@@ -1,13 +1,14 @@
 //! The outbox: queueing codes and notices (coalesced), claiming under a lease, finishing,
 //! counts, and rekeying queued bodies.
 
+use rusqlite::{params, Connection, OptionalExtension};
+
 use super::apps::load_policy;
 use super::limits::bump_limit;
 use super::methods::{load_method, parse_kind};
 use super::{Cached, SqliteStore};
 use crate::clock::UnixTime;
 use crate::store::{ClaimedMessage, MessageKind, NewMessage, OutboxCounts, SendResult, StoreError};
-use rusqlite::{params, Connection, OptionalExtension};
 
 /// At most one security notice of a kind is sent to one destination per this many seconds.
 pub const NOTICE_WINDOW_SECS: i64 = 3600;

@@ -1,6 +1,9 @@
 //! Recoveries: start, verify, release after the waiting period, cancel (with an assertion
 //! or a cancel code).
 
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde_json::json;
+
 use super::apps::load_policy;
 use super::audit::{audit, Who};
 use super::challenges::{insert_challenge, load_challenge, settle_in, settle_proof};
@@ -16,8 +19,6 @@ use crate::domain::recovery::{self, Recovery, RecoveryState};
 use crate::store::{
     NewMessage, ProofAnswer, RecoveryNotices, StartRecovery, StoreError, VerifiedRecovery,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde_json::json;
 
 fn insert_cancel_code(
     tx: &Connection,

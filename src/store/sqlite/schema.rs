@@ -1,10 +1,12 @@
 //! The schema: the canonical `schema.sql` for a fresh database, the numbered migrations
 //! that lead an older one to it, and the checks of a database file (a backup, a restore).
 
+use std::path::Path;
+
+use rusqlite::{Connection, TransactionBehavior};
+
 use super::Cached;
 use crate::store::StoreError;
-use rusqlite::{Connection, TransactionBehavior};
-use std::path::Path;
 
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");

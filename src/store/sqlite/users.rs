@@ -1,6 +1,11 @@
 //! Users: enrolment, the user record, erasure, the sealed virtual device, unlock, and the
 //! guard (failures, back-off, lock) with its rolling failure window.
 
+use ghostkey_proto::api::EnrollmentState;
+use rusqlite::{params, Connection, OptionalExtension};
+use serde_json::json;
+use sha2::Digest;
+
 use super::audit::{audit, Who};
 use super::challenges::{settle_proof, settle_proof_with};
 use super::limits::consume_jti;
@@ -13,10 +18,6 @@ use crate::domain::challenge::{FailureWindow, Guard, LockRule, FAILURE_WINDOW_SE
 use crate::domain::enrollment::Enrollment;
 use crate::domain::method::MethodState;
 use crate::store::{NewMessage, ProofAnswer, StoreError, UnlockUser, UserRecord};
-use ghostkey_proto::api::EnrollmentState;
-use rusqlite::{params, Connection, OptionalExtension};
-use serde_json::json;
-use sha2::Digest;
 
 pub(super) fn load_guard(
     tx: &Connection,
