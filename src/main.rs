@@ -288,8 +288,8 @@ enum PolicyCommand {
 struct PolicySetArgs {
     /// The app id.
     app_id: String,
-    /// Allowed methods, comma-separated: totp,sms,email,passphrase (passphrase is off by
-    /// default).
+    /// Allowed methods, comma-separated: totp,sms,email,passphrase,passkey (passphrase and
+    /// passkey are off by default; a passkey also needs `ghostkey app passkey set`).
     #[arg(long, value_delimiter = ',')]
     allowed_methods: Option<Vec<String>>,
     /// Digits of SMS and e-mail codes (6-10; default 8).
