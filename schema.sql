@@ -2,8 +2,9 @@
 --
 -- A fresh database is created by running this file as it is; a test checks that the
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
--- a later version adds a migration in src/store/sqlite.rs and bumps it here.
-PRAGMA user_version = 6;
+-- a later version adds a migration in src/store/migrations/ and bumps it here
+-- (src/store/README.md).
+PRAGMA user_version = 7;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -160,6 +161,11 @@ CREATE TABLE challenges (
     -- Added in schema version 6: a passkey method's WebAuthn ceremony state, encrypted
     -- under the data key code_key_id names.
     ceremony      BLOB,
+    -- Added in schema version 7: how code_hash was computed. 'hmac-sha256': HMAC-SHA256
+    -- under the MAC key derived from the pepper of the data key code_key_id names, over a
+    -- label, code_salt and the code. NULL (challenges written before version 7): Argon2id
+    -- of the code with code_salt and that pepper as its secret.
+    code_scheme   TEXT    CHECK (code_scheme IN ('hmac-sha256')),
     FOREIGN KEY (app_id, user_id) REFERENCES users(app_id, user_id) ON DELETE CASCADE
 ) STRICT;
 CREATE INDEX challenges_by_user ON challenges (app_id, user_id);

@@ -231,6 +231,7 @@ struct KeySet {
     id: String,
     at_rest: SecretBox<[u8; 32]>,
     code_pepper: SecretBox<[u8; 32]>,
+    code_mac: SecretBox<[u8; 32]>,
 }
 
 /// The keys Ghostkey works with: those of the current data key, and those of retired data
@@ -281,10 +282,19 @@ fn derive(key: &[u8; 32], label: &[u8]) -> SecretBox<[u8; 32]> {
 
 fn key_set(data_key: &DataKey) -> KeySet {
     let k = data_key.expose();
+    let code_pepper = derive(k, b"ghostkey/v1/one-time-code-pepper");
+    // The one-time-code MAC key comes from the pepper under a label of its own: the pepper
+    // keeps its meaning for the Argon2id hashes (passphrases, codes stored before schema
+    // version 7), and the MAC key is independent of it and of every other purpose key.
+    let code_mac = derive(
+        code_pepper.expose_secret(),
+        b"ghostkey/v1/one-time-code-mac",
+    );
     KeySet {
         id: data_key.id().to_owned(),
         at_rest: derive(k, b"ghostkey/v1/at-rest-encryption"),
-        code_pepper: derive(k, b"ghostkey/v1/one-time-code-pepper"),
+        code_pepper,
+        code_mac,
     }
 }
 
@@ -330,14 +340,25 @@ impl ServerKeys {
             .ok_or_else(|| AtRestError::UnknownKey(key_id.to_owned()))
     }
 
-    /// The Argon2 secret (pepper) for new one-time-code hashes.
+    /// The Argon2 secret (pepper) for new Argon2id hashes (passphrase verifiers).
     pub fn code_pepper(&self) -> &[u8; 32] {
         self.current.code_pepper.expose_secret()
     }
 
-    /// The pepper of the data key `key_id` (codes hashed before a rotation).
+    /// The pepper of the data key `key_id` (hashes made before a rotation, and codes
+    /// stored with Argon2id before schema version 7).
     pub fn code_pepper_for(&self, key_id: &str) -> Result<&[u8; 32], AtRestError> {
         Ok(self.set(key_id)?.code_pepper.expose_secret())
+    }
+
+    /// The HMAC-SHA256 key for new one-time codes (derived from the current pepper).
+    pub fn code_mac_key(&self) -> &[u8; 32] {
+        self.current.code_mac.expose_secret()
+    }
+
+    /// The code MAC key of the data key `key_id` (codes stored before a rotation).
+    pub fn code_mac_key_for(&self, key_id: &str) -> Result<&[u8; 32], AtRestError> {
+        Ok(self.set(key_id)?.code_mac.expose_secret())
     }
 
     /// Encrypts a value for storage under the current key:
@@ -425,6 +446,8 @@ mod server_key_tests {
     fn purpose_keys_differ_and_macs_are_stable() {
         let keys = ServerKeys::derive(&DataKey::from_bytes([1; 32]));
         assert_ne!(keys.code_pepper(), keys.current.at_rest.expose_secret());
+        assert_ne!(keys.code_mac_key(), keys.code_pepper());
+        assert_ne!(keys.code_mac_key(), keys.current.at_rest.expose_secret());
         assert_eq!(
             keys.destination_mac("sms", "+1"),
             keys.destination_mac("sms", "+1")
@@ -432,6 +455,31 @@ mod server_key_tests {
         assert_ne!(
             keys.destination_mac("sms", "+1"),
             keys.destination_mac("email", "+1")
+        );
+    }
+
+    #[test]
+    fn the_code_mac_key_changes_with_the_data_key_and_is_found_by_its_id() {
+        let a = DataKey::from_bytes([1; 32]);
+        let b = DataKey::from_bytes([2; 32]);
+        let keys = ServerKeys::derive(&b).with_retired(&[DataKey::from_bytes([1; 32])]);
+        let only_a = ServerKeys::derive(&a);
+        assert_eq!(
+            keys.code_mac_key_for(a.id()).unwrap(),
+            only_a.code_mac_key(),
+            "the same data key gives the same MAC key, current or retired"
+        );
+        assert_eq!(keys.code_mac_key_for(b.id()).unwrap(), keys.code_mac_key());
+        assert_ne!(keys.code_mac_key_for(a.id()).unwrap(), keys.code_mac_key());
+        assert!(matches!(
+            keys.code_mac_key_for("nope"),
+            Err(AtRestError::UnknownKey(_))
+        ));
+        // So the stored MAC of one code and salt depends on the key id the challenge records.
+        let salt = [9u8; 16];
+        assert_ne!(
+            crate::domain::code::mac(keys.code_mac_key_for(a.id()).unwrap(), &salt, "12345678"),
+            crate::domain::code::mac(keys.code_mac_key_for(b.id()).unwrap(), &salt, "12345678")
         );
     }
 }

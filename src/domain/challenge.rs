@@ -4,7 +4,7 @@
 
 use ghostkey_proto::ErrorCode;
 
-use super::code::{HASH_LEN, SALT_LEN};
+use super::code::StoredCode;
 use super::policy::AppPolicy;
 use crate::clock::UnixTime;
 use crate::error::Error;
@@ -66,9 +66,11 @@ pub struct Challenge {
     pub method_id: String,
     /// What it is for.
     pub purpose: ChallengePurpose,
-    /// Argon2 salt and hash of the code (SMS and e-mail); `None` for TOTP.
-    pub code: Option<([u8; SALT_LEN], [u8; HASH_LEN])>,
-    /// The data key whose pepper hashed the code (it may have been rotated since).
+    /// The code's scheme, salt and MAC (or, written before schema version 7, Argon2id
+    /// hash) for SMS and e-mail; `None` for the other kinds.
+    pub code: Option<StoredCode>,
+    /// The data key whose pepper (or MAC key derived from it) hashed the code (it may have
+    /// been rotated since).
     pub code_key_id: Option<String>,
     /// Wrong answers so far.
     pub attempts: u32,

@@ -1,14 +1,21 @@
-//! One-time codes sent by SMS or e-mail: generated from the OS CSPRNG, stored only as an
-//! Argon2id hash keyed with the server pepper, compared in constant time.
+//! One-time codes sent by SMS or e-mail: generated from the OS CSPRNG, stored only as a
+//! keyed hash, compared in constant time.
 //!
-//! Argon2id parameters: 19 MiB of memory, 2 passes, 1 lane (the OWASP minimum for
-//! Argon2id). A code has only 10^8 values, so the hash alone could not stop an offline
-//! search; the pepper (derived from the data key, which is not in the database) does, and
-//! the memory cost slows a search by someone who also stole the key. Online guessing is
-//! stopped by the attempt limits, not by the hash. The cost of one check on this machine
-//! is measured by `cargo run --release --example argon2_cost` (figures in SECURITY.md).
+//! Since schema version 7 a code is stored as HMAC-SHA256 under a MAC key derived from the
+//! data key's code pepper ([`CodeScheme::HmacSha256`], [`mac`]). A code has only 10^8
+//! values: what stops an offline search of a stolen database is the key, which is not in
+//! the database, not the cost of the function. Someone who also stole the data key already
+//! holds every TOTP seed and can decrypt every destination, so a costly function would buy
+//! nothing against them, and it made every check (and every unknown challenge id) cost the
+//! server 19 MiB and about 15 ms. Online guessing is stopped by the attempt limits.
+//!
+//! Challenges written before version 7 keep their Argon2id hash ([`CodeScheme::Argon2id`]:
+//! 19 MiB of memory, 2 passes, 1 lane, the pepper as Argon2's secret) and are checked that
+//! way until they expire. Argon2id itself stays for passphrase verifiers
+//! (`domain::passphrase`), which [`hash`] serves. Figures in SECURITY.md.
 
 use argon2::{Algorithm, Argon2, Params, Version};
+use hmac::{Hmac, Mac};
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
@@ -25,6 +32,52 @@ pub const ARGON2_LANES: u32 = 1;
 pub const SALT_LEN: usize = 16;
 /// Hash length.
 pub const HASH_LEN: usize = 32;
+
+/// The label that starts the input of a code's MAC: no other HMAC under the same key can
+/// take the same input.
+pub const MAC_LABEL: &[u8] = b"ghostkey/v1/one-time-code\0";
+
+/// How a challenge's code is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeScheme {
+    /// Argon2id(code; salt, secret = the pepper): challenges written before schema
+    /// version 7 (stored with no scheme). Checked through the bounded Argon2 pool.
+    Argon2id,
+    /// HMAC-SHA256 under the MAC key derived from the pepper, over [`MAC_LABEL`], the salt
+    /// and the code ([`mac`]). Checked inline.
+    HmacSha256,
+}
+
+impl CodeScheme {
+    /// The stored name (`None`: the scheme of rows from before version 7, Argon2id).
+    pub fn stored_name(self) -> Option<&'static str> {
+        match self {
+            CodeScheme::Argon2id => None,
+            CodeScheme::HmacSha256 => Some("hmac-sha256"),
+        }
+    }
+
+    /// The scheme a stored name names (`None`, a row from before version 7: Argon2id), or
+    /// `None` for a name this Ghostkey does not know.
+    pub fn from_stored(name: Option<&str>) -> Option<CodeScheme> {
+        match name {
+            None => Some(CodeScheme::Argon2id),
+            Some("hmac-sha256") => Some(CodeScheme::HmacSha256),
+            Some(_) => None,
+        }
+    }
+}
+
+/// A challenge's code as stored: its scheme, salt and hash (or MAC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredCode {
+    /// How `hash` was computed.
+    pub scheme: CodeScheme,
+    /// The challenge's random salt.
+    pub salt: [u8; SALT_LEN],
+    /// The hash or MAC of the code.
+    pub hash: [u8; HASH_LEN],
+}
 
 /// A fresh code of `digits` decimal digits, uniformly distributed.
 pub fn generate(digits: u32) -> SecretString {
@@ -82,8 +135,9 @@ impl Argon2Memory {
     }
 }
 
-/// Argon2id(code; salt, secret = pepper), computed in `memory`. Costly: run it off the
-/// async executor.
+/// Argon2id(code; salt, secret = pepper), computed in `memory`: a passphrase verifier's
+/// stored form, and a code's under [`CodeScheme::Argon2id`] (challenges from before schema
+/// version 7). Costly: run it off the async executor.
 pub fn hash(
     memory: &mut Argon2Memory,
     pepper: &[u8; 32],
@@ -99,14 +153,64 @@ pub fn hash(
     Ok(out)
 }
 
-/// Constant-time equality of two hashes.
+/// HMAC-SHA256(key; [`MAC_LABEL`] || salt || u32be(len(code)) || code): the stored form
+/// of a code under [`CodeScheme::HmacSha256`]. `key` is the MAC key of the data key whose
+/// id the challenge records (`ServerKeys::code_mac_key_for`). Cheap: run it inline.
+pub fn mac(key: &[u8; 32], salt: &[u8; SALT_LEN], code: &str) -> [u8; HASH_LEN] {
+    let mut out = [0u8; HASH_LEN];
+    // HMAC takes a key of any length: a 32-byte key is never refused.
+    if let Ok(mut m) = Hmac::<sha2::Sha256>::new_from_slice(key) {
+        m.update(MAC_LABEL);
+        m.update(salt);
+        m.update(&u32::try_from(code.len()).unwrap_or(u32::MAX).to_be_bytes());
+        m.update(code.as_bytes());
+        out.copy_from_slice(&m.finalize().into_bytes());
+    }
+    out
+}
+
+/// A fresh code's stored form under the current scheme: a new salt and the MAC of `code`.
+pub fn store(key: &[u8; 32], code: &SecretString) -> StoredCode {
+    let salt = new_salt();
+    StoredCode {
+        scheme: CodeScheme::HmacSha256,
+        salt,
+        hash: mac(key, &salt, code.expose_secret()),
+    }
+}
+
+/// Checks `code` against a code stored as a MAC (salt and MAC) under `key`, or, when there
+/// is nothing to check it against (no such challenge), does the same work against a dummy:
+/// one MAC and one constant-time comparison on every path.
+pub fn check_mac(
+    key: &[u8; 32],
+    expected: Option<(&[u8; SALT_LEN], &[u8; HASH_LEN])>,
+    code: &SecretString,
+) -> bool {
+    let dummy_salt = [0u8; SALT_LEN];
+    let dummy_hash = [0u8; HASH_LEN];
+    let (salt, want) = expected.unwrap_or((&dummy_salt, &dummy_hash));
+    let got = mac(key, salt, code.expose_secret());
+    hashes_equal(&got, want) && expected.is_some()
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Constant-time comparisons made on this thread (tests check every path makes one).
+    pub(crate) static COMPARISONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Constant-time equality of two hashes: every comparison of a code's (or a verifier's)
+/// hash goes through here.
 pub fn hashes_equal(a: &[u8; HASH_LEN], b: &[u8; HASH_LEN]) -> bool {
+    #[cfg(test)]
+    COMPARISONS.with(|c| c.set(c.get() + 1));
     a.ct_eq(b).into()
 }
 
-/// Hashes `code` and compares it with `expected` (salt and hash of a challenge), or, when
-/// there is no such challenge, does the same work against a dummy so that timing does
-/// not reveal whether the challenge exists or how much of the code matched.
+/// Hashes `code` with Argon2id and compares it with `expected` (salt and hash), or, when
+/// there is nothing to compare with, does the same work against a dummy so that timing
+/// does not reveal how much of the code matched.
 pub fn check(
     memory: &mut Argon2Memory,
     pepper: &[u8; 32],
@@ -147,6 +251,67 @@ mod tests {
         assert!(!check(&mut m, &pepper, Some((&salt, &h)), &no).unwrap());
         assert!(!check(&mut m, &[4u8; 32], Some((&salt, &h)), &yes).unwrap());
         assert!(!check(&mut m, &pepper, None, &yes).unwrap());
+    }
+
+    #[test]
+    fn only_the_right_code_under_the_right_key_and_salt_matches_the_mac() {
+        let key = [3u8; 32];
+        let yes = SecretString::from("12345678".to_owned());
+        let no = SecretString::from("12345679".to_owned());
+        let stored = store(&key, &yes);
+        assert_eq!(stored.scheme, CodeScheme::HmacSha256);
+        let expected = Some((&stored.salt, &stored.hash));
+        assert!(check_mac(&key, expected, &yes));
+        assert!(!check_mac(&key, expected, &no));
+        assert!(!check_mac(&[4u8; 32], expected, &yes));
+        assert!(!check_mac(&key, Some((&new_salt(), &stored.hash)), &yes));
+        assert!(!check_mac(&key, None, &yes));
+        // The input is framed: a label, the salt, the code's length, the code.
+        assert_ne!(
+            mac(&key, &stored.salt, "1234567"),
+            mac(&key, &stored.salt, "12345678")
+        );
+        let mut m = Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+        m.update(b"ghostkey/v1/one-time-code\0");
+        m.update(&stored.salt);
+        m.update(&[0, 0, 0, 8]);
+        m.update(b"12345678");
+        assert_eq!(stored.hash.as_slice(), m.finalize().into_bytes().as_slice());
+    }
+
+    #[test]
+    fn the_stored_scheme_names_round_trip_and_no_name_is_argon2id() {
+        for scheme in [CodeScheme::Argon2id, CodeScheme::HmacSha256] {
+            assert_eq!(CodeScheme::from_stored(scheme.stored_name()), Some(scheme));
+        }
+        assert_eq!(CodeScheme::from_stored(None), Some(CodeScheme::Argon2id));
+        assert_eq!(CodeScheme::from_stored(Some("md5")), None);
+    }
+
+    #[test]
+    fn every_check_makes_exactly_one_constant_time_comparison() {
+        let count = || COMPARISONS.with(std::cell::Cell::get);
+        let key = [3u8; 32];
+        let code = SecretString::from("12345678".to_owned());
+        let stored = store(&key, &code);
+        let wrong = SecretString::from("00000000".to_owned());
+        for (expected, typed) in [
+            (Some((&stored.salt, &stored.hash)), &code),
+            (Some((&stored.salt, &stored.hash)), &wrong),
+            (None, &code),
+        ] {
+            let before = count();
+            check_mac(&key, expected, typed);
+            assert_eq!(count() - before, 1);
+        }
+        let mut m = Argon2Memory::new().unwrap();
+        let salt = new_salt();
+        let h = hash(&mut m, &key, &salt, "12345678").unwrap();
+        for expected in [Some((&salt, &h)), None] {
+            let before = count();
+            check(&mut m, &key, expected, &code).unwrap();
+            assert_eq!(count() - before, 1);
+        }
     }
 
     #[test]

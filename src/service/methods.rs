@@ -190,7 +190,7 @@ pub(crate) fn challenge_view(
     }
 }
 
-/// A new challenge on `method`; for SMS and e-mail, with a fresh code whose hash it keeps,
+/// A new challenge on `method`; for SMS and e-mail, with a fresh code whose MAC it keeps,
 /// the message that carries the code, and the send limits that message spends; for a
 /// passkey, the WebAuthn options for the client (its ceremony state is in the challenge).
 pub(crate) struct NewChallenge {
@@ -222,8 +222,9 @@ impl Ghostkey {
             (None, None)
         } else {
             let code = code::generate(policy.code_digits);
-            let salt = code::new_salt();
-            let hash = self.hash_code(salt, code.clone(), None).await?;
+            // HMAC-SHA256 under the current key's code MAC key, inline: no Argon2 pool.
+            let stored = code::store(self.keys.code_mac_key(), &code);
+            self.metrics.inc("ghostkey_code_hashes_total", &[]);
             let action = messages::CodeAction::of(purpose, opened_by);
             let message = messages::code(
                 &self.keys,
@@ -232,7 +233,7 @@ impl Ghostkey {
                 policy.code_lifetime_secs,
                 action,
             );
-            (Some(message), Some((salt, hash)))
+            (Some(message), Some(stored))
         };
         let ceremony = match method.kind {
             MethodKind::Passkey => Some(self.passkey_ceremony(method, purpose, app).await?),

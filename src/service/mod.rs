@@ -1,6 +1,6 @@
 //! Use cases: each one reads the time once, then runs its store work and domain rules on
 //! the blocking pool, so neither database I/O, signature checks nor Argon2 stall the
-//! executor.
+//! executor. (A one-time code's HMAC is a microsecond's work: it runs inline.)
 
 pub mod chain;
 pub mod challenges;
@@ -157,7 +157,8 @@ pub struct Ghostkey {
 }
 
 impl Ghostkey {
-    /// Builds the service. `argon2_concurrency` bounds the code hashes computed at once.
+    /// Builds the service. `argon2_concurrency` bounds the Argon2id hashes computed at once
+    /// (passphrase verifiers, and codes stored before schema version 7).
     pub fn new(
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
@@ -271,8 +272,9 @@ impl Ghostkey {
         self.blocking(|store, _| Ok(store.ping()?)).await
     }
 
-    /// Hashes a code with Argon2id on the blocking pool, at most N at once.
-    /// `key_id` names the data key whose pepper to use (`None`: the current one).
+    /// Hashes a passphrase verifier, or a code stored before schema version 7, with
+    /// Argon2id on the blocking pool, at most N at once. `key_id` names the data key whose
+    /// pepper to use (`None`: the current one).
     async fn hash_code(
         &self,
         salt: [u8; code::SALT_LEN],
@@ -319,8 +321,9 @@ impl Ghostkey {
     }
 
     /// Judges an answer against a challenge (or, if there is none, does the same work as
-    /// for a wrong code): TOTP against the method's seed, SMS and e-mail codes and
-    /// passphrase verifiers with Argon2, a passkey's response with its WebAuthn ceremony.
+    /// for a wrong code): TOTP against the method's seed, SMS and e-mail codes against
+    /// their MAC ([`Ghostkey::check_code`]), passphrase verifiers with Argon2id, a
+    /// passkey's response with its WebAuthn ceremony.
     /// An answer of the wrong shape for the method's kind (a code for a passphrase, a
     /// verifier for a code, a code for a passkey or a passkey's response for anything
     /// else) is refused before any work, uncounted.
@@ -413,18 +416,66 @@ impl Ghostkey {
                 }));
             }
         }
-        let expected = found.and_then(|(ch, _, _)| ch.code);
-        let salt = expected
-            .map(|(salt, _)| salt)
-            .unwrap_or([0u8; code::SALT_LEN]);
-        let key_id = found.and_then(|(ch, _, _)| ch.code_key_id.clone());
-        let got = self.hash_code(salt, code.clone(), key_id).await?;
-        Ok(Judged::from(match expected {
-            Some((_, want)) if code::hashes_equal(&got, &want) => {
-                Verdict::Correct { totp_step: None }
-            }
-            _ => Verdict::Wrong,
+        let right = self
+            .check_code(found.map(|(ch, _, _)| ch), code, now)
+            .await?;
+        Ok(Judged::from(if right {
+            Verdict::Correct { totp_step: None }
+        } else {
+            Verdict::Wrong
         }))
+    }
+
+    /// Checks a typed SMS or e-mail code against its challenge's stored code, by the
+    /// challenge's scheme: HMAC-SHA256 inline under the MAC key of the data key the
+    /// challenge names; Argon2id through the bounded pool for a challenge stored before
+    /// schema version 7 while its answer can still matter (open and not expired). With no
+    /// challenge, or none that an answer can still open, the same work as a wrong code
+    /// under the current scheme: one MAC (under the current key, against a dummy) and one
+    /// constant-time comparison.
+    async fn check_code(
+        &self,
+        challenge: Option<&Challenge>,
+        typed: &SecretString,
+        now: UnixTime,
+    ) -> Result<bool, Error> {
+        use crate::domain::challenge::ChallengeState;
+        use code::CodeScheme;
+        let stored = challenge.and_then(|ch| ch.code.map(|c| (ch, c)));
+        let mac_key = match stored {
+            Some((ch, c)) if c.scheme == CodeScheme::Argon2id => {
+                if ch.state == ChallengeState::Open && now < ch.expires_at {
+                    let got = self
+                        .hash_code(c.salt, typed.clone(), ch.code_key_id.clone())
+                        .await?;
+                    return Ok(code::hashes_equal(&got, &c.hash));
+                }
+                // Its verdict cannot change the answer (used, dead or expired): no Argon2.
+                return Ok(self.mac_check(self.keys.code_mac_key(), None, typed));
+            }
+            Some((ch, _)) => match &ch.code_key_id {
+                Some(id) => self.keys.code_mac_key_for(id).map_err(Error::internal)?,
+                None => self.keys.code_mac_key(),
+            },
+            None => self.keys.code_mac_key(),
+        };
+        let expected = stored.map(|(_, c)| (c.salt, c.hash));
+        Ok(self.mac_check(
+            mac_key,
+            expected.as_ref().map(|(salt, hash)| (salt, hash)),
+            typed,
+        ))
+    }
+
+    /// One code MAC and its constant-time comparison (counted with the code hashes).
+    fn mac_check(
+        &self,
+        key: &[u8; 32],
+        expected: Option<(&[u8; code::SALT_LEN], &[u8; code::HASH_LEN])>,
+        typed: &SecretString,
+    ) -> bool {
+        self.metrics.inc("ghostkey_code_hashes_total", &[]);
+        code::check_mac(key, expected, typed)
     }
 
     /// Finishes a passkey challenge's WebAuthn ceremony with the client's response: a
@@ -652,7 +703,180 @@ pub fn parse_code(code: &str) -> Result<SecretString, Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::WaitLine;
+    use std::sync::Arc;
+
+    use secrecy::SecretString;
+
+    use super::{Answer, Ghostkey, WaitLine};
+    use crate::clock::UnixTime;
+    use crate::domain::assertion::AssertionRules;
+    use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState, Verdict};
+    use crate::domain::code::{self, CodeScheme, StoredCode, COMPARISONS};
+    use crate::domain::method::{Method, MethodState};
+    use crate::domain::policy::{AppPolicy, MethodKind};
+    use crate::keys::{DataKey, ServerKeys};
+    use crate::store::SqliteStore;
+
+    const NOW: UnixTime = 1_800_000_000;
+
+    fn service(dir: &std::path::Path, keys: ServerKeys) -> Ghostkey {
+        let store = SqliteStore::open(
+            &dir.join("g.db"),
+            crate::config::Synchronous::Full,
+            std::time::Duration::from_secs(1),
+        )
+        .unwrap();
+        Ghostkey::new(
+            Arc::new(store),
+            Arc::new(crate::clock::SystemClock),
+            AssertionRules {
+                service_id: "test".into(),
+                max_lifetime_secs: 300,
+                max_clock_skew_secs: 30,
+            },
+            Arc::new(keys),
+            1,
+        )
+    }
+
+    type Found = (Challenge, Method, AppPolicy);
+
+    fn sms_challenge(code: Option<StoredCode>, key_id: &str) -> Found {
+        let challenge = Challenge {
+            id: "ch_1".into(),
+            app_id: "app".into(),
+            user_id: "u".into(),
+            method_id: "m_1".into(),
+            purpose: ChallengePurpose::Recover,
+            code,
+            code_key_id: Some(key_id.into()),
+            attempts: 0,
+            max_attempts: 3,
+            state: ChallengeState::Open,
+            created_at: NOW,
+            expires_at: NOW + 600,
+            opened_by: None,
+            ceremony: None,
+        };
+        let method = Method {
+            id: "m_1".into(),
+            app_id: "app".into(),
+            user_id: "u".into(),
+            kind: MethodKind::Sms,
+            state: MethodState::Confirmed,
+            key_id: key_id.into(),
+            secret: Vec::new(),
+            destination_mac: None,
+            totp_last_step: None,
+            created_at: NOW,
+            confirmed_at: Some(NOW),
+        };
+        (challenge, method, AppPolicy::default())
+    }
+
+    fn comparisons() -> u64 {
+        COMPARISONS.with(std::cell::Cell::get)
+    }
+
+    fn hashes(service: &Ghostkey) -> usize {
+        service
+            .metrics()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix("ghostkey_code_hashes_total ")?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    // Every way a typed SMS or e-mail code is judged ends in exactly one constant-time
+    // comparison (`code::hashes_equal`): under the MAC of the current key or of a retired
+    // one, right or wrong, an unknown challenge, a challenge with nothing stored, an
+    // Argon2id code stored before version 7, right or wrong, and one past its expiry.
+    // Not timed: the comparisons are counted on this thread (the test runtime's).
+    #[tokio::test]
+    async fn every_code_check_path_makes_one_constant_time_comparison() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = DataKey::from_bytes([1; 32]);
+        let current = DataKey::from_bytes([2; 32]);
+        let keys = ServerKeys::derive(&current).with_retired(&[DataKey::from_bytes([1; 32])]);
+        let right = SecretString::from("12345678".to_owned());
+        let wrong = SecretString::from("12345670".to_owned());
+        let mac_now = code::store(keys.code_mac_key(), &right);
+        let mac_old = code::store(keys.code_mac_key_for(old.id()).unwrap(), &right);
+        let salt = code::new_salt();
+        let argon = StoredCode {
+            scheme: CodeScheme::Argon2id,
+            salt,
+            hash: code::hash(
+                &mut code::Argon2Memory::new().unwrap(),
+                keys.code_pepper_for(old.id()).unwrap(),
+                &salt,
+                "12345678",
+            )
+            .unwrap(),
+        };
+        let mut service = service(dir.path(), keys);
+        // One Argon2 slot and a line of one: while the test holds both, any Argon2 work
+        // would be turned away with `unavailable`.
+        service.argon2 = Arc::new(super::Argon2Pool::new(1, 1));
+        let pool = Arc::clone(&service.argon2);
+        let mut expired = sms_challenge(Some(argon), old.id());
+        expired.0.expires_at = NOW;
+        let found =
+            |stored: Option<StoredCode>, key: &DataKey| Some(sms_challenge(stored, key.id()));
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Option<Found>, &SecretString, bool, bool)> = vec![
+            // (case, challenge, typed code, accepted, through Argon2)
+            ("mac, right", found(Some(mac_now), &current), &right, true, false),
+            ("mac, wrong", found(Some(mac_now), &current), &wrong, false, false),
+            ("mac under a retired key, right", found(Some(mac_old), &old), &right, true, false),
+            ("mac under another key id", found(Some(mac_old), &current), &right, false, false),
+            ("unknown challenge", None, &right, false, false),
+            ("nothing stored", found(None, &current), &right, false, false),
+            ("argon2id before version 7, right", found(Some(argon), &old), &right, true, true),
+            ("argon2id before version 7, wrong", found(Some(argon), &old), &wrong, false, true),
+            ("argon2id, expired", Some(expired), &right, false, false),
+        ];
+        for (name, found, typed, accepted, argon2) in cases {
+            let full = || {
+                (
+                    pool.permits.try_acquire().unwrap(),
+                    pool.line.join().unwrap(),
+                )
+            };
+            if argon2 {
+                // Through the pool: turned away while it is full, nothing compared.
+                let busy = full();
+                let before = comparisons();
+                let refused = service
+                    .judge(found.as_ref(), &Answer::Code(typed.clone()), NOW)
+                    .await
+                    .unwrap_err();
+                assert_eq!(
+                    refused.code,
+                    ghostkey_proto::ErrorCode::Unavailable,
+                    "{name}"
+                );
+                assert_eq!(comparisons(), before, "{name}");
+                drop(busy);
+            }
+            let busy = (!argon2).then(full);
+            let (before, hashed) = (comparisons(), hashes(&service));
+            let verdict = service
+                .judge(found.as_ref(), &Answer::Code(typed.clone()), NOW)
+                .await
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            drop(busy);
+            assert_eq!(comparisons() - before, 1, "{name}: one comparison");
+            let expected = if accepted {
+                Verdict::Correct { totp_step: None }
+            } else {
+                Verdict::Wrong
+            };
+            assert_eq!(verdict, expected, "{name}");
+            // One code hash per check, whichever the scheme.
+            assert_eq!(hashes(&service) - hashed, 1, "{name}: one hash");
+        }
+    }
 
     #[test]
     fn a_full_wait_line_turns_the_next_away_until_a_place_is_given_back() {

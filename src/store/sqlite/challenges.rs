@@ -17,6 +17,7 @@ use crate::domain::challenge::{
     self, Challenge, ChallengePurpose, ChallengeState, LockRule, Outcome, Refusal, Settlement,
     Verdict, FAILURE_WINDOW_SECS,
 };
+use crate::domain::code::{CodeScheme, StoredCode};
 use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::AppPolicy;
 use crate::store::{
@@ -24,18 +25,27 @@ use crate::store::{
 };
 
 const CHALLENGE_COLUMNS: &str =
-    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id, opened_by, ceremony";
+    "id, app_id, user_id, method_id, purpose, code_salt, code_hash, attempts, max_attempts, state, created_at, expires_at, code_key_id, opened_by, ceremony, code_scheme";
 
 fn challenge_from_row(row: &Row<'_>) -> rusqlite::Result<Challenge> {
     let purpose: String = row.get(4)?;
     let salt: Option<Vec<u8>> = row.get(5)?;
     let hash: Option<Vec<u8>> = row.get(6)?;
     let state: String = row.get(9)?;
+    let scheme: Option<String> = row.get(15)?;
     let code = match (salt, hash) {
-        (Some(salt), Some(hash)) => Some((
-            salt.try_into().map_err(|_| bad_blob(5))?,
-            hash.try_into().map_err(|_| bad_blob(6))?,
-        )),
+        (Some(salt), Some(hash)) => Some(StoredCode {
+            // No scheme: a challenge written before version 7, hashed with Argon2id.
+            scheme: CodeScheme::from_stored(scheme.as_deref()).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    15,
+                    rusqlite::types::Type::Text,
+                    "unknown code scheme".into(),
+                )
+            })?,
+            salt: salt.try_into().map_err(|_| bad_blob(5))?,
+            hash: hash.try_into().map_err(|_| bad_blob(6))?,
+        }),
         _ => None,
     };
     Ok(Challenge {
@@ -77,12 +87,16 @@ pub(super) fn load_challenge(tx: &Connection, id: &str) -> Result<Option<Challen
 }
 
 pub(super) fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), StoreError> {
-    let (salt, hash) = match &ch.code {
-        Some((salt, hash)) => (Some(salt.to_vec()), Some(hash.to_vec())),
-        None => (None, None),
+    let (salt, hash, scheme) = match &ch.code {
+        Some(code) => (
+            Some(code.salt.to_vec()),
+            Some(code.hash.to_vec()),
+            code.scheme.stored_name(),
+        ),
+        None => (None, None, None),
     };
     tx.exec(
-        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"),
+        &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"),
         params![
             ch.id,
             ch.app_id,
@@ -98,7 +112,8 @@ pub(super) fn insert_challenge(tx: &Connection, ch: &Challenge) -> Result<(), St
             ch.expires_at,
             ch.code_key_id,
             ch.opened_by.map(|p| p.as_str()),
-            ch.ceremony
+            ch.ceremony,
+            scheme
         ],
     )?;
     Ok(())

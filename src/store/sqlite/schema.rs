@@ -11,7 +11,7 @@ use crate::store::StoreError;
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
 /// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
@@ -21,6 +21,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (4, include_str!("../migrations/v4.sql")),
     (5, include_str!("../migrations/v5.sql")),
     (6, include_str!("../migrations/v6.sql")),
+    (7, include_str!("../migrations/v7.sql")),
 ];
 
 /// A copy is usable if SQLite finds it intact and it has this version's schema.
@@ -171,6 +172,135 @@ mod tests {
             .execute_batch(
                 "INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at, credential_hash) \
                  VALUES ('m_3', 'app_1', 'u1', 'passkey', 'pending', 'k', x'03', 1, zeroblob(32));",
+            )
+            .is_err());
+        // The migrated database has the shape of a fresh one.
+        let fresh_path = dir.path().join("fresh.db");
+        drop(SqliteStore::open(&fresh_path, Synchronous::Full, Duration::from_secs(1)).unwrap());
+        assert_eq!(
+            shape_of(&conn),
+            shape_of(&Connection::open(&fresh_path).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_version_6_database_keeps_its_argon2id_codes_and_takes_mac_codes() {
+        use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
+        use crate::domain::code::{CodeScheme, StoredCode};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v6.db");
+        let (salt, hash) = ([7u8; 16], [8u8; 32]);
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            conn.execute_batch(include_str!("../migrations/v1.sql"))
+                .unwrap();
+            for (_, sql) in MIGRATIONS.iter().filter(|(to, _)| *to <= 6) {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute(
+                &format!(
+                    "INSERT INTO apps ({APP_COLUMNS}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 0, 10, 5, 600, NULL)"
+                ),
+                [],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (app_id, user_id, state, sealed_virtual_device, vd_signing_key, \
+                 vd_encryption_key, audit_pseudonym, created_at, updated_at) \
+                 VALUES ('app_1', 'u1', 'active', x'00', zeroblob(32), zeroblob(32), 'p', 1, 1);
+                 INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at) \
+                 VALUES ('m_1', 'app_1', 'u1', 'sms', 'confirmed', 'k', x'0102', 1);
+                 INSERT INTO challenges (id, app_id, user_id, method_id, purpose, max_attempts, \
+                 state, created_at, expires_at) \
+                 VALUES ('ch_totp', 'app_1', 'u1', 'm_1', 'proof', 3, 'open', 1, 999);",
+            )
+            .unwrap();
+            // A code hashed the only way version 6 knew: Argon2id, under key `k`'s pepper.
+            conn.execute(
+                "INSERT INTO challenges (id, app_id, user_id, method_id, purpose, code_salt, \
+                 code_hash, code_key_id, attempts, max_attempts, state, created_at, expires_at, opened_by) \
+                 VALUES ('ch_old', 'app_1', 'u1', 'm_1', 'recover', ?1, ?2, 'k', 1, 3, 'open', 1, 999, 'recover')",
+                params![salt.to_vec(), hash.to_vec()],
+            )
+            .unwrap();
+            let has_scheme: i64 = conn
+                .one(
+                    "SELECT count(*) FROM pragma_table_info('challenges') WHERE name = 'code_scheme'",
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert_eq!(has_scheme, 0, "version 6 has no code_scheme");
+        }
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        let (old, _, _) = store.challenge("ch_old").unwrap().unwrap();
+        assert_eq!(
+            old.code,
+            Some(StoredCode {
+                scheme: CodeScheme::Argon2id,
+                salt,
+                hash
+            }),
+            "a code from before the upgrade is still an Argon2id hash"
+        );
+        assert_eq!(
+            (old.code_key_id.as_deref(), old.attempts, old.state),
+            (Some("k"), 1, ChallengeState::Open)
+        );
+        let (totp, _, _) = store.challenge("ch_totp").unwrap().unwrap();
+        assert_eq!((totp.code, totp.code_key_id), (None, None));
+        drop(store);
+
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let scheme: Option<String> = conn
+            .one(
+                "SELECT code_scheme FROM challenges WHERE id = 'ch_old'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(scheme, None);
+        // A new challenge is written with its scheme, and read back with it.
+        let new = Challenge {
+            id: "ch_new".into(),
+            app_id: "app_1".into(),
+            user_id: "u1".into(),
+            method_id: "m_1".into(),
+            purpose: ChallengePurpose::Recover,
+            code: Some(StoredCode {
+                scheme: CodeScheme::HmacSha256,
+                salt: [1; 16],
+                hash: [2; 32],
+            }),
+            code_key_id: Some("k2".into()),
+            attempts: 0,
+            max_attempts: 3,
+            state: ChallengeState::Open,
+            created_at: 2,
+            expires_at: 602,
+            opened_by: None,
+            ceremony: None,
+        };
+        super::super::challenges::insert_challenge(&conn, &new).unwrap();
+        let scheme: Option<String> = conn
+            .one(
+                "SELECT code_scheme FROM challenges WHERE id = 'ch_new'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(scheme.as_deref(), Some("hmac-sha256"));
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        assert_eq!(store.challenge("ch_new").unwrap().unwrap().0, new);
+        // Only the schemes this version knows are stored.
+        assert!(conn
+            .execute(
+                "UPDATE challenges SET code_scheme = 'md5' WHERE id = 'ch_new'",
+                []
             )
             .is_err());
         // The migrated database has the shape of a fresh one.
