@@ -1,12 +1,13 @@
 //! Storage: the one interface the rest of the code reaches the database through.
 //!
 //! Methods are synchronous and may block; request paths call them through
-//! [`crate::service::Blocking`], which runs them on a blocking thread pool, never on the
-//! async executor. Every state that must hold across restarts and nodes (replay caches,
-//! counters) lives here, not in process memory. A PostgreSQL backend implements the same
-//! trait. The trait's documentation is the concurrency contract every backend keeps (what
-//! must hold when several nodes call a method at once); `README.md` beside this file
-//! describes the layout and how a migration is added.
+//! [`Ghostkey::blocking`](crate::service::Ghostkey::blocking), which runs them on a
+//! blocking thread pool, never on the async executor. Every state that must hold across
+//! restarts and nodes (replay caches, counters) lives here, not in process memory. A
+//! PostgreSQL backend implements the same trait. The trait's documentation is the
+//! concurrency contract every backend keeps (what must hold when several nodes call a
+//! method at once); `README.md` beside this file describes the layout and how a migration
+//! is added.
 
 pub mod lock;
 pub mod sqlite;
