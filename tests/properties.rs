@@ -15,7 +15,7 @@
 //! the store forgetting failures that a request committing later still counts, see
 //! `tests/failure_budget_edge.rs`).
 //!
-//! The harness keeps what the store keeps (`src/store/sqlite.rs`, `settle_in`): the guard
+//! The harness keeps what the store keeps (`src/store/sqlite/challenges.rs`, `settle_in`): the guard
 //! without its window, the user's failure rows (those two days old dropped when a new one
 //! is written), the window recomputed from them before each check, the TOTP step recorded
 //! only when it is newer. Every answer is compared, field by field, with a reference model
