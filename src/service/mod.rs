@@ -235,9 +235,9 @@ impl Ghostkey {
     }
 
     /// Spends the caller's units now (its address, and for a code check the app's
-    /// ceiling): before Argon2 work, which they must pay for up front (a check on a read
-    /// connection does not see the requests in flight, so it cannot bound how many hashes
-    /// one address queues).
+    /// ceiling): before a code's check or a new code, which they must pay for up front (a
+    /// check on a read connection does not see the requests in flight, so it cannot bound
+    /// how many hashes, Argon2 ones included, one address queues).
     pub(crate) async fn spend_address(
         &self,
         limits: Vec<crate::domain::limits::Limit>,

@@ -84,8 +84,9 @@ impl Ghostkey {
             Ok(method) => method,
             Err(refusal) => return Err(self.spend_refused(vec![address], now, refusal).await),
         };
-        // A new SMS or e-mail code is Argon2 work: its unit is spent before it. A TOTP or
-        // passphrase start has none, and spends the unit in its own write.
+        // A new SMS or e-mail code (a MAC, and a message to send): its unit is spent before
+        // it, so that requests over the limit make no code. A TOTP or passphrase start has
+        // none, and spends the unit in its own write.
         let unspent = if !method.kind.is_delivered() {
             vec![address]
         } else {
@@ -169,9 +170,11 @@ impl Ghostkey {
         let ((found, app_name), limits) = self
             .challenge_for_answer_unspent(&recovery_id, caller, now)
             .await?;
-        // An SMS or e-mail code (or an unknown id, which gets a dummy check) is Argon2 work:
-        // its unit is spent before it, so that one address cannot queue more hashes than
-        // its limit. A TOTP check is cheap: its unit is spent by the final write.
+        // An SMS or e-mail code (or an unknown id, which gets a dummy check): its unit is
+        // spent before the check, so that requests over the limit are never checked and one
+        // address cannot queue more hashes than its limit (a code stored before schema
+        // version 7, or a passphrase verifier, is Argon2 work). A TOTP check spends its
+        // unit in the final write.
         let totp = matches!(&found, Some((_, method, _)) if method.kind == MethodKind::Totp);
         let unspent = if totp {
             limits
