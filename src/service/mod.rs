@@ -416,6 +416,16 @@ impl Ghostkey {
                 }));
             }
         }
+        if found.is_none() && is_verifier {
+            // A verifier for no challenge: the same work as a wrong verifier (Argon2id
+            // against a dummy), so that whether a passphrase challenge exists does not show.
+            // The work follows the answer's shape, which the sender chose.
+            let got = self
+                .hash_code([0u8; code::SALT_LEN], code.clone(), None)
+                .await?;
+            let _ = code::hashes_equal(&got, &[0u8; code::HASH_LEN]);
+            return Ok(Judged::from(Verdict::Wrong));
+        }
         let right = self
             .check_code(found.map(|(ch, _, _)| ch), code, now)
             .await?;
@@ -789,8 +799,10 @@ mod tests {
 
     // Every way a typed SMS or e-mail code is judged ends in exactly one constant-time
     // comparison (`code::hashes_equal`): under the MAC of the current key or of a retired
-    // one, right or wrong, an unknown challenge, a challenge with nothing stored, an
-    // Argon2id code stored before version 7, right or wrong, and one past its expiry.
+    // one, right or wrong, an unknown challenge (through Argon2 only when the answer has a
+    // passphrase verifier's shape, like a wrong verifier), a challenge with nothing
+    // stored, an Argon2id code stored before version 7, right or wrong, and one past its
+    // expiry.
     // Not timed: the comparisons are counted on this thread (the test runtime's).
     #[tokio::test]
     async fn every_code_check_path_makes_one_constant_time_comparison() {
@@ -800,6 +812,7 @@ mod tests {
         let keys = ServerKeys::derive(&current).with_retired(&[DataKey::from_bytes([1; 32])]);
         let right = SecretString::from("12345678".to_owned());
         let wrong = SecretString::from("12345670".to_owned());
+        let verifier = SecretString::from("A".repeat(43));
         let mac_now = code::store(keys.code_mac_key(), &right);
         let mac_old = code::store(keys.code_mac_key_for(old.id()).unwrap(), &right);
         let salt = code::new_salt();
@@ -831,6 +844,7 @@ mod tests {
             ("mac under a retired key, right", found(Some(mac_old), &old), &right, true, false),
             ("mac under another key id", found(Some(mac_old), &current), &right, false, false),
             ("unknown challenge", None, &right, false, false),
+            ("unknown challenge, a passphrase verifier", None, &verifier, false, true),
             ("nothing stored", found(None, &current), &right, false, false),
             ("argon2id before version 7, right", found(Some(argon), &old), &right, true, true),
             ("argon2id before version 7, wrong", found(Some(argon), &old), &wrong, false, true),
