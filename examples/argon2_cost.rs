@@ -1,4 +1,5 @@
-//! Measures the cost of one one-time-code check (Argon2id with Ghostkey's parameters) on
+//! Measures the cost of one Argon2id check with Ghostkey's parameters (a passphrase check,
+//! or a one-time code stored before schema version 7; newer codes are HMAC-SHA256) on
 //! this machine, against a baseline measured in the same process: one Ed25519 signature
 //! verification, the work every assertion costs.
 //!

@@ -230,7 +230,8 @@ pub struct ServerConfig {
     pub body_limit_bytes: usize,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
-    /// Argon2id computations at once (code and passphrase checks); 0 means one per core.
+    /// Argon2id computations at once (passphrase checks, and codes stored before schema
+    /// version 7); 0 means one per core.
     /// Each holds 19 MiB while it runs.
     pub argon2_concurrency: usize,
     /// Requests that may wait for an Argon2id slot, all together; past it a check is

@@ -52,7 +52,7 @@ const COUNTERS: [(&str, &str); 8] = [
     ),
     (
         "ghostkey_code_hashes_total",
-        "Argon2id hashes of one-time codes computed (new codes and checks, dummy ones included).",
+        "Hashes of one-time codes and passphrases computed, new codes and checks, dummy ones included (HMAC-SHA256 for codes stored from schema version 7; Argon2id for passphrases and older codes).",
     ),
     (
         "ghostkey_locks_total",

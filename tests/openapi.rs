@@ -77,15 +77,15 @@ async fn the_server_serves_the_document() {
     assert_eq!(served, ghostkey::http::openapi::document());
 }
 
-/// The operations whose requests can wait for an Argon2 hash (a new SMS or e-mail code, or a
-/// code or proof checked), and so be shed with 503 and `Retry-After`.
+/// The operations whose requests can wait for an Argon2 hash (a passphrase added or checked,
+/// or a code stored before schema version 7 checked, as an answer or a proof), and so be shed
+/// with 503 and `Retry-After`. Starting a challenge or a recovery hashes nothing since codes
+/// are MACs.
 const HASHING: &[&str] = &[
     "add_method",
     "remove_method",
-    "start_challenge",
     "answer",
     "unlock",
-    "start_recovery",
     "verify_recovery",
     "cancel_recovery",
     "replace_virtual_device",

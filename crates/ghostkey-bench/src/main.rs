@@ -533,7 +533,7 @@ async fn ghostkey_phases(
         setups.push(p);
         let ready = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
         let tt = Arc::clone(t);
-        let p = closed_loop("SMS-code verification (Argon2id)", ready, c, move |v| {
+        let p = closed_loop("SMS-code verification", ready, c, move |v| {
             scenarios::sms_verification(Arc::clone(&tt), v)
         })
         .await;
