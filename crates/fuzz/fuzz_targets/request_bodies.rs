@@ -55,9 +55,15 @@ const fn slot(path: &'static [&'static str], default: &'static str) -> Slot {
     }
 }
 
+/// A proof's `code` is optional in the JSON (a passkey's proof carries `webauthn`
+/// instead); `parse_proof` requires exactly one of the two.
 const PROOF: [Slot; 2] = [
     slot(&["proof", "challenge_id"], "ch_1"),
-    slot(&["proof", "code"], "123456"),
+    Slot {
+        path: &["proof", "code"],
+        required: false,
+        default: "123456",
+    },
 ];
 
 /// The fields of each request type, in the order the input gives them; the bool says
@@ -89,7 +95,15 @@ fn slots(kind: u8) -> (Vec<Slot>, bool) {
             vec![slot(&["method_id"], "m_1"), slot(&["purpose"], "proof")],
             false,
         ),
-        b'd' => (vec![slot(&["code"], "123456")], false),
+        // `code` or `webauthn`: neither is required by the JSON alone.
+        b'd' => (
+            vec![Slot {
+                path: &["code"],
+                required: false,
+                default: "123456",
+            }],
+            false,
+        ),
         b'e' => (PROOF.into(), false),
         b'f' | b'i' => (PROOF.into(), true),
         b'g' => (
