@@ -74,6 +74,22 @@ fn assertion_from(
     serde_json::to_value(&cred).unwrap()
 }
 
+/// The authenticator's assertion for a challenge's request options as `change` altered
+/// them on the way (as a hostile page or network would).
+fn assertion_for_altered(
+    auth: &mut impl AuthenticatorBackend,
+    challenge: &ChallengeView,
+    change: impl FnOnce(&mut Value),
+) -> Value {
+    let mut options = challenge.webauthn.clone().expect("request options");
+    change(&mut options);
+    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
+    let cred = auth
+        .perform_auth(url(ORIGIN), rcr.public_key, 60_000)
+        .unwrap();
+    serde_json::to_value(&cred).unwrap()
+}
+
 fn assertion(auth: &mut impl WebauthnAuthenticator, challenge: &ChallengeView) -> Value {
     assertion_from(auth, challenge, ORIGIN)
 }
@@ -214,19 +230,16 @@ async fn responses_from_elsewhere_or_for_something_else_are_refused_counted_and_
     .await;
 
     // Signed for another RP id (the options' rpId changed on the way).
-    let mut options = recovery.webauthn.clone().unwrap();
-    options["publicKey"]["rpId"] = "login.localhost".into();
-    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
-    let other_rp = auth
-        .perform_auth(url(ORIGIN), rcr.public_key, 60_000)
-        .unwrap();
+    let other_rp = assertion_for_altered(&mut auth, &recovery, |o| {
+        o["publicKey"]["rpId"] = "login.localhost".into()
+    });
     refused(
         &server,
         &app,
         "u1",
         &method,
         &recovery,
-        serde_json::to_value(&other_rp).unwrap(),
+        other_rp,
         ErrorCode::PasskeyRejected,
     )
     .await;
@@ -269,36 +282,33 @@ async fn responses_from_elsewhere_or_for_something_else_are_refused_counted_and_
 
     // Another user's credential answering this user's challenge: the other authenticator
     // signs this challenge with its own credential (u2's, registered with Ghostkey too).
-    let mut options = recovery.webauthn.clone().unwrap();
-    options["publicKey"]["allowCredentials"] =
+    let theirs_allowed =
         other_recovery.webauthn.as_ref().unwrap()["publicKey"]["allowCredentials"].clone();
-    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
-    let wrong_credential = other_auth
-        .perform_auth(url(ORIGIN), rcr.public_key, 60_000)
-        .unwrap();
+    let wrong_credential = assertion_for_altered(&mut other_auth, &recovery, |o| {
+        o["publicKey"]["allowCredentials"] = theirs_allowed
+    });
     refused(
         &server,
         &app,
         "u1",
         &method,
         &recovery,
-        serde_json::to_value(&wrong_credential).unwrap(),
+        wrong_credential,
         ErrorCode::PasskeyRejected,
     )
     .await;
 
     // User verification missing: the options were changed on the way to not ask for it,
     // and the authenticator signed with the user-present flag alone.
-    let mut options = recovery.webauthn.clone().unwrap();
-    options["publicKey"]["userVerification"] = "discouraged".into();
-    let rcr: RequestChallengeResponse = serde_json::from_value(options).unwrap();
-    let without_uv = auth
-        .perform_auth(url(ORIGIN), rcr.public_key, 60_000)
-        .unwrap();
-    let flags = {
-        let data: &[u8] = without_uv.response.authenticator_data.as_ref();
-        data[32]
-    };
+    let without_uv = assertion_for_altered(&mut auth, &recovery, |o| {
+        o["publicKey"]["userVerification"] = "discouraged".into()
+    });
+    let flags = ghostkey_client::proto::b64::decode(
+        without_uv["response"]["authenticatorData"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()[32];
     assert_eq!(flags & 0x04, 0, "the UV flag is not set");
     refused(
         &server,
@@ -306,7 +316,7 @@ async fn responses_from_elsewhere_or_for_something_else_are_refused_counted_and_
         "u1",
         &method,
         &recovery,
-        serde_json::to_value(&without_uv).unwrap(),
+        without_uv,
         ErrorCode::PasskeyRejected,
     )
     .await;

@@ -187,7 +187,7 @@ impl MethodSecret {
     /// How the method is shown.
     pub fn masked(&self) -> String {
         match self {
-            MethodSecret::Pending { name: Some(name) } => format!("passkey \u{201c}{name}\u{201d}"),
+            MethodSecret::Pending { name: Some(name) } => named(name),
             MethodSecret::Pending { name: None } => "passkey".to_owned(),
             MethodSecret::Registered(stored) => stored.masked(),
         }
@@ -200,6 +200,11 @@ impl MethodSecret {
             MethodSecret::Registered(stored) => stored.name.clone(),
         }
     }
+}
+
+/// How a passkey the user named is shown: `passkey “name”`.
+fn named(name: &str) -> String {
+    format!("passkey \u{201c}{name}\u{201d}")
 }
 
 /// What the store keeps to find a credential id already registered (any user, any app): a
@@ -233,7 +238,7 @@ impl Stored {
     /// (a few well-known ones by name, the others by AAGUID).
     pub fn masked(&self) -> String {
         match (&self.name, model_name(&self.aaguid)) {
-            (Some(name), _) => format!("passkey \u{201c}{name}\u{201d}"),
+            (Some(name), _) => named(name),
             (None, Some(model)) => format!("passkey ({model})"),
             (None, None) => format!("passkey (AAGUID {})", Uuid::from_bytes(self.aaguid)),
         }
