@@ -4,7 +4,7 @@
 -- store creates exactly this schema. `PRAGMA user_version` records the schema version;
 -- a later version adds a migration in src/store/migrations/ and bumps it here
 -- (src/store/README.md).
-PRAGMA user_version = 7;
+PRAGMA user_version = 8;
 
 -- App providers registered by the operator.
 CREATE TABLE apps (
@@ -188,11 +188,13 @@ CREATE INDEX recoveries_by_user ON recoveries (app_id, user_id);
 
 -- Cancel codes of recoveries, as a MAC keyed from the data key: each notice about a started
 -- or waiting recovery carries one, and it cancels that recovery with no assertion
--- (schema version 2).
+-- (schema version 2). `key_id` names the data key whose one-time-code MAC key made `mac`
+-- (schema version 8); NULL for codes written before, under that era's destination MAC key.
 CREATE TABLE cancel_codes (
     mac          BLOB    PRIMARY KEY CHECK (length(mac) = 32),
     challenge_id TEXT    NOT NULL REFERENCES recoveries(challenge_id) ON DELETE CASCADE,
-    created_at   INTEGER NOT NULL
+    created_at   INTEGER NOT NULL,
+    key_id       TEXT
 ) STRICT, WITHOUT ROWID;
 CREATE INDEX cancel_codes_by_recovery ON cancel_codes (challenge_id);
 

@@ -520,7 +520,8 @@ pub struct RotationReport {
     pub methods: u64,
     /// Queued messages re-encrypted under it.
     pub messages: u64,
-    /// Per retired key: (id, methods, queued messages, live challenges) still under it.
+    /// Per retired key: (id, methods, queued messages, live codes) still under it; live
+    /// codes are open challenges' codes and cancel codes that can still stop a recovery.
     pub retired: Vec<(String, u64, u64, u64)>,
 }
 

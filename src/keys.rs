@@ -232,6 +232,7 @@ struct KeySet {
     at_rest: SecretBox<[u8; 32]>,
     code_pepper: SecretBox<[u8; 32]>,
     code_mac: SecretBox<[u8; 32]>,
+    destination_mac: SecretBox<[u8; 32]>,
 }
 
 /// The keys Ghostkey works with: those of the current data key, and those of retired data
@@ -239,7 +240,6 @@ struct KeySet {
 pub struct ServerKeys {
     current: KeySet,
     retired: Vec<KeySet>,
-    destination_mac: SecretBox<[u8; 32]>,
 }
 
 impl std::fmt::Debug for ServerKeys {
@@ -295,6 +295,7 @@ fn key_set(data_key: &DataKey) -> KeySet {
         at_rest: derive(k, b"ghostkey/v1/at-rest-encryption"),
         code_pepper,
         code_mac,
+        destination_mac: derive(k, b"ghostkey/v1/destination-mac"),
     }
 }
 
@@ -304,7 +305,6 @@ impl ServerKeys {
         ServerKeys {
             current: key_set(data_key),
             retired: Vec::new(),
-            destination_mac: derive(data_key.expose(), b"ghostkey/v1/destination-mac"),
         }
     }
 
@@ -400,16 +400,44 @@ impl ServerKeys {
     /// A keyed MAC of a normalised destination (or client address): what rate limits
     /// count by, so the store never holds the destination itself for that purpose.
     pub fn destination_mac(&self, kind: &str, normalised: &str) -> Vec<u8> {
-        use hmac::{Hmac, Mac};
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(self.destination_mac.expose_secret())
-        else {
-            return Vec::new();
-        };
-        mac.update(kind.as_bytes());
-        mac.update(b"\0");
-        mac.update(normalised.as_bytes());
-        mac.finalize().into_bytes().to_vec()
+        labelled_mac(&self.current.destination_mac, kind, normalised)
     }
+
+    /// The MAC a new cancel code is stored as, and the id of the key it is under: the
+    /// current one-time-code MAC key, like every other code since schema version 7.
+    pub fn cancel_code_mac(&self, canonical: &str) -> (String, Vec<u8>) {
+        (
+            self.current.id.clone(),
+            labelled_mac(&self.current.code_mac, CANCEL_CODE_LABEL, canonical),
+        )
+    }
+
+    /// Every MAC a cancel code may be stored as: under the code MAC key of the current
+    /// and of each retired data key (a rotation while a recovery waits), then the form
+    /// written before schema version 8 (the destination MAC key, with no key id).
+    pub fn cancel_code_mac_candidates(&self, canonical: &str) -> Vec<Vec<u8>> {
+        let sets = || std::iter::once(&self.current).chain(self.retired.iter());
+        sets()
+            .map(|set| labelled_mac(&set.code_mac, CANCEL_CODE_LABEL, canonical))
+            .chain(sets().map(|set| labelled_mac(&set.destination_mac, "cancel-code", canonical)))
+            .collect()
+    }
+}
+
+/// The label of cancel-code MACs under a code MAC key (recovery and confirmation codes
+/// use their own, see `domain::code`).
+const CANCEL_CODE_LABEL: &str = "ghostkey/v1/cancel-code";
+
+/// HMAC-SHA256 under `key` of `label || 0 || text`.
+fn labelled_mac(key: &SecretBox<[u8; 32]>, label: &str, text: &str) -> Vec<u8> {
+    use hmac::{Hmac, Mac};
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key.expose_secret()) else {
+        return Vec::new();
+    };
+    mac.update(label.as_bytes());
+    mac.update(b"\0");
+    mac.update(text.as_bytes());
+    mac.finalize().into_bytes().to_vec()
 }
 
 #[cfg(test)]
@@ -481,5 +509,39 @@ mod server_key_tests {
             crate::domain::code::mac(keys.code_mac_key_for(a.id()).unwrap(), &salt, "12345678"),
             crate::domain::code::mac(keys.code_mac_key_for(b.id()).unwrap(), &salt, "12345678")
         );
+    }
+
+    #[test]
+    fn a_cancel_code_is_found_under_its_key_a_retired_key_or_the_form_before_version_8() {
+        let old = DataKey::from_bytes([1; 32]);
+        let new = DataKey::from_bytes([2; 32]);
+        let code = "ABCDEFGHJKMNPQRSTVWX";
+        let before = ServerKeys::derive(&old);
+        let (old_id, made_before) = before.cancel_code_mac(code);
+        assert_eq!(old_id, old.id());
+        // Written before schema version 8: the destination MAC key, no key id.
+        let legacy = before.destination_mac("cancel-code", code);
+        assert_ne!(made_before, legacy, "the code MAC key is its own");
+
+        let after = ServerKeys::derive(&new).with_retired(&[DataKey::from_bytes([1; 32])]);
+        let (new_id, made_after) = after.cancel_code_mac(code);
+        assert_eq!(new_id, new.id());
+        assert_ne!(made_after, made_before, "the MAC changes with the key");
+        let candidates = after.cancel_code_mac_candidates(code);
+        assert_eq!(candidates[0], made_after, "the current key is tried first");
+        assert!(
+            candidates.contains(&made_before),
+            "a retired key's code is found"
+        );
+        assert!(
+            candidates.contains(&legacy),
+            "a code from before version 8 is found"
+        );
+        // Another code matches none of them.
+        let other = after.cancel_code_mac_candidates("0123456789ABCDEFGHJK");
+        assert!(other.iter().all(|m| !candidates.contains(m)));
+        // Without the retired key, its codes are not found.
+        let alone = ServerKeys::derive(&new).cancel_code_mac_candidates(code);
+        assert!(!alone.contains(&made_before) && !alone.contains(&legacy));
     }
 }

@@ -684,8 +684,9 @@ fn rotate(config: &Config, batch: usize) -> Result<(), String> {
         } else {
             eprintln!(
                 "key {id}: still needed by {methods} method(s), {messages} queued message(s), \
-                 {challenges} live challenge(s) (codes expire within their lifetime; run again later; \
-                 a passphrase method stays under the key it was set with until the user replaces it)"
+                 {challenges} live code(s) (a challenge's code expires within its lifetime, a cancel \
+                 code when its recovery is released or ends; run again later; a passphrase method \
+                 stays under the key it was set with until the user replaces it)"
             );
         }
     }

@@ -300,3 +300,136 @@ async fn a_passphrase_method_stays_under_the_key_that_peppered_it() {
         .unwrap();
     assert!(released.sealed_virtual_device.is_some());
 }
+
+/// The cancel code in a notice: `XXXX-XXXX-XXXX-XXXX-XXXX` after the word "code".
+fn cancel_code_in(text: &str) -> Option<String> {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .collect();
+    let i = words.iter().position(|w| *w == "code")?;
+    let code = words.get(i + 1)?.trim_end_matches('.');
+    (code.len() == 24 && code.matches('-').count() == 4).then(|| code.to_owned())
+}
+
+/// A rotation while a recovery waits: the cancel codes its user holds were made under the
+/// old key, and Ghostkey keeps only their MACs. `keys rotate` must count them as needing
+/// the old key, and the user's code must still cancel after the rotation (issue 17: before,
+/// cancel codes had no key id, a rotation voided them and nothing said so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_recoverys_cancel_code_survives_a_rotation() {
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_at(common::now(), |c| sms_gateway::configure(c, &gateway));
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        ghostkey::domain::policy::PolicyChange {
+            waiting_period_secs: Some(86_400),
+            ..Default::default()
+        },
+    );
+    let old_key = server.config.dev_data_key_path();
+    let client = server.client();
+    // The user: a phone A, then a phone B added with a proof through A.
+    let (_, _, phone_a) = common::enrol_with_sms(&server, &app, &gateway, "u1").await;
+    let before = sms_gateway::received(&gateway).await.len();
+    let proof = client
+        .start_challenge(
+            &app.assertion("u1", Purpose::Manage),
+            &phone_a,
+            ghostkey_client::proto::api::ChallengePurpose::Proof,
+        )
+        .await
+        .unwrap();
+    let proof_code = sms_gateway::next_code(&gateway, before).await;
+    let before = sms_gateway::received(&gateway).await.len();
+    let phone_b = client
+        .add_method(
+            &app.assertion("u1", Purpose::Manage),
+            MethodKind::Sms,
+            Some("+33 6 99 88 77 66"),
+            Some(ghostkey_client::proto::api::Proof::with_code(
+                proof.id, proof_code,
+            )),
+        )
+        .await
+        .unwrap();
+    let code = sms_gateway::next_code(&gateway, before).await;
+    client.answer(&phone_b.challenge.id, &code).await.unwrap();
+
+    // The provider recovers through phone A; the release waits a day and phone B is told,
+    // with a cancel code, under the old key.
+    let before = sms_gateway::received(&gateway).await.len();
+    let started = client
+        .start_recovery(&app.assertion("u1", Purpose::Recover), &phone_a)
+        .await
+        .unwrap();
+    let code = sms_gateway::next_code(&gateway, before).await;
+    client.verify_recovery(&started.id, &code).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cancel_codes = loop {
+        let codes: Vec<String> = sms_gateway::received(&gateway)
+            .await
+            .iter()
+            .skip(before)
+            .filter_map(|m| cancel_code_in(m["body"].as_str().unwrap_or_default()))
+            .collect();
+        if codes.len() >= 2 || std::time::Instant::now() > deadline {
+            break codes;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    };
+    // The start's notice (to B) and the waiting notice (to A and B: one code for both).
+    assert_eq!(cancel_codes.len(), 3, "{cancel_codes:?}");
+
+    // A new key; the old one retired; everything re-encrypted that can be.
+    let new_key = server.dir.path().join("new.key");
+    let out = ghostkey(
+        &server,
+        &["keys", "generate", "--out", new_key.to_str().unwrap()],
+    );
+    assert!(out.status.success());
+    let server = server.restart(|c| {
+        c.keys.data_key_file = Some(new_key.clone());
+        c.keys.retired_key_files = vec![old_key.clone()];
+    });
+    let out = ghostkey(&server, &["keys", "rotate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["retired"][0][1], 0, "every method re-encrypted");
+    assert_eq!(
+        report["retired"][0][3], 2,
+        "the two cancel codes of the waiting recovery still need the old key"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("nothing left under it"), "{stderr}");
+    assert!(stderr.contains("live code(s)"), "{stderr}");
+
+    // What a server start checks before it serves: the old key is still in use, so a
+    // server without it refuses to start rather than void the user's code.
+    let old_id = report["retired"][0][0].as_str().unwrap();
+    let store = ghostkey::server::open_store(&server.config).unwrap();
+    let in_use = ghostkey::store::Store::key_ids_in_use(&store, common::now()).unwrap();
+    assert!(in_use.iter().any(|k| k == old_id), "{in_use:?}");
+    drop(store);
+
+    // With it, the user's code from the waiting notice still cancels, typed sloppily.
+    let typed = cancel_codes[2].to_lowercase().replace('-', " ");
+    let cancelled = server
+        .client()
+        .cancel_recovery_with_code(&typed)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.recovery_id, started.id);
+    assert_eq!(
+        cancelled.state,
+        ghostkey_client::proto::api::RecoveryState::Cancelled
+    );
+    // Spent, and nothing else needs the old key now.
+    let out = ghostkey(&server, &["keys", "rotate"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(stderr.contains("nothing left under it"), "{stderr}");
+}

@@ -22,7 +22,7 @@ use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::{AppPolicy, MethodKind};
 use crate::domain::recovery::{Recovery, RecoveryState};
 use crate::error::Error;
-use crate::store::{ProofAnswer, RecoveryNotices, StartRecovery};
+use crate::store::{CancelCodeMac, ProofAnswer, RecoveryNotices, StartRecovery};
 
 fn response(recovery: &Recovery, sealed: Option<&[u8]>) -> RecoveryResponse {
     RecoveryResponse {
@@ -145,7 +145,7 @@ impl Ghostkey {
                     limits: &new.limits,
                     unspent: &unspent,
                     notice: &notice,
-                    cancel_mac: &cancel_mac,
+                    cancel_code: &cancel_mac,
                 },
                 now,
             )?;
@@ -217,7 +217,7 @@ impl Ghostkey {
                     &RecoveryNotices {
                         released: &released,
                         waiting: &waiting,
-                        waiting_cancel_mac: &waiting_cancel_mac,
+                        waiting_cancel_code: &waiting_cancel_mac,
                         locked: &locked,
                         cloned: &cloned,
                     },
@@ -317,18 +317,12 @@ impl Ghostkey {
         Ok(response(&recovery, None))
     }
 
-    /// A fresh cancel code and the MAC the store keeps of it.
-    fn new_cancel_code(&self) -> Result<(SecretString, Vec<u8>), Error> {
+    /// A fresh cancel code and the form the store keeps of it.
+    fn new_cancel_code(&self) -> Result<(SecretString, CancelCodeMac), Error> {
         let code = cancel_code::generate();
-        let mac = self.cancel_code_mac(&code)?;
-        Ok((code, mac))
-    }
-
-    fn cancel_code_mac(&self, code: &SecretString) -> Result<Vec<u8>, Error> {
-        let canonical = cancel_code::canonical(code)?;
-        Ok(self
-            .keys
-            .destination_mac("cancel-code", canonical.expose_secret()))
+        let canonical = cancel_code::canonical(&code)?;
+        let (key_id, mac) = self.keys.cancel_code_mac(canonical.expose_secret());
+        Ok((code, CancelCodeMac { key_id, mac }))
     }
 
     /// Cancels a recovery with the cancel code a notice carried, and nothing else: no
@@ -340,15 +334,24 @@ impl Ghostkey {
         request: CancelWithCodeRequest,
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
-        let code = cancel_code::parse(&request.cancel_code)?;
-        let code_mac = self.cancel_code_mac(&code)?;
+        let canonical = cancel_code::parse(&request.cancel_code)?;
+        // Under the current key, a retired one, or the form before schema version 8: a
+        // rotation while a recovery waits must not void the code its user holds.
+        let candidates = self
+            .keys
+            .cancel_code_mac_candidates(canonical.expose_secret());
         let mac = self.caller_mac(caller);
-        let lookup_mac = code_mac.clone();
         let (found, app_name) = self
             .blocking(move |store, _| {
-                let found = store.recovery_by_cancel_code(&lookup_mac)?;
+                let mut found = None;
+                for candidate in candidates {
+                    if let Some(recovery) = store.recovery_by_cancel_code(&candidate)? {
+                        found = Some((recovery, candidate));
+                        break;
+                    }
+                }
                 let app = match &found {
-                    Some(r) => store.app(&r.app_id)?,
+                    Some((r, _)) => store.app(&r.app_id)?,
                     None => None,
                 };
                 // Under the recovery's app, or the default policy when the code is unknown.
@@ -364,7 +367,7 @@ impl Ghostkey {
                 Ok((found, name))
             })
             .await?;
-        let Some(recovery) = found else {
+        let Some((recovery, code_mac)) = found else {
             return Err(Error::new(ErrorCode::InvalidCode));
         };
         let notice = messages::recovery_cancelled(&self.keys, &app_name, &recovery.challenge_id);

@@ -329,8 +329,18 @@ pub struct StartRecovery<'a> {
     /// "A recovery was started", to the user's other confirmed methods; it carries a
     /// cancel code.
     pub notice: &'a NewMessage,
-    /// The MAC of that cancel code.
-    pub cancel_mac: &'a [u8],
+    /// The stored form of that cancel code.
+    pub cancel_code: &'a CancelCodeMac,
+}
+
+/// A cancel code as the store keeps it: its MAC (the lookup key) and the id of the data
+/// key whose code MAC key made it (a retired key is kept while such a code can be used).
+#[derive(Debug, Clone)]
+pub struct CancelCodeMac {
+    /// The data key id.
+    pub key_id: String,
+    /// HMAC-SHA256 of the canonical code.
+    pub mac: Vec<u8>,
 }
 
 /// The notices a verified recovery code may send.
@@ -341,8 +351,8 @@ pub struct RecoveryNotices<'a> {
     /// "Will be released at ..., cancel if it is not you", to every confirmed method; it
     /// carries a cancel code.
     pub waiting: &'a NewMessage,
-    /// The MAC of the waiting notice's cancel code.
-    pub waiting_cancel_mac: &'a [u8],
+    /// The stored form of the waiting notice's cancel code.
+    pub waiting_cancel_code: &'a CancelCodeMac,
     /// "Your account is locked", to every confirmed method, if this answer locks the user.
     pub locked: &'a NewMessage,
     /// "Your passkey may have been copied", to every confirmed method, if a passkey's
@@ -877,15 +887,16 @@ pub trait Store: Send + Sync + 'static {
         body: &[u8],
     ) -> Result<bool, StoreError>;
     /// Every data key id a stored value still needs: methods, queued bodies and
-    /// destinations, live challenges whose code it hashed.
+    /// destinations, live challenges whose code it hashed, cancel codes that can still
+    /// stop a recovery (waiting, or started with its challenge open).
     ///
     /// Concurrency: read-only, one statement; a node still writing under a key it is about
     /// to stop using can add a value right after.
     fn key_ids_in_use(&self, now: UnixTime) -> Result<Vec<String>, StoreError>;
-    /// What still needs data key `key_id`: methods, queued bodies, live challenges whose
-    /// code it hashed.
+    /// What still needs data key `key_id`: methods, queued bodies, and live codes (open
+    /// challenges whose code it hashed, cancel codes that can still stop a recovery).
     ///
-    /// Concurrency: read-only, four statements (in SQLite not one snapshot).
+    /// Concurrency: read-only, five statements (in SQLite not one snapshot).
     fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError>;
     /// An app's activity: enrolled users, audit events since `since`, and the time of its
     /// last event.

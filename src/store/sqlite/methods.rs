@@ -248,7 +248,12 @@ pub(super) fn key_ids_in_use(
          UNION SELECT key_id FROM outbox WHERE length(body) > 0 \
          UNION SELECT destination_key_id FROM outbox WHERE destination IS NOT NULL \
          UNION SELECT code_key_id FROM challenges \
-               WHERE code_key_id IS NOT NULL AND state = 'open' AND expires_at > ?1",
+               WHERE code_key_id IS NOT NULL AND state = 'open' AND expires_at > ?1 \
+         UNION SELECT c.key_id FROM cancel_codes c \
+               JOIN recoveries r ON r.challenge_id = c.challenge_id \
+               JOIN challenges ch ON ch.id = c.challenge_id \
+               WHERE c.key_id IS NOT NULL AND (r.state = 'waiting' \
+                     OR (r.state = 'started' AND ch.state = 'open' AND ch.expires_at > ?1))",
     )?;
     let ids = stmt
         .query_map([now], |r| r.get(0))?
@@ -275,6 +280,14 @@ pub(super) fn key_usage(
         count(
             "SELECT count(*) FROM challenges WHERE code_key_id = ?1 AND state = 'open' AND expires_at > ?2",
             &[&key_id, &now],
-        )?,
+        )? + count(LIVE_CANCEL_CODES_UNDER_KEY, &[&key_id, &now])?,
     ))
 }
+
+/// Cancel codes under a key that can still stop something: those of a waiting recovery
+/// (until its release), or of a started one whose challenge can still be answered.
+const LIVE_CANCEL_CODES_UNDER_KEY: &str = "SELECT count(*) FROM cancel_codes c \
+     JOIN recoveries r ON r.challenge_id = c.challenge_id \
+     JOIN challenges ch ON ch.id = c.challenge_id \
+     WHERE c.key_id = ?1 AND (r.state = 'waiting' \
+           OR (r.state = 'started' AND ch.state = 'open' AND ch.expires_at > ?2))";

@@ -17,18 +17,19 @@ use crate::domain::challenge::{ChallengePurpose, LockRule, Outcome, Verdict};
 use crate::domain::limits::Limit;
 use crate::domain::recovery::{self, Recovery, RecoveryState};
 use crate::store::{
-    NewMessage, ProofAnswer, RecoveryNotices, StartRecovery, StoreError, VerifiedRecovery,
+    CancelCodeMac, NewMessage, ProofAnswer, RecoveryNotices, StartRecovery, StoreError,
+    VerifiedRecovery,
 };
 
 fn insert_cancel_code(
     tx: &Connection,
-    mac: &[u8],
+    code: &CancelCodeMac,
     challenge_id: &str,
     now: UnixTime,
 ) -> Result<(), StoreError> {
     tx.exec(
-        "INSERT INTO cancel_codes (mac, challenge_id, created_at) VALUES (?1, ?2, ?3)",
-        params![mac, challenge_id, now],
+        "INSERT INTO cancel_codes (mac, challenge_id, created_at, key_id) VALUES (?1, ?2, ?3, ?4)",
+        params![code.mac, challenge_id, now, code.key_id],
     )?;
     Ok(())
 }
@@ -143,8 +144,10 @@ pub(super) fn start_recovery(
         if let Some(msg) = cmd.message {
             enqueue(tx, &ch.app_id, &ch.method_id, msg, now)?;
         }
-        insert_cancel_code(tx, cmd.cancel_mac, &ch.id, now)?;
-        enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)?;
+        // The code is kept only if a notice carries it to someone.
+        if enqueue_to_others(tx, &ch.app_id, &ch.user_id, &ch.method_id, cmd.notice, now)? > 0 {
+            insert_cancel_code(tx, cmd.cancel_code, &ch.id, now)?;
+        }
         audit(tx, now, "recovery_started", &ch.app_id, Who::User(&ch.user_id), json!({ "recovery": ch.id, "method": ch.method_id }))?;
         Ok(())
     }))
@@ -206,8 +209,10 @@ pub(super) fn verify_recovery(
                         now,
                     )?;
                 } else {
-                    insert_cancel_code(tx, notices.waiting_cancel_mac, &ch.id, now)?;
-                    enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)?;
+                    if enqueue_to_others(tx, &ch.app_id, &ch.user_id, "", notices.waiting, now)? > 0
+                    {
+                        insert_cancel_code(tx, notices.waiting_cancel_code, &ch.id, now)?;
+                    }
                 }
                 save_recovery(tx, &rec)?;
                 let kind = if state == RecoveryState::Released {

@@ -11,7 +11,7 @@ use crate::store::StoreError;
 /// The canonical schema, run as it is on a fresh database.
 pub const SCHEMA_SQL: &str = include_str!("../../../schema.sql");
 /// The schema version `schema.sql` records in `PRAGMA user_version`.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The migration to each version from the one before, in order: `(to, sql)`. Each runs in
 /// the same exclusive transaction as the ones after it, so an upgrade is all or nothing.
@@ -22,6 +22,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
     (5, include_str!("../migrations/v5.sql")),
     (6, include_str!("../migrations/v6.sql")),
     (7, include_str!("../migrations/v7.sql")),
+    (8, include_str!("../migrations/v8.sql")),
 ];
 
 /// A copy is usable if SQLite finds it intact and it has this version's schema.
@@ -309,6 +310,75 @@ mod tests {
         assert_eq!(
             shape_of(&conn),
             shape_of(&Connection::open(&fresh_path).unwrap())
+        );
+    }
+
+    #[test]
+    fn a_version_7_cancel_code_still_cancels_after_the_upgrade() {
+        use crate::store::{MessageKind, NewMessage, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v7.db");
+        let mac = [9u8; 32];
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+            conn.execute_batch(include_str!("../migrations/v1.sql"))
+                .unwrap();
+            for (_, sql) in MIGRATIONS.iter().filter(|(to, _)| *to <= 7) {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute(
+                &format!(
+                    "INSERT INTO apps ({APP_COLUMNS}) VALUES ('app_1', 'A', 1, 'totp,sms', 8, 6, 600, 3, 7, 2, 5, 10, 10000, 60, 86400, 10, 5, 600, NULL)"
+                ),
+                [],
+            )
+            .unwrap();
+            conn.execute_batch(
+                "INSERT INTO users (app_id, user_id, state, sealed_virtual_device, vd_signing_key, \
+                 vd_encryption_key, audit_pseudonym, created_at, updated_at) \
+                 VALUES ('app_1', 'u1', 'active', x'00', zeroblob(32), zeroblob(32), 'p', 1, 1);
+                 INSERT INTO methods (id, app_id, user_id, kind, state, key_id, secret, created_at) \
+                 VALUES ('m_1', 'app_1', 'u1', 'sms', 'confirmed', 'k', x'0102', 1);
+                 INSERT INTO challenges (id, app_id, user_id, method_id, purpose, max_attempts, \
+                 state, created_at, expires_at) \
+                 VALUES ('ch_1', 'app_1', 'u1', 'm_1', 'recover', 3, 'used', 1, 999);
+                 INSERT INTO recoveries (challenge_id, app_id, user_id, method_id, state, \
+                 available_at, created_at) VALUES ('ch_1', 'app_1', 'u1', 'm_1', 'waiting', 86401, 1);",
+            )
+            .unwrap();
+            // A waiting recovery's cancel code as version 7 wrote it: no key id.
+            conn.execute(
+                "INSERT INTO cancel_codes (mac, challenge_id, created_at) VALUES (?1, 'ch_1', 1)",
+                [mac.to_vec()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path, Synchronous::Full, Duration::from_secs(1)).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let key_id: Option<String> = conn
+            .one("SELECT key_id FROM cancel_codes", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(key_id, None, "kept, with no key id");
+        // A code with no key id names no key a server must hold.
+        assert_eq!(store.key_ids_in_use(2).unwrap(), vec!["k".to_owned()]);
+        assert_eq!(store.key_usage("k", 2).unwrap().2, 0);
+        let found = store.recovery_by_cancel_code(&mac).unwrap().unwrap();
+        assert_eq!(found.challenge_id, "ch_1");
+        let notice = NewMessage {
+            kind: MessageKind::Notice,
+            key_id: "k".into(),
+            body: vec![1; 40],
+            notice_kind: Some("recovery_cancelled"),
+        };
+        let cancelled = store.cancel_recovery_by_code(&mac, &notice, 3).unwrap();
+        assert_eq!(
+            cancelled.state,
+            crate::domain::recovery::RecoveryState::Cancelled
+        );
+        assert!(
+            store.recovery_by_cancel_code(&mac).unwrap().is_none(),
+            "spent"
         );
     }
 
