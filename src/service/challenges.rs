@@ -232,30 +232,12 @@ impl Ghostkey {
         })
         .await
     }
-
-    /// Like `challenge_for_answer`, but the caller's address limit is only checked, and
-    /// its unit returned for the request's own write to spend (or `spend_refused`).
-    pub(crate) async fn challenge_for_answer_unspent(
-        &self,
-        id: &str,
-        caller: Caller,
-        now: UnixTime,
-    ) -> Result<(Answering, Vec<Limit>), Error> {
-        let mac = self.caller_mac(caller);
-        let id = id.to_owned();
-        self.blocking(move |store, _| {
-            let (answering, limits) = answering(store, &id, &mac)?;
-            store.limits_allow(&limits, now)?;
-            Ok((answering, limits))
-        })
-        .await
-    }
 }
 
 /// The challenge `id` with its method and policy, its app's name, and the limits a check
 /// spends: the caller's address limit under that app and the app's ceiling on checks
 /// (the default policy's, under no app, when there is no such challenge).
-fn answering(
+pub(crate) fn answering(
     store: &dyn Store,
     id: &str,
     address_mac: &[u8],

@@ -63,7 +63,7 @@ pub(crate) fn load_user(
 
 /// Like `load_user`, but the caller's address limit is only checked, and its unit
 /// returned: the request's own write spends it (one transaction instead of two on the
-/// recovery path), or `Ghostkey::spend_refused` when the request stops before that write.
+/// recovery path), or `Ghostkey::spend_refused_on` when the request stops before that write.
 pub(crate) fn load_user_unspent(
     store: &dyn Store,
     rules: &AssertionRules,
@@ -216,6 +216,47 @@ impl Ghostkey {
         app: &App,
         now: UnixTime,
     ) -> Result<NewChallenge, Error> {
+        // Only a passkey's ceremony reads the store (its relying party, the user's other
+        // credentials): one trip to the blocking pool for it, none for the other kinds.
+        if method.kind == MethodKind::Passkey {
+            let (this, method, app) = (self.clone(), method.clone(), app.clone());
+            return self
+                .blocking(move |store, _| {
+                    this.new_challenge_on(store, &method, purpose, opened_by, &app, now)
+                })
+                .await;
+        }
+        self.new_challenge_with(method, purpose, opened_by, app, now, None)
+    }
+
+    /// [`Ghostkey::new_challenge`] inside a store call already on the blocking pool.
+    pub(crate) fn new_challenge_on(
+        &self,
+        store: &dyn Store,
+        method: &Method,
+        purpose: ChallengePurpose,
+        opened_by: Purpose,
+        app: &App,
+        now: UnixTime,
+    ) -> Result<NewChallenge, Error> {
+        let ceremony = match method.kind {
+            MethodKind::Passkey => Some(self.passkey_ceremony_on(store, method, purpose, app)?),
+            _ => None,
+        };
+        self.new_challenge_with(method, purpose, opened_by, app, now, ceremony)
+    }
+
+    /// A new challenge for `method`: its code and message (SMS, e-mail), or the passkey
+    /// ceremony already started (state, options). No I/O.
+    fn new_challenge_with(
+        &self,
+        method: &Method,
+        purpose: ChallengePurpose,
+        opened_by: Purpose,
+        app: &App,
+        now: UnixTime,
+        ceremony: Option<(Vec<u8>, serde_json::Value)>,
+    ) -> Result<NewChallenge, Error> {
         let policy = &app.policy;
         // TOTP and passphrase challenges have no code of their own: nothing is sent.
         let (message, hashed) = if !method.kind.is_delivered() {
@@ -234,10 +275,6 @@ impl Ghostkey {
                 action,
             );
             (Some(message), Some(stored))
-        };
-        let ceremony = match method.kind {
-            MethodKind::Passkey => Some(self.passkey_ceremony(method, purpose, app).await?),
-            _ => None,
         };
         let limits = match &method.destination_mac {
             Some(mac) => send_limits(
@@ -276,8 +313,9 @@ impl Ghostkey {
     /// Starts a passkey challenge's WebAuthn ceremony: a registration for `confirm`, an
     /// authentication with the method's credential otherwise. Returns the state to keep
     /// (plaintext, to encrypt) and the options for the client.
-    async fn passkey_ceremony(
+    fn passkey_ceremony_on(
         &self,
+        store: &dyn Store,
         method: &Method,
         purpose: ChallengePurpose,
         app: &App,
@@ -288,9 +326,8 @@ impl Ghostkey {
             .open(&method.key_id, &method.secret)
             .map_err(Error::internal)?;
         let secret = MethodSecret::decode(&plain).map_err(Error::internal)?;
-        let (app, method) = (app.clone(), method.clone());
-        let keys = std::sync::Arc::clone(&self.keys);
-        self.blocking(move |store, _| {
+        let keys = &self.keys;
+        {
             let rp = super::passkey_rp(store, &app.policy, &app.id, &app.name)?;
             match (purpose, secret) {
                 (ChallengePurpose::Confirm, _) => {
@@ -326,8 +363,7 @@ impl Ghostkey {
                 }
                 (_, MethodSecret::Pending { .. }) => Err(Error::new(ErrorCode::MethodNotConfirmed)),
             }
-        })
-        .await
+        }
     }
 
     /// Adds a method to the assertion's user: pending until its first correct code.

@@ -234,31 +234,18 @@ impl Ghostkey {
             .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }
 
-    /// Spends the caller's units now (its address, and for a code check the app's
-    /// ceiling): before a code's check or a new code, which they must pay for up front (a
-    /// check on a read connection does not see the requests in flight, so it cannot bound
-    /// how many hashes, Argon2 ones included, one address queues).
-    pub(crate) async fn spend_address(
-        &self,
-        limits: Vec<crate::domain::limits::Limit>,
-        now: UnixTime,
-    ) -> Result<(), Error> {
-        self.blocking(move |store, _| Ok(store.take_limits(&limits, now)?))
-            .await
-    }
-
     /// Spends the caller's units for a request refused before the write that would have
     /// spent them, so that every refused request counts against its address. Answers the
     /// refusal, or the limit's own refusal if a unit was no longer there.
-    pub(crate) async fn spend_refused(
-        &self,
-        limits: Vec<crate::domain::limits::Limit>,
+    pub(crate) fn spend_refused_on(
+        store: &dyn Store,
+        limits: &[crate::domain::limits::Limit],
         now: UnixTime,
         refusal: Error,
     ) -> Error {
-        match self.spend_address(limits, now).await {
+        match store.take_limits(limits, now) {
             Ok(()) => refusal,
-            Err(limited) => limited,
+            Err(limited) => Error::from(limited),
         }
     }
 
@@ -344,11 +331,89 @@ impl Ghostkey {
         answer: &Answer,
         now: UnixTime,
     ) -> Result<Judged, Error> {
+        match self.judge_inline(found, answer, now)? {
+            Inline::Judged(judged) => Ok(judged),
+            Inline::Passkey => {
+                let (Some((ch, method, policy)), Answer::WebAuthn(response)) = (found, answer)
+                else {
+                    return Err(Error::internal("a passkey verdict without its challenge"));
+                };
+                let (this, ch, method, policy, response) = (
+                    self.clone(),
+                    ch.clone(),
+                    method.clone(),
+                    policy.clone(),
+                    response.clone(),
+                );
+                self.blocking(move |store, _| {
+                    this.judge_passkey_on(store, ch, method, policy, response)
+                })
+                .await
+            }
+            Inline::Argon2(work) => self.judge_argon2(work).await,
+        }
+    }
+
+    /// Judges an answer inside a store call already on the blocking pool: everything but
+    /// an Argon2id check, which goes through the bounded pool (`Ok(Err(work))`).
+    pub(crate) fn judge_on(
+        &self,
+        store: &dyn Store,
+        found: Option<&(Challenge, Method, AppPolicy)>,
+        answer: &Answer,
+        now: UnixTime,
+    ) -> Result<Result<Judged, Argon2Work>, Error> {
+        Ok(Ok(match self.judge_inline(found, answer, now)? {
+            Inline::Judged(judged) => judged,
+            Inline::Passkey => {
+                let (Some((ch, method, policy)), Answer::WebAuthn(response)) = (found, answer)
+                else {
+                    return Err(Error::internal("a passkey verdict without its challenge"));
+                };
+                self.judge_passkey_on(
+                    store,
+                    ch.clone(),
+                    method.clone(),
+                    policy.clone(),
+                    response.clone(),
+                )?
+            }
+            Inline::Argon2(work) => return Ok(Err(work)),
+        }))
+    }
+
+    /// The verdict of one Argon2id computation (through the bounded pool).
+    pub(crate) async fn judge_argon2(&self, work: Argon2Work) -> Result<Judged, Error> {
+        let got = self.hash_code(work.salt, work.typed, work.key_id).await?;
+        Ok(Judged::from(match work.expected {
+            Some(expected) if code::hashes_equal(&got, &expected) => {
+                Verdict::Correct { totp_step: None }
+            }
+            Some(_) => Verdict::Wrong,
+            None => {
+                // No challenge: the comparison is made all the same.
+                let _ = code::hashes_equal(&got, &[0u8; code::HASH_LEN]);
+                Verdict::Wrong
+            }
+        }))
+    }
+
+    /// What judging an answer takes: the verdict at once (TOTP, a code under a MAC, no
+    /// challenge for digits), a passkey ceremony (a store read), or an Argon2id
+    /// computation (a passphrase verifier, a verifier for no challenge, a code stored
+    /// before schema version 7 that can still open its challenge). Answers of the wrong
+    /// shape are refused here, before any work.
+    fn judge_inline(
+        &self,
+        found: Option<&(Challenge, Method, AppPolicy)>,
+        answer: &Answer,
+        now: UnixTime,
+    ) -> Result<Inline, Error> {
         let code = match answer {
             Answer::Code(code) => code,
-            Answer::WebAuthn(response) => {
-                let Some((ch, method, policy)) = found else {
-                    return Ok(Judged::from(Verdict::Wrong));
+            Answer::WebAuthn(_) => {
+                let Some((_, method, _)) = found else {
+                    return Ok(Inline::Judged(Judged::from(Verdict::Wrong)));
                 };
                 if method.kind != MethodKind::Passkey {
                     return Err(Error::with_detail(
@@ -356,9 +421,7 @@ impl Ghostkey {
                         "`webauthn` answers only a passkey method's challenge; this one is answered with `code`",
                     ));
                 }
-                return self
-                    .judge_passkey(ch.clone(), method.clone(), policy.clone(), response.clone())
-                    .await;
+                return Ok(Inline::Passkey);
             }
         };
         use secrecy::ExposeSecret;
@@ -393,12 +456,12 @@ impl Ghostkey {
                     code.expose_secret(),
                     now,
                 )?;
-                return Ok(Judged::from(match step {
+                return Ok(Inline::Judged(Judged::from(match step {
                     Some(step) => Verdict::Correct {
                         totp_step: Some(step),
                     },
                     None => Verdict::Wrong,
-                }));
+                })));
             }
             if method.kind == MethodKind::Passphrase {
                 let plain = self
@@ -406,13 +469,11 @@ impl Ghostkey {
                     .open(&method.key_id, &method.secret)
                     .map_err(Error::internal)?;
                 let stored = crate::domain::passphrase::Stored::decode(&plain)?;
-                let got = self
-                    .hash_code(stored.salt, code.clone(), Some(stored.pepper_key_id))
-                    .await?;
-                return Ok(Judged::from(if code::hashes_equal(&got, &stored.hash) {
-                    Verdict::Correct { totp_step: None }
-                } else {
-                    Verdict::Wrong
+                return Ok(Inline::Argon2(Argon2Work {
+                    salt: stored.salt,
+                    typed: code.clone(),
+                    key_id: Some(stored.pepper_key_id),
+                    expected: Some(stored.hash),
                 }));
             }
         }
@@ -420,20 +481,14 @@ impl Ghostkey {
             // A verifier for no challenge: the same work as a wrong verifier (Argon2id
             // against a dummy), so that whether a passphrase challenge exists does not show.
             // The work follows the answer's shape, which the sender chose.
-            let got = self
-                .hash_code([0u8; code::SALT_LEN], code.clone(), None)
-                .await?;
-            let _ = code::hashes_equal(&got, &[0u8; code::HASH_LEN]);
-            return Ok(Judged::from(Verdict::Wrong));
+            return Ok(Inline::Argon2(Argon2Work {
+                salt: [0u8; code::SALT_LEN],
+                typed: code.clone(),
+                key_id: None,
+                expected: None,
+            }));
         }
-        let right = self
-            .check_code(found.map(|(ch, _, _)| ch), code, now)
-            .await?;
-        Ok(Judged::from(if right {
-            Verdict::Correct { totp_step: None }
-        } else {
-            Verdict::Wrong
-        }))
+        self.check_code(found.map(|(ch, _, _)| ch), code, now)
     }
 
     /// Checks a typed SMS or e-mail code against its challenge's stored code, by the
@@ -443,25 +498,38 @@ impl Ghostkey {
     /// challenge, or none that an answer can still open, the same work as a wrong code
     /// under the current scheme: one MAC (under the current key, against a dummy) and one
     /// constant-time comparison.
-    async fn check_code(
+    fn check_code(
         &self,
         challenge: Option<&Challenge>,
         typed: &SecretString,
         now: UnixTime,
-    ) -> Result<bool, Error> {
+    ) -> Result<Inline, Error> {
         use crate::domain::challenge::ChallengeState;
         use code::CodeScheme;
         let stored = challenge.and_then(|ch| ch.code.map(|c| (ch, c)));
+        let verdict = |right: bool| {
+            Inline::Judged(Judged::from(if right {
+                Verdict::Correct { totp_step: None }
+            } else {
+                Verdict::Wrong
+            }))
+        };
         let mac_key = match stored {
             Some((ch, c)) if c.scheme == CodeScheme::Argon2id => {
                 if ch.state == ChallengeState::Open && now < ch.expires_at {
-                    let got = self
-                        .hash_code(c.salt, typed.clone(), ch.code_key_id.clone())
-                        .await?;
-                    return Ok(code::hashes_equal(&got, &c.hash));
+                    return Ok(Inline::Argon2(Argon2Work {
+                        salt: c.salt,
+                        typed: typed.clone(),
+                        key_id: ch.code_key_id.clone(),
+                        expected: Some(c.hash),
+                    }));
                 }
                 // Its verdict cannot change the answer (used, dead or expired): no Argon2.
-                return Ok(self.mac_check(self.keys.code_mac_key(), None, typed));
+                return Ok(verdict(self.mac_check(
+                    self.keys.code_mac_key(),
+                    None,
+                    typed,
+                )));
             }
             Some((ch, _)) => match &ch.code_key_id {
                 Some(id) => self.keys.code_mac_key_for(id).map_err(Error::internal)?,
@@ -470,11 +538,11 @@ impl Ghostkey {
             None => self.keys.code_mac_key(),
         };
         let expected = stored.map(|(_, c)| (c.salt, c.hash));
-        Ok(self.mac_check(
+        Ok(verdict(self.mac_check(
             mac_key,
             expected.as_ref().map(|(salt, hash)| (salt, hash)),
             typed,
-        ))
+        )))
     }
 
     /// One code MAC and its constant-time comparison (counted with the code hashes).
@@ -492,8 +560,9 @@ impl Ghostkey {
     /// registration for `confirm` (the new credential, unless it is registered already),
     /// an authentication for `proof` and `recover` (its counter must move past the last
     /// one accepted).
-    async fn judge_passkey(
+    fn judge_passkey_on(
         &self,
+        store: &dyn Store,
         ch: Challenge,
         method: Method,
         policy: AppPolicy,
@@ -501,8 +570,8 @@ impl Ghostkey {
     ) -> Result<Judged, Error> {
         use crate::domain::challenge::Refusal as Why;
         use crate::domain::passkey::{self, MethodSecret, Refusal};
-        let keys = Arc::clone(&self.keys);
-        self.blocking(move |store, _| {
+        let keys = &self.keys;
+        {
             let rp = passkey_rp(store, &policy, &ch.app_id, "Ghostkey")?;
             let (Some(key_id), Some(sealed)) = (&ch.code_key_id, &ch.ceremony) else {
                 return Err(Error::internal("a passkey challenge without its ceremony"));
@@ -560,8 +629,7 @@ impl Ghostkey {
                 Err(Refusal::Cloned) => refused(Why::Cloned, "signature counter went backwards"),
                 Err(Refusal::Rejected(reason)) => refused(Why::PasskeyRejected, reason),
             }
-        })
-        .await
+        }
     }
 
     /// The stored form of a new passphrase method: Argon2id of the client's verifier with
@@ -597,6 +665,26 @@ pub fn authenticate(
     let unverified = assertion::inspect(token)?;
     let key = store.lookup_assertion_key(&unverified.iss, &unverified.kid)?;
     assertion::verify(&unverified, &key, rules, purposes, now)
+}
+
+/// What judging an answer takes (see [`Ghostkey::judge_inline`]).
+enum Inline {
+    /// The verdict, already.
+    Judged(Judged),
+    /// A passkey ceremony to finish (a store read, then a signature check).
+    Passkey,
+    /// One Argon2id computation.
+    Argon2(Argon2Work),
+}
+
+/// One Argon2id computation an answer needs, and what its result must equal.
+pub(crate) struct Argon2Work {
+    salt: [u8; code::SALT_LEN],
+    typed: SecretString,
+    /// The data key whose pepper the hash is under (None: the current one).
+    key_id: Option<String>,
+    /// The stored hash (None: no challenge; the answer is wrong whatever the result).
+    expected: Option<[u8; code::HASH_LEN]>,
 }
 
 /// What a check of an answer found, and for a passkey's accepted registration, the

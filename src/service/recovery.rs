@@ -9,20 +9,46 @@ use ghostkey_proto::api::{
 use ghostkey_proto::assertion::Purpose;
 use ghostkey_proto::{b64, sealed, ErrorCode};
 
+use super::challenges::answering;
 use super::methods::{
     challenge_view, load_user, load_user_unspent, masked, passphrase_params, UserContext,
 };
-use super::{authenticate, messages, parse_answer, parse_proof, refusal_at, Caller, Ghostkey};
+use super::{
+    authenticate, messages, parse_answer, parse_proof, refusal_at, Answer, Argon2Work, Caller,
+    Ghostkey,
+};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::clock::UnixTime;
+use crate::domain::assertion::AssertionRules;
 use crate::domain::cancel_code;
-use crate::domain::challenge::ChallengePurpose;
-use crate::domain::limits::{address_limit, recovery_start_limit};
+use crate::domain::challenge::{Challenge, ChallengePurpose, Verdict};
+use crate::domain::limits::{address_limit, recovery_start_limit, Limit};
 use crate::domain::method::{Method, MethodState};
 use crate::domain::policy::{AppPolicy, MethodKind};
 use crate::domain::recovery::{Recovery, RecoveryState};
 use crate::error::Error;
-use crate::store::{CancelCodeMac, ProofAnswer, RecoveryNotices, StartRecovery};
+use crate::store::{
+    CancelCodeMac, ProofAnswer, RecoveryNotices, StartRecovery, Store, VerifiedRecovery,
+};
+
+/// A recovery's verify between its reads and its write: what the write needs.
+struct PendingVerify {
+    recovery_id: String,
+    found: Option<(Challenge, Method, AppPolicy)>,
+    app_name: String,
+    unspent: Vec<Limit>,
+}
+
+/// Where a recovery's verify stands after its first trip to the blocking pool.
+// Made and moved once per request: boxing a variant would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum VerifyStep {
+    /// Written: the answer was judged inline.
+    Done(VerifiedRecovery),
+    /// The verdict needs an Argon2id computation first.
+    Argon2(PendingVerify, Argon2Work),
+}
 
 fn response(recovery: &Recovery, sealed: Option<&[u8]>) -> RecoveryResponse {
     RecoveryResponse {
@@ -66,7 +92,8 @@ fn recovery_method(ctx: &UserContext, method_id: &str) -> Result<Method, Error> 
 
 impl Ghostkey {
     /// Starts a recovery with a confirmed method (`recover` assertion): sends the code (or
-    /// expects a TOTP code) and tells the user's other methods.
+    /// expects a TOTP code) and tells the user's other methods. The whole use case is one
+    /// trip to the blocking pool: the reads, the new code or ceremony, and the write.
     pub async fn start_recovery(
         &self,
         token: String,
@@ -75,14 +102,33 @@ impl Ghostkey {
     ) -> Result<ChallengeView, Error> {
         let now = self.now();
         let mac = self.caller_mac(caller);
-        let (ctx, address) = self
+        let this = self.clone();
+        let (view, kind) = self
             .blocking(move |store, rules| {
-                load_user_unspent(store, rules, &token, &[Purpose::Recover], &mac, now)
+                this.start_recovery_on(store, rules, &token, &mac, &request.method_id, now)
             })
             .await?;
-        let method = match recovery_method(&ctx, &request.method_id) {
+        self.record_challenge("recover", kind);
+        self.outbox_wake.notify_one();
+        Ok(view)
+    }
+
+    fn start_recovery_on(
+        &self,
+        store: &dyn Store,
+        rules: &AssertionRules,
+        token: &str,
+        address_mac: &[u8],
+        method_id: &str,
+        now: UnixTime,
+    ) -> Result<(ChallengeView, MethodKind), Error> {
+        let (ctx, address) =
+            load_user_unspent(store, rules, token, &[Purpose::Recover], address_mac, now)?;
+        let method = match recovery_method(&ctx, method_id) {
             Ok(method) => method,
-            Err(refusal) => return Err(self.spend_refused(vec![address], now, refusal).await),
+            Err(refusal) => {
+                return Err(Ghostkey::spend_refused_on(store, &[address], now, refusal))
+            }
         };
         // A new SMS or e-mail code (a MAC, and a message to send): its unit is spent before
         // it, so that requests over the limit make no code. A TOTP or passphrase start has
@@ -90,24 +136,22 @@ impl Ghostkey {
         let unspent = if !method.kind.is_delivered() {
             vec![address]
         } else {
-            self.spend_address(vec![address], now).await?;
+            store.take_limits(&[address], now)?;
             Vec::new()
         };
-        let mut new = match self
-            .new_challenge(
-                &method,
-                ChallengePurpose::Recover,
-                ctx.assertion.purpose,
-                &ctx.app,
-                now,
-            )
-            .await
-        {
+        let mut new = match self.new_challenge_on(
+            store,
+            &method,
+            ChallengePurpose::Recover,
+            ctx.assertion.purpose,
+            &ctx.app,
+            now,
+        ) {
             Ok(new) => new,
             // A passkey start refused (the app's relying party unusable) still spends the
             // caller's unit, like every other refusal here.
             Err(refusal) if !unspent.is_empty() => {
-                return Err(self.spend_refused(unspent, now, refusal).await)
+                return Err(Ghostkey::spend_refused_on(store, &unspent, now, refusal))
             }
             Err(refusal) => return Err(refusal),
         };
@@ -136,29 +180,26 @@ impl Ghostkey {
             passphrase_params(&self.keys, &method)?,
             new.webauthn.clone(),
         );
-        self.blocking(move |store, _| {
-            store.start_recovery(
-                &StartRecovery {
-                    assertion: &ctx.assertion,
-                    challenge: &new.challenge,
-                    message: new.message.as_ref(),
-                    limits: &new.limits,
-                    unspent: &unspent,
-                    notice: &notice,
-                    cancel_code: &cancel_mac,
-                },
-                now,
-            )?;
-            Ok(())
-        })
-        .await?;
-        self.record_challenge("recover", method.kind);
-        self.outbox_wake.notify_one();
-        Ok(view)
+        store.start_recovery(
+            &StartRecovery {
+                assertion: &ctx.assertion,
+                challenge: &new.challenge,
+                message: new.message.as_ref(),
+                limits: &new.limits,
+                unspent: &unspent,
+                notice: &notice,
+                cancel_code: &cancel_mac,
+            },
+            now,
+        )?;
+        Ok((view, method.kind))
     }
 
     /// Verifies a recovery code. Right: the sealed virtual device is released now, or
     /// after the waiting period. An unknown recovery costs the same as a wrong code.
+    /// One trip to the blocking pool, unless the answer needs an Argon2id computation (a
+    /// passphrase, a code stored before schema version 7), which goes through the bounded
+    /// pool between the reads and the write.
     pub async fn verify_recovery(
         &self,
         caller: Caller,
@@ -166,10 +207,48 @@ impl Ghostkey {
         request: AnswerRequest,
     ) -> Result<RecoveryResponse, Error> {
         let now = self.now();
-        let code = parse_answer(request.code.as_deref(), request.webauthn.as_ref(), "")?;
-        let ((found, app_name), limits) = self
-            .challenge_for_answer_unspent(&recovery_id, caller, now)
+        let answer = parse_answer(request.code.as_deref(), request.webauthn.as_ref(), "")?;
+        let mac = self.caller_mac(caller);
+        let this = self.clone();
+        let step = self
+            .blocking(move |store, _| {
+                this.verify_recovery_on(store, recovery_id, &mac, answer, now)
+            })
             .await?;
+        let verified = match step {
+            VerifyStep::Done(verified) => verified,
+            VerifyStep::Argon2(pending, work) => {
+                let verdict = self.judge_argon2(work).await?.verdict;
+                let this = self.clone();
+                self.blocking(move |store, _| {
+                    this.finish_verify_recovery(store, pending, verdict, now)
+                })
+                .await?
+            }
+        };
+        self.record_code(verified.settlement.outcome, "recover");
+        if let Some(error) = verified.settlement.outcome.error(now) {
+            return Err(error);
+        }
+        if verified.sealed.is_some() {
+            self.metrics.inc("ghostkey_releases_total", &[]);
+        }
+        self.outbox_wake.notify_one();
+        Ok(response(&verified.recovery, verified.sealed.as_deref()))
+    }
+
+    /// The reads, the spent units and the verdict of a recovery's verify; the write too
+    /// unless the verdict needs an Argon2id computation.
+    fn verify_recovery_on(
+        &self,
+        store: &dyn Store,
+        recovery_id: String,
+        address_mac: &[u8],
+        answer: Answer,
+        now: UnixTime,
+    ) -> Result<VerifyStep, Error> {
+        let ((found, app_name), limits) = answering(store, &recovery_id, address_mac)?;
+        store.limits_allow(&limits, now)?;
         // An SMS or e-mail code (or an unknown id, which gets a dummy check): its unit is
         // spent before the check, so that requests over the limit are never checked and one
         // address cannot queue more hashes than its limit (a code stored before schema
@@ -179,7 +258,7 @@ impl Ghostkey {
         let unspent = if totp {
             limits
         } else {
-            self.spend_address(limits, now).await?;
+            store.take_limits(&limits, now)?;
             Vec::new()
         };
         if let Some((ch, _, _)) = &found {
@@ -188,11 +267,42 @@ impl Ghostkey {
                 return Err(if unspent.is_empty() {
                     refusal
                 } else {
-                    self.spend_refused(unspent, now, refusal).await
+                    Ghostkey::spend_refused_on(store, &unspent, now, refusal)
                 });
             }
         }
-        let verdict = self.judge(found.as_ref(), &code, now).await?;
+        let judged = self.judge_on(store, found.as_ref(), &answer, now)?;
+        let pending = PendingVerify {
+            recovery_id,
+            found,
+            app_name,
+            unspent,
+        };
+        Ok(match judged {
+            Ok(judged) => VerifyStep::Done(self.finish_verify_recovery(
+                store,
+                pending,
+                judged.verdict,
+                now,
+            )?),
+            Err(work) => VerifyStep::Argon2(pending, work),
+        })
+    }
+
+    /// The write of a recovery's verify, with its verdict.
+    fn finish_verify_recovery(
+        &self,
+        store: &dyn Store,
+        pending: PendingVerify,
+        verdict: Verdict,
+        now: UnixTime,
+    ) -> Result<VerifiedRecovery, Error> {
+        let PendingVerify {
+            recovery_id,
+            found,
+            app_name,
+            unspent,
+        } = pending;
         let Some((_, _, policy)) = found else {
             // Unknown: not TOTP, so its unit is already spent.
             return Err(Error::new(ErrorCode::InvalidCode));
@@ -208,32 +318,19 @@ impl Ghostkey {
             now + policy.waiting_period_secs,
             &cancel_code,
         );
-        let verified = self
-            .blocking(move |store, _| {
-                Ok(store.verify_recovery(
-                    &recovery_id,
-                    &unspent,
-                    verdict,
-                    &RecoveryNotices {
-                        released: &released,
-                        waiting: &waiting,
-                        waiting_cancel_code: &waiting_cancel_mac,
-                        locked: &locked,
-                        cloned: &cloned,
-                    },
-                    now,
-                )?)
-            })
-            .await?;
-        self.record_code(verified.settlement.outcome, "recover");
-        if let Some(error) = verified.settlement.outcome.error(now) {
-            return Err(error);
-        }
-        if verified.sealed.is_some() {
-            self.metrics.inc("ghostkey_releases_total", &[]);
-        }
-        self.outbox_wake.notify_one();
-        Ok(response(&verified.recovery, verified.sealed.as_deref()))
+        Ok(store.verify_recovery(
+            &recovery_id,
+            &unspent,
+            verdict,
+            &RecoveryNotices {
+                released: &released,
+                waiting: &waiting,
+                waiting_cancel_code: &waiting_cancel_mac,
+                locked: &locked,
+                cloned: &cloned,
+            },
+            now,
+        )?)
     }
 
     /// Releases a recovery whose waiting period is over (`recover` assertion of its user).
