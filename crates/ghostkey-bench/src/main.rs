@@ -6,6 +6,7 @@
 //! result and the Markdown table (docs/BENCHMARKS.md).
 #![forbid(unsafe_code)]
 
+mod attack;
 mod baseline;
 mod fill;
 mod load;
@@ -79,6 +80,13 @@ struct RunArgs {
     /// (bench/run.sh pins it). Negative: no pinning.
     #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
     server_cpu: i64,
+    /// Attacker workers of the attack scenario, each from its own loopback address
+    /// (127.0.0.2 on); 0 leaves the scenario out.
+    #[arg(long, default_value_t = 64)]
+    attackers: usize,
+    /// Legitimate workers of the attack scenario.
+    #[arg(long, default_value_t = 16)]
+    attack_concurrency: usize,
 }
 
 fn main() {
@@ -203,7 +211,38 @@ async fn run(args: RunArgs) -> Result<(), String> {
         inbox,
         shed: std::sync::atomic::AtomicUsize::new(0),
     });
-    let (results, setups) = ghostkey_phases(&t, &args.concurrency, args.scale, "a", 0).await?;
+    // The attack scenario's victims: users of an app that keeps the default policy, so
+    // the attackers meet the limits an operator would have.
+    let plan = if args.attackers > 0 {
+        let key = AppSigningKey::generate("victims-1");
+        let app_id = setup.add_app(&key, "bench-victims")?;
+        Some(attack::Plan {
+            victims: Arc::new(Target {
+                client: t.client.clone(),
+                app_id,
+                key,
+                audience: setup.service_id.clone(),
+                inbox: t.inbox.clone(),
+                shed: std::sync::atomic::AtomicUsize::new(0),
+            }),
+            url: setup.url.clone(),
+            attackers: args.attackers,
+            concurrency: args.attack_concurrency,
+            server_core: cpu,
+        })
+    } else {
+        None
+    };
+    let (results, setups, attacked) = ghostkey_phases(
+        &t,
+        &args.concurrency,
+        args.scale,
+        "a",
+        0,
+        plan.as_ref(),
+        gk.pid(),
+    )
+    .await?;
     let mut preload_comparison = None;
     let mut gk = gk;
     if args.preload_users > 0 {
@@ -227,12 +266,22 @@ async fn run(args: RunArgs) -> Result<(), String> {
         )
         .await?;
         eprintln!("ghostkey restarted: pid {}, {users} users", gk.pid());
-        let (after, _) = ghostkey_phases(&t, &args.concurrency, args.scale, "b", 1).await?;
+        let (after, _, attacked_after) = ghostkey_phases(
+            &t,
+            &args.concurrency,
+            args.scale,
+            "b",
+            1,
+            plan.as_ref(),
+            gk.pid(),
+        )
+        .await?;
         preload_comparison = Some(report::Preloaded {
             users_loaded: args.preload_users,
             fill_seconds,
             users_before: users,
             phases: after,
+            attack: attacked_after,
         });
     }
     let ghostkey_peak_mib = gk.peak_memory_mib();
@@ -250,6 +299,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         baseline,
         ghostkey: results,
         setup: setups,
+        attack: attacked,
         baseline_peak_mib,
         ghostkey_peak_mib,
         preloaded: preload_comparison,
@@ -358,16 +408,21 @@ from = "Ghostkey <no-reply@bench.ghostkey.test>"
         })
     }
 
-    /// Registers an app with `key` and a policy fit for load from one address; its id.
-    fn register_app(&self, key: &AppSigningKey) -> Result<String, String> {
+    /// Registers an app named `name` with `key` and the default policy; its id.
+    fn add_app(&self, key: &AppSigningKey, name: &str) -> Result<String, String> {
         let out = procs::run(
             std::process::Command::new(&self.binary)
                 .arg("--config")
                 .arg(&self.config)
-                .args(["app", "add", "--name", "bench", "--key-id", key.kid()])
+                .args(["app", "add", "--name", name, "--key-id", key.kid()])
                 .arg(format!("--public-key={}", key.public_key_b64())),
         )?;
-        let app_id = out.trim().to_owned();
+        Ok(out.trim().to_owned())
+    }
+
+    /// Registers an app with `key` and a policy fit for load from one address; its id.
+    fn register_app(&self, key: &AppSigningKey) -> Result<String, String> {
+        let app_id = self.add_app(key, "bench")?;
         procs::run(
             std::process::Command::new(&self.binary)
                 .arg("--config")
@@ -423,15 +478,25 @@ fn database_size(db: &Path) -> Result<DatabaseSize, String> {
     })
 }
 
-/// Ghostkey's measured phases (and their setup) against the running server; `pass` names
-/// the users, so a second pass on the same database enrols new ones.
+/// Ghostkey's measured phases (and their setup) against the running server, and the
+/// attack scenario when there is a `plan`; `pass` names the users, so a second pass on the
+/// same database enrols new ones.
 async fn ghostkey_phases(
     t: &Arc<Target>,
     concurrency: &[usize],
     scale: f64,
     pass: &str,
     pass_no: usize,
-) -> Result<(Vec<PhaseResult>, Vec<PhaseResult>), String> {
+    plan: Option<&attack::Plan>,
+    server_pid: u32,
+) -> Result<
+    (
+        Vec<PhaseResult>,
+        Vec<PhaseResult>,
+        Option<attack::AttackScenario>,
+    ),
+    String,
+> {
     let mut results = Vec::new();
     let mut setups = Vec::new();
 
@@ -478,6 +543,11 @@ async fn ghostkey_phases(
         let users = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
         totp_users.push((c, users));
     }
+    // The attack scenario's users confirm TOTP here too, before the wait.
+    let attack_users = match plan {
+        Some(plan) => Some(attack::prepare(t, plan, scale, pass, &mut setups).await?),
+        None => None,
+    };
     // A TOTP step is spent once per method: recoveries use the step after confirmation.
     let wait = 31 - unix_now().rem_euclid(30);
     eprintln!("waiting {wait} s for the next TOTP step");
@@ -498,6 +568,14 @@ async fn ghostkey_phases(
         check_clean(&p)?;
         results.push(p);
     }
+
+    // The same recoveries alone and under attack, while the TOTP step is fresh.
+    let attacked = match (plan, attack_users) {
+        (Some(plan), Some(users)) => {
+            Some(attack::measure(t, plan, users, server_pid, &mut setups).await?)
+        }
+        _ => None,
+    };
 
     // SMS: users with a confirmed phone and a started recovery, then the verification.
     for &c in concurrency {
@@ -628,5 +706,5 @@ async fn ghostkey_phases(
         check_clean(&p)?;
         results.push(p);
     }
-    Ok((results, setups))
+    Ok((results, setups, attacked))
 }

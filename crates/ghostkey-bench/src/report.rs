@@ -4,6 +4,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::attack::AttackScenario;
 use crate::load::PhaseResult;
 
 /// Everything one run measured.
@@ -25,6 +26,9 @@ pub struct RunResult {
     pub ghostkey: Vec<PhaseResult>,
     /// Untimed setup (method confirmations), for the record.
     pub setup: Vec<PhaseResult>,
+    /// The attack scenario: legitimate TOTP recoveries alone and under attack, and what
+    /// the attackers got (absent with `--attackers 0`).
+    pub attack: Option<AttackScenario>,
     /// Peak resident memory of the baseline server, MiB.
     pub baseline_peak_mib: Option<f64>,
     /// Peak resident memory of the Ghostkey server over the whole run, MiB.
@@ -46,6 +50,8 @@ pub struct Preloaded {
     pub users_before: i64,
     /// Ghostkey's phases on the loaded database.
     pub phases: Vec<PhaseResult>,
+    /// The attack scenario on the loaded database.
+    pub attack: Option<AttackScenario>,
 }
 
 /// The machine the run used.
@@ -124,6 +130,100 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
+fn percent(share: Option<f64>) -> String {
+    share.map_or("n/a".into(), |s| format!("{:.0} %", s * 100.0))
+}
+
+/// The attack scenario's tables: the legitimate recoveries alone and under attack, then
+/// the attackers' answers.
+fn attack_tables(a: &AttackScenario) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "Complete TOTP recoveries at c={} alone, then while {} attackers (one address each, \
+         {} to {}) send, as fast as they are answered, wrong codes to the open recoveries of \
+         {} other users (an app with the default policy) and codes to unknown recovery ids, \
+         in turn:\n\n",
+        a.concurrency, a.attackers, a.attacker_addresses[0], a.attacker_addresses[1], a.victims
+    ));
+    s.push_str(
+        "| legitimate TOTP recovery | ops/s alone | ops/s under attack | p50 ms alone \
+         | p50 ms under attack | p50 ratio | p99 ms alone | p99 ms under attack | p99 ratio \
+         | errors |\n",
+    );
+    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let (x, y) = (&a.alone, &a.under_attack);
+    s.push_str(&format!(
+        "| whole operation | {:.0} | {:.0} | {:.2} | {:.2} | {} | {:.2} | {:.2} | **{}** | {} / {} |\n",
+        x.ops_per_sec,
+        y.ops_per_sec,
+        x.operation.p50_ms,
+        y.operation.p50_ms,
+        ratio(y.operation.p50_ms, x.operation.p50_ms),
+        x.operation.p99_ms,
+        y.operation.p99_ms,
+        ratio(y.operation.p99_ms, x.operation.p99_ms),
+        x.errors,
+        y.errors
+    ));
+    for (name, l) in &x.endpoints {
+        let Some(m) = y.endpoints.get(name) else {
+            continue;
+        };
+        s.push_str(&format!(
+            "| `{name}` | | | {:.2} | {:.2} | {} | {:.2} | {:.2} | {} | |\n",
+            l.p50_ms,
+            m.p50_ms,
+            ratio(m.p50_ms, l.p50_ms),
+            l.p99_ms,
+            m.p99_ms,
+            ratio(m.p99_ms, l.p99_ms),
+        ));
+    }
+    s.push_str(&format!(
+        "\nLegitimate p99 under attack / alone: {:.2}x (target: at most 2x, {}); throughput \
+         {:.2}x. {} recoveries per phase. CPU, alone / under attack: Ghostkey {} / {} of a \
+         core; its core busy {} / {} with everything that ran on it; load generator {} / {}.\n\n",
+        a.p99_ratio,
+        if a.p99_ratio <= 2.0 { "met" } else { "missed" },
+        a.ops_ratio,
+        x.operations,
+        percent(a.server_cpu[0]),
+        percent(a.server_cpu[1]),
+        percent(a.server_core_busy[0]),
+        percent(a.server_core_busy[1]),
+        percent(a.generator_cpu[0]),
+        percent(a.generator_cpu[1]),
+    ));
+    s.push_str("| attacker request | HTTP status | code | answers | share | p50 ms | p99 ms |\n");
+    s.push_str("|---|---:|---|---:|---:|---:|---:|\n");
+    let total = a.attack.requests.max(1) as f64;
+    for n in &a.attack.answers {
+        let request = match n.request.as_str() {
+            "wrong_code_open_recovery" => "wrong code, another user's open recovery",
+            "unknown_recovery_id" => "code for an unknown recovery id",
+            other => other,
+        };
+        s.push_str(&format!(
+            "| {request} | {} | `{}` | {} | {:.1} % | {:.2} | {:.2} |\n",
+            n.status,
+            n.code,
+            n.count,
+            n.count as f64 * 100.0 / total,
+            n.latency.p50_ms,
+            n.latency.p99_ms,
+        ));
+    }
+    s.push_str(&format!(
+        "| all | | | {} | 100 % | {:.2} | {:.2} |\n",
+        a.attack.requests, a.attack.latency.p50_ms, a.attack.latency.p99_ms
+    ));
+    s.push_str(&format!(
+        "\nThe attackers got {} answers in {:.2} s ({:.0}/s).\n",
+        a.attack.requests, a.attack.seconds, a.attack.per_sec
+    ));
+    s
+}
+
 /// The Markdown section for `run`.
 pub fn markdown(run: &RunResult) -> String {
     let mut s = String::new();
@@ -171,6 +271,10 @@ pub fn markdown(run: &RunResult) -> String {
             }
         }
     }
+    if let Some(a) = &run.attack {
+        s.push_str("\n**Under attack.** ");
+        s.push_str(&attack_tables(a));
+    }
     if let Some(pre) = &run.preloaded {
         s.push_str(&format!(
             "\nThe same phases after bulk-loading {} users in {:.0} s ({} users enrolled), compared with the first pass above:\n\n",
@@ -199,6 +303,10 @@ pub fn markdown(run: &RunResult) -> String {
                 p.errors,
                 p.shed
             ));
+        }
+        if let Some(a) = &pre.attack {
+            s.push_str("\n**Under attack, after the bulk load.** ");
+            s.push_str(&attack_tables(a));
         }
     }
     s.push_str(&format!(
@@ -237,7 +345,103 @@ pub fn write(run: &RunResult, json: &Path, markdown_path: &Path) -> Result<(), S
 
 #[cfg(test)]
 mod tests {
-    use super::splice;
+    use std::collections::BTreeMap;
+
+    use super::{attack_tables, splice};
+    use crate::attack::{AnswerCount, AttackScenario, AttackTraffic};
+    use crate::load::{Latency, PhaseResult};
+
+    fn latency(p50_ms: f64, p99_ms: f64) -> Latency {
+        Latency {
+            count: 100,
+            p50_ms,
+            p99_ms,
+            max_ms: p99_ms,
+        }
+    }
+
+    fn phase(ops_per_sec: f64, p50_ms: f64, p99_ms: f64) -> PhaseResult {
+        PhaseResult {
+            scenario: "complete TOTP recovery".into(),
+            concurrency: 16,
+            operations: 100,
+            errors: 0,
+            error_samples: Vec::new(),
+            shed: 0,
+            seconds: 100.0 / ops_per_sec,
+            ops_per_sec,
+            operation: latency(p50_ms, p99_ms),
+            endpoints: BTreeMap::from([
+                (
+                    "POST /v1/recoveries".to_owned(),
+                    latency(p50_ms / 2.0, p99_ms / 2.0),
+                ),
+                (
+                    "POST /v1/recoveries/{id}/verify".to_owned(),
+                    latency(p50_ms / 2.0, p99_ms / 2.0),
+                ),
+            ]),
+        }
+    }
+
+    #[test]
+    fn the_attack_table_compares_both_phases_and_lists_every_answer() {
+        let a = AttackScenario {
+            concurrency: 16,
+            attackers: 64,
+            attacker_addresses: ["127.0.0.2".into(), "127.0.0.65".into()],
+            victims: 64,
+            alone: phase(1000.0, 10.0, 20.0),
+            under_attack: phase(500.0, 15.0, 50.0),
+            p50_ratio: 1.5,
+            p99_ratio: 2.5,
+            ops_ratio: 0.5,
+            server_cpu: [Some(0.9), Some(0.95)],
+            server_core_busy: [Some(0.99), None],
+            generator_cpu: [Some(0.1), Some(0.2)],
+            attack: AttackTraffic {
+                requests: 4,
+                seconds: 1.0,
+                per_sec: 4.0,
+                latency: latency(1.0, 2.0),
+                answers: vec![
+                    AnswerCount {
+                        request: "wrong_code_open_recovery".into(),
+                        status: 403,
+                        code: "invalid_code".into(),
+                        count: 1,
+                        latency: latency(1.0, 2.0),
+                    },
+                    AnswerCount {
+                        request: "unknown_recovery_id".into(),
+                        status: 429,
+                        code: "app_rate_limited".into(),
+                        count: 3,
+                        latency: latency(1.0, 2.0),
+                    },
+                ],
+                transport_samples: Vec::new(),
+            },
+        };
+        let md = attack_tables(&a);
+        assert!(md.contains("| whole operation | 1000 | 500 | 10.00 | 15.00 | 1.50x | 20.00 | 50.00 | **2.50x** | 0 / 0 |"), "{md}");
+        assert!(md.contains("| `POST /v1/recoveries/{id}/verify` | | | 5.00 | 7.50 | 1.50x | 10.00 | 25.00 | 2.50x | |"), "{md}");
+        assert!(md.contains("2.50x (target: at most 2x, missed)"), "{md}");
+        assert!(md.contains("its core busy 99 % / n/a"), "{md}");
+        assert!(
+            md.contains(
+                "| wrong code, another user's open recovery | 403 | `invalid_code` | 1 | 25.0 % |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "| code for an unknown recovery id | 429 | `app_rate_limited` | 3 | 75.0 % |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("| all | | | 4 | 100 % |"), "{md}");
+    }
 
     #[test]
     fn splice_replaces_only_its_own_section() {

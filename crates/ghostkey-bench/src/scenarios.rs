@@ -1,6 +1,6 @@
 //! What the benchmark asks of Ghostkey, through our own client library: enrolments,
-//! complete TOTP, passphrase and passkey recoveries, SMS-code verifications, and the
-//! setup they need.
+//! complete TOTP, passphrase and passkey recoveries, SMS-code verifications, the attack
+//! scenario's victims, and the setup they need.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -160,8 +160,12 @@ pub struct TotpUser {
 
 /// Adds and confirms a TOTP method for an enrolled (pending) user: the user becomes active.
 pub async fn setup_totp(t: Arc<Target>, user_id: String) -> Result<TotpUser, String> {
-    let added = t
-        .client
+    confirm_totp(&t, &t.client, user_id).await
+}
+
+/// [`setup_totp`] with the requests sent through `client` (another source address).
+async fn confirm_totp(t: &Target, client: &Client, user_id: String) -> Result<TotpUser, String> {
+    let added = client
         .add_method(
             &t.assertion(&user_id, Purpose::Enroll)?,
             MethodKind::Totp,
@@ -176,7 +180,7 @@ pub async fn setup_totp(t: Arc<Target>, user_id: String) -> Result<TotpUser, Str
         .otpauth_uri;
     let authenticator = totp_rs::Totp::from_url(&uri).map_err(|e| e.to_string())?;
     let code = authenticator.generate(unix_now() as u64).to_string();
-    t.client
+    client
         .answer(&added.challenge.id, &code)
         .await
         .map_err(|e| format!("confirm TOTP: {e}"))?;
@@ -185,6 +189,77 @@ pub async fn setup_totp(t: Arc<Target>, user_id: String) -> Result<TotpUser, Str
         method_id: added.method.id,
         authenticator,
     })
+}
+
+/// Enrols `user_id` and confirms a TOTP method, every request through `client` (the
+/// attack scenario's victims are set up from several addresses: their app keeps the
+/// default limit per address).
+pub async fn setup_totp_user(
+    t: Arc<Target>,
+    client: Client,
+    user_id: String,
+) -> Result<TotpUser, String> {
+    let e = prepare_enrolment(&t, &user_id)?;
+    client
+        .enroll(&e.assertion, &e.sealed, &e.public, &e.root)
+        .await
+        .map_err(|e| format!("enrol: {e}"))?;
+    confirm_totp(&t, &client, user_id).await
+}
+
+/// A user of the attack scenario whose recovery is started and left open: the attackers
+/// send it wrong codes.
+pub struct Victim {
+    /// The open recovery (its challenge id).
+    pub recovery_id: String,
+    authenticator: totp_rs::Totp,
+}
+
+/// Starts a recovery of `user` through `client` and leaves it open.
+pub async fn start_victim_recovery(
+    t: Arc<Target>,
+    client: Client,
+    user: TotpUser,
+) -> Result<Victim, String> {
+    let started = client
+        .start_recovery(
+            &t.assertion(&user.user_id, Purpose::Recover)?,
+            &user.method_id,
+        )
+        .await
+        .map_err(|e| format!("start a victim's recovery: {e}"))?;
+    Ok(Victim {
+        recovery_id: started.id,
+        authenticator: user.authenticator,
+    })
+}
+
+impl Victim {
+    /// A well-formed code that is certainly wrong now: `guess` (any number) made into a
+    /// code of the right length, moved on while it equals the code of a step near now
+    /// (Ghostkey accepts the current and the previous step).
+    pub fn wrong_code(&self, guess: u64) -> String {
+        let now = unix_now() as u64;
+        let near: Vec<String> = [
+            now.saturating_sub(60),
+            now.saturating_sub(30),
+            now,
+            now + 30,
+        ]
+        .iter()
+        .map(|&at| self.authenticator.generate(at).to_string())
+        .collect();
+        let digits = near[0].len() as u32;
+        let modulus = 10u64.pow(digits);
+        let mut n = guess % modulus;
+        loop {
+            let code = format!("{n:0width$}", width = digits as usize);
+            if !near.contains(&code) {
+                return code;
+            }
+            n = (n + 1) % modulus;
+        }
+    }
 }
 
 /// A complete TOTP recovery, ready to run.
@@ -487,4 +562,37 @@ pub async fn baseline_write(http: reqwest::Client, url: Arc<String>) -> Result<S
         return Err(format!("baseline answered {status}"));
     }
     Ok(steps)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_victims_wrong_code_is_well_formed_and_never_a_live_one() {
+        let authenticator = totp_rs::Totp::from_url_unchecked(
+            "otpauth://totp/bench:victim?secret=JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP&issuer=bench&digits=6&period=30",
+        )
+        .unwrap();
+        let victim = Victim {
+            recovery_id: "ch_x".into(),
+            authenticator,
+        };
+        let now = unix_now() as u64;
+        let live: u64 = victim
+            .authenticator
+            .generate(now)
+            .to_string()
+            .parse()
+            .unwrap();
+        for guess in [live, live + 1_000_000, 0, 999_999, u64::MAX] {
+            let code = victim.wrong_code(guess);
+            assert_eq!(code.len(), 6, "{code}");
+            assert!(code.bytes().all(|b| b.is_ascii_digit()), "{code}");
+            let at = unix_now() as u64;
+            for step in [at - 30, at] {
+                assert_ne!(code, victim.authenticator.generate(step).to_string());
+            }
+        }
+    }
 }
