@@ -87,6 +87,10 @@ struct RunArgs {
     /// Legitimate workers of the attack scenario.
     #[arg(long, default_value_t = 16)]
     attack_concurrency: usize,
+    /// Scenarios to leave out (`sms`, `passphrase`, `passkey`), to profile the server on
+    /// the others alone (a run that skips any writes no tables worth publishing).
+    #[arg(long, value_delimiter = ',', value_parser = ["sms", "passphrase", "passkey"])]
+    skip: Vec<String>,
 }
 
 fn main() {
@@ -236,6 +240,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
     let (results, setups, attacked) = ghostkey_phases(
         &t,
         &args.concurrency,
+        &args.skip,
         args.scale,
         "a",
         0,
@@ -269,6 +274,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let (after, _, attacked_after) = ghostkey_phases(
             &t,
             &args.concurrency,
+            &args.skip,
             args.scale,
             "b",
             1,
@@ -481,9 +487,11 @@ fn database_size(db: &Path) -> Result<DatabaseSize, String> {
 /// Ghostkey's measured phases (and their setup) against the running server, and the
 /// attack scenario when there is a `plan`; `pass` names the users, so a second pass on the
 /// same database enrols new ones.
+#[allow(clippy::too_many_arguments)]
 async fn ghostkey_phases(
     t: &Arc<Target>,
     concurrency: &[usize],
+    skip: &[String],
     scale: f64,
     pass: &str,
     pass_no: usize,
@@ -499,6 +507,14 @@ async fn ghostkey_phases(
 > {
     let mut results = Vec::new();
     let mut setups = Vec::new();
+    // The concurrency levels a scenario runs at: none when it is skipped.
+    let levels = |scenario: &str| -> &[usize] {
+        if skip.iter().any(|s| s == scenario) {
+            &[]
+        } else {
+            concurrency
+        }
+    };
 
     // Enrolments; the users enrolled here recover below.
     let mut enrolled = Vec::new();
@@ -578,7 +594,7 @@ async fn ghostkey_phases(
     };
 
     // SMS: users with a confirmed phone and a started recovery, then the verification.
-    for &c in concurrency {
+    for &c in levels("sms") {
         let n = ops(6, 40, c, scale);
         let users: Vec<(String, String)> = (0..n)
             .map(|i| {
@@ -625,7 +641,7 @@ async fn ghostkey_phases(
     // per user here), then the complete recoveries.
     // Each user costs the server two Argon2id at setup (add, confirm): fewer than the SMS
     // phases, to keep the run short; c=64 still overfills the Argon2 line.
-    for &c in concurrency {
+    for &c in levels("passphrase") {
         let n = ops(4, 30, c, scale);
         let ids: Vec<String> = (0..n).map(|i| format!("pass-{pass}-c{c}-{i}")).collect();
         let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -669,7 +685,7 @@ async fn ghostkey_phases(
     }
 
     // Passkey: users with a registered software passkey, then the complete recoveries.
-    for &c in concurrency {
+    for &c in levels("passkey") {
         let n = ops(10, 200, c, scale);
         let ids: Vec<String> = (0..n).map(|i| format!("key-{pass}-c{c}-{i}")).collect();
         let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
