@@ -1163,3 +1163,76 @@ async fn the_provider_cannot_add_a_passphrase_it_knows_to_an_active_user() {
         0
     );
 }
+
+/// Attack 10: the app-wide ceiling on unauthenticated checks counted every answer, even
+/// those refused before any check (a dead or used challenge, a user in back-off, locked, or
+/// out of failure budget). One user (or anyone holding one challenge id) answering their
+/// own spent recovery from a dozen addresses kept the ceiling full, and every other user
+/// of the app was refused `app_rate_limited` on every code: no one could recover. Now only
+/// answers that are checked spend the app's ceiling; the others spend their address's unit
+/// and are refused as before.
+#[tokio::test]
+async fn answers_refused_before_any_check_do_not_spend_the_apps_ceiling() {
+    let server = TestServer::start_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            code_checks_per_app_per_minute: Some(6),
+            user_backoff_base_secs: Some(600),
+            ..Default::default()
+        },
+    );
+    server.clock.align(60, 1);
+    // Two users; each confirmation spends a check of this minute (2 of 6).
+    let (mallory_totp, mallory) = enrol_with_totp(&server, &app, "mallory").await;
+    let (alice_totp, alice) = enrol_with_totp(&server, &app, "alice").await;
+    let spent = server
+        .client()
+        .start_recovery(&app.assertion("mallory", Purpose::Recover), &mallory_totp)
+        .await
+        .unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/recoveries/{}/verify", server.base_url, spent.id);
+    let mut answers = Vec::new();
+    for i in 0..30 {
+        let res = http
+            .post(&url)
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .json(&serde_json::json!({ "code": mallory.wrong_code(&server) }))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        answers.push(body["code"].as_str().unwrap_or_default().to_owned());
+    }
+    // The first is checked (3 of 6); the back-off refuses the rest before any check.
+    assert_eq!(answers[0], "invalid_code", "{answers:?}");
+    assert!(
+        answers[1..].iter().all(|a| a == "user_backoff"),
+        "{answers:?}"
+    );
+    // Nothing was checked after the first: one attempt on mallory's challenge.
+    assert_eq!(
+        server.query_i64(&format!(
+            "SELECT attempts FROM challenges WHERE id = '{}'",
+            spent.id
+        )),
+        1
+    );
+    // Alice still recovers in the same minute.
+    server.clock.advance(30);
+    let started = server
+        .client()
+        .start_recovery(&app.assertion("alice", Purpose::Recover), &alice_totp)
+        .await
+        .unwrap();
+    let released = server
+        .client()
+        .verify_recovery(&started.id, &alice.code(&server))
+        .await
+        .unwrap();
+    assert!(released.sealed_virtual_device.is_some());
+}

@@ -239,6 +239,40 @@ pub fn backoff_secs(base: i64, failures: u32) -> i64 {
     base.saturating_mul(1i64 << doublings).min(MAX_BACKOFF_SECS)
 }
 
+/// The refusal an answer to `challenge` gets whatever its code, before the code is looked
+/// at: the user locked, out of failure budget or in back-off, the challenge used, dead or
+/// expired. `None`: the answer is checked. Such answers count nothing, and do not spend the
+/// app's ceiling on checks either (one user answering a spent challenge from many
+/// addresses must not use up every other user's checks).
+pub fn refused_before_check(
+    challenge: &Challenge,
+    guard: &Guard,
+    policy: &AppPolicy,
+    now: UnixTime,
+    lock: LockRule,
+) -> Option<Outcome> {
+    if guard.locked_at.is_some() && lock == LockRule::Enforce {
+        return Some(Outcome::Locked);
+    }
+    // The budget comes before everything that looks at the code: a spent budget answers
+    // the same whether the code is right or wrong.
+    if let Some(until) = budget_spent_until(guard, policy, now) {
+        return Some(Outcome::BudgetSpent(until));
+    }
+    match challenge.state {
+        ChallengeState::Used => return Some(Outcome::AlreadyUsed),
+        ChallengeState::Dead => return Some(Outcome::Dead),
+        ChallengeState::Open => {}
+    }
+    if now >= challenge.expires_at {
+        return Some(Outcome::Expired);
+    }
+    if now < guard.backoff_until {
+        return Some(Outcome::Backoff(guard.backoff_until));
+    }
+    None
+}
+
 /// Settles an answer to `challenge` given the code `verdict`, the user's `guard`, the
 /// method's last used TOTP step, the app's `policy` and the time.
 pub fn settle(
@@ -287,24 +321,8 @@ pub fn settle_with(
         guard: *guard,
         totp_step: None,
     };
-    if guard.locked_at.is_some() && lock == LockRule::Enforce {
-        return unchanged(Outcome::Locked);
-    }
-    // The budget comes before everything that looks at the code: a spent budget answers
-    // the same whether the code is right or wrong.
-    if let Some(until) = budget_spent_until(guard, policy, now) {
-        return unchanged(Outcome::BudgetSpent(until));
-    }
-    match challenge.state {
-        ChallengeState::Used => return unchanged(Outcome::AlreadyUsed),
-        ChallengeState::Dead => return unchanged(Outcome::Dead),
-        ChallengeState::Open => {}
-    }
-    if now >= challenge.expires_at {
-        return unchanged(Outcome::Expired);
-    }
-    if now < guard.backoff_until {
-        return unchanged(Outcome::Backoff(guard.backoff_until));
+    if let Some(outcome) = refused_before_check(challenge, guard, policy, now, lock) {
+        return unchanged(outcome);
     }
     match verdict {
         Verdict::Correct { totp_step } => {

@@ -10,7 +10,9 @@ use ghostkey_proto::ErrorCode;
 use super::methods::{challenge_view, load_user, masked, method_view, passphrase_params};
 use super::{messages, parse_answer, Caller, Ghostkey};
 use crate::clock::UnixTime;
-use crate::domain::challenge::{Challenge, ChallengePurpose, ChallengeState};
+use crate::domain::challenge::{
+    refused_before_check, Challenge, ChallengePurpose, ChallengeState, LockRule,
+};
 use crate::domain::limits::{address_limit, app_check_limit, Limit};
 use crate::domain::method::Method;
 use crate::domain::method::MethodState;
@@ -226,7 +228,7 @@ impl Ghostkey {
         let mac = self.caller_mac(caller);
         let id = id.to_owned();
         self.blocking(move |store, _| {
-            let (answering, limits) = answering(store, &id, &mac)?;
+            let (answering, limits) = answering(store, &id, &mac, now)?;
             store.take_limits(&limits, now)?;
             Ok(answering)
         })
@@ -234,23 +236,40 @@ impl Ghostkey {
     }
 }
 
-/// The challenge `id` with its method and policy, its app's name, and the limits a check
-/// spends: the caller's address limit under that app and the app's ceiling on checks
-/// (the default policy's, under no app, when there is no such challenge).
+/// The challenge `id` with its method and policy, its app's name, and the limits the
+/// answer spends: the caller's address limit under that app, and the app's ceiling on
+/// checks (the default policy's, under no app, when there is no such challenge) unless the
+/// answer will be refused before any check (a used, dead or expired challenge, a user
+/// locked, in back-off or out of budget): those must not use up the other users' checks.
 pub(crate) fn answering(
     store: &dyn Store,
     id: &str,
     address_mac: &[u8],
+    now: UnixTime,
 ) -> Result<(Answering, Vec<Limit>), Error> {
     let found = store.challenge(id)?;
     let (app_id, policy) = match &found {
         Some((ch, _, policy)) => (ch.app_id.clone(), policy.clone()),
         None => (String::new(), AppPolicy::default()),
     };
-    let limits = vec![
-        address_limit(&app_id, address_mac, policy.requests_per_address_per_minute),
-        app_check_limit(&app_id, policy.code_checks_per_app_per_minute),
-    ];
+    let checked = match &found {
+        Some((ch, _, policy)) => {
+            let guard = store.guard(&ch.app_id, &ch.user_id, now)?;
+            refused_before_check(ch, &guard, policy, now, LockRule::Enforce).is_none()
+        }
+        None => true,
+    };
+    let mut limits = vec![address_limit(
+        &app_id,
+        address_mac,
+        policy.requests_per_address_per_minute,
+    )];
+    if checked {
+        limits.push(app_check_limit(
+            &app_id,
+            policy.code_checks_per_app_per_minute,
+        ));
+    }
     let app_name = match &found {
         Some(_) => store.app(&app_id)?.map(|a| a.name).unwrap_or_default(),
         None => String::new(),

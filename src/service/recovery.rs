@@ -247,7 +247,7 @@ impl Ghostkey {
         answer: Answer,
         now: UnixTime,
     ) -> Result<VerifyStep, Error> {
-        let ((found, app_name), limits) = answering(store, &recovery_id, address_mac)?;
+        let ((found, app_name), limits) = answering(store, &recovery_id, address_mac, now)?;
         store.limits_allow(&limits, now)?;
         // An SMS or e-mail code (or an unknown id, which gets a dummy check): its unit is
         // spent before the check, so that requests over the limit are never checked and one

@@ -572,6 +572,18 @@ pub trait Store: Send + Sync + 'static {
     /// from it, the write that acts on it checks again (the lock, the proof requirement,
     /// the method count, the last confirmed method).
     fn user(&self, app_id: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// A user's guard with its rolling failure window at `now` (the default guard when
+    /// the user has none): what decides, before a check, whether an answer would be
+    /// checked at all.
+    ///
+    /// Concurrency: read-only, two statements, not one snapshot. A hint for what the
+    /// answer spends: the write that settles the answer reads the guard again.
+    fn guard(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        now: UnixTime,
+    ) -> Result<crate::domain::challenge::Guard, StoreError>;
     /// Adds a pending method and its confirmation challenge; settles the proof first.
     /// A refused proof still records its failure (and the `jti`), and adds nothing.
     ///

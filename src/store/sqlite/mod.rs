@@ -490,6 +490,15 @@ impl Store for SqliteStore {
         users::user(self, app_id, user_id)
     }
 
+    fn guard(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        now: UnixTime,
+    ) -> Result<crate::domain::challenge::Guard, StoreError> {
+        users::guard(self, app_id, user_id, now)
+    }
+
     fn add_method(&self, cmd: &AddMethod<'_>, now: UnixTime) -> Result<(), StoreError> {
         methods::add_method(self, cmd, now)
     }

@@ -188,6 +188,18 @@ pub(super) fn user(
     }))
 }
 
+pub(super) fn guard(
+    store: &SqliteStore,
+    app_id: &str,
+    user_id: &str,
+    now: UnixTime,
+) -> Result<Guard, StoreError> {
+    let conn = store.reader()?;
+    let mut guard = load_guard(&conn, app_id, user_id)?;
+    guard.window = load_window(&conn, app_id, user_id, now)?;
+    Ok(guard)
+}
+
 pub(super) fn unlock_user(
     store: &SqliteStore,
     cmd: &UnlockUser<'_>,
