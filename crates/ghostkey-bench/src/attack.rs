@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ghostkey_client::{Client, ClientError};
@@ -22,7 +22,7 @@ use serde::Serialize;
 
 use crate::load::{closed_loop, Latency, PhaseResult};
 use crate::scenarios::{self, Target, TotpUser, Victim};
-use crate::{check_clean, print_phase, procs, with_shed};
+use crate::{check_clean, print_phase, procs, setup_phase, with_shed};
 
 /// The first attacker's address; attacker `i` sends from the `i`-th one after it (all of
 /// 127.0.0.0/8 is loopback on Linux). Ghostkey's client address is the peer's (the bench
@@ -95,29 +95,19 @@ pub async fn prepare(
     let ids: Vec<String> = (0..2 * n)
         .map(|i| format!("attack-legit-{pass}-{i}"))
         .collect();
-    let done = Arc::new(Mutex::new(Vec::new()));
-    let (tt, d) = (Arc::clone(t), Arc::clone(&done));
-    let p = closed_loop(
+    let tt = Arc::clone(t);
+    let mut legit = setup_phase(
+        t,
+        setups,
         "setup: enrol, confirm TOTP (attack scenario, legitimate)",
+        "setup",
         ids,
-        16,
         move |id| {
-            let (tt, d) = (Arc::clone(&tt), Arc::clone(&d));
-            async move {
-                let t0 = Instant::now();
-                let client = tt.client.clone();
-                let user = scenarios::setup_totp_user(tt, client, id).await?;
-                d.lock().map_err(|e| e.to_string())?.push(user);
-                Ok(vec![("setup", t0.elapsed())])
-            }
+            let client = tt.client.clone();
+            scenarios::setup_totp_user(Arc::clone(&tt), client, id)
         },
     )
-    .await;
-    let p = with_shed(t, p);
-    print_phase(&p);
-    check_clean(&p)?;
-    setups.push(p);
-    let mut legit = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
+    .await?;
     let attacked = legit.split_off(n);
 
     let victims = plan
@@ -135,28 +125,22 @@ pub async fn prepare(
             )
         })
         .collect();
-    let done = Arc::new(Mutex::new(Vec::new()));
-    let (vt, d) = (Arc::clone(&plan.victims), Arc::clone(&done));
-    let p = closed_loop(
+    let vt = Arc::clone(&plan.victims);
+    let victims = setup_phase(
+        t,
+        setups,
         "setup: enrol, confirm TOTP (attack scenario, victims)",
+        "setup",
         jobs,
-        16,
-        move |(client, id)| {
-            let (vt, d) = (Arc::clone(&vt), Arc::clone(&d));
+        move |(client, id): (Client, String)| {
+            let vt = Arc::clone(&vt);
             async move {
-                let t0 = Instant::now();
                 let user = scenarios::setup_totp_user(vt, client.clone(), id).await?;
-                d.lock().map_err(|e| e.to_string())?.push((client, user));
-                Ok(vec![("setup", t0.elapsed())])
+                Ok((client, user))
             }
         },
     )
-    .await;
-    let p = with_shed(t, p);
-    print_phase(&p);
-    check_clean(&p)?;
-    setups.push(p);
-    let victims = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
+    .await?;
     Ok(Prepared {
         alone: legit,
         attacked,
@@ -307,28 +291,16 @@ pub async fn measure(
     server_pid: u32,
     setups: &mut Vec<PhaseResult>,
 ) -> Result<AttackScenario, String> {
-    let done = Arc::new(Mutex::new(Vec::new()));
-    let (vt, d) = (Arc::clone(&plan.victims), Arc::clone(&done));
-    let p = closed_loop(
+    let vt = Arc::clone(&plan.victims);
+    let victims = setup_phase(
+        t,
+        setups,
         "setup: start the victims' recoveries",
+        "start",
         prepared.victims,
-        16,
-        move |(client, user)| {
-            let (vt, d) = (Arc::clone(&vt), Arc::clone(&d));
-            async move {
-                let t0 = Instant::now();
-                let victim = scenarios::start_victim_recovery(vt, client, user).await?;
-                d.lock().map_err(|e| e.to_string())?.push(victim);
-                Ok(vec![("start", t0.elapsed())])
-            }
-        },
+        move |(client, user)| scenarios::start_victim_recovery(Arc::clone(&vt), client, user),
     )
-    .await;
-    let p = with_shed(t, p);
-    print_phase(&p);
-    check_clean(&p)?;
-    setups.push(p);
-    let victims = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
+    .await?;
     // The unknown ids must look like real ones, or they would be refused as malformed
     // before any lookup.
     let probe = ghostkey::domain::method::new_id("ch_");

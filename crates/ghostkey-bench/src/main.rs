@@ -322,6 +322,43 @@ async fn run(args: RunArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// An untimed setup phase at c=16: `make` for every item, what each made kept (in the
+/// order they finished), the phase printed and recorded in `setups`; like a measured
+/// phase, any error aborts the run.
+pub(crate) async fn setup_phase<I, T, F, Fut>(
+    t: &Arc<Target>,
+    setups: &mut Vec<PhaseResult>,
+    name: &str,
+    step: &'static str,
+    items: Vec<I>,
+    make: F,
+) -> Result<Vec<T>, String>
+where
+    I: Send + 'static,
+    T: Send + 'static,
+    F: Fn(I) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, String>> + Send,
+{
+    let made = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let m = Arc::clone(&made);
+    let p = closed_loop(name, items, 16, move |item| {
+        let (m, make) = (Arc::clone(&m), make.clone());
+        async move {
+            let t0 = std::time::Instant::now();
+            let one = make(item).await?;
+            m.lock().map_err(|e| e.to_string())?.push(one);
+            Ok(vec![(step, t0.elapsed())])
+        }
+    })
+    .await;
+    let p = with_shed(t, p);
+    print_phase(&p);
+    check_clean(&p)?;
+    setups.push(p);
+    let made = std::mem::take(&mut *made.lock().map_err(|e| e.to_string())?);
+    Ok(made)
+}
+
 /// A Ghostkey phase's result with the `503 unavailable` answers it met (counted apart
 /// from errors: each was retried after its Retry-After).
 fn with_shed(t: &scenarios::Target, mut p: PhaseResult) -> PhaseResult {
@@ -540,23 +577,16 @@ async fn ghostkey_phases(
     // Each of those users confirms a TOTP method (untimed setup, recorded).
     let mut totp_users: Vec<(usize, Vec<scenarios::TotpUser>)> = Vec::new();
     for (c, ids) in enrolled {
-        let done = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tt, d) = (Arc::clone(t), Arc::clone(&done));
-        let p = closed_loop("setup: add and confirm TOTP", ids, 16, move |id| {
-            let (tt, d) = (Arc::clone(&tt), Arc::clone(&d));
-            async move {
-                let t0 = std::time::Instant::now();
-                let user = scenarios::setup_totp(tt, id).await?;
-                d.lock().map_err(|e| e.to_string())?.push(user);
-                Ok(vec![("add + confirm TOTP", t0.elapsed())])
-            }
-        })
-        .await;
-        let p = with_shed(t, p);
-        print_phase(&p);
-        check_clean(&p)?;
-        setups.push(p);
-        let users = std::mem::take(&mut *done.lock().map_err(|e| e.to_string())?);
+        let tt = Arc::clone(t);
+        let users = setup_phase(
+            t,
+            &mut setups,
+            "setup: add and confirm TOTP",
+            "add + confirm TOTP",
+            ids,
+            move |id| scenarios::setup_totp(Arc::clone(&tt), id),
+        )
+        .await?;
         totp_users.push((c, users));
     }
     // The attack scenario's users confirm TOTP here too, before the wait.
@@ -604,28 +634,16 @@ async fn ghostkey_phases(
                 )
             })
             .collect();
-        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tt, r) = (Arc::clone(t), Arc::clone(&ready));
-        let p = closed_loop(
+        let tt = Arc::clone(t);
+        let ready = setup_phase(
+            t,
+            &mut setups,
             "setup: enrol, confirm SMS, start recovery",
+            "setup",
             users,
-            16,
-            move |(id, phone)| {
-                let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
-                async move {
-                    let t0 = std::time::Instant::now();
-                    let v = scenarios::setup_sms_recovery(tt, id, phone).await?;
-                    r.lock().map_err(|e| e.to_string())?.push(v);
-                    Ok(vec![("setup", t0.elapsed())])
-                }
-            },
+            move |(id, phone)| scenarios::setup_sms_recovery(Arc::clone(&tt), id, phone),
         )
-        .await;
-        let p = with_shed(t, p);
-        print_phase(&p);
-        check_clean(&p)?;
-        setups.push(p);
-        let ready = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        .await?;
         let tt = Arc::clone(t);
         let p = closed_loop("SMS-code verification", ready, c, move |v| {
             scenarios::sms_verification(Arc::clone(&tt), v)
@@ -644,28 +662,16 @@ async fn ghostkey_phases(
     for &c in levels("passphrase") {
         let n = ops(4, 30, c, scale);
         let ids: Vec<String> = (0..n).map(|i| format!("pass-{pass}-c{c}-{i}")).collect();
-        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tt, r) = (Arc::clone(t), Arc::clone(&ready));
-        let p = closed_loop(
+        let tt = Arc::clone(t);
+        let users = setup_phase(
+            t,
+            &mut setups,
             "setup: enrol, derive, add and confirm passphrase",
+            "setup",
             ids,
-            16,
-            move |id| {
-                let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
-                async move {
-                    let t0 = std::time::Instant::now();
-                    let user = scenarios::setup_passphrase(tt, id).await?;
-                    r.lock().map_err(|e| e.to_string())?.push(user);
-                    Ok(vec![("setup", t0.elapsed())])
-                }
-            },
+            move |id| scenarios::setup_passphrase(Arc::clone(&tt), id),
         )
-        .await;
-        let p = with_shed(t, p);
-        print_phase(&p);
-        check_clean(&p)?;
-        setups.push(p);
-        let users = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        .await?;
         let prepared = users
             .into_iter()
             .map(|u| scenarios::prepare_passphrase_recovery(t, u))
@@ -688,23 +694,16 @@ async fn ghostkey_phases(
     for &c in levels("passkey") {
         let n = ops(10, 200, c, scale);
         let ids: Vec<String> = (0..n).map(|i| format!("key-{pass}-c{c}-{i}")).collect();
-        let ready = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (tt, r) = (Arc::clone(t), Arc::clone(&ready));
-        let p = closed_loop("setup: enrol, register passkey", ids, 16, move |id| {
-            let (tt, r) = (Arc::clone(&tt), Arc::clone(&r));
-            async move {
-                let t0 = std::time::Instant::now();
-                let user = scenarios::setup_passkey(tt, id).await?;
-                r.lock().map_err(|e| e.to_string())?.push(user);
-                Ok(vec![("setup", t0.elapsed())])
-            }
-        })
-        .await;
-        let p = with_shed(t, p);
-        print_phase(&p);
-        check_clean(&p)?;
-        setups.push(p);
-        let users = std::mem::take(&mut *ready.lock().map_err(|e| e.to_string())?);
+        let tt = Arc::clone(t);
+        let users = setup_phase(
+            t,
+            &mut setups,
+            "setup: enrol, register passkey",
+            "setup",
+            ids,
+            move |id| scenarios::setup_passkey(Arc::clone(&tt), id),
+        )
+        .await?;
         let prepared = users
             .into_iter()
             .map(|u| scenarios::prepare_passkey_recovery(t, u))
