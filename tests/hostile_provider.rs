@@ -680,16 +680,6 @@ async fn erasure_and_replacement_leave_nothing_in_the_file_its_wal_or_a_later_ba
     }
 }
 
-/// The cancel code in a notice: `XXXX-XXXX-XXXX-XXXX-XXXX`.
-fn cancel_code_in(text: &str) -> Option<String> {
-    let words: Vec<&str> = text
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
-        .collect();
-    let i = words.iter().position(|w| *w == "code")?;
-    let code = words.get(i + 1)?.trim_end_matches('.');
-    (code.len() == 24 && code.matches('-').count() == 4).then(|| code.to_owned())
-}
-
 /// Attack 3: cancelling needed an assertion from the provider (`manage`, or `recover` and
 /// a proof), so the waiting period did not protect the user from the provider. Now every
 /// notice about a started or waiting recovery carries a cancel code that stops it alone.
@@ -781,7 +771,7 @@ async fn the_user_cancels_the_providers_recovery_with_the_notice_code_alone() {
         let codes: Vec<String> = smtp
             .messages()
             .iter()
-            .filter_map(|m| cancel_code_in(&m.data.replace("\r\n", " ")))
+            .filter_map(|m| common::cancel_code_in(&m.data.replace("\r\n", " ")))
             .collect();
         if codes.len() >= 2 || std::time::Instant::now() > deadline {
             break codes;
@@ -900,7 +890,7 @@ async fn notices_are_coalesced_per_destination_and_the_first_code_stops_them_all
     assert_eq!(started_texts(texts_after(&gateway, before).await).len(), 2);
 
     // The first notice's cancel code stops every open recovery.
-    let code = cancel_code_in(&first).expect("a cancel code in the notice");
+    let code = common::cancel_code_in(&first).expect("a cancel code in the notice");
     client.cancel_recovery_with_code(&code).await.unwrap();
     assert_eq!(
         server.query_i64("SELECT count(*) FROM recoveries WHERE state = 'cancelled'"),

@@ -301,16 +301,6 @@ async fn a_passphrase_method_stays_under_the_key_that_peppered_it() {
     assert!(released.sealed_virtual_device.is_some());
 }
 
-/// The cancel code in a notice: `XXXX-XXXX-XXXX-XXXX-XXXX` after the word "code".
-fn cancel_code_in(text: &str) -> Option<String> {
-    let words: Vec<&str> = text
-        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
-        .collect();
-    let i = words.iter().position(|w| *w == "code")?;
-    let code = words.get(i + 1)?.trim_end_matches('.');
-    (code.len() == 24 && code.matches('-').count() == 4).then(|| code.to_owned())
-}
-
 /// A rotation while a recovery waits: the cancel codes its user holds were made under the
 /// old key, and Ghostkey keeps only their MACs. `keys rotate` must count them as needing
 /// the old key, and the user's code must still cancel after the rotation (issue 17: before,
@@ -371,7 +361,7 @@ async fn a_waiting_recoverys_cancel_code_survives_a_rotation() {
             .await
             .iter()
             .skip(before)
-            .filter_map(|m| cancel_code_in(m["body"].as_str().unwrap_or_default()))
+            .filter_map(|m| common::cancel_code_in(m["body"].as_str().unwrap_or_default()))
             .collect();
         if codes.len() >= 2 || std::time::Instant::now() > deadline {
             break codes;

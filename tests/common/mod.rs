@@ -682,3 +682,13 @@ pub async fn enrol_with_sms(
     client.answer(&added.challenge.id, &code).await.unwrap();
     (secret, enrolled.virtual_device, added.method.id)
 }
+
+/// The cancel code in a notice: `XXXX-XXXX-XXXX-XXXX-XXXX`, after the word "code".
+pub fn cancel_code_in(text: &str) -> Option<String> {
+    let words: Vec<&str> = text
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .collect();
+    let i = words.iter().position(|w| *w == "code")?;
+    let code = words.get(i + 1)?.trim_end_matches('.');
+    (code.len() == 24 && code.matches('-').count() == 4).then(|| code.to_owned())
+}
