@@ -380,6 +380,15 @@ mod tests {
             store.recovery_by_cancel_code(&mac).unwrap().is_none(),
             "spent"
         );
+        let version: i64 = conn.one("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        // The migrated database has the shape of a fresh one.
+        let fresh_path = dir.path().join("fresh.db");
+        drop(SqliteStore::open(&fresh_path, Synchronous::Full, Duration::from_secs(1)).unwrap());
+        assert_eq!(
+            shape_of(&conn),
+            shape_of(&Connection::open(&fresh_path).unwrap())
+        );
     }
 
     #[test]
