@@ -902,6 +902,31 @@ async fn notices_are_coalesced_per_destination_and_the_first_code_stops_them_all
     );
 }
 
+/// `n` wrong codes to recovery `id`, each from its own address (203.0.113.i, believed
+/// through `X-Forwarded-For` from the trusted loopback proxy); the error code of each answer.
+async fn wrong_codes_from_many_addresses(
+    server: &TestServer,
+    id: &str,
+    authenticator: &Authenticator,
+    n: usize,
+) -> Vec<String> {
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/recoveries/{id}/verify", server.base_url);
+    let mut codes = Vec::new();
+    for i in 0..n {
+        let res = http
+            .post(&url)
+            .header("x-forwarded-for", format!("203.0.113.{i}"))
+            .json(&serde_json::json!({ "code": authenticator.wrong_code(server) }))
+            .send()
+            .await
+            .unwrap();
+        let body: serde_json::Value = res.json().await.unwrap();
+        codes.push(body["code"].as_str().unwrap_or_default().to_owned());
+    }
+    codes
+}
+
 /// Attack 9: limits per address let an attacker with many addresses check codes without
 /// end. The unauthenticated endpoints have an app-wide ceiling, every address together.
 #[tokio::test]
@@ -928,20 +953,7 @@ async fn many_addresses_share_the_apps_ceiling_on_unauthenticated_checks() {
         .await
         .unwrap();
     // The enrolment's answer spent one check of this minute.
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/recoveries/{}/verify", server.base_url, started.id);
-    let mut codes = Vec::new();
-    for i in 0..10 {
-        let res = http
-            .post(&url)
-            .header("x-forwarded-for", format!("203.0.113.{i}"))
-            .json(&serde_json::json!({ "code": authenticator.wrong_code(&server) }))
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = res.json().await.unwrap();
-        codes.push(body["code"].as_str().unwrap_or_default().to_owned());
-    }
+    let codes = wrong_codes_from_many_addresses(&server, &started.id, &authenticator, 10).await;
     let limited = codes.iter().filter(|c| *c == "app_rate_limited").count();
     let checked = codes.iter().filter(|c| *c == "invalid_code").count();
     assert_eq!((checked, limited), (4, 6), "{codes:?}");
@@ -1184,20 +1196,7 @@ async fn answers_refused_before_any_check_do_not_spend_the_apps_ceiling() {
         .start_recovery(&app.assertion("mallory", Purpose::Recover), &mallory_totp)
         .await
         .unwrap();
-    let http = reqwest::Client::new();
-    let url = format!("{}/v1/recoveries/{}/verify", server.base_url, spent.id);
-    let mut answers = Vec::new();
-    for i in 0..30 {
-        let res = http
-            .post(&url)
-            .header("x-forwarded-for", format!("203.0.113.{i}"))
-            .json(&serde_json::json!({ "code": mallory.wrong_code(&server) }))
-            .send()
-            .await
-            .unwrap();
-        let body: serde_json::Value = res.json().await.unwrap();
-        answers.push(body["code"].as_str().unwrap_or_default().to_owned());
-    }
+    let answers = wrong_codes_from_many_addresses(&server, &spent.id, &mallory, 30).await;
     // The first is checked (3 of 6); the back-off refuses the rest before any check.
     assert_eq!(answers[0], "invalid_code", "{answers:?}");
     assert!(

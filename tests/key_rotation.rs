@@ -418,7 +418,19 @@ async fn a_waiting_recoverys_cancel_code_survives_a_rotation() {
         cancelled.state,
         ghostkey_client::proto::api::RecoveryState::Cancelled
     );
-    // Spent, and nothing else needs the old key now.
+    // Spent: the same code again, or the start's code, cancels nothing more.
+    for replayed in [&cancel_codes[2], &cancel_codes[0]] {
+        let err = server
+            .client()
+            .cancel_recovery_with_code(replayed)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ghostkey_client::proto::ErrorCode::InvalidCode)
+        );
+    }
+    // Nothing else needs the old key now.
     let out = ghostkey(&server, &["keys", "rotate"]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(stderr.contains("nothing left under it"), "{stderr}");
