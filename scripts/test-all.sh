@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, on a fresh machine: the Rust workspace, then the JavaScript SDK
-# (its WebAssembly build, Node tests, interoperability with the Rust client) and the
-# reference web page in a real headless Chromium.
+# The whole test suite, on a fresh machine: the Rust workspace (on SQLite, with the
+# PostgreSQL tests on a cluster they start themselves), the integration suite again on
+# PostgreSQL, then the JavaScript SDK (its WebAssembly build, Node tests, interoperability
+# with the Rust client) and the reference web page in a real headless Chromium.
 #
-# Installs what the tests need and is missing: the wasm32 target, wasm-bindgen-cli at the
-# version Cargo.lock pins, binaryen (wasm-opt), Chromium, Node.js, shellcheck and systemd
-# (tests/deploy_files.rs). Nothing is skipped: a missing tool is installed or the run fails.
+# Installs what the tests need and is missing: PostgreSQL (Debian `postgresql`), the
+# wasm32 target, wasm-bindgen-cli at the version Cargo.lock pins, binaryen (wasm-opt),
+# Chromium, Node.js, shellcheck and systemd (tests/deploy_files.rs). Nothing is skipped: a
+# missing tool is installed or the run fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$PWD
@@ -23,6 +25,7 @@ command -v wasm-opt >/dev/null 2>&1 || missing+=(binaryen)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     run_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -41,8 +44,26 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindge
 fi
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
-echo "== Rust: cargo test --workspace --locked"
+echo "== Rust: cargo test --workspace --locked (SQLite; the PostgreSQL-only tests start their own cluster)"
 cargo test --workspace --locked
+
+# The integration tests whose behaviour both backends share, again with every test server
+# on a fresh PostgreSQL database (tests/common/postgres.rs), at the default isolation
+# level and then under SERIALIZABLE. Left out: tests of the SQLite file itself (its bytes
+# at rest, its file lock, backup and restore, modes, crash of the file) and tests of
+# things that do not touch the database.
+postgres_tests=(
+    assertions audit audit_head brute_force chain_server clock_backwards code_mac cors
+    dev_messages enrollment erasure_in_flight failure_budget_edge hostile_provider http_basics
+    key_rotation limits methods metrics outbox passkey passphrase recovery restart_expiry
+)
+postgres_args=()
+for t in "${postgres_tests[@]}"; do postgres_args+=(--test "$t"); done
+echo "== Rust: the integration suite on PostgreSQL (read committed)"
+GHOSTKEY_TEST_DATABASE=postgres cargo test --locked -p ghostkey "${postgres_args[@]}"
+echo "== Rust: the integration suite on PostgreSQL (serializable)"
+GHOSTKEY_TEST_DATABASE=postgres GHOSTKEY_TEST_PG_ISOLATION=serializable \
+    cargo test --locked -p ghostkey "${postgres_args[@]}"
 
 echo "== release binary for the JavaScript tests"
 cargo build --release --locked --bin ghostkey

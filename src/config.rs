@@ -258,12 +258,41 @@ pub struct TlsConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
-    /// Path of the SQLite file.
+    /// Path of the SQLite file (when no `url` is set).
     pub path: PathBuf,
-    /// Durability of commits; lower it only knowingly.
+    /// Durability of commits; lower it only knowingly (SQLite).
     pub synchronous: Synchronous,
-    /// How long a write waits for the database lock, in milliseconds.
+    /// How long a write waits for the database lock, in milliseconds (SQLite).
     pub busy_timeout_ms: u64,
+    /// A `postgres://` URL: selects the PostgreSQL backend (several nodes on one
+    /// database). Secret when it holds a password; or `url_file`.
+    #[serde(default, skip_serializing)]
+    pub url: Option<secrecy::SecretString>,
+    /// A file holding the PostgreSQL URL.
+    #[serde(default)]
+    pub url_file: Option<PathBuf>,
+    /// PEM file of the authorities that sign the PostgreSQL server's certificate (TLS with
+    /// `sslmode=require`); unset: the public web roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Most PostgreSQL connections one node opens.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Isolation level of PostgreSQL write transactions: `read_committed` (default) or
+    /// `serializable`.
+    #[serde(default)]
+    pub isolation: crate::store::postgres::Isolation,
+}
+
+fn default_max_connections() -> usize {
+    16
+}
+
+impl DatabaseConfig {
+    /// Whether the PostgreSQL backend is selected.
+    pub fn is_postgres(&self) -> bool {
+        self.url.is_some() || self.url_file.is_some()
+    }
 }
 
 /// `[keys]`
@@ -319,6 +348,11 @@ impl Default for Config {
                 path: PathBuf::from("./ghostkey.db"),
                 synchronous: Synchronous::Full,
                 busy_timeout_ms: 5000,
+                url: None,
+                url_file: None,
+                ca_file: None,
+                max_connections: default_max_connections(),
+                isolation: crate::store::postgres::Isolation::default(),
             },
             keys: KeysConfig::default(),
             assertions: AssertionConfig {
@@ -523,6 +557,18 @@ impl Config {
         }
         if self.database.path.as_os_str().is_empty() {
             return Err(bad("database.path", "must not be empty"));
+        }
+        secret_source(
+            "database.url",
+            &self.database.url,
+            &self.database.url_file,
+            false,
+        )?;
+        if !(1..=1000).contains(&self.database.max_connections) {
+            return Err(bad(
+                "database.max_connections",
+                "must be between 1 and 1000",
+            ));
         }
         self.validate_delivery()?;
         if self.mode == Mode::Production {

@@ -216,7 +216,7 @@ async fn story(
     config.server.workers = 1;
     config.database.path = dir.join("ghostkey.db");
     config.delivery.poll_interval_ms = 20;
-    let store: Arc<dyn Store> = Arc::new(crate::server::open_store(&config)?);
+    let store: Arc<dyn Store> = crate::server::open_store(&config)?;
     let (sms, inbox) = DevInbox::new();
     let (email, _) = DevInbox::new();
     let senders = Senders {

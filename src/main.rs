@@ -45,7 +45,11 @@ enum Command {
     /// The service's time floor: it never runs earlier than this (see OPERATIONS.md).
     #[command(subcommand)]
     Clock(ClockCommand),
-    /// Write a consistent copy of the database to PATH while the server runs.
+    /// The database's schema: create or upgrade it (PostgreSQL).
+    #[command(subcommand)]
+    Db(DbCommand),
+    /// Write a consistent copy of the database to PATH while the server runs (SQLite; for
+    /// PostgreSQL use pg_dump or pg_basebackup, see OPERATIONS.md).
     Backup {
         /// Where to write the copy (must not exist). Keep it apart from the data key.
         path: PathBuf,
@@ -67,6 +71,13 @@ enum Command {
     /// key file standing in for the app provider.
     #[command(subcommand)]
     Client(client_cli::ClientCommand),
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Create the schema in an empty PostgreSQL database, or upgrade an older one (one
+    /// transaction). SQLite needs nothing: `serve` creates and upgrades its file.
+    Migrate,
 }
 
 #[derive(Subcommand)]
@@ -471,11 +482,11 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String, String> {
 
 fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
     let store = ghostkey::server::open_store(config)?;
-    let now = service_now(&store)?;
+    let now = service_now(store.as_ref())?;
     match command {
         AppCommand::Add { name, key } => {
-            let id =
-                admin::add_app(&store, &name, &key.key_id, &key.text()?, now).map_err(|e| e.0)?;
+            let id = admin::add_app(store.as_ref(), &name, &key.key_id, &key.text()?, now)
+                .map_err(|e| e.0)?;
             eprintln!(
                 "registered app `{}` with key `{}`; its app id (the assertions' `iss`):",
                 name.trim(),
@@ -484,7 +495,7 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             println!("{id}");
         }
         AppCommand::List { json } => {
-            let apps = admin::list_apps(&store, now).map_err(|e| e.0)?;
+            let apps = admin::list_apps(store.as_ref(), now).map_err(|e| e.0)?;
             if json {
                 println!("{}", to_json(&apps)?);
             } else if apps.is_empty() {
@@ -504,7 +515,7 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             }
         }
         AppCommand::Show { app_id, json } => {
-            let app = admin::show_app(&store, &app_id, now).map_err(|e| e.0)?;
+            let app = admin::show_app(store.as_ref(), &app_id, now).map_err(|e| e.0)?;
             if json {
                 println!("{}", to_json(&app)?);
             } else {
@@ -512,11 +523,12 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             }
         }
         AppCommand::Key(KeyCommand::Add { app_id, key }) => {
-            admin::add_key(&store, &app_id, &key.key_id, &key.text()?, now).map_err(|e| e.0)?;
+            admin::add_key(store.as_ref(), &app_id, &key.key_id, &key.text()?, now)
+                .map_err(|e| e.0)?;
             eprintln!("added key `{}` to app `{app_id}`", key.key_id);
         }
         AppCommand::Key(KeyCommand::Revoke { app_id, key_id }) => {
-            let left = admin::revoke_key(&store, &app_id, &key_id, now).map_err(|e| e.0)?;
+            let left = admin::revoke_key(store.as_ref(), &app_id, &key_id, now).map_err(|e| e.0)?;
             eprintln!("revoked key `{key_id}` of app `{app_id}`");
             if left == 0 {
                 eprintln!("WARNING: app `{app_id}` has no active key left; its assertions are all refused until a key is added");
@@ -524,7 +536,7 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
         }
         AppCommand::Origins(OriginsCommand::Add { app_id, origin }) => {
             let (origin, added) =
-                admin::add_origin(&store, &app_id, &origin, now).map_err(|e| e.0)?;
+                admin::add_origin(store.as_ref(), &app_id, &origin, now).map_err(|e| e.0)?;
             if added {
                 eprintln!("app `{app_id}` now allows origin `{origin}`");
             } else {
@@ -532,11 +544,12 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             }
         }
         AppCommand::Origins(OriginsCommand::Remove { app_id, origin }) => {
-            let origin = admin::remove_origin(&store, &app_id, &origin, now).map_err(|e| e.0)?;
+            let origin =
+                admin::remove_origin(store.as_ref(), &app_id, &origin, now).map_err(|e| e.0)?;
             eprintln!("app `{app_id}` no longer allows origin `{origin}`");
         }
         AppCommand::Origins(OriginsCommand::List { app_id, json }) => {
-            let origins = admin::list_origins(&store, &app_id).map_err(|e| e.0)?;
+            let origins = admin::list_origins(store.as_ref(), &app_id).map_err(|e| e.0)?;
             if json {
                 println!(
                     "{}",
@@ -555,7 +568,8 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
         }
         AppCommand::Passkey(PasskeyCommand::Set { app_id, rp_id }) => {
             let (rp_id, fitting) =
-                admin::set_passkey_rp_id(&store, &app_id, Some(&rp_id), now).map_err(|e| e.0)?;
+                admin::set_passkey_rp_id(store.as_ref(), &app_id, Some(&rp_id), now)
+                    .map_err(|e| e.0)?;
             eprintln!(
                 "app `{app_id}`: passkeys use the relying-party id `{}`",
                 rp_id.unwrap_or_default()
@@ -570,12 +584,13 @@ fn run_app_command(config: &Config, command: AppCommand) -> Result<(), String> {
             }
         }
         AppCommand::Passkey(PasskeyCommand::Clear { app_id }) => {
-            admin::set_passkey_rp_id(&store, &app_id, None, now).map_err(|e| e.0)?;
+            admin::set_passkey_rp_id(store.as_ref(), &app_id, None, now).map_err(|e| e.0)?;
             eprintln!("app `{app_id}` has no passkey relying party: its passkey methods cannot be checked");
         }
         AppCommand::Policy(PolicyCommand::Set(args)) => {
             let change = args.change()?;
-            let policy = admin::set_policy(&store, &args.app_id, &change, now).map_err(|e| e.0)?;
+            let policy =
+                admin::set_policy(store.as_ref(), &args.app_id, &change, now).map_err(|e| e.0)?;
             eprintln!("policy of app `{}` updated:", args.app_id);
             print_policy(&policy);
         }
@@ -593,7 +608,8 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
         } => {
             let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
             let keys = ghostkey::keys::ServerKeys::derive(&data_key);
-            let report = admin::show_user(&store, &keys, &app_id, &user_id).map_err(|e| e.0)?;
+            let report =
+                admin::show_user(store.as_ref(), &keys, &app_id, &user_id).map_err(|e| e.0)?;
             if json {
                 println!("{}", to_json(&report)?);
             } else {
@@ -642,16 +658,27 @@ fn run_user_command(config: &Config, command: UserCommand) -> Result<(), String>
             }
             let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
             let keys = ghostkey::keys::ServerKeys::derive(&data_key);
-            admin::erase_user(&store, &keys, &app_id, &user_id, service_now(&store)?)
-                .map_err(|e| e.0)?;
+            admin::erase_user(
+                store.as_ref(),
+                &keys,
+                &app_id,
+                &user_id,
+                service_now(store.as_ref())?,
+            )
+            .map_err(|e| e.0)?;
             eprintln!("user `{user_id}` of app `{app_id}` erased");
         }
         UserCommand::Unlock { app_id, user_id } => {
             let (data_key, _) = ghostkey::keys::DataKey::load(config)?;
             let keys = ghostkey::keys::ServerKeys::derive(&data_key);
-            let was_locked =
-                admin::unlock_user(&store, &keys, &app_id, &user_id, service_now(&store)?)
-                    .map_err(|e| e.0)?;
+            let was_locked = admin::unlock_user(
+                store.as_ref(),
+                &keys,
+                &app_id,
+                &user_id,
+                service_now(store.as_ref())?,
+            )
+            .map_err(|e| e.0)?;
             if was_locked {
                 eprintln!("user unlocked; their failure count and failure budget are cleared");
             } else {
@@ -673,7 +700,8 @@ fn rotate(config: &Config, batch: usize) -> Result<(), String> {
         );
     }
     let store = ghostkey::server::open_store(config)?;
-    let report = admin::rotate_keys(&store, &keys, batch, service_now(&store)?).map_err(|e| e.0)?;
+    let report = admin::rotate_keys(store.as_ref(), &keys, batch, service_now(store.as_ref())?)
+        .map_err(|e| e.0)?;
     eprintln!(
         "re-encrypted {} method(s) and {} queued message(s) under key {}",
         report.methods, report.messages, report.current
@@ -694,8 +722,42 @@ fn rotate(config: &Config, batch: usize) -> Result<(), String> {
     Ok(())
 }
 
+/// Backup and restore copy a SQLite file; PostgreSQL has its own tools for that.
+const POSTGRES_BACKUP: &str = "the database is PostgreSQL (database.url): back it up with \
+    PostgreSQL's own tools, `pg_dump` for a logical copy or `pg_basebackup` with WAL archiving for \
+    point-in-time recovery, and restore with `pg_restore` or by replaying the base backup \
+    (docs/OPERATIONS.md, \"Running several nodes\")";
+
+fn db_command(config: &Config, command: DbCommand) -> Result<(), String> {
+    match command {
+        DbCommand::Migrate => {
+            if !config.database.is_postgres() {
+                eprintln!(
+                    "the database is SQLite ({}): `ghostkey serve` creates and upgrades it; nothing to do",
+                    config.database.path.display()
+                );
+                return Ok(());
+            }
+            let options = ghostkey::server::postgres_options(config)?;
+            let (from, to) = ghostkey::store::postgres::migrate(&options)
+                .map_err(|e| format!("migration failed (nothing was changed): {e}"))?;
+            match from {
+                None => eprintln!("created the Ghostkey schema, version {to}"),
+                Some(v) if v == to => {
+                    eprintln!("the schema is already at version {to}; nothing to do")
+                }
+                Some(v) => eprintln!("upgraded the schema from version {v} to {to}"),
+            }
+            Ok(())
+        }
+    }
+}
+
 fn backup(config: &Config, path: &std::path::Path) -> Result<(), String> {
-    let store = ghostkey::server::open_store(config)?;
+    if config.database.is_postgres() {
+        return Err(POSTGRES_BACKUP.to_owned());
+    }
+    let store = ghostkey::server::open_sqlite(config)?;
     let bytes = store.backup_to(path).map_err(|e| e.to_string())?;
     eprintln!(
         "wrote a consistent copy of {} to {} ({bytes} bytes, integrity checked). \
@@ -707,6 +769,9 @@ fn backup(config: &Config, path: &std::path::Path) -> Result<(), String> {
 }
 
 fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), String> {
+    if config.database.is_postgres() {
+        return Err(POSTGRES_BACKUP.to_owned());
+    }
     if !yes {
         return Err(format!(
             "this replaces the content of {} with {}: stop the server, then add --yes",
@@ -720,7 +785,7 @@ fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), Str
         &config.database.path,
         ghostkey::store::LockHolder::Restore,
     )?;
-    let store = ghostkey::server::open_store(config)?;
+    let store = ghostkey::server::open_sqlite(config)?;
     store.restore_from(path).map_err(|e| e.to_string())?;
     eprintln!(
         "restored {} into {}",
@@ -732,7 +797,6 @@ fn restore(config: &Config, path: &std::path::Path, yes: bool) -> Result<(), Str
 
 fn clock_command(config: &Config, cmd: ClockCommand) -> Result<(), String> {
     use ghostkey::clock::Clock;
-    use ghostkey::store::Store;
     let now = ghostkey::clock::SystemClock.now();
     match cmd {
         ClockCommand::Show => {
@@ -757,10 +821,16 @@ fn clock_command(config: &Config, cmd: ClockCommand) -> Result<(), String> {
                         .to_owned(),
                 );
             }
-            let _lock = ghostkey::store::DatabaseLock::acquire(
-                &config.database.path,
-                ghostkey::store::LockHolder::Maintenance,
-            )?;
+            // SQLite: refused while a server runs on the file. PostgreSQL has no such lock:
+            // the operator stops every node first (OPERATIONS.md).
+            let _lock = if config.database.is_postgres() {
+                None
+            } else {
+                Some(ghostkey::store::DatabaseLock::acquire(
+                    &config.database.path,
+                    ghostkey::store::LockHolder::Maintenance,
+                )?)
+            };
             let store = ghostkey::server::open_store(config)?;
             let from = store.reset_time_floor(now).map_err(|e| e.to_string())?;
             eprintln!("time floor set from {from} to {now}");
@@ -807,6 +877,7 @@ fn main() -> ExitCode {
         Command::App(cmd) => run_app_command(&config, cmd),
         Command::User(cmd) => run_user_command(&config, cmd),
         Command::Backup { path } => backup(&config, &path),
+        Command::Db(cmd) => db_command(&config, cmd),
         Command::Keys(KeysCommand::Generate { out }) => {
             let key = ghostkey::keys::DataKey::generate();
             ghostkey::keys::write_key_file(&out, &key)
@@ -822,7 +893,7 @@ fn main() -> ExitCode {
         }
         Command::Keys(KeysCommand::Rotate { batch }) => rotate(&config, batch.max(1)),
         Command::Audit(cmd) => ghostkey::server::open_store(&config).and_then(|store| match cmd {
-            AuditCommand::Verify { anchors } => admin::verify_audit(&store, &anchors)
+            AuditCommand::Verify { anchors } => admin::verify_audit(store.as_ref(), &anchors)
                 .map_err(|e| e.0)
                 .map(|found| {
                     eprintln!(
@@ -830,11 +901,22 @@ fn main() -> ExitCode {
                         found.events,
                         anchors.len()
                     );
+                    if found.unlinked > 0 {
+                        let age = found
+                            .oldest_unlinked_at
+                            .map_or(0, |at| (SystemClock.now() - at).max(0));
+                        eprintln!(
+                            "{} audit event(s) committed but not yet linked into the chain (the \
+                             oldest {age} s old): a running node links them within seconds; they \
+                             are verified once linked",
+                            found.unlinked
+                        );
+                    }
                     // On standard output alone: the value to note off-host and pass to
                     // `--anchor` later.
                     println!("{}", found.head.to_text());
                 }),
-            AuditCommand::Export => admin::export_audit(&store, &mut std::io::stdout())
+            AuditCommand::Export => admin::export_audit(store.as_ref(), &mut std::io::stdout())
                 .map_err(|e| e.0)
                 .map(|_| ()),
         }),

@@ -28,6 +28,8 @@ pub struct Metrics {
     requests: Mutex<BTreeMap<(String, String, u16), Histogram>>,
     counters: Mutex<BTreeMap<CounterKey, u64>>,
     outbox_depth: AtomicU64,
+    audit_unlinked: AtomicU64,
+    audit_unlinked_age: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -37,7 +39,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Names and help of the counters.
-const COUNTERS: [(&str, &str); 8] = [
+const COUNTERS: [(&str, &str); 9] = [
     (
         "ghostkey_challenges_started_total",
         "Challenges started, by purpose and method kind.",
@@ -61,6 +63,10 @@ const COUNTERS: [(&str, &str); 8] = [
     (
         "ghostkey_messages_total",
         "Messages handled by the outbox worker, by channel and result.",
+    ),
+    (
+        "ghostkey_outbox_stale_finishes_total",
+        "Sends whose result was not recorded because they outlasted their lease (the message was claimed again: it may be delivered twice).",
     ),
     (
         "ghostkey_shed_total",
@@ -117,6 +123,14 @@ impl Metrics {
             );
             *map.entry(key).or_default() += n;
         }
+    }
+
+    /// Sets the audit events not yet linked into the chain and the age in seconds of the
+    /// oldest (PostgreSQL links them shortly after their commit; SQLite inline: 0).
+    pub fn set_audit_unlinked(&self, events: u64, oldest_age_secs: u64) {
+        self.audit_unlinked.store(events, Ordering::Relaxed);
+        self.audit_unlinked_age
+            .store(oldest_age_secs, Ordering::Relaxed);
     }
 
     /// Sets the outbox depth (pending messages).
@@ -208,6 +222,22 @@ impl Metrics {
             "ghostkey_outbox_depth {}",
             self.outbox_depth.load(Ordering::Relaxed)
         );
+        for (name, help, value) in [
+            (
+                "ghostkey_audit_unlinked_events",
+                "Audit events committed but not yet linked into the hash chain (PostgreSQL).",
+                &self.audit_unlinked,
+            ),
+            (
+                "ghostkey_audit_unlinked_oldest_seconds",
+                "Age of the oldest audit event not yet linked into the hash chain (PostgreSQL).",
+                &self.audit_unlinked_age,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}");
+            let _ = writeln!(out, "# TYPE {name} gauge");
+            let _ = writeln!(out, "{name} {}", value.load(Ordering::Relaxed));
+        }
         out
     }
 }

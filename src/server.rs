@@ -14,7 +14,8 @@ use crate::delivery::worker::{Subjects, Worker};
 use crate::domain::assertion::AssertionRules;
 use crate::keys::{DataKeySource, ServerKeys};
 use crate::service::Ghostkey;
-use crate::store::{DatabaseLock, LockHolder, SqliteStore, Store};
+use crate::store::postgres::PgOptions;
+use crate::store::{DatabaseLock, LockHolder, PgStore, SqliteStore, Store};
 
 /// A server bound to its address, ready to be awaited.
 pub struct Running {
@@ -63,8 +64,38 @@ pub fn worker_grace(config: &Config) -> Duration {
 /// The longest a stop waits for the outbox worker (see [`worker_grace`]).
 pub const MAX_WORKER_GRACE: Duration = Duration::from_secs(15);
 
-/// Opens the store the configuration names.
-pub fn open_store(config: &Config) -> Result<SqliteStore, String> {
+/// Opens the store the configuration names: PostgreSQL when `database.url` (or
+/// `url_file`) is set, else the SQLite file at `database.path`.
+pub fn open_store(config: &Config) -> Result<Arc<dyn Store>, String> {
+    if config.database.is_postgres() {
+        let store = PgStore::open(&postgres_options(config)?)
+            .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+        Ok(Arc::new(store))
+    } else {
+        Ok(Arc::new(open_sqlite(config)?))
+    }
+}
+
+/// How to reach the PostgreSQL database the configuration names.
+pub fn postgres_options(config: &Config) -> Result<PgOptions, String> {
+    let url = crate::config::resolve_secret(
+        "database.url",
+        &config.database.url,
+        &config.database.url_file,
+    )
+    .map_err(|e| e.to_string())?
+    .ok_or_else(|| "database.url (or database.url_file) is not set".to_owned())?;
+    Ok(PgOptions {
+        url,
+        ca_file: config.database.ca_file.clone(),
+        max_connections: config.database.max_connections,
+        isolation: config.database.isolation,
+    })
+}
+
+/// Opens the SQLite file the configuration names (backup and restore, which exist for
+/// SQLite only).
+pub fn open_sqlite(config: &Config) -> Result<SqliteStore, String> {
     SqliteStore::open(
         &config.database.path,
         config.database.synchronous,
@@ -146,14 +177,32 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
         tracing::warn!(path = %config.dev_data_key_path().display(), "generated a new development data key");
     }
     tracing::info!(data_key_id = keys.key_id(), retired = ?keys.retired_ids(), "server data keys loaded");
-    if config.database.synchronous != crate::config::Synchronous::Full {
-        tracing::warn!(
-            synchronous = config.database.synchronous.as_pragma(),
-            "database.synchronous is lowered: acknowledged writes may be lost on power failure"
+    let (store, database_lock): (Arc<dyn Store>, _) = if config.database.is_postgres() {
+        let store = PgStore::open(&postgres_options(config)?)
+            .map_err(|e| format!("cannot open the PostgreSQL database: {e}"))?;
+        for warning in store
+            .durability_warnings()
+            .map_err(|e| format!("cannot read the PostgreSQL settings: {e}"))?
+        {
+            tracing::warn!("DATABASE NOT DURABLE: {warning}");
+        }
+        tracing::info!(
+            isolation = ?config.database.isolation,
+            max_connections = config.database.max_connections,
+            "using PostgreSQL"
         );
-    }
-    let database_lock = DatabaseLock::acquire(&config.database.path, LockHolder::Server)?;
-    let store: Arc<dyn Store> = Arc::new(open_store(config)?);
+        // Several nodes share the database: no file lock.
+        (Arc::new(store), None)
+    } else {
+        if config.database.synchronous != crate::config::Synchronous::Full {
+            tracing::warn!(
+                synchronous = config.database.synchronous.as_pragma(),
+                "database.synchronous is lowered: acknowledged writes may be lost on power failure"
+            );
+        }
+        let lock = DatabaseLock::acquire(&config.database.path, LockHolder::Server)?;
+        (Arc::new(open_sqlite(config)?), Some(lock))
+    };
     check_keys_cover_the_store(store.as_ref(), &keys, clock.now(), source)?;
     let senders = crate::delivery::setup::from_config_with_clock(config, Arc::clone(&clock))?;
     for sender in [&senders.sms, &senders.email] {
@@ -165,7 +214,7 @@ pub fn start_with_clock(config: &Config, clock: Arc<dyn Clock>) -> Result<Runnin
         }
     }
     let mut running = start_with(config, store, clock, Arc::new(keys), senders)?;
-    running.database_lock = Some(database_lock);
+    running.database_lock = database_lock;
     Ok(running)
 }
 
@@ -242,6 +291,7 @@ pub fn start_with(
         metrics: service.metrics(),
     };
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    actix_web::rt::spawn(maintain(service.clone(), stop_rx.clone()));
     let worker = WorkerHandle {
         stop,
         task: actix_web::rt::spawn(worker.run(stop_rx)),
@@ -289,6 +339,38 @@ pub fn start_with(
         metrics_addr,
         database_lock: None,
     })
+}
+
+/// How often a node runs the store's background maintenance.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Runs the store's background maintenance ([`Store::maintain`]: linking audit events,
+/// forgetting expired rows) every second until `stop`; every node does, with no leader.
+async fn maintain(service: Ghostkey, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(MAINTENANCE_INTERVAL) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let now = service.now();
+        match service
+            .blocking(move |store, _| Ok(store.maintain(now)?))
+            .await
+        {
+            Ok(done) => {
+                let age = done
+                    .oldest_unlinked_at
+                    .map_or(0, |at| u64::try_from(now - at).unwrap_or(0));
+                service.metrics().set_audit_unlinked(done.unlinked, age);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, cause = e.cause.as_deref().unwrap_or(""), "background maintenance failed; it runs again in a second")
+            }
+        }
+    }
 }
 
 /// Serves `GET /metrics` on its own listener (one worker), so the API's port exposes no

@@ -127,7 +127,7 @@ async fn forged_and_misused_assertions_are_each_refused_with_their_own_code() {
     let token = other_app.key.mint_claims(&claims(&app, "u")).unwrap();
     let kid_of_other = AppSigningKey::generate("kother");
     ghostkey::admin::add_key(
-        &server.store(),
+        &*server.store(),
         &other_app.id,
         "kother",
         &kid_of_other.public_key_b64(),
@@ -156,14 +156,14 @@ async fn forged_and_misused_assertions_are_each_refused_with_their_own_code() {
     // Revoked key.
     let second = AppSigningKey::generate("k2");
     ghostkey::admin::add_key(
-        &server.store(),
+        &*server.store(),
         &app.id,
         "k2",
         &second.public_key_b64(),
         server.now(),
     )
     .unwrap();
-    ghostkey::admin::revoke_key(&server.store(), &app.id, "k2", server.now()).unwrap();
+    ghostkey::admin::revoke_key(&*server.store(), &app.id, "k2", server.now()).unwrap();
     let token = second.mint_claims(&claims(&app, "u")).unwrap();
     assert_eq!(
         refused(&server, &app, "u", &token).await,

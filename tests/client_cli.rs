@@ -197,7 +197,7 @@ async fn a_person_enrols_and_recovers_with_a_passphrase() {
     assert!(out.status.success());
     let app_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
     ghostkey::admin::set_policy(
-        &server.store(),
+        &*server.store(),
         &app_id,
         &ghostkey::domain::policy::PolicyChange {
             allowed_methods: Some(vec![ghostkey_client::proto::api::MethodKind::Passphrase]),

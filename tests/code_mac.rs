@@ -246,7 +246,7 @@ async fn a_rotation_mid_challenge_keeps_the_code_valid() {
     });
     let keys = keys_of(&server);
     assert_ne!(keys.key_id(), old_id);
-    let report = ghostkey::admin::rotate_keys(&server.store(), &keys, 500, server.now()).unwrap();
+    let report = ghostkey::admin::rotate_keys(&*server.store(), &keys, 500, server.now()).unwrap();
     assert_eq!(report.methods, 1);
     assert_eq!(
         report.retired,
@@ -269,7 +269,7 @@ async fn a_rotation_mid_challenge_keeps_the_code_valid() {
         (key_id.as_str(), scheme.as_deref()),
         (keys.key_id(), Some("hmac-sha256"))
     );
-    let report = ghostkey::admin::rotate_keys(&server.store(), &keys, 500, server.now()).unwrap();
+    let report = ghostkey::admin::rotate_keys(&*server.store(), &keys, 500, server.now()).unwrap();
     assert_eq!(
         report.retired,
         vec![(old_id, 0, 0, 0)],

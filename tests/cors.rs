@@ -12,7 +12,7 @@ const ORIGIN_A: &str = "https://a.example";
 const ORIGIN_B: &str = "https://b.example";
 
 fn allow(server: &TestServer, app: &TestApp, origin: &str) {
-    ghostkey::admin::add_origin(&server.store(), &app.id, origin, server.now()).unwrap();
+    ghostkey::admin::add_origin(&*server.store(), &app.id, origin, server.now()).unwrap();
 }
 
 /// Every header of an answer whose name starts with `access-control-`.

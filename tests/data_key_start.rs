@@ -102,7 +102,7 @@ async fn a_retired_key_removed_before_the_rotation_stops_the_start_until_rotated
     config.keys.retired_key_files = vec![old_key];
     let keys = ghostkey::keys::load_server_keys(&config).unwrap().0;
     let store = ghostkey::server::open_store(&config).unwrap();
-    let report = ghostkey::admin::rotate_keys(&store, &keys, 100, common::now()).unwrap();
+    let report = ghostkey::admin::rotate_keys(&*store, &keys, 100, common::now()).unwrap();
     assert_eq!(report.methods, 1);
     drop(store);
     config.keys.retired_key_files.clear();

@@ -37,7 +37,7 @@ async fn production_refuses_the_view_and_shows_nothing() {
         c.email.from = "Ghostkey <no-reply@ghostkey.test>".into();
     });
     let app = server.register_app("A");
-    ghostkey::admin::add_origin(&server.store(), &app.id, "https://a.example", server.now())
+    ghostkey::admin::add_origin(&*server.store(), &app.id, "https://a.example", server.now())
         .unwrap();
     // A code is sent (to the gateway): production still shows nothing of it.
     let (_, _, _) = common::enrol_with_sms(&server, &app, &gateway, "alice").await;
@@ -151,7 +151,7 @@ async fn in_development_the_code_sent_by_sms_is_shown_and_confirms_the_method() 
 
     // A page at an origin some app allows may read it; another gets no CORS header.
     ghostkey::admin::add_origin(
-        &server.store(),
+        &*server.store(),
         &app.id,
         "http://localhost:3000",
         server.now(),
@@ -209,8 +209,7 @@ fn the_view_keeps_the_newest_thousand() {
     drop(runtime);
 
     // Served over HTTP by a server started with these senders.
-    let store: Arc<dyn ghostkey::store::Store> =
-        Arc::new(ghostkey::server::open_store(&config).unwrap());
+    let store: Arc<dyn ghostkey::store::Store> = ghostkey::server::open_store(&config).unwrap();
     let keys = Arc::new(ghostkey::keys::ServerKeys::derive(
         &ghostkey::keys::DataKey::generate(),
     ));

@@ -3,7 +3,6 @@
 mod common;
 
 use common::TestServer;
-use ghostkey::store::Store;
 use ghostkey_client::proto::api::EnrollmentState;
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::proto::ErrorCode;

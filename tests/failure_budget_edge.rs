@@ -15,7 +15,7 @@ mod common;
 use common::{enrol, TestServer};
 use ghostkey::domain::challenge::{Outcome, Verdict, FAILURE_WINDOW_SECS};
 use ghostkey::domain::policy::PolicyChange;
-use ghostkey::store::{AnswerNotices, MessageKind, NewMessage, Store};
+use ghostkey::store::{AnswerNotices, MessageKind, NewMessage};
 use ghostkey_client::proto::api::{ChallengePurpose, MethodKind};
 use ghostkey_client::proto::assertion::Purpose;
 

@@ -653,7 +653,10 @@ async fn erasure_and_replacement_leave_nothing_in_the_file_its_wal_or_a_later_ba
         .await
         .unwrap();
     let backup = server.dir.path().join("after-erase.db");
-    server.store().backup_to(&backup).unwrap();
+    ghostkey::server::open_sqlite(&server.config)
+        .unwrap()
+        .backup_to(&backup)
+        .unwrap();
     let raw = server.raw_database();
     let copy = std::fs::read(&backup).unwrap();
     let mut secrets: Vec<(&str, Vec<u8>)> = vec![

@@ -402,7 +402,7 @@ async fn a_waiting_recoverys_cancel_code_survives_a_rotation() {
     // server without it refuses to start rather than void the user's code.
     let old_id = report["retired"][0][0].as_str().unwrap();
     let store = ghostkey::server::open_store(&server.config).unwrap();
-    let in_use = ghostkey::store::Store::key_ids_in_use(&store, common::now()).unwrap();
+    let in_use = store.key_ids_in_use(common::now()).unwrap();
     assert!(in_use.iter().any(|k| k == old_id), "{in_use:?}");
     drop(store);
 

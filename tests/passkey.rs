@@ -35,7 +35,7 @@ fn passkey_app(server: &TestServer) -> TestApp {
             ..PolicyChange::default()
         },
     );
-    ghostkey::admin::add_origin(&server.store(), &app.id, ORIGIN, server.now()).unwrap();
+    ghostkey::admin::add_origin(&*server.store(), &app.id, ORIGIN, server.now()).unwrap();
     app
 }
 

@@ -113,6 +113,7 @@ impl Worker {
                 return Ok(handled);
             };
             let id = message.id;
+            let leased_until = message.leased_until;
             let channel = message.channel.as_str();
             let result = self.send(message).await;
             let outcome = match &result {
@@ -125,8 +126,21 @@ impl Worker {
                 &[("channel", channel), ("result", outcome)],
             );
             let finished_at = self.clock.now();
-            self.blocking(move |store| Ok(store.finish_message(id, &result, finished_at)?))
+            let applied = self
+                .blocking(move |store| {
+                    Ok(store.finish_message(id, leased_until, &result, finished_at)?)
+                })
                 .await?;
+            if !applied {
+                // The send took longer than the lease: another worker (perhaps on another
+                // node) claimed the message meanwhile and its result is the one kept.
+                tracing::warn!(
+                    message_id = id,
+                    "a send outlasted its lease: its result was not recorded (the message may be sent twice)"
+                );
+                self.metrics
+                    .inc("ghostkey_outbox_stale_finishes_total", &[]);
+            }
             handled += 1;
         }
         Ok(handled)

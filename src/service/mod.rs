@@ -47,6 +47,12 @@ impl From<StoreError> for Error {
             StoreError::ProofRefused(outcome) => outcome.error(0).unwrap_or_else(|| {
                 Error::internal("a proof was refused with an accepting outcome")
             }),
+            // The database is out of reach or a commit's outcome is unknown: the client
+            // may try again; the cause goes to the log only.
+            StoreError::Unavailable(cause) => Error {
+                cause: Some(cause),
+                ..Error::retry_after(ErrorCode::Unavailable, 1)
+            },
             other => Error::internal(other),
         }
     }

@@ -10,6 +10,7 @@
 //! is added.
 
 pub mod lock;
+pub mod postgres;
 pub mod sqlite;
 
 use ghostkey_proto::ErrorCode;
@@ -25,6 +26,7 @@ use crate::domain::policy::AppPolicy;
 use crate::domain::recovery::Recovery;
 
 pub use lock::{DatabaseLock, LockHolder};
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// Why a store operation did not happen.
@@ -95,6 +97,28 @@ pub enum StoreError {
     /// The database failed; the message is for the log only.
     #[error("database error: {0}")]
     Backend(String),
+    /// The database cannot be reached now, or a commit's outcome is unknown (the
+    /// connection was lost during `COMMIT`): the request may be tried again (503). The
+    /// message is for the log only.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A serialisation failure or deadlock between concurrent transactions: the backend
+    /// re-runs the transaction, and this never leaves it.
+    #[error("transaction conflict: {0}")]
+    Conflict(String),
+}
+
+/// What one round of background maintenance did ([`Store::maintain`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Maintenance {
+    /// Audit events linked into the hash chain.
+    pub linked: u64,
+    /// Expired rows forgotten (replay cache, rate windows, failures).
+    pub purged: u64,
+    /// Audit events committed but not yet linked.
+    pub unlinked: u64,
+    /// When the oldest of them happened.
+    pub oldest_unlinked_at: Option<UnixTime>,
 }
 
 /// A user as the verification code needs them.
@@ -277,6 +301,10 @@ pub struct ClaimedMessage {
     pub body: Vec<u8>,
     /// Attempts before this one.
     pub attempts: u32,
+    /// The end of this claim's lease, which identifies the claim: a finish applies only
+    /// while the message is still leased until exactly this time (a later claim, after
+    /// this lease ran out, leases it until a later time).
+    pub leased_until: UnixTime,
     /// How many events of its kind a coalesced notice stands for (1 for everything else).
     pub events: u32,
 }
@@ -452,6 +480,25 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// Concurrency: read-only.
     fn ping(&self) -> Result<(), StoreError>;
+
+    /// Background work any node runs every second or so: links committed audit events
+    /// into the hash chain and forgets expired rows, in small batches. The SQLite backend
+    /// does both inline and has nothing to do here.
+    ///
+    /// Concurrency: several nodes may run it at once; the linking is serialised by the
+    /// audit head's row lock (the only place every node meets), the purges delete disjoint
+    /// batches.
+    fn maintain(&self, _now: UnixTime) -> Result<Maintenance, StoreError> {
+        Ok(Maintenance::default())
+    }
+
+    /// Audit events committed but not yet linked into the chain, and when the oldest
+    /// happened (always none for SQLite, which links inline).
+    ///
+    /// Concurrency: read-only, one statement.
+    fn audit_unlinked(&self) -> Result<(u64, Option<UnixTime>), StoreError> {
+        Ok((0, None))
+    }
 
     /// Registers an app with its first key.
     ///
@@ -956,18 +1003,21 @@ pub trait Store: Send + Sync + 'static {
         now: UnixTime,
         lease_secs: i64,
     ) -> Result<Option<ClaimedMessage>, StoreError>;
-    /// Records how a send attempt ended.
+    /// Records how a send attempt ended, if the claim `leased_until` names is still the
+    /// message's lease; returns whether it was (`false`: the lease ran out and the message
+    /// was claimed again or finished by another worker; nothing is written).
     ///
-    /// Concurrency: must apply only under the lease of the claim it reports on. Today it
-    /// does not check that: it matches the message id alone and clears whatever lease the
-    /// message has, so a worker whose lease ran out while another worker claimed the
-    /// message would record its result over the other's and make the message claimable
-    /// again while the other is still sending. SQLite relies on one delivery worker per
-    /// database (`serve` holds the database lock) and a lease longer than any send. A
-    /// backend for several nodes must identify the claim (a lease token, or the
-    /// `leased_until` the claim set) and finish only where it still matches.
-    fn finish_message(&self, id: i64, result: &SendResult, now: UnixTime)
-        -> Result<(), StoreError>;
+    /// Concurrency: applies only under the lease of the claim it reports on: a
+    /// conditional update on the message id, its `pending` state and its `leased_until`,
+    /// whose row count decides. A worker whose lease ran out while another claimed the
+    /// message cannot record its result over the other's.
+    fn finish_message(
+        &self,
+        id: i64,
+        leased_until: UnixTime,
+        result: &SendResult,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
     /// Outbox counts.
     ///
     /// Concurrency: read-only, one statement.

@@ -1,6 +1,7 @@
 //! A real Ghostkey server on 127.0.0.1:0 over a real SQLite file, for integration tests.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod smtp_server;
 
 use std::net::SocketAddr;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use ghostkey::clock::{Clock, SystemClock, UnixTime};
 use ghostkey::config::Config;
 use ghostkey::domain::policy::PolicyChange;
-use ghostkey::store::SqliteStore;
+use ghostkey::store::Store;
 use ghostkey_client::kit::AssertionRequest;
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::{AppSigningKey, Client};
@@ -121,7 +122,17 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     config.delivery.poll_interval_ms = 50;
     config.delivery.retry_base_ms = 100;
     config.delivery.retry_max_ms = 1000;
+    if on_postgres() {
+        config.database.url = Some(secrecy::SecretString::from(postgres::migrated_database()));
+        config.database.isolation = postgres::isolation();
+    }
     config
+}
+
+/// Whether this run's test servers use PostgreSQL (`GHOSTKEY_TEST_DATABASE=postgres`, set by
+/// `scripts/test-all.sh` for its PostgreSQL pass) rather than a SQLite file.
+pub fn on_postgres() -> bool {
+    std::env::var("GHOSTKEY_TEST_DATABASE").as_deref() == Ok("postgres")
 }
 
 impl TestServer {
@@ -228,7 +239,7 @@ impl TestServer {
     }
 
     /// The same database the server uses, as the admin commands open it.
-    pub fn store(&self) -> SqliteStore {
+    pub fn store(&self) -> Arc<dyn Store> {
         ghostkey::server::open_store(&self.config).unwrap()
     }
 
@@ -240,7 +251,7 @@ impl TestServer {
     pub fn register_app(&self, name: &str) -> TestApp {
         let key = AppSigningKey::generate("k1");
         let id = ghostkey::admin::add_app(
-            &self.store(),
+            &*self.store(),
             name,
             key.kid(),
             &key.public_key_b64(),
@@ -256,26 +267,64 @@ impl TestServer {
 
     /// Changes an app's policy through the admin code path.
     pub fn set_policy(&self, app: &TestApp, change: PolicyChange) {
-        ghostkey::admin::set_policy(&self.store(), &app.id, &change, self.now()).unwrap();
+        ghostkey::admin::set_policy(&*self.store(), &app.id, &change, self.now()).unwrap();
     }
 
-    /// Raw row counts, read straight from the SQLite file.
+    /// Raw row counts, read straight from the database (SQLite file or PostgreSQL).
     pub fn count(&self, table: &str) -> i64 {
         self.query_i64(&format!("SELECT count(*) FROM {table}"))
     }
 
+    /// One integer, read straight from the database with SQL both backends understand.
     pub fn query_i64(&self, sql: &str) -> i64 {
+        if self.config.database.is_postgres() {
+            let text = self.psql(&format!("SELECT ({sql})::bigint"));
+            return text
+                .parse()
+                .unwrap_or_else(|_| panic!("`{sql}` gave `{text}`"));
+        }
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// One blob, read straight from the database.
     pub fn query_blob(&self, sql: &str) -> Vec<u8> {
+        if self.config.database.is_postgres() {
+            let text = self.psql(&format!("SELECT encode(({sql}), 'hex')"));
+            return hex::decode(text).unwrap();
+        }
         let conn = rusqlite::Connection::open(self.db_path()).unwrap();
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
-    /// Every byte of the database: the main file and the write-ahead log.
+    /// Runs SQL on this server's PostgreSQL database.
+    pub fn psql(&self, sql: &str) -> String {
+        use secrecy::ExposeSecret;
+        let url = self
+            .config
+            .database
+            .url
+            .as_ref()
+            .unwrap()
+            .expose_secret()
+            .to_owned();
+        let database = url
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .split('?')
+            .next()
+            .unwrap()
+            .to_owned();
+        postgres::shared().psql(&database, sql)
+    }
+
+    /// Every byte of the database: the main file and the write-ahead log (SQLite).
     pub fn raw_database(&self) -> Vec<u8> {
+        assert!(
+            !self.config.database.is_postgres(),
+            "raw_database reads the SQLite file: this test is for SQLite"
+        );
         let mut bytes = std::fs::read(self.db_path()).unwrap();
         let mut wal = self.db_path().into_os_string();
         wal.push("-wal");

@@ -736,10 +736,11 @@ impl Store for SqliteStore {
     fn finish_message(
         &self,
         id: i64,
+        leased_until: UnixTime,
         result: &SendResult,
         now: UnixTime,
-    ) -> Result<(), StoreError> {
-        outbox::finish_message(self, id, result, now)
+    ) -> Result<bool, StoreError> {
+        outbox::finish_message(self, id, leased_until, result, now)
     }
 
     fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {

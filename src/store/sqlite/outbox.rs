@@ -136,6 +136,7 @@ pub(super) fn claim_message(
                         body: r.get(7)?,
                         attempts: r.get(8)?,
                         events: r.get(9)?,
+                        leased_until: now + lease_secs,
                     })
                 },
             )
@@ -150,18 +151,24 @@ pub(super) fn claim_message(
 pub(super) fn finish_message(
     store: &SqliteStore,
     id: i64,
+    leased_until: UnixTime,
     result: &SendResult,
     now: UnixTime,
-) -> Result<(), StoreError> {
-    let farewell_done = store.write(|tx| {
+) -> Result<bool, StoreError> {
+    let (applied, farewell_done) = store.write(|tx| {
+        // Only under the claim's own lease: a stale finish changes nothing.
+        let farewell: Option<bool> = tx
+            .one(
+                "SELECT destination IS NOT NULL FROM outbox \
+                 WHERE id = ?1 AND state = 'pending' AND leased_until = ?2",
+                params![id, leased_until],
+                |r| r.get(0),
+            )
+            .optional()?;
         // A farewell's copy of an erased user's destination goes with its last attempt.
-        let farewell: bool = tx.one(
-            "SELECT destination IS NOT NULL FROM outbox WHERE id = ?1",
-            [id],
-            |r| r.get(0),
-        )
-        .optional()?
-        .unwrap_or(false);
+        let Some(farewell) = farewell else {
+            return Ok((false, false));
+        };
         match result {
             SendResult::Sent => tx.exec(
                 "UPDATE outbox SET state = 'sent', body = x'', destination = NULL, attempts = attempts + 1, \
@@ -179,12 +186,12 @@ pub(super) fn finish_message(
                 params![id, now, error],
             )?,
         };
-        Ok(farewell && !matches!(result, SendResult::Retry { .. }))
+        Ok((true, farewell && !matches!(result, SendResult::Retry { .. })))
     })?;
     if farewell_done {
         store.scrub_wal();
     }
-    Ok(())
+    Ok(applied)
 }
 
 pub(super) fn outbox_counts(store: &SqliteStore) -> Result<OutboxCounts, StoreError> {

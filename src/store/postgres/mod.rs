@@ -1,0 +1,980 @@
+//! The PostgreSQL backend: several `ghostkey serve` nodes on one shared database.
+//!
+//! This module holds the connection plumbing (a pool of connections, each driven by a
+//! private Tokio runtime so that the store stays synchronous like SQLite's), the
+//! transaction runner with its retries, and `impl Store for PgStore`, whose methods
+//! delegate to one file per concern with the same names as the SQLite backend's:
+//! `apps`, `users`, `methods`, `challenges`, `recoveries`, `chain`, `limits`, `outbox`,
+//! `audit`, and `schema`.
+//!
+//! # How the concurrency contract is kept
+//!
+//! Writes run at `READ COMMITTED` (or `SERIALIZABLE`, `database.isolation`), and do not
+//! rely on a single writer:
+//! - every write about a user first locks that user's `users` row (`FOR UPDATE`), so the
+//!   reads that follow see every earlier write about the user, and no other write about
+//!   them runs until the commit (the lock order of the `Store` trait);
+//! - counters and limits are single conditional statements whose row count decides;
+//! - single use (`jti`, cancel codes, credentials) is a primary or unique key;
+//! - the audit log is not a lock every commit meets: events are queued in the
+//!   transaction that causes them (`audit_pending`) and linked into the hash chain
+//!   shortly after by [`PgStore::maintain`], which any node runs;
+//! - a serialisation failure or a deadlock re-runs the whole transaction (every
+//!   transaction closure is re-runnable); a connection lost during `COMMIT` answers
+//!   `Unavailable` (the outcome is unknown), never a success or a refusal.
+//!
+//! `READ COMMITTED` is the default because the hot shared rows (an app's per-minute
+//! ceiling, its daily budget) are updated by conditional statements that wait for each
+//! other's row locks and then re-check, where `SERIALIZABLE` would abort all but one of
+//! the concurrent writers and re-run them. Correctness does not depend on it: every
+//! check-then-write about a user runs under that user's row lock, and the conformance
+//! suite passes under both levels.
+
+mod apps;
+mod audit;
+mod chain;
+mod challenges;
+mod limits;
+mod methods;
+mod outbox;
+mod recoveries;
+mod schema;
+mod users;
+
+pub use schema::{migrate, SCHEMA_SQL, SCHEMA_VERSION};
+
+use std::str::FromStr;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use postgres_types::ToSql;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, IsolationLevel, Row};
+
+use crate::clock::UnixTime;
+use crate::domain::app::{App, AppKey, KeyLookup};
+use crate::domain::assertion::VerifiedAssertion;
+use crate::domain::audit::{AuditEvent, AuditHead};
+use crate::domain::challenge::{Challenge, Verdict};
+use crate::domain::enrollment::Enrollment;
+use crate::domain::limits::Limit;
+use crate::domain::method::Method;
+use crate::domain::policy::AppPolicy;
+use crate::domain::recovery::Recovery;
+use crate::store::{
+    AddMethod, AnswerNotices, Answered, ClaimedMessage, Maintenance, NewMessage, OriginStanding,
+    OriginSubject, OutboxCounts, ProofAnswer, RecoveryNotices, RegisteredPasskey, RemoveMethod,
+    SendResult, StartChallenge, StartRecovery, Store, StoreError, UnlockUser, UserRecord,
+    VerifiedRecovery,
+};
+
+/// How many times a transaction is run when it keeps meeting serialisation failures or
+/// deadlocks before the request is answered `unavailable`.
+const MAX_TRANSACTION_RUNS: u32 = 20;
+
+/// The isolation level of write transactions (`database.isolation`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Isolation {
+    /// Each statement sees the latest commits; the per-user row lock and conditional
+    /// statements make the writes exact (the default).
+    #[default]
+    ReadCommitted,
+    /// PostgreSQL's serialisable snapshot isolation: more transactions are re-run.
+    Serializable,
+}
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A `postgres://` URL (or a `key=value` connection string).
+    pub url: secrecy::SecretString,
+    /// PEM file of the certificate authorities that sign the server's certificate; when
+    /// unset, TLS (`sslmode=require`) verifies it against the public web roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Most connections this node opens.
+    pub max_connections: usize,
+    /// The isolation level of write transactions.
+    pub isolation: Isolation,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PgOptions")
+            .field("ca_file", &self.ca_file)
+            .field("max_connections", &self.max_connections)
+            .field("isolation", &self.isolation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(e: tokio_postgres::Error) -> StoreError {
+        match e.as_db_error() {
+            // Only the SQLSTATE and the message: the detail of a key conflict quotes the
+            // key's value, which may be personal (a MAC, a user id).
+            Some(db) => {
+                let cause = format!("{}: {}", db.code().code(), db.message());
+                if db.code() == &SqlState::T_R_SERIALIZATION_FAILURE
+                    || db.code() == &SqlState::T_R_DEADLOCK_DETECTED
+                {
+                    StoreError::Conflict(cause)
+                } else if db.code() == &SqlState::READ_ONLY_SQL_TRANSACTION
+                    || db.code() == &SqlState::ADMIN_SHUTDOWN
+                    || db.code() == &SqlState::CANNOT_CONNECT_NOW
+                    || db.code() == &SqlState::CRASH_SHUTDOWN
+                {
+                    // A standby (after a failover, before the nodes reconnect) or a
+                    // stopping server: try again shortly.
+                    StoreError::Unavailable(cause)
+                } else {
+                    StoreError::Backend(cause)
+                }
+            }
+            None if e.is_closed() || e.code().is_none() => {
+                StoreError::Unavailable(format!("the database connection failed: {e}"))
+            }
+            None => StoreError::Backend(e.to_string()),
+        }
+    }
+}
+
+/// Whether an error is a unique-key conflict (the refusal some writes document).
+pub(super) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| db.code() == &SqlState::UNIQUE_VIOLATION)
+}
+
+/// Runs a future of a connection to completion on this thread. The connection's socket is
+/// driven by the store's own runtime, so this works on any thread, including one of the
+/// server's async workers (where a store call blocks it exactly as SQLite's does).
+fn wait<F: std::future::Future>(future: F) -> F::Output {
+    futures_executor::block_on(future)
+}
+
+/// One transaction (or one read-only snapshot), as the concern files see it.
+pub(super) struct Tx<'a> {
+    tx: tokio_postgres::Transaction<'a>,
+}
+
+/// Parameters of a statement.
+pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+impl Tx<'_> {
+    /// Runs a statement; its row count.
+    pub(super) fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
+        Ok(wait(self.tx.execute(sql, params))?)
+    }
+
+    /// Runs a statement, keeping a unique-key conflict apart: `Ok(None)` when it hit one.
+    pub(super) fn exec_unique(
+        &self,
+        sql: &str,
+        params: Params<'_>,
+    ) -> Result<Option<u64>, StoreError> {
+        match wait(self.tx.execute(sql, params)) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// At most one row.
+    pub(super) fn opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
+        Ok(wait(self.tx.query_opt(sql, params))?)
+    }
+
+    /// Exactly one row.
+    pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
+        Ok(wait(self.tx.query_one(sql, params))?)
+    }
+
+    /// Every row.
+    pub(super) fn all(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
+        Ok(wait(self.tx.query(sql, params))?)
+    }
+
+    /// Statements without parameters or results (savepoints).
+    pub(super) fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        Ok(wait(self.tx.batch_execute(sql))?)
+    }
+
+    /// Locks the user's row for the rest of the transaction (the per-user lock every write
+    /// about a user takes first); `false` if the user does not exist.
+    pub(super) fn lock_user(&self, app_id: &str, user_id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .opt(
+                "SELECT 1 FROM users WHERE app_id = $1 AND user_id = $2 FOR UPDATE",
+                &[&app_id, &user_id],
+            )?
+            .is_some())
+    }
+
+    /// Runs `f` in a savepoint: when `f` fails its writes are undone (and the error
+    /// returned as the inner one) while the transaction goes on. For `write_keeping`
+    /// writes whose refused part must leave earlier writes in place.
+    pub(super) fn savepoint<T>(
+        &self,
+        f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<Result<T, StoreError>, StoreError> {
+        self.batch("SAVEPOINT ghostkey_inner")?;
+        match f(self) {
+            Ok(value) => {
+                self.batch("RELEASE SAVEPOINT ghostkey_inner")?;
+                Ok(Ok(value))
+            }
+            // A conflict or a lost connection is the transaction's, not a refusal.
+            Err(e @ (StoreError::Conflict(_) | StoreError::Unavailable(_))) => Err(e),
+            Err(refusal) => {
+                self.batch(
+                    "ROLLBACK TO SAVEPOINT ghostkey_inner; RELEASE SAVEPOINT ghostkey_inner",
+                )?;
+                Ok(Err(refusal))
+            }
+        }
+    }
+}
+
+/// A column of a row, as a store error when its type is not the expected one.
+pub(super) fn get<'a, T: postgres_types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+) -> Result<T, StoreError> {
+    row.try_get(idx)
+        .map_err(|e| StoreError::Backend(format!("column {idx}: {e}")))
+}
+
+/// A 32-byte column.
+pub(super) fn get32(row: &Row, idx: usize) -> Result<[u8; 32], StoreError> {
+    let bytes: Vec<u8> = get(row, idx)?;
+    bytes
+        .try_into()
+        .map_err(|_| StoreError::Backend(format!("column {idx} is not 32 bytes")))
+}
+
+/// A count or small number stored as `bigint`.
+pub(super) fn get_u32(row: &Row, idx: usize) -> Result<u32, StoreError> {
+    let n: i64 = get(row, idx)?;
+    u32::try_from(n).map_err(|_| StoreError::Backend(format!("column {idx} is out of range")))
+}
+
+pub(super) fn refused(e: crate::error::Error) -> StoreError {
+    StoreError::Refused(Box::new(e))
+}
+
+/// What connects: the parsed configuration and the TLS set-up.
+struct Connector {
+    config: tokio_postgres::Config,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+/// The connections, open and idle.
+struct Pool {
+    idle: Mutex<PoolState>,
+    freed: Condvar,
+    max: usize,
+}
+
+struct PoolState {
+    idle: Vec<Client>,
+    open: usize,
+}
+
+/// A PostgreSQL database shared by every node.
+pub struct PgStore {
+    connector: Connector,
+    pool: Pool,
+    isolation: Isolation,
+    /// Drives every connection's socket; shut down in the background on drop.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        // Also when dropped on an async thread, where a blocking shutdown would panic.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// A connection lent by the pool, back to it when dropped (unless it broke).
+struct Lent<'a> {
+    client: Option<Client>,
+    pool: &'a Pool,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        match self.client.take() {
+            Some(client) if !client.is_closed() => state.idle.push(client),
+            _ => state.open = state.open.saturating_sub(1),
+        }
+        self.pool.freed.notify_one();
+    }
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<rustls::ClientConfig, StoreError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|e| {
+                StoreError::Backend(format!(
+                    "cannot read database.ca_file {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let mut added = 0;
+            use rustls::pki_types::pem::PemObject;
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| {
+                    StoreError::Backend(format!("database.ca_file {}: {e}", path.display()))
+                })?;
+                roots.add(cert).map_err(|e| {
+                    StoreError::Backend(format!("database.ca_file {}: {e}", path.display()))
+                })?;
+                added += 1;
+            }
+            if added == 0 {
+                return Err(StoreError::Backend(format!(
+                    "database.ca_file {} holds no certificate",
+                    path.display()
+                )));
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Backend(format!("TLS set-up: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+impl PgStore {
+    /// Connects (one connection, to check the database) and checks that the schema is the
+    /// one this version knows; run [`migrate`] first on a new or older database.
+    pub fn open(options: &PgOptions) -> Result<PgStore, StoreError> {
+        let store = PgStore::connect(options)?;
+        schema::check_version(&store)?;
+        Ok(store)
+    }
+
+    /// Connects without checking the schema (for `ghostkey db migrate`).
+    pub fn connect(options: &PgOptions) -> Result<PgStore, StoreError> {
+        use secrecy::ExposeSecret;
+        let mut config = tokio_postgres::Config::from_str(options.url.expose_secret())
+            .map_err(|e| StoreError::Backend(format!("database.url is not valid: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.application_name("ghostkey");
+        let tls = match config.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => None,
+            _ => Some(tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
+                options.ca_file.as_deref(),
+            )?)),
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("ghostkey-postgres")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("cannot start the database runtime: {e}")))?;
+        let store = PgStore {
+            connector: Connector { config, tls },
+            pool: Pool {
+                idle: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
+                freed: Condvar::new(),
+                max: options.max_connections.max(1),
+            },
+            isolation: options.isolation,
+            runtime: Some(runtime),
+        };
+        // Fail now, with a clear message, rather than on the first request.
+        drop(store.lend()?);
+        Ok(store)
+    }
+
+    fn runtime(&self) -> Result<&tokio::runtime::Runtime, StoreError> {
+        self.runtime
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the database runtime is stopped".into()))
+    }
+
+    /// A new connection, its socket driven by the store's runtime.
+    fn open_connection(&self) -> Result<Client, StoreError> {
+        let config = self.connector.config.clone();
+        let tls = self.connector.tls.clone();
+        let runtime = self.runtime()?;
+        let connected = wait(runtime.spawn(async move {
+            match tls {
+                None => {
+                    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::warn!(error = %e, "a database connection ended");
+                        }
+                    });
+                    Ok::<_, tokio_postgres::Error>(client)
+                }
+                Some(tls) => {
+                    let (client, connection) = config.connect(tls).await?;
+                    tokio::spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::warn!(error = %e, "a database connection ended");
+                        }
+                    });
+                    Ok(client)
+                }
+            }
+        }))
+        .map_err(|e| StoreError::Backend(format!("the database runtime failed: {e}")))?;
+        connected.map_err(|e| match StoreError::from(e) {
+            StoreError::Backend(cause) | StoreError::Unavailable(cause) => {
+                StoreError::Unavailable(format!("cannot connect to the database: {cause}"))
+            }
+            other => other,
+        })
+    }
+
+    /// A connection from the pool, a new one if none is idle and the pool is not full, or
+    /// the next one freed.
+    fn lend(&self) -> Result<Lent<'_>, StoreError> {
+        let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(client) = state.idle.pop() {
+                if client.is_closed() {
+                    state.open = state.open.saturating_sub(1);
+                    continue;
+                }
+                return Ok(Lent {
+                    client: Some(client),
+                    pool: &self.pool,
+                });
+            }
+            if state.open < self.pool.max {
+                state.open += 1;
+                drop(state);
+                return match self.open_connection() {
+                    Ok(client) => Ok(Lent {
+                        client: Some(client),
+                        pool: &self.pool,
+                    }),
+                    Err(e) => {
+                        let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
+                        state.open = state.open.saturating_sub(1);
+                        self.pool.freed.notify_one();
+                        Err(e)
+                    }
+                };
+            }
+            let (next, timeout) = self
+                .pool
+                .freed
+                .wait_timeout(state, Duration::from_secs(30))
+                .unwrap_or_else(|p| p.into_inner());
+            state = next;
+            if timeout.timed_out() && state.idle.is_empty() && state.open >= self.pool.max {
+                return Err(StoreError::Unavailable(
+                    "no database connection was free for 30 s".into(),
+                ));
+            }
+        }
+    }
+
+    /// Runs `f` in one transaction at `isolation`, committing when it returns `Ok` (outer
+    /// and inner): the transaction is re-run on a serialisation failure or a deadlock.
+    fn run<T>(
+        &self,
+        isolation: IsolationLevel,
+        read_only: bool,
+        mut f: impl FnMut(&Tx<'_>) -> Result<Result<T, StoreError>, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut runs = 0;
+        loop {
+            runs += 1;
+            let mut lent = self.lend()?;
+            let client = lent
+                .client
+                .as_mut()
+                .ok_or_else(|| StoreError::Backend("pool connection missing".into()))?;
+            let attempt = (|| {
+                let tx = wait(
+                    client
+                        .build_transaction()
+                        .isolation_level(isolation)
+                        .read_only(read_only)
+                        .start(),
+                )?;
+                let tx = Tx { tx };
+                let value = f(&tx)?;
+                match wait(tx.tx.commit()) {
+                    Ok(()) => Ok(value),
+                    // The commit may or may not have happened: say neither.
+                    Err(e) if e.as_db_error().is_none() => Err(StoreError::Unavailable(format!(
+                        "the connection was lost during COMMIT; the write may or may not have been made: {e}"
+                    ))),
+                    Err(e) => Err(e.into()),
+                }
+            })();
+            match attempt {
+                Err(StoreError::Conflict(cause)) => {
+                    drop(lent);
+                    if runs >= MAX_TRANSACTION_RUNS {
+                        return Err(StoreError::Unavailable(format!(
+                            "the transaction met conflicts {runs} times: {cause}"
+                        )));
+                    }
+                    // A little random wait, so two re-runs do not collide again.
+                    let ms = u64::from(rand::random::<u8>() % 8) * u64::from(runs.min(8));
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                other => return other.and_then(|inner| inner),
+            }
+        }
+    }
+
+    fn write_level(&self) -> IsolationLevel {
+        match self.isolation {
+            Isolation::ReadCommitted => IsolationLevel::ReadCommitted,
+            Isolation::Serializable => IsolationLevel::Serializable,
+        }
+    }
+
+    /// One write transaction; a refusal (any error) rolls it back.
+    pub(super) fn write<T>(
+        &self,
+        mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(self.write_level(), false, |tx| f(tx).map(Ok))
+    }
+
+    /// Like `write`, but an inner error still commits: for refusals that must leave a
+    /// trace (a wrong proof code counts as a failure).
+    pub(super) fn write_keeping<T>(
+        &self,
+        f: impl FnMut(&Tx<'_>) -> Result<Result<T, StoreError>, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(self.write_level(), false, f)
+    }
+
+    /// A read-only transaction: one snapshot for all its statements.
+    pub(super) fn read<T>(
+        &self,
+        mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(IsolationLevel::RepeatableRead, true, |tx| f(tx).map(Ok))
+    }
+
+    /// Checks that acknowledged commits are durable: `synchronous_commit` is not `off` or
+    /// `local` while synchronous standbys are named, and `fsync` is on. Returns what is
+    /// wrong, if anything (the server warns loudly, as it does for SQLite's
+    /// `synchronous`).
+    pub fn durability_warnings(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|tx| {
+            let setting = |name: &str| -> Result<String, StoreError> {
+                let row = tx.one("SELECT current_setting($1)", &[&name])?;
+                get(&row, 0)
+            };
+            let mut warnings = Vec::new();
+            let commit = setting("synchronous_commit")?;
+            if commit == "off" {
+                warnings.push(
+                    "synchronous_commit is off: acknowledged writes may be lost if PostgreSQL crashes"
+                        .to_owned(),
+                );
+            } else if commit == "local" && !setting("synchronous_standby_names")?.is_empty() {
+                warnings.push(
+                    "synchronous_commit is local while synchronous standbys are configured: \
+                     acknowledged writes may be lost in a failover"
+                        .to_owned(),
+                );
+            }
+            if setting("fsync")? != "on" {
+                warnings.push(
+                    "fsync is off: acknowledged writes may be lost if the machine crashes".to_owned(),
+                );
+            }
+            Ok(warnings)
+        })
+    }
+}
+
+impl Store for PgStore {
+    fn ping(&self) -> Result<(), StoreError> {
+        self.read(|tx| tx.one("SELECT 1", &[]).map(|_| ()))
+    }
+
+    fn maintain(&self, now: UnixTime) -> Result<Maintenance, StoreError> {
+        let linked = audit::link_pending(self, now)?;
+        let purged = limits::purge_expired(self, now)?;
+        let (unlinked, oldest_unlinked_at) = audit::pending(self)?;
+        Ok(Maintenance {
+            linked,
+            purged,
+            unlinked,
+            oldest_unlinked_at,
+        })
+    }
+
+    fn audit_unlinked(&self) -> Result<(u64, Option<UnixTime>), StoreError> {
+        audit::pending(self)
+    }
+
+    fn create_app(&self, app: &App, first_key: &AppKey) -> Result<(), StoreError> {
+        apps::create_app(self, app, first_key)
+    }
+
+    fn list_apps(&self) -> Result<Vec<App>, StoreError> {
+        apps::list_apps(self)
+    }
+
+    fn app(&self, app_id: &str) -> Result<Option<App>, StoreError> {
+        apps::app(self, app_id)
+    }
+
+    fn app_keys(&self, app_id: &str) -> Result<Vec<AppKey>, StoreError> {
+        apps::app_keys(self, app_id)
+    }
+
+    fn add_app_key(&self, app_id: &str, key: &AppKey) -> Result<(), StoreError> {
+        apps::add_app_key(self, app_id, key)
+    }
+
+    fn revoke_app_key(&self, app_id: &str, kid: &str, now: UnixTime) -> Result<(), StoreError> {
+        apps::revoke_app_key(self, app_id, kid, now)
+    }
+
+    fn set_app_policy(&self, app_id: &str, p: &AppPolicy, now: UnixTime) -> Result<(), StoreError> {
+        apps::set_app_policy(self, app_id, p, now)
+    }
+
+    fn app_origins(&self, app_id: &str) -> Result<Vec<String>, StoreError> {
+        apps::app_origins(self, app_id)
+    }
+
+    fn add_app_origin(
+        &self,
+        app_id: &str,
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        apps::add_app_origin(self, app_id, origin, now)
+    }
+
+    fn remove_app_origin(
+        &self,
+        app_id: &str,
+        origin: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        apps::remove_app_origin(self, app_id, origin, now)
+    }
+
+    fn origin_standing(
+        &self,
+        subject: OriginSubject<'_>,
+        origin: &str,
+    ) -> Result<OriginStanding, StoreError> {
+        apps::origin_standing(self, subject, origin)
+    }
+
+    fn lookup_assertion_key(&self, app_id: &str, kid: &str) -> Result<KeyLookup, StoreError> {
+        apps::lookup_assertion_key(self, app_id, kid)
+    }
+
+    fn enroll(
+        &self,
+        assertion: &VerifiedAssertion,
+        e: &Enrollment,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        users::enroll(self, assertion, e, now)
+    }
+
+    fn enrollment(&self, app_id: &str, user_id: &str) -> Result<Option<Enrollment>, StoreError> {
+        users::enrollment(self, app_id, user_id)
+    }
+
+    fn consume_assertion(
+        &self,
+        assertion: &VerifiedAssertion,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        limits::consume_assertion(self, assertion, now)
+    }
+
+    fn user(&self, app_id: &str, user_id: &str) -> Result<Option<UserRecord>, StoreError> {
+        users::user(self, app_id, user_id)
+    }
+
+    fn guard(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        now: UnixTime,
+    ) -> Result<crate::domain::challenge::Guard, StoreError> {
+        users::guard(self, app_id, user_id, now)
+    }
+
+    fn add_method(&self, cmd: &AddMethod<'_>, now: UnixTime) -> Result<(), StoreError> {
+        methods::add_method(self, cmd, now)
+    }
+
+    fn start_challenge(&self, cmd: &StartChallenge<'_>, now: UnixTime) -> Result<(), StoreError> {
+        challenges::start_challenge(self, cmd, now)
+    }
+
+    fn challenge(
+        &self,
+        challenge_id: &str,
+    ) -> Result<Option<(Challenge, Method, AppPolicy)>, StoreError> {
+        challenges::challenge(self, challenge_id)
+    }
+
+    fn credential_registered(&self, credential_hash: &[u8; 32]) -> Result<bool, StoreError> {
+        methods::credential_registered(self, credential_hash)
+    }
+
+    fn answer_challenge(
+        &self,
+        challenge_id: &str,
+        verdict: Verdict,
+        registered: Option<&RegisteredPasskey>,
+        notices: &AnswerNotices<'_>,
+        now: UnixTime,
+    ) -> Result<Answered, StoreError> {
+        challenges::answer_challenge(self, challenge_id, verdict, registered, notices, now)
+    }
+
+    fn remove_method(&self, cmd: &RemoveMethod<'_>, now: UnixTime) -> Result<(), StoreError> {
+        methods::remove_method(self, cmd, now)
+    }
+
+    fn unlock_user(&self, cmd: &UnlockUser<'_>, now: UnixTime) -> Result<bool, StoreError> {
+        users::unlock_user(self, cmd, now)
+    }
+
+    fn chain_head(
+        &self,
+        app_id: &str,
+        user_id: &str,
+    ) -> Result<Option<crate::domain::chain::Head>, StoreError> {
+        chain::chain_head(self, app_id, user_id)
+    }
+
+    fn chain_block(
+        &self,
+        app_id: &str,
+        user_id: &str,
+        index: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        chain::chain_block(self, app_id, user_id, index)
+    }
+
+    fn chain(&self, app_id: &str, user_id: &str) -> Result<Vec<Vec<u8>>, StoreError> {
+        chain::chain(self, app_id, user_id)
+    }
+
+    fn append_block(
+        &self,
+        assertion: &VerifiedAssertion,
+        index: usize,
+        hash: &[u8; 32],
+        block: &[u8],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        chain::append_block(self, assertion, index, hash, block, now)
+    }
+
+    fn start_recovery(&self, cmd: &StartRecovery<'_>, now: UnixTime) -> Result<(), StoreError> {
+        recoveries::start_recovery(self, cmd, now)
+    }
+
+    fn recovery(&self, challenge_id: &str) -> Result<Option<Recovery>, StoreError> {
+        recoveries::recovery(self, challenge_id)
+    }
+
+    fn verify_recovery(
+        &self,
+        challenge_id: &str,
+        unspent: &[Limit],
+        verdict: Verdict,
+        notices: &RecoveryNotices<'_>,
+        now: UnixTime,
+    ) -> Result<VerifiedRecovery, StoreError> {
+        recoveries::verify_recovery(self, challenge_id, unspent, verdict, notices, now)
+    }
+
+    fn release_recovery(
+        &self,
+        assertion: &VerifiedAssertion,
+        challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(Recovery, Vec<u8>), StoreError> {
+        recoveries::release_recovery(self, assertion, challenge_id, notice, now)
+    }
+
+    fn cancel_recovery(
+        &self,
+        assertion: &VerifiedAssertion,
+        proof: Option<&ProofAnswer>,
+        challenge_id: &str,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<Recovery, StoreError> {
+        recoveries::cancel_recovery(self, assertion, proof, challenge_id, notice, now)
+    }
+
+    fn recovery_by_cancel_code(&self, mac: &[u8]) -> Result<Option<Recovery>, StoreError> {
+        recoveries::recovery_by_cancel_code(self, mac)
+    }
+
+    fn cancel_recovery_by_code(
+        &self,
+        mac: &[u8],
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<Recovery, StoreError> {
+        recoveries::cancel_recovery_by_code(self, mac, notice, now)
+    }
+
+    fn replace_virtual_device(
+        &self,
+        assertion: &VerifiedAssertion,
+        proof: &ProofAnswer,
+        sealed: &[u8],
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        users::replace_virtual_device(self, assertion, proof, sealed, notice, now)
+    }
+
+    fn erase_user(
+        &self,
+        app: &str,
+        user: &str,
+        assertion: Option<&VerifiedAssertion>,
+        notice: &NewMessage,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        users::erase_user(self, app, user, assertion, notice, now)
+    }
+
+    fn audit_events(&self, after_seq: i64, limit: usize) -> Result<Vec<AuditEvent>, StoreError> {
+        audit::audit_events(self, after_seq, limit)
+    }
+
+    fn audit_head(&self) -> Result<Option<AuditHead>, StoreError> {
+        audit::audit_head(self)
+    }
+
+    fn time_floor(&self) -> Result<UnixTime, StoreError> {
+        limits::time_floor(self)
+    }
+
+    fn reset_time_floor(&self, to: UnixTime) -> Result<UnixTime, StoreError> {
+        limits::reset_time_floor(self, to)
+    }
+
+    fn methods_under_other_keys(
+        &self,
+        current: &str,
+        limit: usize,
+    ) -> Result<Vec<Method>, StoreError> {
+        methods::methods_under_other_keys(self, current, limit)
+    }
+
+    fn rekey_method(
+        &self,
+        method_id: &str,
+        old_key: &str,
+        new_key: &str,
+        secret: &[u8],
+        destination_mac: Option<&[u8]>,
+    ) -> Result<bool, StoreError> {
+        methods::rekey_method(self, method_id, old_key, new_key, secret, destination_mac)
+    }
+
+    fn messages_under_other_keys(
+        &self,
+        current: &str,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, Vec<u8>)>, StoreError> {
+        outbox::messages_under_other_keys(self, current, limit)
+    }
+
+    fn rekey_message(
+        &self,
+        id: i64,
+        old_key: &str,
+        new_key: &str,
+        body: &[u8],
+    ) -> Result<bool, StoreError> {
+        outbox::rekey_message(self, id, old_key, new_key, body)
+    }
+
+    fn key_ids_in_use(&self, now: UnixTime) -> Result<Vec<String>, StoreError> {
+        methods::key_ids_in_use(self, now)
+    }
+
+    fn key_usage(&self, key_id: &str, now: UnixTime) -> Result<(u64, u64, u64), StoreError> {
+        methods::key_usage(self, key_id, now)
+    }
+
+    fn app_activity(
+        &self,
+        app_id: &str,
+        since: UnixTime,
+    ) -> Result<(u64, u64, Option<UnixTime>), StoreError> {
+        apps::app_activity(self, app_id, since)
+    }
+
+    fn user_recoveries(&self, app_id: &str, user_id: &str) -> Result<Vec<Recovery>, StoreError> {
+        recoveries::user_recoveries(self, app_id, user_id)
+    }
+
+    fn take_limits(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
+        limits::take_limits(self, limits, now)
+    }
+
+    fn limits_allow(&self, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
+        limits::limits_allow(self, limits, now)
+    }
+
+    fn claim_message(
+        &self,
+        now: UnixTime,
+        lease_secs: i64,
+    ) -> Result<Option<ClaimedMessage>, StoreError> {
+        outbox::claim_message(self, now, lease_secs)
+    }
+
+    fn finish_message(
+        &self,
+        id: i64,
+        leased_until: UnixTime,
+        result: &SendResult,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        outbox::finish_message(self, id, leased_until, result, now)
+    }
+
+    fn outbox_counts(&self) -> Result<OutboxCounts, StoreError> {
+        outbox::outbox_counts(self)
+    }
+}

@@ -1,0 +1,235 @@
+//! The PostgreSQL backend's own behaviour, on a real cluster the test starts: its schema
+//! and migrations, the version check a node makes at start, the durability check, the
+//! outbox lease token between two nodes, and the audit chainer. (The behaviour both
+//! backends share is proven by running the integration suite against each:
+//! `scripts/test-all.sh`; the races between nodes are in `multi_node.rs`.)
+
+mod common;
+
+use std::process::Command;
+
+use common::postgres::{self, shared};
+use ghostkey::store::postgres::{migrate, PgStore};
+use ghostkey::store::{SendResult, Store};
+
+fn database_name(url: &str) -> String {
+    url.rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The schema as `pg_dump` prints it, without comments and settings.
+fn dump_schema(url: &str) -> String {
+    let cluster = shared();
+    let out = Command::new(cluster.bin_dir.join("pg_dump"))
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cluster.port.to_string(),
+            "-U",
+            "postgres",
+        ])
+        .args(["--schema-only", "--no-owner", "--no-privileges"])
+        .arg(database_name(url))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("--") && !l.starts_with("SET ") && !l.trim().is_empty())
+        .filter(|l| !l.starts_with("SELECT pg_catalog.set_config"))
+        // pg_dump 15.14+ brackets its output with a random key.
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_fresh_migration_gives_exactly_the_canonical_schema() {
+    let migrated = postgres::migrated_database();
+    let canonical = shared().new_database();
+    shared().psql(
+        &database_name(&canonical),
+        ghostkey::store::postgres::SCHEMA_SQL,
+    );
+    assert_eq!(dump_schema(&migrated), dump_schema(&canonical));
+    // And the same rows in the one-row tables.
+    for table in ["ghostkey_schema", "audit_head", "clock_floor"] {
+        let sql = format!("SELECT * FROM {table}");
+        assert_eq!(
+            shared().psql(&database_name(&migrated), &sql),
+            shared().psql(&database_name(&canonical), &sql),
+            "{table}"
+        );
+    }
+}
+
+#[test]
+fn migrate_twice_changes_nothing_and_nodes_refuse_an_unknown_schema() {
+    let url = shared().new_database();
+    let options = postgres::options(&url);
+
+    // No schema yet: a node refuses to serve and says which command to run.
+    let refused = PgStore::open(&options).unwrap_err().to_string();
+    assert!(refused.contains("ghostkey db migrate"), "{refused}");
+
+    assert_eq!(
+        migrate(&options).unwrap(),
+        (None, ghostkey::store::postgres::SCHEMA_VERSION)
+    );
+    let schema = dump_schema(&url);
+    assert_eq!(
+        migrate(&options).unwrap(),
+        (
+            Some(ghostkey::store::postgres::SCHEMA_VERSION),
+            ghostkey::store::postgres::SCHEMA_VERSION
+        )
+    );
+    assert_eq!(dump_schema(&url), schema);
+    PgStore::open(&options).unwrap().ping().unwrap();
+
+    // A schema newer than this build: refused, by the node and by migrate.
+    shared().psql(
+        &database_name(&url),
+        "UPDATE ghostkey_schema SET version = version + 1",
+    );
+    let newer = PgStore::open(&options).unwrap_err().to_string();
+    assert!(newer.contains("newer"), "{newer}");
+    let newer = migrate(&options).unwrap_err().to_string();
+    assert!(newer.contains("newer"), "{newer}");
+}
+
+#[test]
+fn the_migrate_command_and_backup_on_postgres() {
+    let url = shared().new_database();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_ghostkey"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("GHOSTKEY_DATABASE__URL", &url)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["db", "migrate"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("created the Ghostkey schema"));
+    let out = run(&["db", "migrate"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already at version"));
+
+    // Admin commands work against PostgreSQL.
+    let key = ghostkey_client::AppSigningKey::generate("k1");
+    let out = run(&[
+        "app",
+        "add",
+        "--name",
+        "Clinic",
+        "--key-id",
+        "k1",
+        "--public-key",
+        &key.public_key_b64(),
+    ]);
+    let added = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() {
+        let out = run(&["app", "list"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("Clinic"));
+    } else {
+        panic!("app add failed: {added}");
+    }
+
+    // Backup and restore point to PostgreSQL's own tools.
+    let out = run(&["backup", "copy.db"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pg_dump"));
+    let out = run(&["restore", "copy.db", "--yes"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pg_basebackup"));
+
+    // The audit log verifies, once the pending events are linked.
+    let store = PgStore::open(&postgres::options(&url)).unwrap();
+    assert!(
+        store.audit_unlinked().unwrap().0 >= 1,
+        "the app's creation is queued"
+    );
+    store.maintain(common::now()).unwrap();
+    assert_eq!(store.audit_unlinked().unwrap().0, 0);
+    let out = run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_database_without_durable_commits_is_reported() {
+    let url = postgres::migrated_database();
+    let store = PgStore::open(&postgres::options(&url)).unwrap();
+    assert!(store.durability_warnings().unwrap().is_empty());
+    shared().psql(
+        &database_name(&url),
+        &format!(
+            "ALTER DATABASE {} SET synchronous_commit = off",
+            database_name(&url)
+        ),
+    );
+    // New connections see the setting.
+    let store = PgStore::open(&postgres::options(&url)).unwrap();
+    let warnings = store.durability_warnings().unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("synchronous_commit"), "{warnings:?}");
+}
+
+#[test]
+fn a_stale_finish_from_a_node_whose_lease_ran_out_is_refused() {
+    let url = postgres::migrated_database();
+    // A queued farewell notice (it carries its own destination), as an erasure leaves.
+    shared().psql(
+        &database_name(&url),
+        "INSERT INTO outbox (app_id, kind, key_id, body, state, next_attempt_at, created_at, \
+         channel, destination_key_id, destination) \
+         VALUES ('app', 'notice', 'k', '\\x01', 'pending', 0, 0, 'sms', 'k', '\\x02')",
+    );
+    let node_a = PgStore::open(&postgres::options(&url)).unwrap();
+    let node_b = PgStore::open(&postgres::options(&url)).unwrap();
+    let now = common::now();
+    let first = node_a.claim_message(now, 30).unwrap().unwrap();
+    // Leased: nobody else gets it meanwhile.
+    assert_eq!(node_b.claim_message(now + 29, 30).unwrap(), None);
+    // Node A's lease runs out; node B claims the same message.
+    let later = now + 31;
+    let second = node_b.claim_message(later, 30).unwrap().unwrap();
+    assert_eq!(second.id, first.id);
+    assert!(second.leased_until > first.leased_until);
+    // Node A's late result is refused and changes nothing; node B's is recorded.
+    let sent = SendResult::Sent;
+    assert!(!node_a
+        .finish_message(first.id, first.leased_until, &sent, later + 1)
+        .unwrap());
+    assert_eq!(node_a.outbox_counts().unwrap().pending, 1);
+    assert!(node_b
+        .finish_message(second.id, second.leased_until, &sent, later + 1)
+        .unwrap());
+    let counts = node_a.outbox_counts().unwrap();
+    assert_eq!((counts.pending, counts.sent), (0, 1));
+    assert_eq!(node_a.claim_message(later + 100, 30).unwrap(), None);
+}
