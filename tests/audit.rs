@@ -4,22 +4,10 @@
 
 mod common;
 
-use std::process::Command;
 
 use common::{sms_gateway, TestServer};
 use ghostkey_client::proto::api::MethodKind;
 use ghostkey_client::proto::assertion::Purpose;
-
-fn ghostkey(db: &std::path::Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GHOSTKEY_") {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.env("GHOSTKEY_DATABASE__PATH", db);
-    cmd
-}
 
 #[tokio::test]
 async fn the_audit_chain_verifies_names_no_one_and_catches_an_edit() {
@@ -79,19 +67,15 @@ async fn the_audit_chain_verifies_names_no_one_and_catches_an_edit() {
         .await
         .unwrap();
 
-    let out = ghostkey(&server.db_path())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
+    // Linked into the chain (PostgreSQL: a node does it within a second).
+    server.maintain();
+    let out = server.cli().args(["audit", "verify"]).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let out = ghostkey(&server.db_path())
-        .args(["audit", "export"])
-        .output()
-        .unwrap();
+    let out = server.cli().args(["audit", "export"]).output().unwrap();
     let export = String::from_utf8(out.stdout).unwrap();
     let events: Vec<serde_json::Value> = export
         .lines()
@@ -147,27 +131,17 @@ async fn the_audit_chain_verifies_names_no_one_and_catches_an_edit() {
             .count()
             >= 2
     );
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let linked: i64 = conn
-        .query_row(
-            "SELECT count(*) FROM users WHERE audit_pseudonym = ?1",
-            [&erased],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let linked = server.query_i64(&format!(
+        "SELECT count(*) FROM users WHERE audit_pseudonym = '{erased}'"
+    ));
     assert_eq!(linked, 0);
 
     // Edit one event: verification names it.
     let target: i64 = events[5]["seq"].as_i64().unwrap();
-    conn.execute(
-        "UPDATE audit_events SET detail = '{\"edited\":true}' WHERE seq = ?1",
-        [target],
-    )
-    .unwrap();
-    let out = ghostkey(&server.db_path())
-        .args(["audit", "verify"])
-        .output()
-        .unwrap();
+    server.execute(&format!(
+        "UPDATE audit_events SET detail = '{{\"edited\":true}}' WHERE seq = {target}"
+    ));
+    let out = server.cli().args(["audit", "verify"]).output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&format!("broken at event {target}")), "{err}");

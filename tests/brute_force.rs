@@ -205,15 +205,15 @@ async fn volley(
 /// Server side: the wrong guesses that were evaluated (counted against the user), in
 /// order, with the time of each.
 fn evaluated(server: &TestServer) -> Vec<i64> {
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let mut stmt = conn
-        .prepare(
-            "SELECT at FROM audit_events WHERE kind = 'code_refused' \
-             AND json_extract(detail, '$.outcome') IN ('Wrong', 'WrongAndLocked') ORDER BY seq",
-        )
-        .unwrap();
-    let rows = stmt.query_map([], |r| r.get(0)).unwrap();
-    rows.map(Result::unwrap).collect()
+    let outcome = if server.config.database.is_postgres() {
+        "detail::json->>'outcome'"
+    } else {
+        "json_extract(detail, '$.outcome')"
+    };
+    server.query_i64s(&format!(
+        "SELECT at FROM audit_events WHERE kind = 'code_refused' \
+         AND {outcome} IN ('Wrong', 'WrongAndLocked') ORDER BY seq"
+    ))
 }
 
 /// What the attack achieved on the server.

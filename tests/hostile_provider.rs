@@ -372,9 +372,9 @@ async fn locks_and_unlocks_are_notified_and_need_the_users_proof() {
 
     // The operator's unlock is notified too.
     let before = sms_gateway::received(&gateway).await.len();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"))
+    let out = server
+        .cli()
         .args(["user", "unlock", &app.id, "victim"])
-        .env("GHOSTKEY_DATABASE__PATH", server.db_path())
         .output()
         .unwrap();
     assert!(

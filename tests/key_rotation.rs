@@ -22,6 +22,10 @@ fn ghostkey(server: &TestServer, args: &[&str]) -> std::process::Output {
         }
     }
     cmd.env("GHOSTKEY_DATABASE__PATH", server.db_path());
+    if let Some(url) = &server.config.database.url {
+        use secrecy::ExposeSecret;
+        cmd.env("GHOSTKEY_DATABASE__URL", url.expose_secret());
+    }
     if let Some(current) = &server.config.keys.data_key_file {
         cmd.env("GHOSTKEY_KEYS__DATA_KEY_FILE", current);
     }

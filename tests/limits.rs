@@ -221,9 +221,9 @@ async fn failures_back_off_then_lock_until_lifted_or_an_operator_unlocks() {
             "SELECT count(*) FROM user_guards WHERE user_id = 'v' AND locked_at IS NOT NULL"
         ) == 1
     );
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"))
+    let out = server
+        .cli()
         .args(["user", "unlock", &app.id, "v"])
-        .env("GHOSTKEY_DATABASE__PATH", server.db_path())
         .output()
         .unwrap();
     assert!(

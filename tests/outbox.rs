@@ -220,10 +220,7 @@ async fn a_permanent_refusal_is_recorded_and_not_retried() {
         server.query_i64("SELECT count(*) FROM outbox WHERE state = 'failed'"),
         1
     );
-    let conn = rusqlite::Connection::open(server.db_path()).unwrap();
-    let error: String = conn
-        .query_row("SELECT last_error FROM outbox", [], |r| r.get(0))
-        .unwrap();
+    let error = server.query_text("SELECT last_error FROM outbox");
     assert!(!error.contains("612345678"), "{error}");
 }
 

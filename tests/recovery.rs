@@ -231,10 +231,9 @@ async fn ghostkey_alone_cannot_open_the_blob() {
     let w = world(PolicyChange::default()).await;
     let (secret, _, _) = enrol_with_phone(&w, "u", "+33 6 12 34 56 78").await;
     // Everything the operator has: the database and the data key file.
-    let conn = rusqlite::Connection::open(w.server.db_path()).unwrap();
-    let blob: Vec<u8> = conn
-        .query_row("SELECT sealed_virtual_device FROM users", [], |r| r.get(0))
-        .unwrap();
+    let blob = w
+        .server
+        .query_blob("SELECT sealed_virtual_device FROM users");
     let data_key = std::fs::read_to_string(w.server.config.dev_data_key_path()).unwrap();
     let candidates = [
         UserSecret::from_b64(&data_key).unwrap(),

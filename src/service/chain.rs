@@ -124,7 +124,12 @@ impl Ghostkey {
                 None => {
                     let keys = app_keys(store, app_id)?;
                     let lookup = |kid: &str| keys.iter().find(|(k, _)| k == kid).map(|(_, pk)| *pk);
-                    let stored = store.chain(app_id, user_id)?;
+                    let mut stored = store.chain(app_id, user_id)?;
+                    // Judged against the head read above: a block another request (or
+                    // node) appended since then makes this append a fork, which the
+                    // store's length check answers `chain_fork`, not a block judged
+                    // against a chain it was not built on (`invalid_block`).
+                    stored.truncate(head.len);
                     verified += stored.len();
                     stored_state(&stored, &lookup)?
                 }

@@ -270,6 +270,18 @@ impl TestServer {
         ghostkey::admin::set_policy(&*self.store(), &app.id, &change, self.now()).unwrap();
     }
 
+    /// The `ghostkey` binary on this server's database.
+    pub fn cli(&self) -> std::process::Command {
+        ghostkey_for(&self.config)
+    }
+
+    /// Runs what a node's background maintenance does within a second: on PostgreSQL, links
+    /// the audit events committed so far and purges expired rows; nothing on SQLite (which
+    /// does both inline). Raw reads run it first, so they see what a second later shows.
+    pub fn maintain(&self) {
+        self.store().maintain(self.now()).unwrap();
+    }
+
     /// Raw row counts, read straight from the database (SQLite file or PostgreSQL).
     pub fn count(&self, table: &str) -> i64 {
         self.query_i64(&format!("SELECT count(*) FROM {table}"))
@@ -278,6 +290,7 @@ impl TestServer {
     /// One integer, read straight from the database with SQL both backends understand.
     pub fn query_i64(&self, sql: &str) -> i64 {
         if self.config.database.is_postgres() {
+            self.maintain();
             let text = self.psql(&format!("SELECT ({sql})::bigint"));
             return text
                 .parse()
@@ -287,9 +300,48 @@ impl TestServer {
         conn.query_row(sql, [], |r| r.get(0)).unwrap()
     }
 
+    /// A column of integers, read straight from the database.
+    pub fn query_i64s(&self, sql: &str) -> Vec<i64> {
+        if self.config.database.is_postgres() {
+            self.maintain();
+            return self
+                .psql(sql)
+                .lines()
+                .map(|l| l.parse().unwrap_or_else(|_| panic!("`{sql}` gave `{l}`")))
+                .collect();
+        }
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        let mut stmt = conn.prepare(sql).unwrap();
+        let rows = stmt.query_map([], |r| r.get(0)).unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    /// One text value, read straight from the database.
+    pub fn query_text(&self, sql: &str) -> String {
+        if self.config.database.is_postgres() {
+            self.maintain();
+            return self.psql(sql);
+        }
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    /// Runs a statement straight on the database (to tamper with it, as an attacker with
+    /// write access would).
+    pub fn execute(&self, sql: &str) {
+        if self.config.database.is_postgres() {
+            self.maintain();
+            self.psql(sql);
+            return;
+        }
+        let conn = rusqlite::Connection::open(self.db_path()).unwrap();
+        conn.execute(sql, []).unwrap();
+    }
+
     /// One blob, read straight from the database.
     pub fn query_blob(&self, sql: &str) -> Vec<u8> {
         if self.config.database.is_postgres() {
+            self.maintain();
             let text = self.psql(&format!("SELECT encode(({sql}), 'hex')"));
             return hex::decode(text).unwrap();
         }
@@ -319,12 +371,26 @@ impl TestServer {
         postgres::shared().psql(&database, sql)
     }
 
-    /// Every byte of the database: the main file and the write-ahead log (SQLite).
+    /// Every byte of the database at rest: the SQLite file and its write-ahead log, or for
+    /// PostgreSQL (after a checkpoint) every file of the database's directory and the
+    /// cluster's write-ahead log.
     pub fn raw_database(&self) -> Vec<u8> {
-        assert!(
-            !self.config.database.is_postgres(),
-            "raw_database reads the SQLite file: this test is for SQLite"
-        );
+        if self.config.database.is_postgres() {
+            self.maintain();
+            self.psql("CHECKPOINT");
+            let oid = self.psql("SELECT oid FROM pg_database WHERE datname = current_database()");
+            let data = &postgres::shared().data_dir;
+            let mut bytes = Vec::new();
+            for dir in [data.join("base").join(oid), data.join("pg_wal")] {
+                for entry in std::fs::read_dir(dir).unwrap() {
+                    let path = entry.unwrap().path();
+                    if path.is_file() {
+                        bytes.extend(std::fs::read(path).unwrap());
+                    }
+                }
+            }
+            return bytes;
+        }
         let mut bytes = std::fs::read(self.db_path()).unwrap();
         let mut wal = self.db_path().into_os_string();
         wal.push("-wal");
@@ -682,6 +748,17 @@ pub async fn wait_outbox_settled(
 
 /// The `ghostkey` binary on the database at `db`, with none of the caller's `GHOSTKEY_*`
 /// variables (the binary reads them as configuration).
+/// The `ghostkey` binary on the database `config` names: its SQLite file, or its
+/// PostgreSQL URL.
+pub fn ghostkey_for(config: &Config) -> std::process::Command {
+    let mut cmd = ghostkey_on(&config.database.path);
+    if let Some(url) = &config.database.url {
+        use secrecy::ExposeSecret;
+        cmd.env("GHOSTKEY_DATABASE__URL", url.expose_secret());
+    }
+    cmd
+}
+
 pub fn ghostkey_on(db: &std::path::Path) -> std::process::Command {
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_ghostkey"));
     for (k, _) in std::env::vars() {
