@@ -57,7 +57,7 @@ cargo test --workspace --locked
 postgres_tests=(
     assertions audit brute_force chain_server clock_backwards cors dev_messages enrollment
     erasure_in_flight failure_budget_edge hostile_provider http_basics key_rotation limits
-    methods metrics outbox passkey passphrase recovery restart_expiry
+    methods metrics multi_node outbox passkey passphrase recovery restart_expiry
 )
 sqlite_file_tests=(
     enrolment_stores_a_blob_that_opens_with_the_user_secret_and_nothing_else

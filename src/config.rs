@@ -262,7 +262,9 @@ pub struct DatabaseConfig {
     pub path: PathBuf,
     /// Durability of commits; lower it only knowingly (SQLite).
     pub synchronous: Synchronous,
-    /// How long a write waits for the database lock, in milliseconds (SQLite).
+    /// How long a write waits for the database lock, in milliseconds (SQLite); with
+    /// PostgreSQL, how long a write keeps re-running after serialisation failures,
+    /// deadlocks or a busy user lock before it is answered `unavailable`.
     pub busy_timeout_ms: u64,
     /// A `postgres://` URL: selects the PostgreSQL backend (several nodes on one
     /// database). Secret when it holds a password; or `url_file`.

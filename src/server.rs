@@ -90,6 +90,7 @@ pub fn postgres_options(config: &Config) -> Result<PgOptions, String> {
         ca_file: config.database.ca_file.clone(),
         max_connections: config.database.max_connections,
         isolation: config.database.isolation,
+        retry_for: Duration::from_millis(config.database.busy_timeout_ms),
     })
 }
 

@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::{sms_gateway, TestServer};
 use ghostkey_client::proto::api::MethodKind;
 use ghostkey_client::proto::assertion::Purpose;

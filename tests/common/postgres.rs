@@ -263,6 +263,7 @@ pub fn options(url: &str) -> ghostkey::store::postgres::PgOptions {
         ca_file: None,
         max_connections: 8,
         isolation: isolation(),
+        retry_for: std::time::Duration::from_secs(5),
     }
 }
 

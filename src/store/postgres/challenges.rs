@@ -343,12 +343,14 @@ pub(super) fn answer_challenge(
     notices: &AnswerNotices<'_>,
     now: UnixTime,
 ) -> Result<Answered, StoreError> {
+    // No single writer: find whose challenge it is (a read of its own, so that the user's
+    // lock is the write's first statement, see `Tx::lock_user`), lock that user, then read
+    // the challenge again under the lock (it may have been answered, or erased with its
+    // user, meanwhile). Parallel answers about the user settle one after the other.
+    let (app_id, user_id) = store
+        .read(|tx| challenge_owner(tx, challenge_id))?
+        .ok_or(StoreError::MethodNotFound)?;
     store.write(|tx| {
-        // No single writer: find whose challenge it is, lock that user, then read the
-        // challenge again under the lock (it may have been answered, or erased with its
-        // user, meanwhile). Parallel answers about the user settle one after the other.
-        let (app_id, user_id) =
-            challenge_owner(tx, challenge_id)?.ok_or(StoreError::MethodNotFound)?;
         if !tx.lock_user(&app_id, &user_id)? {
             return Err(StoreError::MethodNotFound);
         }

@@ -151,6 +151,24 @@ pub(super) fn spending<T>(
     tx.savepoint(f)
 }
 
+/// Spends a unit of each of the caller's `unspent` limits (its address, its app's
+/// ceiling), all or none, in a short `READ COMMITTED` transaction of its own, before the
+/// write that judges the request: the units stay spent whatever that write does (as the
+/// trait documents), and the hot counters (an app's ceiling is spent by every code check
+/// of the app) are locked only for one statement each, never through a user's whole
+/// transaction, nor made part of a `SERIALIZABLE` one whose every concurrent writer they
+/// would conflict with. A full limit refuses the request with nothing written.
+pub(super) fn spend_unspent(
+    store: &PgStore,
+    unspent: &[Limit],
+    now: UnixTime,
+) -> Result<(), StoreError> {
+    if unspent.is_empty() {
+        return Ok(());
+    }
+    store.write_read_committed(|tx| take_limits_in(tx, unspent, now)?)
+}
+
 pub(super) fn consume_assertion(
     store: &PgStore,
     assertion: &VerifiedAssertion,

@@ -68,9 +68,9 @@ use crate::store::{
     VerifiedRecovery,
 };
 
-/// How many times a transaction is run when it keeps meeting serialisation failures or
-/// deadlocks before the request is answered `unavailable`.
-const MAX_TRANSACTION_RUNS: u32 = 20;
+/// The longest a re-run waits before it starts again (it waits a random time up to this,
+/// growing with the runs, so that contenders spread out).
+const MAX_RERUN_PAUSE_MS: u64 = 32;
 
 /// The isolation level of write transactions (`database.isolation`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -96,6 +96,9 @@ pub struct PgOptions {
     pub max_connections: usize,
     /// The isolation level of write transactions.
     pub isolation: Isolation,
+    /// How long a write keeps re-running after serialisation failures, deadlocks or a busy
+    /// user lock before it is answered `unavailable` (`database.busy_timeout_ms`).
+    pub retry_for: Duration,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -118,6 +121,7 @@ impl From<tokio_postgres::Error> for StoreError {
                 let cause = format!("{}: {}", db.code().code(), db.message());
                 if db.code() == &SqlState::T_R_SERIALIZATION_FAILURE
                     || db.code() == &SqlState::T_R_DEADLOCK_DETECTED
+                    || db.code() == &SqlState::LOCK_NOT_AVAILABLE
                 {
                     StoreError::Conflict(cause)
                 } else if db.code() == &SqlState::READ_ONLY_SQL_TRANSACTION
@@ -156,6 +160,8 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
 /// One transaction (or one read-only snapshot), as the concern files see it.
 pub(super) struct Tx<'a> {
     tx: tokio_postgres::Transaction<'a>,
+    /// Take the user lock without waiting (under `SERIALIZABLE`, see [`Tx::lock_user`]).
+    lock_nowait: bool,
 }
 
 /// Parameters of a statement.
@@ -202,13 +208,18 @@ impl Tx<'_> {
 
     /// Locks the user's row for the rest of the transaction (the per-user lock every write
     /// about a user takes first); `false` if the user does not exist.
+    ///
+    /// Under `SERIALIZABLE` the lock is taken with `NOWAIT`, and a busy lock re-runs the
+    /// transaction: the transaction's snapshot is taken by its first statement, so one that
+    /// waited for the lock would read the user as it was before the holder's commit and
+    /// then fail on its first write anyway, after having waited.
     pub(super) fn lock_user(&self, app_id: &str, user_id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .opt(
-                "SELECT 1 FROM users WHERE app_id = $1 AND user_id = $2 FOR UPDATE",
-                &[&app_id, &user_id],
-            )?
-            .is_some())
+        let sql = if self.lock_nowait {
+            "SELECT 1 FROM users WHERE app_id = $1 AND user_id = $2 FOR UPDATE NOWAIT"
+        } else {
+            "SELECT 1 FROM users WHERE app_id = $1 AND user_id = $2 FOR UPDATE"
+        };
+        Ok(self.opt(sql, &[&app_id, &user_id])?.is_some())
     }
 
     /// Runs `f` in a savepoint: when `f` fails its writes are undone (and the error
@@ -286,6 +297,7 @@ pub struct PgStore {
     connector: Connector,
     pool: Pool,
     isolation: Isolation,
+    retry_for: Duration,
     /// Drives every connection's socket; shut down in the background on drop.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -401,6 +413,7 @@ impl PgStore {
                 max: options.max_connections.max(1),
             },
             isolation: options.isolation,
+            retry_for: options.retry_for,
             runtime: Some(runtime),
         };
         // Fail now, with a clear message, rather than on the first request.
@@ -496,14 +509,17 @@ impl PgStore {
     }
 
     /// Runs `f` in one transaction at `isolation`, committing when it returns `Ok` (outer
-    /// and inner): the transaction is re-run on a serialisation failure or a deadlock.
+    /// and inner): the transaction is re-run on a serialisation failure, a deadlock or a
+    /// busy user lock, for up to `retry_for`, then answered `Unavailable`.
     fn run<T>(
         &self,
         isolation: IsolationLevel,
         read_only: bool,
         mut f: impl FnMut(&Tx<'_>) -> Result<Result<T, StoreError>, StoreError>,
     ) -> Result<T, StoreError> {
-        let mut runs = 0;
+        let started = std::time::Instant::now();
+        let lock_nowait = !read_only && matches!(isolation, IsolationLevel::Serializable);
+        let mut runs: u32 = 0;
         loop {
             runs += 1;
             let mut lent = self.lend()?;
@@ -519,7 +535,7 @@ impl PgStore {
                         .read_only(read_only)
                         .start(),
                 )?;
-                let tx = Tx { tx };
+                let tx = Tx { tx, lock_nowait };
                 let value = f(&tx)?;
                 match wait(tx.tx.commit()) {
                     Ok(()) => Ok(value),
@@ -533,13 +549,16 @@ impl PgStore {
             match attempt {
                 Err(StoreError::Conflict(cause)) => {
                     drop(lent);
-                    if runs >= MAX_TRANSACTION_RUNS {
+                    if started.elapsed() >= self.retry_for {
                         return Err(StoreError::Unavailable(format!(
-                            "the transaction met conflicts {runs} times: {cause}"
+                            "the transaction met conflicts {runs} times in {} ms: {cause}",
+                            started.elapsed().as_millis()
                         )));
                     }
-                    // A little random wait, so two re-runs do not collide again.
-                    let ms = u64::from(rand::random::<u8>() % 8) * u64::from(runs.min(8));
+                    // A random pause, longer as the runs add up, so that the re-runs of
+                    // contenders do not collide again.
+                    let ceiling = (1u64 << runs.min(5)).min(MAX_RERUN_PAUSE_MS);
+                    let ms = rand::random::<u64>() % (ceiling + 1);
                     std::thread::sleep(Duration::from_millis(ms));
                 }
                 other => return other.and_then(|inner| inner),
@@ -560,6 +579,15 @@ impl PgStore {
         mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
         self.run(self.write_level(), false, |tx| f(tx).map(Ok))
+    }
+
+    /// One write transaction at `READ COMMITTED` whatever `database.isolation` says: for
+    /// transactions of single conditional statements, exact at any level.
+    pub(super) fn write_read_committed<T>(
+        &self,
+        mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(IsolationLevel::ReadCommitted, false, |tx| f(tx).map(Ok))
     }
 
     /// Like `write`, but an inner error still commits: for refusals that must leave a

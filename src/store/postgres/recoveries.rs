@@ -15,7 +15,7 @@ use super::audit::{audit, Who};
 use super::challenges::{
     challenge_owner, insert_challenge, load_challenge, settle_in, settle_proof,
 };
-use super::limits::{consume_jti, spending, take_limits_in};
+use super::limits::{consume_jti, spend_unspent, spending, take_limits_in};
 use super::outbox::{enqueue, enqueue_to_others};
 use super::users::{guard_allows_start, load_guard, sealed_blob};
 use super::{get, refused, PgStore, Tx};
@@ -132,14 +132,17 @@ pub(super) fn start_recovery(
     cmd: &StartRecovery<'_>,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    // The caller's unspent units first, in a transaction of their own (see
+    // `limits::spend_unspent`): spent even when the start is refused.
+    spend_unspent(store, cmd.unspent, now)?;
     store.write_keeping(|tx| {
         let ch = cmd.challenge;
-        // The user's lock first (the lock order: the user's row, then rate counters, the
-        // caller's unspent units among them), so that a cancellation by code sees this
-        // recovery or runs before it starts. A user erased meanwhile (no row to lock)
-        // makes the insert fail on its foreign key, as in SQLite.
+        // The user's lock first (the lock order: the user's row, then rate counters), so
+        // that a cancellation by code sees this recovery or runs before it starts. A user
+        // erased meanwhile (no row to lock) makes the insert fail on its foreign key, as in
+        // SQLite.
         tx.lock_user(&ch.app_id, &ch.user_id)?;
-        spending(tx, cmd.unspent, now, |tx| {
+        spending(tx, &[], now, |tx| {
             consume_jti(tx, cmd.assertion, now)?;
             // A locked user may still get a proof challenge: its answer is what lifts the
             // lock (`POST /v1/users/unlock`), and nothing else accepts it while locked.
@@ -180,15 +183,19 @@ pub(super) fn verify_recovery(
     notices: &RecoveryNotices<'_>,
     now: UnixTime,
 ) -> Result<VerifiedRecovery, StoreError> {
+    // The caller's unspent units first, in a transaction of their own (see
+    // `limits::spend_unspent`): spent even when the code is refused, or the id unknown.
+    spend_unspent(store, unspent, now)?;
+    // Whose recovery it is (a read of its own, so that the user's lock is the write's first
+    // statement, see `Tx::lock_user`), then that user's lock, then the challenge and the
+    // recovery again under the lock.
+    let owner = store.read(|tx| challenge_owner(tx, challenge_id))?;
     store.write_keeping(|tx| {
-        // Whose recovery it is (a plain read), then that user's lock before the caller's
-        // unspent units (the lock order), then the challenge and the recovery again under
-        // the lock. An unknown id still spends the units, as in SQLite.
-        let locked = match challenge_owner(tx, challenge_id)? {
+        let locked = match &owner {
             Some((app_id, user_id)) => tx.lock_user(&app_id, &user_id)?,
             None => false,
         };
-        spending(tx, unspent, now, |tx| {
+        spending(tx, &[], now, |tx| {
             // Not locked: no such challenge (or its user was erased meanwhile, and it with
             // them); nothing is read without the lock.
             let ch = if locked {
