@@ -192,7 +192,7 @@ pub(super) fn verify_recovery(
     let owner = store.read(|tx| challenge_owner(tx, challenge_id))?;
     store.write_keeping(|tx| {
         let locked = match &owner {
-            Some((app_id, user_id)) => tx.lock_user(&app_id, &user_id)?,
+            Some((app_id, user_id)) => tx.lock_user(app_id, user_id)?,
             None => false,
         };
         spending(tx, &[], now, |tx| {
