@@ -5,7 +5,7 @@
 //! (`tests/common/postgres.rs`; a missing PostgreSQL fails the test, it never skips), its
 //! schema created by `ghostkey db migrate`, one data key file (`ghostkey keys generate`)
 //! shared by every node, and three `ghostkey serve` processes configured through
-//! `GHOSTKEY_*` variables alone, their SMS going to one webhook gateway (wiremock) and their
+//! `GHOSTKEY_*` variables alone (`tests/common/nodes.rs`), their SMS going to one webhook gateway (wiremock) and their
 //! outbox workers and audit linkers all running. Apps are registered and their policies set
 //! through the admin code path on the same database. Each attack is fired all at once, its
 //! requests spread round-robin over the three nodes, and its outcome is checked exactly,
@@ -39,29 +39,28 @@
 //! committed by default).
 
 mod common;
+#[path = "common/nodes.rs"]
+mod nodes;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{find_code, sms_gateway};
+use common::sms_gateway;
 use ghostkey::domain::policy::PolicyChange;
 use ghostkey::store::Store;
 use ghostkey_client::chain::add_device;
-use ghostkey_client::kit::AssertionRequest;
 use ghostkey_client::proto::api::{
     ChallengePurpose, MethodKind, MethodState, Proof, RecoveryResponse, RecoveryState,
 };
 use ghostkey_client::proto::assertion::Purpose;
 use ghostkey_client::proto::b64;
 use ghostkey_client::proto::chain::{verify_chain, ChainState};
-use ghostkey_client::{
-    AppSigningKey, Client, ClientError, DeviceKeys, Enrolled, UserSecret, VirtualDevice,
-};
+use ghostkey_client::{Client, ClientError, DeviceKeys, Enrolled, UserSecret, VirtualDevice};
+use nodes::{answer_name, codes_to, phone, unix_now, App, Node};
 use rand::Rng;
 use wiremock::MockServer;
 
@@ -76,12 +75,6 @@ static CLUSTERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 // ---------------------------------------------------------------------------------------
 // The cluster: one database, one data key, three `ghostkey serve` processes.
 // ---------------------------------------------------------------------------------------
-
-struct Node {
-    child: Child,
-    client: Client,
-    log: PathBuf,
-}
 
 struct Cluster {
     nodes: Vec<Node>,
@@ -99,91 +92,25 @@ struct Cluster {
     _turn: tokio::sync::SemaphorePermit<'static>,
 }
 
-fn isolation_name() -> &'static str {
-    match common::postgres::isolation() {
-        ghostkey::store::postgres::Isolation::ReadCommitted => "read_committed",
-        ghostkey::store::postgres::Isolation::Serializable => "serializable",
-    }
-}
-
-/// The `ghostkey` binary on the cluster's database, with none of the caller's `GHOSTKEY_*`
-/// variables (the binary reads them as configuration) nor `RUST_LOG`.
-fn ghostkey(dir: &Path, url: &str) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
-    for (k, _) in std::env::vars() {
-        if k.starts_with("GHOSTKEY_") || k == "RUST_LOG" {
-            cmd.env_remove(k);
-        }
-    }
-    cmd.current_dir(dir)
-        .stdin(Stdio::null())
-        .env("GHOSTKEY_SERVICE_ID", common::SERVICE_ID)
-        .env("GHOSTKEY_DATABASE__URL", url)
-        .env("GHOSTKEY_DATABASE__ISOLATION", isolation_name())
-        // Not used with PostgreSQL; kept inside the test's directory all the same.
-        .env("GHOSTKEY_DATABASE__PATH", dir.join("unused.db"));
-    cmd
-}
-
-fn run(cmd: &mut Command, what: &str) -> String {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "`ghostkey {what}` failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 impl Cluster {
     async fn start() -> Arc<Cluster> {
         let turn = CLUSTERS.acquire().await.unwrap();
         let gateway = sms_gateway::accepting().await;
         let dir = tempfile::tempdir().unwrap();
         let url = common::postgres::shared().new_database();
-        let database = url
-            .rsplit('/')
-            .next()
-            .unwrap()
-            .split('?')
-            .next()
-            .unwrap()
-            .to_owned();
-        let key_file = dir.path().join("data.key");
-        run(
-            ghostkey(dir.path(), &url)
-                .args(["keys", "generate", "--out"])
-                .arg(&key_file),
-            "keys generate",
-        );
-        run(
-            ghostkey(dir.path(), &url)
-                .env("GHOSTKEY_KEYS__DATA_KEY_FILE", &key_file)
-                .args(["db", "migrate"]),
-            "db migrate",
-        );
-        let mut nodes = Vec::new();
+        let database = nodes::database_name(&url);
+        let key_file = nodes::prepare(dir.path(), &url);
+        let mut spawned = Vec::new();
         for i in 0..NODES {
-            nodes.push(Cluster::spawn_node(
-                dir.path(),
-                &url,
-                &key_file,
-                &gateway,
-                i,
-            ));
+            let log = dir.path().join(format!("node-{i}.log"));
+            let child = nodes::spawn(dir.path(), &url, &key_file, &gateway, &log);
+            spawned.push((child, log));
         }
         let mut booted = Vec::new();
-        for (child, log) in nodes {
-            booted.push(Cluster::wait_listening(child, log).await);
+        for (child, log) in spawned {
+            booted.push(nodes::wait_listening(child, log).await);
         }
-        let mut config = ghostkey::config::Config {
-            service_id: common::SERVICE_ID.into(),
-            ..ghostkey::config::Config::default()
-        };
-        config.database.url = Some(secrecy::SecretString::from(url.clone()));
-        config.database.isolation = common::postgres::isolation();
-        config.database.max_connections = 2;
-        let store = ghostkey::server::open_store(&config).unwrap();
+        let store = nodes::admin_store(&url);
         Arc::new(Cluster {
             nodes: booted,
             gateway,
@@ -197,95 +124,6 @@ impl Cluster {
         })
     }
 
-    fn spawn_node(
-        dir: &Path,
-        url: &str,
-        key_file: &Path,
-        gateway: &MockServer,
-        i: usize,
-    ) -> (Child, PathBuf) {
-        let log = dir.join(format!("node-{i}.log"));
-        let child = ghostkey(dir, url)
-            .arg("serve")
-            .env("GHOSTKEY_KEYS__DATA_KEY_FILE", key_file)
-            .env("GHOSTKEY_SERVER__LISTEN", "127.0.0.1:0")
-            .env("GHOSTKEY_SERVER__WORKERS", "2")
-            // Eight connections per node, three nodes: 24 transactions at once per test,
-            // and every test of this file at once stays under the test cluster's 300.
-            .env("GHOSTKEY_DATABASE__MAX_CONNECTIONS", "8")
-            // Hundreds of parallel writes about one user queue for that user's lock; under
-            // SERIALIZABLE a queued write re-runs until this bound (then `unavailable`),
-            // so it is set long enough for the whole queue of an attack to drain on this
-            // small machine, as it does under READ COMMITTED, where writers wait in line.
-            .env("GHOSTKEY_DATABASE__BUSY_TIMEOUT_MS", "60000")
-            .env("GHOSTKEY_LOG__FORMAT", "json")
-            .env("GHOSTKEY_LOG__LEVEL", "info")
-            .env("GHOSTKEY_SMS__PROVIDER", "webhook")
-            .env(
-                "GHOSTKEY_SMS__WEBHOOK__URL",
-                format!("{}/sms", gateway.uri()),
-            )
-            .env("GHOSTKEY_SMS__WEBHOOK__SECRET", sms_gateway::SECRET)
-            .env("GHOSTKEY_SMS__TIMEOUT_MS", "2000")
-            .env("GHOSTKEY_DELIVERY__POLL_INTERVAL_MS", "50")
-            .env("GHOSTKEY_DELIVERY__RETRY_BASE_MS", "100")
-            .env("GHOSTKEY_DELIVERY__RETRY_MAX_MS", "1000")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        // Should this test process die without dropping the cluster, the node goes too.
-        let _ = Command::new("sh")
-            .args([
-                "-c",
-                &format!(
-                    "while kill -0 {test} 2>/dev/null && kill -0 {node} 2>/dev/null; do sleep 0.5; done; \
-                     kill -9 {node} 2>/dev/null",
-                    test = std::process::id(),
-                    node = child.id()
-                ),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
-        (child, log)
-    }
-
-    /// Waits for the node's `listening` log line (it binds port 0), then for `/healthz`.
-    async fn wait_listening(mut child: Child, log: PathBuf) -> Node {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let addr = loop {
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            let found = text.lines().find_map(|l| {
-                let v: serde_json::Value = serde_json::from_str(l).ok()?;
-                (v["fields"]["message"] == "listening")
-                    .then(|| v["fields"]["addr"].as_str().map(str::to_owned))?
-            });
-            if let Some(addr) = found {
-                break addr;
-            }
-            if let Some(status) = child.try_wait().unwrap() {
-                panic!("a node exited ({status}) before listening: {text}");
-            }
-            assert!(Instant::now() < deadline, "a node did not start: {text}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        // Idle connections are dropped before the server's 5-second keep-alive can close
-        // them under a request being sent.
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .pool_idle_timeout(Duration::from_secs(2))
-            .build()
-            .unwrap();
-        let client = Client::with_http(&format!("http://{addr}"), http).unwrap();
-        while client.ready().await.is_err() {
-            assert!(Instant::now() < deadline, "node {addr} is not ready");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Node { child, client, log }
-    }
-
     /// The client of node `i % NODES`.
     fn node(&self, i: usize) -> Client {
         self.nodes[i % NODES].client.clone()
@@ -297,20 +135,11 @@ impl Cluster {
     }
 
     fn register_app(&self, name: &str) -> App {
-        let key = AppSigningKey::generate("k1");
-        let id = ghostkey::admin::add_app(
-            self.store.as_ref(),
-            name,
-            key.kid(),
-            &key.public_key_b64(),
-            unix_now(),
-        )
-        .unwrap();
-        App { id, key }
+        App::register(self.store.as_ref(), name)
     }
 
     fn set_policy(&self, app: &App, change: PolicyChange) {
-        ghostkey::admin::set_policy(self.store.as_ref(), &app.id, &change, unix_now()).unwrap();
+        app.set_policy(self.store.as_ref(), change);
     }
 
     /// One integer, read straight from the database.
@@ -340,8 +169,8 @@ impl Cluster {
             || (self.query_i64("SELECT count(*) FROM audit_pending") == 0).then_some(()),
         )
         .await;
-        run(
-            ghostkey(self.dir.path(), &self.url)
+        nodes::run(
+            nodes::ghostkey(self.dir.path(), &self.url)
                 .env("GHOSTKEY_KEYS__DATA_KEY_FILE", &self.key_file)
                 .args(["audit", "verify"]),
             "audit verify",
@@ -378,33 +207,6 @@ impl Drop for Cluster {
 // Apps, users, codes.
 // ---------------------------------------------------------------------------------------
 
-#[derive(Clone)]
-struct App {
-    id: String,
-    key: AppSigningKey,
-}
-
-impl App {
-    fn assertion(&self, user: &str, purpose: Purpose) -> String {
-        self.key
-            .mint(
-                &AssertionRequest {
-                    app_id: &self.id,
-                    user_id: user,
-                    audience: common::SERVICE_ID,
-                    purpose,
-                },
-                unix_now(),
-                120,
-            )
-            .unwrap()
-    }
-}
-
-fn unix_now() -> i64 {
-    ghostkey_client::kit::unix_now()
-}
-
 fn unix_now_f64() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -436,11 +238,6 @@ fn open_policy(change: PolicyChange) -> PolicyChange {
     }
 }
 
-/// A French mobile number in E.164, as the gateway sees it.
-fn phone(n: u32) -> String {
-    format!("+33612{n:06}")
-}
-
 /// Fires every future at once (each on its own task) and returns their outputs in order.
 async fn all_at_once<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
 where
@@ -453,15 +250,6 @@ where
         out.push(t.await.unwrap());
     }
     out
-}
-
-/// The name of an answer: `ok`, or the error code.
-fn answer_name<T>(r: &Result<T, ClientError>) -> String {
-    match r {
-        Ok(_) => "ok".to_owned(),
-        Err(ClientError::Api { problem, .. }) => problem.code.clone(),
-        Err(e) => format!("not an API answer: {e}"),
-    }
 }
 
 /// How many answers of each name.
@@ -481,25 +269,6 @@ fn expected(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
         .filter(|(_, n)| *n > 0)
         .map(|(k, n)| ((*k).to_owned(), *n))
         .collect()
-}
-
-/// The code messages the gateway received for `to`, by outbox id (a message delivered
-/// twice counts once).
-async fn codes_to(gateway: &MockServer, to: &str) -> BTreeMap<i64, String> {
-    let mut codes = BTreeMap::new();
-    for m in sms_gateway::received(gateway).await {
-        if m["to"] != to {
-            continue;
-        }
-        let body = m["body"].as_str().unwrap_or_default();
-        if !body.contains("verification code") {
-            continue;
-        }
-        if let (Some(id), Some(code)) = (m["id"].as_i64(), find_code(body, 8)) {
-            codes.insert(id, code);
-        }
-    }
-    codes
 }
 
 /// Waits for the one code message to `to` that is not among `before`; its code.

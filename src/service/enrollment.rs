@@ -30,11 +30,22 @@ impl Ghostkey {
             let enrollment = new_enrollment(&assertion, &request, now)?;
             // The root must be endorsed by an active key of the app.
             let app_id = assertion.app_id.clone();
+            // A failed lookup (the database out of reach) is that failure, answered as
+            // such (503), never a root judged unsigned (a permanent 422).
+            let lookup_failed = std::cell::RefCell::new(None);
             let active_key = |kid: &str| match store.lookup_assertion_key(&app_id, kid) {
                 Ok(KeyLookup::Active(key)) => Some(key),
-                _ => None,
+                Ok(_) => None,
+                Err(e) => {
+                    *lookup_failed.borrow_mut() = Some(e);
+                    None
+                }
             };
-            check_root(&enrollment.root_block, &active_key)?;
+            let checked = check_root(&enrollment.root_block, &active_key);
+            if let Some(e) = lookup_failed.into_inner() {
+                return Err(e.into());
+            }
+            checked?;
             store.enroll(&assertion, &enrollment, now)?;
             Ok(EnrollResponse {
                 app_id: enrollment.app_id,
