@@ -233,3 +233,80 @@ fn a_stale_finish_from_a_node_whose_lease_ran_out_is_refused() {
     assert_eq!((counts.pending, counts.sent), (0, 1));
     assert_eq!(node_a.claim_message(later + 100, 30).unwrap(), None);
 }
+
+#[test]
+fn tls_to_postgresql_verifies_the_servers_certificate() {
+    // A cluster of its own that accepts TLS connections only.
+    let parent = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let (crt, key) = (
+        parent.path().join("server.crt"),
+        parent.path().join("server.key"),
+    );
+    std::fs::write(&crt, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let cluster = postgres::PgCluster::start_in(
+        parent.path(),
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'",
+            crt.display(),
+            key.display()
+        ),
+    );
+    std::fs::write(
+        cluster.data_dir.join("pg_hba.conf"),
+        "hostssl all all 127.0.0.1/32 trust\n",
+    )
+    .unwrap();
+    let out = cluster
+        .command("pg_ctl")
+        .args(["-D", cluster.data_dir.to_str().unwrap(), "reload"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let url = |mode: &str| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode={mode}",
+            cluster.port
+        )
+    };
+    let with_ca =
+        |mode: &str, ca: Option<std::path::PathBuf>| ghostkey::store::postgres::PgOptions {
+            ca_file: ca,
+            ..postgres::options(&url(mode))
+        };
+
+    // With the authority that signed it: TLS, verified, and the schema created over it.
+    let options = with_ca("require", Some(crt.clone()));
+    migrate(&options).unwrap();
+    PgStore::open(&options).unwrap().ping().unwrap();
+
+    // Without it (the public web roots): the certificate is not trusted; no connection.
+    let refused = PgStore::open(&with_ca("require", None))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("UnknownIssuer"), "{refused}");
+
+    // In clear: the server accepts TLS only.
+    let refused = PgStore::open(&with_ca("disable", None))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("no encryption"), "{refused}");
+
+    // Another authority than the one that signed the server's certificate: refused.
+    let other = rcgen::generate_simple_self_signed(vec!["db.example".to_owned()]).unwrap();
+    let other_crt = parent.path().join("other.crt");
+    std::fs::write(&other_crt, other.cert.pem()).unwrap();
+    let refused = PgStore::open(&with_ca("require", Some(other_crt)))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("invalid peer certificate"), "{refused}");
+    cluster.pg_ctl_stop("fast");
+}

@@ -137,7 +137,16 @@ impl From<tokio_postgres::Error> for StoreError {
                 }
             }
             None if e.is_closed() || e.code().is_none() => {
-                StoreError::Unavailable(format!("the database connection failed: {e}"))
+                // With its causes: "error performing TLS handshake" alone does not say
+                // that the certificate was not trusted.
+                let mut cause = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(inner) = source {
+                    cause.push_str(": ");
+                    cause.push_str(&inner.to_string());
+                    source = inner.source();
+                }
+                StoreError::Unavailable(format!("the database connection failed: {cause}"))
             }
             None => StoreError::Backend(e.to_string()),
         }
