@@ -453,8 +453,11 @@ pub struct OriginStanding {
 ///   and queued messages are written only under it, and some of them, such as the guard
 ///   before the first failure, have no row of their own to lock), then the challenge, then
 ///   the recovery, then rate counters in key order, then outbox rows, and the audit head
-///   last (every audited write moves it, so it is held from the append to the commit: the
-///   one point where all audited writes meet).
+///   last where a backend links events inline (every audited write then moves it, so it
+///   is held from the append to the commit: the one point where all audited writes meet;
+///   PostgreSQL links them after the commit instead, see below). The caller's `unspent`
+///   units (its address, its app's ceiling) may be spent before the user's lock, in a
+///   transaction of their own, since they stay spent whatever the write does.
 /// - **A conflict ends as the documented refusal.** A unique-key conflict or a
 ///   serialisation failure caused by a concurrent caller must end as the refusal the
 ///   method documents, or be retried, never as another outcome. The exceptions today are
@@ -471,10 +474,13 @@ pub struct OriginStanding {
 ///   budgets even when they are full (a notice is never refused); a notice joins a pending,
 ///   unleased notice of its kind to the same method (`events + 1`) if there is one, or is
 ///   queued an hour after the last of its kind, decided under the user's lock; the
-///   audit log is one hash chain: each audited write appends one event whose `seq` is the
-///   head's plus one and whose hash chains to the head's, and moves the head, in its
-///   transaction, so concurrent writers never fork it or reuse a `seq`; the time floor
-///   only moves forward (`max`), except by [`Store::reset_time_floor`].
+///   audit log is one hash chain: each audited write records one event in its transaction
+///   (commits with it or not at all), and each event gets the head's `seq` plus one and a
+///   hash chained to the head's, moving the head, so the chain never forks or reuses a
+///   `seq`. SQLite links the event inline (the head is held to the commit); PostgreSQL
+///   queues it and [`Store::maintain`] links queued events in order shortly after, so the
+///   head is not a lock every audited commit waits for. The time floor only moves
+///   forward (`max`), except by [`Store::reset_time_floor`].
 pub trait Store: Send + Sync + 'static {
     /// Checks that the database answers.
     ///
