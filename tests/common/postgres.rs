@@ -275,3 +275,113 @@ pub fn isolation() -> ghostkey::store::postgres::Isolation {
         _ => ghostkey::store::postgres::Isolation::ReadCommitted,
     }
 }
+
+impl PgCluster {
+    /// Allows replication connections from 127.0.0.1 without a password (`initdb
+    /// --auth=trust` already writes that line; it is added, and the server reloaded, if
+    /// it is missing).
+    pub fn allow_local_replication(&self) {
+        let hba_path = self.data_dir.join("pg_hba.conf");
+        let hba = std::fs::read_to_string(&hba_path).unwrap();
+        let present = hba.lines().any(|l| {
+            l.split_whitespace().collect::<Vec<_>>()
+                == ["host", "replication", "all", "127.0.0.1/32", "trust"]
+        });
+        if !present {
+            std::fs::write(
+                &hba_path,
+                format!("{hba}\nhost replication all 127.0.0.1/32 trust\n"),
+            )
+            .unwrap();
+            let status = self
+                .command("pg_ctl")
+                .args(["-D", self.data_dir.to_str().unwrap(), "reload"])
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(status.success(), "pg_ctl reload failed");
+        }
+    }
+
+    /// A streaming-replication standby of this cluster in a fresh directory under `parent`
+    /// (`pg_basebackup -R`), connecting as `application_name`, on a port of its own, with
+    /// `extra_auto_conf` appended to its `postgresql.auto.conf` (which overrides the
+    /// `postgresql.conf` it copied from this cluster); started, watched like
+    /// [`PgCluster::start_in`]'s clusters.
+    pub fn start_standby_in(
+        &self,
+        parent: &Path,
+        application_name: &str,
+        extra_auto_conf: &str,
+    ) -> PgCluster {
+        self.allow_local_replication();
+        let standby = PgCluster {
+            port: free_port(),
+            data_dir: parent.join(format!("pg-standby-{}", free_port())),
+            bin_dir: self.bin_dir.clone(),
+            os_user: self.os_user.clone(),
+        };
+        let out = self
+            .command("pg_basebackup")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(["-U", "postgres", "-D", standby.data_dir.to_str().unwrap()])
+            .args(["-R", "-X", "stream", "-c", "fast"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_basebackup failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The copied files: the primary's log and `postgresql.conf` (its port, its socket
+        // directory), overridden below.
+        let _ = std::fs::remove_file(standby.data_dir.join("server.log"));
+        let auto_path = standby.data_dir.join("postgresql.auto.conf");
+        let auto = std::fs::read_to_string(&auto_path).unwrap();
+        let mut text: String = auto
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("primary_conninfo"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        text.push_str(&format!(
+            "port = {}\nunix_socket_directories = '{}'\n\
+             primary_conninfo = 'host=127.0.0.1 port={} user=postgres application_name={application_name}'\n\
+             {extra_auto_conf}\n",
+            standby.port,
+            standby.data_dir.display(),
+            self.port,
+        ));
+        std::fs::write(&auto_path, text).unwrap();
+        if let Some(user) = &standby.os_user {
+            let status = Command::new("chown")
+                .args([
+                    "-R",
+                    &format!("{user}:"),
+                    standby.data_dir.to_str().unwrap(),
+                ])
+                .status()
+                .unwrap();
+            assert!(status.success(), "chown of the standby's directory failed");
+        }
+        standby.pg_ctl_start();
+        standby.watch_parent();
+        standby
+    }
+
+    /// Promotes this standby to a primary (`pg_ctl promote`, waiting for it to finish).
+    pub fn promote(&self) {
+        let out = self
+            .command("pg_ctl")
+            .args(["-D", self.data_dir.to_str().unwrap()])
+            .args(["-w", "-t", "60", "promote"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl promote failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

@@ -398,6 +398,16 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
         }
+        // A primary that vanishes without closing its sockets (power loss, partition)
+        // must not leave pooled connections waiting for the system's TCP timeout (up to
+        // about 15 minutes): unacknowledged data gives up after 10 s (unless the URL sets
+        // `tcp_user_timeout`), idle connections are probed after 10 s.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(10));
+        }
+        config.keepalives_idle(Duration::from_secs(10));
+        config.keepalives_interval(Duration::from_secs(5));
+        config.keepalives_retries(3);
         config.application_name("ghostkey");
         let tls = match config.get_ssl_mode() {
             tokio_postgres::config::SslMode::Disable => None,
