@@ -4,7 +4,7 @@
 # PostgreSQL, then the JavaScript SDK (its WebAssembly build, Node tests, interoperability
 # with the Rust client) and the reference web page in a real headless Chromium.
 #
-# Installs what the tests need and is missing: PostgreSQL (Debian `postgresql`), the
+# Installs what the tests need and is missing: PostgreSQL (Debian `postgresql`), PgBouncer, the
 # wasm32 target, wasm-bindgen-cli at the version Cargo.lock pins, binaryen (wasm-opt),
 # Chromium, Node.js, shellcheck and systemd (tests/deploy_files.rs). Nothing is skipped: a
 # missing tool is installed or the run fails.
@@ -26,6 +26,7 @@ command -v wasm-opt >/dev/null 2>&1 || missing+=(binaryen)
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
+[ -x /usr/sbin/pgbouncer ] || command -v pgbouncer >/dev/null 2>&1 || missing+=(pgbouncer)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "installing: ${missing[*]}"
     run_as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq

@@ -310,3 +310,112 @@ fn tls_to_postgresql_verifies_the_servers_certificate() {
     assert!(refused.contains("invalid peer certificate"), "{refused}");
     cluster.pg_ctl_stop("fast");
 }
+
+/// PgBouncer in transaction mode, between a node and PostgreSQL: fewer server connections
+/// than the node's, so consecutive transactions of one node connection run on different
+/// server connections (nothing may live in the session).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_works_through_pgbouncer_in_transaction_mode() {
+    let direct = postgres::migrated_database();
+    let database = database_name(&direct);
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let ini = dir.path().join("pgbouncer.ini");
+    std::fs::write(
+        &ini,
+        format!(
+            "[databases]\n* = host=127.0.0.1 port={pg}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
+             listen_port = {port}\nunix_socket_dir =\nauth_type = trust\nauth_file = {users}\n\
+             pool_mode = transaction\ndefault_pool_size = 3\nmax_client_conn = 200\n\
+             logfile = {log}\npidfile = {pid}\n",
+            pg = shared().port,
+            users = dir.path().join("users.txt").display(),
+            log = dir.path().join("pgbouncer.log").display(),
+            pid = dir.path().join("pgbouncer.pid").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("users.txt"), "\"postgres\" \"\"\n").unwrap();
+    let binary = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .expect("PgBouncer is not installed: `bash scripts/test-all.sh` installs it (Debian package `pgbouncer`)");
+    // PgBouncer refuses to run as root.
+    let root = Command::new("id").arg("-u").output().unwrap().stdout == b"0\n";
+    let mut command = if root {
+        Command::new("chown")
+            .args(["-R", "postgres:", dir.path().to_str().unwrap()])
+            .status()
+            .unwrap();
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--", binary]);
+        c
+    } else {
+        Command::new(binary)
+    };
+    command
+        .arg(&ini)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    /// Stops PgBouncer (itself, by its pid file: `runuser` does not pass the signal on),
+    /// also when the test fails.
+    struct Bouncer(std::process::Child, std::path::PathBuf);
+    impl Drop for Bouncer {
+        fn drop(&mut self) {
+            if let Ok(pid) = std::fs::read_to_string(&self.1) {
+                let _ = Command::new("kill").arg(pid.trim()).status();
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _bouncer = Bouncer(command.spawn().unwrap(), dir.path().join("pgbouncer.pid"));
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let through = format!("postgres://postgres@127.0.0.1:{port}/{database}?sslmode=disable");
+    let server = common::TestServer::start_with(|config| {
+        config.database.url = Some(secrecy::SecretString::from(through.clone()));
+        config.database.max_connections = 12;
+    });
+    let app = server.register_app("Clinic");
+    // Many transactions at once from the node's 12 connections over PgBouncer's 3.
+    let enrolments: Vec<_> = (0..40)
+        .map(|i| {
+            let (server, app) = (&server, &app);
+            async move { common::enrol(server, app, &format!("user-{i}")).await }
+        })
+        .collect();
+    futures_util::future::join_all(enrolments).await;
+    assert_eq!(server.query_i64("SELECT count(*) FROM users"), 40);
+    // Refusals too: an enrolled user again.
+    let again = ghostkey_client::enroll(
+        &server.client(),
+        &app.assertion("user-1", ghostkey_client::proto::assertion::Purpose::Enroll),
+        &ghostkey_client::UserSecret::generate(),
+        &app.id,
+        "user-1",
+        &app.key,
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        again.code(),
+        Some(ghostkey_client::proto::ErrorCode::AlreadyEnrolled),
+        "{again}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("pgbouncer.log")).unwrap_or_default();
+    drop(server);
+    assert!(
+        !log.contains("prepared statement") && !log.contains("ERROR"),
+        "{log}"
+    );
+}
