@@ -63,8 +63,9 @@ fn client_from(url: &str, address: IpAddr) -> Result<Client, String> {
 pub struct Plan {
     /// The victims' app (default policy), over the same server as the bench app.
     pub victims: Arc<Target>,
-    /// Ghostkey's base URL.
-    pub url: String,
+    /// The base URLs of Ghostkey's nodes (one unless `--nodes`); the attackers and the
+    /// victims' setup addresses are spread over them in turn.
+    pub urls: Vec<String>,
     /// Attacker workers, one address each.
     pub attackers: usize,
     /// Legitimate workers.
@@ -103,7 +104,7 @@ pub async fn prepare(
         "setup",
         ids,
         move |id| {
-            let client = tt.client.clone();
+            let client = tt.client().clone();
             scenarios::setup_totp_user(Arc::clone(&tt), client, id)
         },
     )
@@ -115,7 +116,7 @@ pub async fn prepare(
         .max((256.0 * scale).ceil() as usize)
         .min(MAX_VICTIMS);
     let setup_clients = (0..victims.div_ceil(VICTIMS_PER_SETUP_ADDRESS))
-        .map(|i| client_from(&plan.url, nth(FIRST_SETUP, i)))
+        .map(|i| client_from(&plan.urls[i % plan.urls.len()], nth(FIRST_SETUP, i)))
         .collect::<Result<Vec<_>, _>>()?;
     let jobs: Vec<(Client, String)> = (0..victims)
         .map(|i| {
@@ -315,7 +316,7 @@ pub async fn measure(
     }
     let victims = Arc::new(victims);
     let clients = (0..plan.attackers)
-        .map(|i| client_from(&plan.url, nth(FIRST_ATTACKER, i)))
+        .map(|i| client_from(&plan.urls[i % plan.urls.len()], nth(FIRST_ATTACKER, i)))
         .collect::<Result<Vec<_>, _>>()?;
 
     let alone = legitimate(

@@ -91,6 +91,20 @@ struct RunArgs {
     /// the others alone (a run that skips any writes no tables worth publishing).
     #[arg(long, value_delimiter = ',', value_parser = ["sms", "passphrase", "passkey"])]
     skip: Vec<String>,
+    /// A `postgres://` URL: Ghostkey runs on PostgreSQL (given to every node as
+    /// `GHOSTKEY_DATABASE__URL`; the harness runs `ghostkey db migrate` first). bench/run.sh
+    /// `--backend postgres` starts a cluster of its own and passes its URL here. Unset: SQLite.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Ghostkey nodes (`serve` processes, same configuration and data key) the load
+    /// generator spreads its requests over, in turn; more than one needs `--database-url`.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Loopback addresses the measured load comes from (127.2.0.1 on), in turn with the
+    /// nodes; 1 (the default): all of it from 127.0.0.1, as one client address, which
+    /// makes the per-address limit's counter one row every request updates.
+    #[arg(long, default_value_t = 1)]
+    source_addresses: usize,
 }
 
 fn main() {
@@ -155,6 +169,19 @@ async fn run(args: RunArgs) -> Result<(), String> {
     }
     std::fs::create_dir_all(&args.work).map_err(|e| e.to_string())?;
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
+    if args.nodes == 0 {
+        return Err("--nodes must be at least 1".into());
+    }
+    if args.nodes > 1 && args.database_url.is_none() {
+        return Err("several nodes share one database: --nodes > 1 needs --database-url".into());
+    }
+    if args.preload_users > 0 && args.database_url.is_some() {
+        return Err(
+            "the scale test's bulk loader writes SQLite only: --preload-users with \
+             --database-url is not supported"
+                .into(),
+        );
+    }
 
     // --- Baseline -------------------------------------------------------------------
     eprintln!("baseline: one durable SQLite write per request");
@@ -190,25 +217,44 @@ async fn run(args: RunArgs) -> Result<(), String> {
 
     // --- Ghostkey ---------------------------------------------------------------------
     let (gateway, inbox) = receiver::start()?;
-    let setup = GhostkeySetup::create(&args.work, &args.ghostkey, gateway)?;
+    let setup = GhostkeySetup::create(
+        &args.work,
+        &args.ghostkey,
+        gateway,
+        args.database_url.clone(),
+        args.nodes,
+    )?;
+    setup.migrate()?;
     let key = AppSigningKey::generate("bench-1");
     let app_id = setup.register_app(&key)?;
-    let users_before = count_users(&setup.db)?;
-    let mut cmd = procs::pinned(&args.ghostkey, cpu);
-    cmd.arg("--config").arg(&setup.config).arg("serve");
-    let gk = procs::start(
-        cmd,
-        setup.url.clone(),
-        "/readyz",
-        &args.work.join("ghostkey.log"),
-    )
-    .await?;
+    let users_before = setup.count_users()?;
+    let gk = setup.start_nodes(cpu, &args.work, "ghostkey").await?;
     eprintln!(
-        "ghostkey: pid {}, {users_before} users before the run",
-        gk.pid()
+        "ghostkey ({}): {} node(s), pids {:?}, {users_before} users before the run",
+        setup.backend(),
+        gk.len(),
+        gk.iter().map(|s| s.pid()).collect::<Vec<_>>()
     );
+    let mut clients = Vec::new();
+    for a in 0..args.source_addresses.max(1) {
+        for u in &setup.urls {
+            clients.push(if args.source_addresses <= 1 {
+                Client::with_http(u, http.clone()).map_err(|e| e.to_string())?
+            } else {
+                let from = std::net::Ipv4Addr::new(127, 2, (a / 250) as u8, (a % 250 + 1) as u8);
+                let http = reqwest::Client::builder()
+                    .local_address(std::net::IpAddr::V4(from))
+                    .pool_max_idle_per_host(256)
+                    .timeout(Duration::from_secs(60))
+                    .build()
+                    .map_err(|e| e.to_string())?;
+                Client::with_http(u, http).map_err(|e| e.to_string())?
+            });
+        }
+    }
     let t = Arc::new(Target {
-        client: Client::with_http(&setup.url, http.clone()).map_err(|e| e.to_string())?,
+        clients: clients.clone(),
+        next: std::sync::atomic::AtomicUsize::new(0),
         app_id,
         key,
         audience: setup.service_id.clone(),
@@ -222,14 +268,15 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let app_id = setup.add_app(&key, "bench-victims")?;
         Some(attack::Plan {
             victims: Arc::new(Target {
-                client: t.client.clone(),
+                clients,
+                next: std::sync::atomic::AtomicUsize::new(0),
                 app_id,
                 key,
                 audience: setup.service_id.clone(),
                 inbox: t.inbox.clone(),
                 shed: std::sync::atomic::AtomicUsize::new(0),
             }),
-            url: setup.url.clone(),
+            urls: setup.urls.clone(),
             attackers: args.attackers,
             concurrency: args.attack_concurrency,
             server_core: cpu,
@@ -245,7 +292,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
         "a",
         0,
         plan.as_ref(),
-        gk.pid(),
+        gk[0].pid(),
     )
     .await?;
     let mut preload_comparison = None;
@@ -260,17 +307,9 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let t0 = std::time::Instant::now();
         fill::fill(&setup.db, &fill_app, &filler, args.preload_users)?;
         let fill_seconds = t0.elapsed().as_secs_f64();
-        let users = count_users(&setup.db)?;
-        let mut cmd = procs::pinned(&args.ghostkey, cpu);
-        cmd.arg("--config").arg(&setup.config).arg("serve");
-        gk = procs::start(
-            cmd,
-            setup.url.clone(),
-            "/readyz",
-            &args.work.join("ghostkey-2.log"),
-        )
-        .await?;
-        eprintln!("ghostkey restarted: pid {}, {users} users", gk.pid());
+        let users = setup.count_users()?;
+        gk = setup.start_nodes(cpu, &args.work, "ghostkey-2").await?;
+        eprintln!("ghostkey restarted: pid {}, {users} users", gk[0].pid());
         let (after, _, attacked_after) = ghostkey_phases(
             &t,
             &args.concurrency,
@@ -279,7 +318,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
             "b",
             1,
             plan.as_ref(),
-            gk.pid(),
+            gk[0].pid(),
         )
         .await?;
         preload_comparison = Some(report::Preloaded {
@@ -290,17 +329,27 @@ async fn run(args: RunArgs) -> Result<(), String> {
             attack: attacked_after,
         });
     }
-    let ghostkey_peak_mib = gk.peak_memory_mib();
+    // The largest node's peak (they serve the same load share).
+    let ghostkey_peak_mib = gk
+        .iter()
+        .filter_map(|s| s.peak_memory_mib())
+        .reduce(f64::max);
     eprintln!("SMS gateway received {} code messages", t.inbox.total());
     drop(gk);
 
-    let database = database_size(&setup.db)?;
+    let database = setup.database_size()?;
     let run = RunResult {
         label: args.label.clone(),
         at: unix_now(),
         machine: Machine::probe(pinning),
         command: std::env::var("BENCH_COMMAND_LINE")
             .unwrap_or_else(|_| std::env::args().collect::<Vec<_>>().join(" ")),
+        backend: setup.backend().into(),
+        nodes: args.nodes,
+        source_addresses: args.source_addresses.max(1),
+        baseline_writes_to: "a local SQLite file (WAL, synchronous=FULL, one fsync per write; \
+            the same baseline whatever Ghostkey's backend)"
+            .into(),
         users_before,
         baseline,
         ghostkey: results,
@@ -382,12 +431,22 @@ struct GhostkeySetup {
     binary: PathBuf,
     config: PathBuf,
     db: PathBuf,
-    url: String,
+    /// The nodes' base URLs; the first is the configuration's `server.listen`, the others
+    /// override it with `GHOSTKEY_SERVER__LISTEN`.
+    urls: Vec<String>,
     service_id: String,
+    /// The PostgreSQL URL (every `ghostkey` command gets it as `GHOSTKEY_DATABASE__URL`).
+    database_url: Option<String>,
 }
 
 impl GhostkeySetup {
-    fn create(work: &Path, binary: &Path, gateway: SocketAddr) -> Result<GhostkeySetup, String> {
+    fn create(
+        work: &Path,
+        binary: &Path,
+        gateway: SocketAddr,
+        database_url: Option<String>,
+        nodes: usize,
+    ) -> Result<GhostkeySetup, String> {
         let dir = work.join("ghostkey");
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         let data_key = dir.join("data.key");
@@ -442,21 +501,127 @@ from = "Ghostkey <no-reply@bench.ghostkey.test>"
             secret = secret.display(),
         );
         std::fs::write(&config, text).map_err(|e| e.to_string())?;
+        let mut urls = vec![format!("http://127.0.0.1:{port}")];
+        for _ in 1..nodes {
+            urls.push(format!("http://127.0.0.1:{}", procs::free_port()?));
+        }
         Ok(GhostkeySetup {
             binary: binary.to_owned(),
             config,
             db,
-            url: format!("http://127.0.0.1:{port}"),
+            urls,
             service_id,
+            database_url,
         })
+    }
+
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str {
+        if self.database_url.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    }
+
+    /// `ghostkey --config <config>`, with the PostgreSQL URL in its environment if any.
+    fn command(&self, program: std::process::Command) -> std::process::Command {
+        let mut c = program;
+        c.arg("--config").arg(&self.config);
+        if let Some(url) = &self.database_url {
+            c.env("GHOSTKEY_DATABASE__URL", url);
+        }
+        c
+    }
+
+    /// `ghostkey db migrate` (creates the PostgreSQL schema; SQLite needs nothing).
+    fn migrate(&self) -> Result<(), String> {
+        if self.database_url.is_some() {
+            procs::run(
+                self.command(std::process::Command::new(&self.binary))
+                    .args(["db", "migrate"]),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts every node (`ghostkey serve`, pinned like the single server) and waits until
+    /// each is ready; logs `<work>/<log>.log`, `<log>-node2.log`, ...
+    async fn start_nodes(
+        &self,
+        cpu: Option<usize>,
+        work: &Path,
+        log: &str,
+    ) -> Result<Vec<procs::Server>, String> {
+        let mut servers = Vec::new();
+        for (i, url) in self.urls.iter().enumerate() {
+            let mut cmd = self.command(procs::pinned(&self.binary, cpu));
+            cmd.arg("serve");
+            let name = if i == 0 {
+                format!("{log}.log")
+            } else {
+                cmd.env("GHOSTKEY_SERVER__LISTEN", url.trim_start_matches("http://"));
+                format!("{log}-node{}.log", i + 1)
+            };
+            servers.push(procs::start(cmd, url.clone(), "/readyz", &work.join(name)).await?);
+        }
+        Ok(servers)
+    }
+
+    /// A query's single value through `psql` (the PostgreSQL backend).
+    fn psql(&self, url: &str, sql: &str) -> Result<String, String> {
+        let out = procs::run(std::process::Command::new("psql").arg(url).args([
+            "-X",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            sql,
+        ]))?;
+        Ok(out.trim().to_owned())
+    }
+
+    fn count_users(&self) -> Result<i64, String> {
+        match &self.database_url {
+            Some(url) => self
+                .psql(url, "SELECT count(*) FROM users")?
+                .parse()
+                .map_err(|e| format!("count of users: {e}")),
+            None => count_users(&self.db),
+        }
+    }
+
+    fn database_size(&self) -> Result<DatabaseSize, String> {
+        match &self.database_url {
+            Some(url) => {
+                let users = self.count_users()?;
+                let bytes: u64 = self
+                    .psql(
+                        url,
+                        "CHECKPOINT; SELECT pg_database_size(current_database())",
+                    )
+                    .and_then(|b| {
+                        b.lines()
+                            .last()
+                            .unwrap_or_default()
+                            .parse()
+                            .map_err(|e| format!("database size: {e}"))
+                    })?;
+                Ok(DatabaseSize {
+                    bytes,
+                    users,
+                    bytes_per_user: bytes as f64 / (users.max(1) as f64),
+                })
+            }
+            None => database_size(&self.db),
+        }
     }
 
     /// Registers an app named `name` with `key` and the default policy; its id.
     fn add_app(&self, key: &AppSigningKey, name: &str) -> Result<String, String> {
         let out = procs::run(
-            std::process::Command::new(&self.binary)
-                .arg("--config")
-                .arg(&self.config)
+            self.command(std::process::Command::new(&self.binary))
                 .args(["app", "add", "--name", name, "--key-id", key.kid()])
                 .arg(format!("--public-key={}", key.public_key_b64())),
         )?;
@@ -467,9 +632,7 @@ from = "Ghostkey <no-reply@bench.ghostkey.test>"
     fn register_app(&self, key: &AppSigningKey) -> Result<String, String> {
         let app_id = self.add_app(key, "bench")?;
         procs::run(
-            std::process::Command::new(&self.binary)
-                .arg("--config")
-                .arg(&self.config)
+            self.command(std::process::Command::new(&self.binary))
                 .args(["app", "policy", "set", &app_id])
                 .args(["--requests-per-address-per-minute", "100000"])
                 .args(["--sends-per-destination-per-hour", "100"])
@@ -482,16 +645,12 @@ from = "Ghostkey <no-reply@bench.ghostkey.test>"
         )?;
         // Passkeys: the RP id and the page they are made and used on.
         procs::run(
-            std::process::Command::new(&self.binary)
-                .arg("--config")
-                .arg(&self.config)
+            self.command(std::process::Command::new(&self.binary))
                 .args(["app", "passkey", "set", &app_id])
                 .args(["--rp-id", scenarios::PASSKEY_RP_ID]),
         )?;
         procs::run(
-            std::process::Command::new(&self.binary)
-                .arg("--config")
-                .arg(&self.config)
+            self.command(std::process::Command::new(&self.binary))
                 .args(["app", "origins", "add", &app_id, scenarios::PASSKEY_ORIGIN]),
         )?;
         Ok(app_id)

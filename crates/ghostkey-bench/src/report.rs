@@ -18,6 +18,15 @@ pub struct RunResult {
     pub machine: Machine,
     /// The command line.
     pub command: String,
+    /// Ghostkey's store: `sqlite` (a file beside the node) or `postgres` (a PostgreSQL
+    /// cluster the run started, shared by every node).
+    pub backend: String,
+    /// Ghostkey nodes (`serve` processes) the load generator spread requests over, in turn.
+    pub nodes: usize,
+    /// Loopback addresses the measured load came from (1: all from 127.0.0.1).
+    pub source_addresses: usize,
+    /// What the baseline's one durable write goes to.
+    pub baseline_writes_to: String,
     /// Enrolled users in Ghostkey's database when the run began.
     pub users_before: i64,
     /// The baseline's phases.
@@ -228,8 +237,14 @@ fn attack_tables(a: &AttackScenario) -> String {
 pub fn markdown(run: &RunResult) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "Run `{}`: {} users enrolled before the run; {} ({} cores, {} MiB), Linux {}; {}.\n\n",
+        "Run `{}`: backend **{}**, **{} Ghostkey node{}** (requests spread over them in turn), load from {} client address{}; baseline: one durable write to {}; {} users enrolled before the run; {} ({} cores, {} MiB), Linux {}; {}.\n\n",
         run.label,
+        run.backend,
+        run.nodes,
+        if run.nodes == 1 { "" } else { "s" },
+        run.source_addresses,
+        if run.source_addresses == 1 { "" } else { "es" },
+        run.baseline_writes_to,
         run.users_before,
         run.machine.cpu,
         run.machine.cores,

@@ -23,8 +23,12 @@ use crate::receiver::Inbox;
 
 /// The Ghostkey under test and the app the benchmark plays.
 pub struct Target {
-    /// Our client library over one pooled HTTP client.
-    pub client: Client,
+    /// Our client library over one pooled HTTP client, one per Ghostkey node; each
+    /// request goes to the next node in turn (round-robin), so with several nodes an
+    /// operation's start and verify usually land on different nodes.
+    pub clients: Vec<Client>,
+    /// The round-robin counter over `clients`.
+    pub next: AtomicUsize,
     /// The app's id.
     pub app_id: String,
     /// The app's signing key.
@@ -64,6 +68,12 @@ impl Target {
                 240,
             )
             .map_err(|e| e.to_string())
+    }
+
+    /// The client for the next request: the nodes in turn.
+    pub fn client(&self) -> &Client {
+        let i = self.next.fetch_add(1, Ordering::Relaxed);
+        &self.clients[i % self.clients.len()]
     }
 
     /// The shed answers counted since the last call (a phase's, when called after it).
@@ -145,7 +155,8 @@ pub async fn enrol(t: Arc<Target>, e: Enrolment) -> Result<Steps, String> {
     timed(
         &mut steps,
         "POST /v1/enrollments",
-        t.client.enroll(&e.assertion, &e.sealed, &e.public, &e.root),
+        t.client()
+            .enroll(&e.assertion, &e.sealed, &e.public, &e.root),
     )
     .await?;
     Ok(steps)
@@ -160,7 +171,7 @@ pub struct TotpUser {
 
 /// Adds and confirms a TOTP method for an enrolled (pending) user: the user becomes active.
 pub async fn setup_totp(t: Arc<Target>, user_id: String) -> Result<TotpUser, String> {
-    confirm_totp(&t, &t.client, user_id).await
+    confirm_totp(&t, t.client(), user_id).await
 }
 
 /// [`setup_totp`] with the requests sent through `client` (another source address).
@@ -283,7 +294,7 @@ pub async fn totp_recovery(t: Arc<Target>, r: TotpRecovery) -> Result<Steps, Str
     let started = timed(
         &mut steps,
         "POST /v1/recoveries",
-        t.client
+        t.client()
             .start_recovery(&r.start_assertion, &r.user.method_id),
     )
     .await?;
@@ -291,7 +302,7 @@ pub async fn totp_recovery(t: Arc<Target>, r: TotpRecovery) -> Result<Steps, Str
     let released = timed(
         &mut steps,
         "POST /v1/recoveries/{id}/verify",
-        t.client.verify_recovery(&started.id, &code),
+        t.client().verify_recovery(&started.id, &code),
     )
     .await?;
     expect_released(released.state, released.sealed_virtual_device.is_some())?;
@@ -321,7 +332,7 @@ pub async fn setup_sms_recovery(
     let e = prepare_enrolment(&t, &user_id)?;
     enrol(Arc::clone(&t), e).await?;
     let added = t
-        .client
+        .client()
         .add_method(
             &t.assertion(&user_id, Purpose::Enroll)?,
             MethodKind::Sms,
@@ -333,12 +344,12 @@ pub async fn setup_sms_recovery(
     let code = t.inbox.code(&phone, 0, Duration::from_secs(60)).await?;
     let mut steps = Steps::new();
     timed_shed(&t, &mut steps, "confirm SMS", || {
-        t.client.answer(&added.challenge.id, &code)
+        t.client().answer(&added.challenge.id, &code)
     })
     .await?;
     let recover = t.assertion(&user_id, Purpose::Recover)?;
     let started = timed_shed(&t, &mut steps, "start SMS recovery", || {
-        t.client.start_recovery(&recover, &added.method.id)
+        t.client().start_recovery(&recover, &added.method.id)
     })
     .await?;
     let code = t.inbox.code(&phone, 1, Duration::from_secs(60)).await?;
@@ -356,7 +367,7 @@ pub async fn sms_verification(t: Arc<Target>, v: SmsVerification) -> Result<Step
         &t,
         &mut steps,
         "POST /v1/recoveries/{id}/verify (SMS code)",
-        || t.client.verify_recovery(&v.recovery_id, &v.code),
+        || t.client().verify_recovery(&v.recovery_id, &v.code),
     )
     .await?;
     expect_released(released.state, released.sealed_virtual_device.is_some())?;
@@ -391,14 +402,14 @@ pub async fn setup_passphrase(t: Arc<Target>, user_id: String) -> Result<Passphr
     let mut steps = Steps::new();
     let assertion = t.assertion(&user_id, Purpose::Enroll)?;
     let added = timed_shed(&t, &mut steps, "add passphrase", || {
-        t.client.add_passphrase(&assertion, setup.clone(), None)
+        t.client().add_passphrase(&assertion, setup.clone(), None)
     })
     .await?;
     if added.challenge.passphrase.as_ref().map(|p| p.version) != Some(setup.version) {
         return Err("the confirm challenge shows other passphrase parameters".into());
     }
     timed_shed(&t, &mut steps, "confirm passphrase", || {
-        t.client.answer(&added.challenge.id, &verifier)
+        t.client().answer(&added.challenge.id, &verifier)
     })
     .await?;
     Ok(PassphraseUser {
@@ -432,7 +443,7 @@ pub async fn passphrase_recovery(t: Arc<Target>, r: PassphraseRecovery) -> Resul
     let started = timed(
         &mut steps,
         "POST /v1/recoveries",
-        t.client
+        t.client()
             .start_recovery(&r.start_assertion, &r.user.method_id),
     )
     .await?;
@@ -440,7 +451,7 @@ pub async fn passphrase_recovery(t: Arc<Target>, r: PassphraseRecovery) -> Resul
         return Err("a passphrase recovery without its parameters".into());
     }
     let released = timed_shed(&t, &mut steps, "POST /v1/recoveries/{id}/verify", || {
-        t.client.verify_recovery(&started.id, &r.user.verifier)
+        t.client().verify_recovery(&started.id, &r.user.verifier)
     })
     .await?;
     expect_released(released.state, released.sealed_virtual_device.is_some())?;
@@ -472,7 +483,7 @@ pub async fn setup_passkey(t: Arc<Target>, user_id: String) -> Result<PasskeyUse
     let e = prepare_enrolment(&t, &user_id)?;
     enrol(Arc::clone(&t), e).await?;
     let added = t
-        .client
+        .client()
         .add_passkey(&t.assertion(&user_id, Purpose::Enroll)?, None, None)
         .await
         .map_err(|e| format!("add passkey: {e}"))?;
@@ -481,7 +492,7 @@ pub async fn setup_passkey(t: Arc<Target>, user_id: String) -> Result<PasskeyUse
         .do_registration(passkey_page()?, webauthn_options(&added.challenge)?)
         .map_err(|e| format!("the authenticator's registration: {e:?}"))?;
     let registration = serde_json::to_value(&registration).map_err(|e| e.to_string())?;
-    t.client
+    t.client()
         .answer_webauthn(&added.challenge.id, registration)
         .await
         .map_err(|e| format!("confirm passkey: {e}"))?;
@@ -519,7 +530,7 @@ pub async fn passkey_recovery(t: Arc<Target>, r: PasskeyRecovery) -> Result<Step
     let started = timed(
         &mut steps,
         "POST /v1/recoveries",
-        t.client.start_recovery(&start_assertion, &user.method_id),
+        t.client().start_recovery(&start_assertion, &user.method_id),
     )
     .await?;
     let t0 = Instant::now();
@@ -532,7 +543,7 @@ pub async fn passkey_recovery(t: Arc<Target>, r: PasskeyRecovery) -> Result<Step
     let released = timed(
         &mut steps,
         "POST /v1/recoveries/{id}/verify",
-        t.client.verify_recovery_webauthn(&started.id, signed),
+        t.client().verify_recovery_webauthn(&started.id, signed),
     )
     .await?;
     expect_released(released.state, released.sealed_virtual_device.is_some())?;
