@@ -176,10 +176,12 @@ impl PgCluster {
         };
         let script = format!(
             "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-             {runas}{pg_ctl} -D '{dir}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{dir}'",
+             {runas}{pg_ctl} -D '{dir}' -m immediate -w stop >/dev/null 2>&1; rm -rf '{dir}'; \
+             rmdir '{parent}' 2>/dev/null",
             pid = std::process::id(),
             pg_ctl = pg_ctl.display(),
             dir = self.data_dir.display(),
+            parent = self.data_dir.parent().unwrap_or(&self.data_dir).display(),
         );
         let _ = Command::new("sh")
             .args(["-c", &script])
