@@ -367,7 +367,7 @@ async fn a_waiting_recoverys_cancel_code_survives_a_rotation() {
             .skip(before)
             .filter_map(|m| common::cancel_code_in(m["body"].as_str().unwrap_or_default()))
             .collect();
-        if codes.len() >= 2 || std::time::Instant::now() > deadline {
+        if codes.len() >= 3 || std::time::Instant::now() > deadline {
             break codes;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
