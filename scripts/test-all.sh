@@ -45,8 +45,20 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wasm_bindge
 fi
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
+# Each cargo test pass has a time bound, far above what it takes (minutes), so a test that
+# hangs fails the run with its name printed instead of running until CI's own limit.
+bounded() {
+    local seconds=$1
+    shift
+    timeout --kill-after=30 "$seconds" "$@" || {
+        local status=$?
+        [ "$status" -eq 124 ] && echo "!! timed out after ${seconds}s: $*" >&2
+        return "$status"
+    }
+}
+
 echo "== Rust: cargo test --workspace --locked (SQLite; the PostgreSQL-only tests start their own cluster)"
-cargo test --workspace --locked
+bounded 2400 cargo test --workspace --locked
 
 # The integration tests whose behaviour both backends share, again with every test server
 # on a fresh PostgreSQL database (tests/common/postgres.rs), at the default isolation
@@ -70,10 +82,11 @@ for t in "${postgres_tests[@]}"; do postgres_args+=(--test "$t"); done
 skip_args=()
 for t in "${sqlite_file_tests[@]}"; do skip_args+=(--skip "$t"); done
 echo "== Rust: the integration suite on PostgreSQL (read committed)"
-GHOSTKEY_TEST_DATABASE=postgres cargo test --locked -p ghostkey "${postgres_args[@]}" -- "${skip_args[@]}"
+GHOSTKEY_TEST_DATABASE=postgres \
+    bounded 1200 cargo test --locked -p ghostkey "${postgres_args[@]}" -- "${skip_args[@]}"
 echo "== Rust: the integration suite on PostgreSQL (serializable)"
 GHOSTKEY_TEST_DATABASE=postgres GHOSTKEY_TEST_PG_ISOLATION=serializable \
-    cargo test --locked -p ghostkey "${postgres_args[@]}" -- "${skip_args[@]}"
+    bounded 1200 cargo test --locked -p ghostkey "${postgres_args[@]}" -- "${skip_args[@]}"
 
 echo "== release binary for the JavaScript tests"
 cargo build --release --locked --bin ghostkey

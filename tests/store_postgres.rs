@@ -419,3 +419,40 @@ async fn a_node_works_through_pgbouncer_in_transaction_mode() {
         "{log}"
     );
 }
+
+/// A store call made from inside an async task that has spent Tokio's cooperative budget
+/// (as a server worker or a test may do after many awaits in one poll) must still finish.
+/// It once spun forever: the wait for a new connection polled a Tokio `JoinHandle`, which
+/// with no budget left answers "not ready" and wakes itself at once, and nothing ever gave
+/// the budget back because the wait never returned to the scheduler.
+#[test]
+fn a_store_call_from_a_task_with_no_cooperative_budget_left_finishes() {
+    let url = postgres::migrated_database();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            // Spend the task's budget without yielding: each ready receive costs one unit.
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            for i in 0..1_000 {
+                tx.send(i).unwrap();
+            }
+            let mut received = 0;
+            while futures_util::FutureExt::now_or_never(rx.recv()).is_some() {
+                received += 1;
+            }
+            assert!(received < 1_000, "the budget should have run out");
+            // Opening the store makes new connections; then a read.
+            let store = PgStore::open(&postgres::options(&url)).unwrap();
+            let counts = store.outbox_counts().unwrap();
+            done_tx.send(counts.pending).unwrap();
+        });
+    });
+    let pending = done_rx
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the store call did not finish within 60 s");
+    assert_eq!(pending, 0);
+}

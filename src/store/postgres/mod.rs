@@ -162,8 +162,13 @@ pub(super) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
 /// Runs a future of a connection to completion on this thread. The connection's socket is
 /// driven by the store's own runtime, so this works on any thread, including one of the
 /// server's async workers (where a store call blocks it exactly as SQLite's does).
+///
+/// `unconstrained`: on a thread inside a Tokio task, a Tokio resource polled here (the
+/// connection's `JoinHandle`) would spend that task's cooperative budget, and once it is
+/// spent answer "not ready" forever, since this wait never yields back to the scheduler
+/// that restores it.
 fn wait<F: std::future::Future>(future: F) -> F::Output {
-    futures_executor::block_on(future)
+    futures_executor::block_on(tokio::task::unconstrained(future))
 }
 
 /// One transaction (or one read-only snapshot), as the concern files see it.
