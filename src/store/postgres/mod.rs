@@ -43,12 +43,14 @@ mod users;
 
 pub use schema::{migrate, SCHEMA_SQL, SCHEMA_VERSION};
 
+use std::cell::{Cell, RefCell};
 use std::str::FromStr;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use postgres_types::ToSql;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::{Client, IsolationLevel, Row};
 
 use crate::clock::UnixTime;
@@ -171,9 +173,46 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
     futures_executor::block_on(tokio::task::unconstrained(future))
 }
 
+/// The parameter types of each statement text this process has run, learnt once from
+/// the server (statements are then sent typed, unnamed, in one round trip each: no
+/// prepared statement outlives its transaction, so a pooler in transaction mode works).
+#[derive(Default)]
+struct StatementTypes {
+    known: std::sync::RwLock<std::collections::HashMap<String, Arc<[Type]>>>,
+}
+
+/// Statement texts are the code's own, so their number is small; this bounds the map
+/// anyway should a text ever carry a varying part.
+const MAX_KNOWN_STATEMENTS: usize = 4096;
+
+impl StatementTypes {
+    fn get(&self, sql: &str) -> Option<Arc<[Type]>> {
+        let known = self.known.read().unwrap_or_else(|p| p.into_inner());
+        known.get(sql).cloned()
+    }
+
+    fn learn(&self, sql: &str, types: Arc<[Type]>) {
+        let mut known = self.known.write().unwrap_or_else(|p| p.into_inner());
+        if known.len() < MAX_KNOWN_STATEMENTS {
+            known.insert(sql.to_owned(), types);
+        }
+    }
+}
+
 /// One transaction (or one read-only snapshot), as the concern files see it.
+///
+/// Round trips are what a transaction costs most here, so `BEGIN` and savepoint commands
+/// are not sent on their own: they wait in `pending` and go out in the same write as the
+/// next statement (or the `COMMIT`), and their results are still checked.
 pub(super) struct Tx<'a> {
-    tx: tokio_postgres::Transaction<'a>,
+    client: &'a Client,
+    types: &'a StatementTypes,
+    /// Simple-protocol commands not sent yet (`BEGIN ...`, savepoints), `;`-separated.
+    pending: RefCell<String>,
+    /// Whether `BEGIN` has reached the server (a rollback is then owed if not committed).
+    begun: Cell<bool>,
+    /// Whether the transaction ended (committed, or rolled back).
+    ended: Cell<bool>,
     /// Take the user lock without waiting (under `SERIALIZABLE`, see [`Tx::lock_user`]).
     lock_nowait: bool,
 }
@@ -181,10 +220,85 @@ pub(super) struct Tx<'a> {
 /// Parameters of a statement.
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
-impl Tx<'_> {
+impl<'a> Tx<'a> {
+    fn begin(
+        client: &'a Client,
+        types: &'a StatementTypes,
+        isolation: IsolationLevel,
+        read_only: bool,
+        lock_nowait: bool,
+    ) -> Tx<'a> {
+        let level = match isolation {
+            IsolationLevel::ReadCommitted => "READ COMMITTED",
+            IsolationLevel::RepeatableRead => "REPEATABLE READ",
+            _ => "SERIALIZABLE",
+        };
+        let mode = if read_only { "READ ONLY" } else { "READ WRITE" };
+        Tx {
+            client,
+            types,
+            pending: RefCell::new(format!("BEGIN ISOLATION LEVEL {level}, {mode}")),
+            begun: Cell::new(false),
+            ended: Cell::new(false),
+            lock_nowait,
+        }
+    }
+
+    /// Runs `statement` after the pending commands, in one write: both results are
+    /// checked, the pending commands' first. (Should `BEGIN` itself fail, the statement
+    /// would run outside a transaction; `BEGIN` with a fixed text only fails when the
+    /// connection does, which fails the statement too.)
+    fn after_pending<T>(
+        &self,
+        statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return wait(statement);
+        }
+        if pending.starts_with("BEGIN") {
+            self.begun.set(true);
+        }
+        // `join` polls in order, and each future sends its messages on its first poll.
+        let (sent, result) = wait(futures_util::future::join(
+            self.client.batch_execute(&pending),
+            statement,
+        ));
+        sent?;
+        result
+    }
+
+    /// The statement's parameters with their types, learnt from the server the first
+    /// time this process runs the text (inside the transaction, so that the statement
+    /// used to learn them is closed on the same server connection).
+    fn typed<'p>(
+        &self,
+        sql: &str,
+        params: Params<'p>,
+    ) -> Result<Vec<(&'p (dyn ToSql + Sync), Type)>, StoreError> {
+        let types = match self.types.get(sql) {
+            Some(types) => types,
+            None => {
+                let statement = self.after_pending(self.client.prepare(sql))?;
+                let types: Arc<[Type]> = statement.params().into();
+                self.types.learn(sql, Arc::clone(&types));
+                types
+            }
+        };
+        if types.len() != params.len() {
+            return Err(StoreError::Backend(format!(
+                "the statement expects {} parameters, {} given",
+                types.len(),
+                params.len()
+            )));
+        }
+        Ok(params.iter().copied().zip(types.iter().cloned()).collect())
+    }
+
     /// Runs a statement; its row count.
     pub(super) fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        Ok(wait(self.tx.execute(sql, params))?)
+        let typed = self.typed(sql, params)?;
+        Ok(self.after_pending(self.client.execute_typed(sql, &typed))?)
     }
 
     /// Runs a statement, keeping a unique-key conflict apart: `Ok(None)` when it hit one.
@@ -193,7 +307,8 @@ impl Tx<'_> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<Option<u64>, StoreError> {
-        match wait(self.tx.execute(sql, params)) {
+        let typed = self.typed(sql, params)?;
+        match self.after_pending(self.client.execute_typed(sql, &typed)) {
             Ok(n) => Ok(Some(n)),
             Err(e) if is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
@@ -202,22 +317,55 @@ impl Tx<'_> {
 
     /// At most one row.
     pub(super) fn opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        Ok(wait(self.tx.query_opt(sql, params))?)
+        let typed = self.typed(sql, params)?;
+        Ok(self.after_pending(self.client.query_typed_opt(sql, &typed))?)
     }
 
     /// Exactly one row.
     pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        Ok(wait(self.tx.query_one(sql, params))?)
+        let typed = self.typed(sql, params)?;
+        Ok(self.after_pending(self.client.query_typed_one(sql, &typed))?)
     }
 
     /// Every row.
     pub(super) fn all(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        Ok(wait(self.tx.query(sql, params))?)
+        let typed = self.typed(sql, params)?;
+        Ok(self.after_pending(self.client.query_typed(sql, &typed))?)
     }
 
-    /// Statements without parameters or results (savepoints).
+    /// Statements without parameters or results (the schema's), run now.
     pub(super) fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        Ok(wait(self.tx.batch_execute(sql))?)
+        Ok(self.after_pending(self.client.batch_execute(sql))?)
+    }
+
+    /// A command without parameters or results, sent with the next statement.
+    fn defer(&self, sql: &str) {
+        let mut pending = self.pending.borrow_mut();
+        if !pending.is_empty() {
+            pending.push_str("; ");
+        }
+        pending.push_str(sql);
+    }
+
+    /// Commits: the pending commands and `COMMIT` in one write.
+    fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.ended.set(true);
+        if !self.begun.get() {
+            // Nothing reached the server: there is nothing to commit.
+            return Ok(());
+        }
+        self.after_pending(self.client.batch_execute("COMMIT"))
+    }
+
+    /// Ends a read-only transaction without waiting for the answer: the next user of the
+    /// connection is answered after it, and a read-only transaction has nothing to lose.
+    fn finish_read(self) {
+        self.ended.set(true);
+        if self.begun.get() {
+            use futures_util::FutureExt;
+            // The first poll sends the command; the dropped answer is discarded.
+            let _ = self.client.batch_execute("COMMIT").now_or_never();
+        }
     }
 
     /// Locks the user's row for the rest of the transaction (the per-user lock every write
@@ -243,20 +391,30 @@ impl Tx<'_> {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<Result<T, StoreError>, StoreError> {
-        self.batch("SAVEPOINT ghostkey_inner")?;
+        self.defer("SAVEPOINT ghostkey_inner");
         match f(self) {
             Ok(value) => {
-                self.batch("RELEASE SAVEPOINT ghostkey_inner")?;
+                self.defer("RELEASE SAVEPOINT ghostkey_inner");
                 Ok(Ok(value))
             }
             // A conflict or a lost connection is the transaction's, not a refusal.
             Err(e @ (StoreError::Conflict(_) | StoreError::Unavailable(_))) => Err(e),
             Err(refusal) => {
-                self.batch(
-                    "ROLLBACK TO SAVEPOINT ghostkey_inner; RELEASE SAVEPOINT ghostkey_inner",
-                )?;
+                self.defer("ROLLBACK TO SAVEPOINT ghostkey_inner");
+                self.defer("RELEASE SAVEPOINT ghostkey_inner");
                 Ok(Err(refusal))
             }
+        }
+    }
+}
+
+impl Drop for Tx<'_> {
+    /// A transaction left without a commit (an error, a refusal, a re-run) is rolled back
+    /// before its connection goes back to the pool; the answer is not waited for.
+    fn drop(&mut self) {
+        if self.begun.get() && !self.ended.get() {
+            use futures_util::FutureExt;
+            let _ = self.client.batch_execute("ROLLBACK").now_or_never();
         }
     }
 }
@@ -312,6 +470,7 @@ pub struct PgStore {
     pool: Pool,
     isolation: Isolation,
     retry_for: Duration,
+    types: StatementTypes,
     /// Drives every connection's socket; shut down in the background on drop.
     runtime: Option<tokio::runtime::Runtime>,
 }
@@ -438,6 +597,7 @@ impl PgStore {
             },
             isolation: options.isolation,
             retry_for: options.retry_for,
+            types: StatementTypes::default(),
             runtime: Some(runtime),
         };
         // Fail now, with a clear message, rather than on the first request.
@@ -546,22 +706,19 @@ impl PgStore {
         let mut runs: u32 = 0;
         loop {
             runs += 1;
-            let mut lent = self.lend()?;
+            let lent = self.lend()?;
             let client = lent
                 .client
-                .as_mut()
+                .as_ref()
                 .ok_or_else(|| StoreError::Backend("pool connection missing".into()))?;
             let attempt = (|| {
-                let tx = wait(
-                    client
-                        .build_transaction()
-                        .isolation_level(isolation)
-                        .read_only(read_only)
-                        .start(),
-                )?;
-                let tx = Tx { tx, lock_nowait };
+                let tx = Tx::begin(client, &self.types, isolation, read_only, lock_nowait);
                 let value = f(&tx)?;
-                match wait(tx.tx.commit()) {
+                if read_only {
+                    tx.finish_read();
+                    return Ok(value);
+                }
+                match tx.commit() {
                     Ok(()) => Ok(value),
                     // The commit may or may not have happened: say neither.
                     Err(e) if e.as_db_error().is_none() => Err(StoreError::Unavailable(format!(
