@@ -175,13 +175,6 @@ async fn run(args: RunArgs) -> Result<(), String> {
     if args.nodes > 1 && args.database_url.is_none() {
         return Err("several nodes share one database: --nodes > 1 needs --database-url".into());
     }
-    if args.preload_users > 0 && args.database_url.is_some() {
-        return Err(
-            "the scale test's bulk loader writes SQLite only: --preload-users with \
-             --database-url is not supported"
-                .into(),
-        );
-    }
 
     // --- Baseline -------------------------------------------------------------------
     eprintln!("baseline: one durable SQLite write per request");
@@ -305,7 +298,10 @@ async fn run(args: RunArgs) -> Result<(), String> {
         let fill_app = setup.register_app(&filler)?;
         eprintln!("preloading {} users", args.preload_users);
         let t0 = std::time::Instant::now();
-        fill::fill(&setup.db, &fill_app, &filler, args.preload_users)?;
+        match &args.database_url {
+            Some(url) => fill::fill_postgres(url, &fill_app, &filler, args.preload_users)?,
+            None => fill::fill(&setup.db, &fill_app, &filler, args.preload_users)?,
+        }
         let fill_seconds = t0.elapsed().as_secs_f64();
         let users = setup.count_users()?;
         gk = setup.start_nodes(cpu, &args.work, "ghostkey-2").await?;
