@@ -284,6 +284,15 @@ pub struct DatabaseConfig {
     /// `serializable`.
     #[serde(default)]
     pub isolation: crate::store::postgres::Isolation,
+    /// Whether each PostgreSQL connection prepares its statements once and reuses them
+    /// (default `true`); `false` behind a pooler in transaction mode that does not track
+    /// prepared statements (PgBouncer before 1.21, or with `max_prepared_statements = 0`).
+    #[serde(default = "default_true")]
+    pub prepared_statements: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_max_connections() -> usize {
@@ -354,6 +363,7 @@ impl Default for Config {
                 url_file: None,
                 ca_file: None,
                 max_connections: default_max_connections(),
+                prepared_statements: true,
                 isolation: crate::store::postgres::Isolation::default(),
             },
             keys: KeysConfig::default(),

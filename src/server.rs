@@ -91,6 +91,7 @@ pub fn postgres_options(config: &Config) -> Result<PgOptions, String> {
         max_connections: config.database.max_connections,
         isolation: config.database.isolation,
         retry_for: Duration::from_millis(config.database.busy_timeout_ms),
+        prepared_statements: config.database.prepared_statements,
     })
 }
 

@@ -266,6 +266,7 @@ pub fn options(url: &str) -> ghostkey::store::postgres::PgOptions {
         max_connections: 8,
         isolation: isolation(),
         retry_for: std::time::Duration::from_secs(5),
+        prepared_statements: true,
     }
 }
 

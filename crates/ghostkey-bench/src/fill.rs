@@ -85,6 +85,7 @@ pub fn fill_postgres(
         max_connections: WRITERS,
         isolation: Isolation::ReadCommitted,
         retry_for: Duration::from_secs(30),
+        prepared_statements: true,
     })
     .map_err(|e| e.to_string())?;
     // Several connections: each enrolment waits for round trips, not for the disk.

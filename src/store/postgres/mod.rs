@@ -51,7 +51,7 @@ use std::time::Duration;
 use postgres_types::ToSql;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, IsolationLevel, Row};
+use tokio_postgres::{Client, IsolationLevel, Row, Statement};
 
 use crate::clock::UnixTime;
 use crate::domain::app::{App, AppKey, KeyLookup};
@@ -101,6 +101,10 @@ pub struct PgOptions {
     /// How long a write keeps re-running after serialisation failures, deadlocks or a busy
     /// user lock before it is answered `unavailable` (`database.busy_timeout_ms`).
     pub retry_for: Duration,
+    /// Prepare each statement once per connection and reuse it (the server then skips
+    /// parsing and planning); off behind a pooler in transaction mode that does not track
+    /// prepared statements (PgBouncer before 1.21, or without `max_prepared_statements`).
+    pub prepared_statements: bool,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -110,6 +114,7 @@ impl std::fmt::Debug for PgOptions {
             .field("ca_file", &self.ca_file)
             .field("max_connections", &self.max_connections)
             .field("isolation", &self.isolation)
+            .field("prepared_statements", &self.prepared_statements)
             .finish_non_exhaustive()
     }
 }
@@ -199,6 +204,40 @@ impl StatementTypes {
     }
 }
 
+/// A statement's failure: the database's own error (kept whole, so that a key conflict can
+/// be told apart), or the store's.
+enum Failed {
+    Db(tokio_postgres::Error),
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failed {
+    fn from(e: tokio_postgres::Error) -> Failed {
+        Failed::Db(e)
+    }
+}
+
+impl From<StoreError> for Failed {
+    fn from(e: StoreError) -> Failed {
+        Failed::Store(e)
+    }
+}
+
+impl From<Failed> for StoreError {
+    fn from(e: Failed) -> StoreError {
+        match e {
+            Failed::Db(e) => e.into(),
+            Failed::Store(e) => e,
+        }
+    }
+}
+
+/// A pooled connection and the statements it has prepared.
+struct Conn {
+    client: Client,
+    prepared: RefCell<std::collections::HashMap<String, Statement>>,
+}
+
 /// One transaction (or one read-only snapshot), as the concern files see it.
 ///
 /// Round trips are what a transaction costs most here, so `BEGIN` and savepoint commands
@@ -206,6 +245,8 @@ impl StatementTypes {
 /// next statement (or the `COMMIT`), and their results are still checked.
 pub(super) struct Tx<'a> {
     client: &'a Client,
+    /// The connection's prepared statements, when `database.prepared_statements` is on.
+    prepared: Option<&'a RefCell<std::collections::HashMap<String, Statement>>>,
     types: &'a StatementTypes,
     /// Simple-protocol commands not sent yet (`BEGIN ...`, savepoints), `;`-separated.
     pending: RefCell<String>,
@@ -222,7 +263,8 @@ pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 impl<'a> Tx<'a> {
     fn begin(
-        client: &'a Client,
+        conn: &'a Conn,
+        prepare: bool,
         types: &'a StatementTypes,
         isolation: IsolationLevel,
         read_only: bool,
@@ -235,7 +277,8 @@ impl<'a> Tx<'a> {
         };
         let mode = if read_only { "READ ONLY" } else { "READ WRITE" };
         Tx {
-            client,
+            client: &conn.client,
+            prepared: prepare.then_some(&conn.prepared),
             types,
             pending: RefCell::new(format!("BEGIN ISOLATION LEVEL {level}, {mode}")),
             begun: Cell::new(false),
@@ -295,10 +338,27 @@ impl<'a> Tx<'a> {
         Ok(params.iter().copied().zip(types.iter().cloned()).collect())
     }
 
+    /// The connection's prepared statement for `sql`, prepared now (in the transaction)
+    /// the first time the connection runs it.
+    fn prepared(
+        &self,
+        cache: &RefCell<std::collections::HashMap<String, Statement>>,
+        sql: &str,
+    ) -> Result<Statement, StoreError> {
+        if let Some(statement) = cache.borrow().get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.after_pending(self.client.prepare(sql))?;
+        let mut cache = cache.borrow_mut();
+        if cache.len() < MAX_KNOWN_STATEMENTS {
+            cache.insert(sql.to_owned(), statement.clone());
+        }
+        Ok(statement)
+    }
+
     /// Runs a statement; its row count.
     pub(super) fn exec(&self, sql: &str, params: Params<'_>) -> Result<u64, StoreError> {
-        let typed = self.typed(sql, params)?;
-        Ok(self.after_pending(self.client.execute_typed(sql, &typed))?)
+        Ok(self.execute(sql, params)?)
     }
 
     /// Runs a statement, keeping a unique-key conflict apart: `Ok(None)` when it hit one.
@@ -307,30 +367,66 @@ impl<'a> Tx<'a> {
         sql: &str,
         params: Params<'_>,
     ) -> Result<Option<u64>, StoreError> {
-        let typed = self.typed(sql, params)?;
-        match self.after_pending(self.client.execute_typed(sql, &typed)) {
+        match self.execute(sql, params) {
             Ok(n) => Ok(Some(n)),
-            Err(e) if is_unique_violation(&e) => Ok(None),
+            Err(Failed::Db(e)) if is_unique_violation(&e) => Ok(None),
             Err(e) => Err(e.into()),
+        }
+    }
+
+    fn execute(&self, sql: &str, params: Params<'_>) -> Result<u64, Failed> {
+        match self.prepared {
+            Some(cache) => {
+                let statement = self.prepared(cache, sql)?;
+                Ok(self.after_pending(self.client.execute(&statement, params))?)
+            }
+            None => {
+                let typed = self.typed(sql, params)?;
+                Ok(self.after_pending(self.client.execute_typed(sql, &typed))?)
+            }
         }
     }
 
     /// At most one row.
     pub(super) fn opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        let typed = self.typed(sql, params)?;
-        Ok(self.after_pending(self.client.query_typed_opt(sql, &typed))?)
+        match self.prepared {
+            Some(cache) => {
+                let statement = self.prepared(cache, sql)?;
+                Ok(self.after_pending(self.client.query_opt(&statement, params))?)
+            }
+            None => {
+                let typed = self.typed(sql, params)?;
+                Ok(self.after_pending(self.client.query_typed_opt(sql, &typed))?)
+            }
+        }
     }
 
     /// Exactly one row.
     pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        let typed = self.typed(sql, params)?;
-        Ok(self.after_pending(self.client.query_typed_one(sql, &typed))?)
+        match self.prepared {
+            Some(cache) => {
+                let statement = self.prepared(cache, sql)?;
+                Ok(self.after_pending(self.client.query_one(&statement, params))?)
+            }
+            None => {
+                let typed = self.typed(sql, params)?;
+                Ok(self.after_pending(self.client.query_typed_one(sql, &typed))?)
+            }
+        }
     }
 
     /// Every row.
     pub(super) fn all(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        let typed = self.typed(sql, params)?;
-        Ok(self.after_pending(self.client.query_typed(sql, &typed))?)
+        match self.prepared {
+            Some(cache) => {
+                let statement = self.prepared(cache, sql)?;
+                Ok(self.after_pending(self.client.query(&statement, params))?)
+            }
+            None => {
+                let typed = self.typed(sql, params)?;
+                Ok(self.after_pending(self.client.query_typed(sql, &typed))?)
+            }
+        }
     }
 
     /// Statements without parameters or results (the schema's), run now.
@@ -460,7 +556,7 @@ struct Pool {
 }
 
 struct PoolState {
-    idle: Vec<Client>,
+    idle: Vec<Conn>,
     open: usize,
 }
 
@@ -470,6 +566,8 @@ pub struct PgStore {
     pool: Pool,
     isolation: Isolation,
     retry_for: Duration,
+    /// Whether connections prepare their statements (`database.prepared_statements`).
+    prepared_statements: bool,
     types: StatementTypes,
     /// Drives every connection's socket; shut down in the background on drop.
     runtime: Option<tokio::runtime::Runtime>,
@@ -492,15 +590,15 @@ impl Drop for PgStore {
 
 /// A connection lent by the pool, back to it when dropped (unless it broke).
 struct Lent<'a> {
-    client: Option<Client>,
+    conn: Option<Conn>,
     pool: &'a Pool,
 }
 
 impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
-        match self.client.take() {
-            Some(client) if !client.is_closed() => state.idle.push(client),
+        match self.conn.take() {
+            Some(conn) if !conn.client.is_closed() => state.idle.push(conn),
             _ => state.open = state.open.saturating_sub(1),
         }
         self.pool.freed.notify_one();
@@ -597,6 +695,7 @@ impl PgStore {
             },
             isolation: options.isolation,
             retry_for: options.retry_for,
+            prepared_statements: options.prepared_statements,
             types: StatementTypes::default(),
             runtime: Some(runtime),
         };
@@ -652,13 +751,13 @@ impl PgStore {
     fn lend(&self) -> Result<Lent<'_>, StoreError> {
         let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
-            if let Some(client) = state.idle.pop() {
-                if client.is_closed() {
+            if let Some(conn) = state.idle.pop() {
+                if conn.client.is_closed() {
                     state.open = state.open.saturating_sub(1);
                     continue;
                 }
                 return Ok(Lent {
-                    client: Some(client),
+                    conn: Some(conn),
                     pool: &self.pool,
                 });
             }
@@ -667,7 +766,10 @@ impl PgStore {
                 drop(state);
                 return match self.open_connection() {
                     Ok(client) => Ok(Lent {
-                        client: Some(client),
+                        conn: Some(Conn {
+                            client,
+                            prepared: RefCell::default(),
+                        }),
                         pool: &self.pool,
                     }),
                     Err(e) => {
@@ -707,12 +809,19 @@ impl PgStore {
         loop {
             runs += 1;
             let lent = self.lend()?;
-            let client = lent
-                .client
+            let conn = lent
+                .conn
                 .as_ref()
                 .ok_or_else(|| StoreError::Backend("pool connection missing".into()))?;
             let attempt = (|| {
-                let tx = Tx::begin(client, &self.types, isolation, read_only, lock_nowait);
+                let tx = Tx::begin(
+                    conn,
+                    self.prepared_statements,
+                    &self.types,
+                    isolation,
+                    read_only,
+                    lock_nowait,
+                );
                 let value = f(&tx)?;
                 if read_only {
                     tx.finish_read();
