@@ -18,6 +18,12 @@
 //!    wrong answer, and once the nodes have linked every queued audit event the chain
 //!    verifies (`ghostkey audit verify`).
 //!
+//! 3. A node frozen (SIGSTOP) in the middle of a send, past its lease: another node sends
+//!    the message again only once the lease has ended, with the same `Idempotency-Key`.
+//!    The frozen node, thawed while the other is still sending, finds its result refused
+//!    (a stale finish: its lease token is no longer the message's), and the message ends
+//!    as the second node recorded it.
+//!
 //! The nodes are started as `tests/multi_node.rs` starts them (`tests/common/nodes.rs`);
 //! here a node can be killed and replaced while requests are under way.
 
@@ -744,4 +750,209 @@ async fn crashes_under_load_lose_no_acknowledged_write() {
     });
     pg.pg_ctl_stop("fast");
     let _ = std::fs::remove_dir_all(&parent);
+}
+
+// ---------------------------------------------------------------------------------------
+// 3. A node frozen mid-send.
+// ---------------------------------------------------------------------------------------
+
+/// Sends a signal to a process (`STOP`, `CONT`).
+fn signal(child: &Child, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
+}
+
+/// The requests the gateway received on `route`.
+async fn requests_on(gateway: &MockServer, route: &str) -> Vec<wiremock::Request> {
+    gateway
+        .received_requests()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.url.path() == route)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_frozen_mid_send_is_overtaken_only_after_its_lease_and_its_late_result_is_refused() {
+    use wiremock::matchers::{method, path};
+    use wiremock::{Mock, ResponseTemplate};
+
+    let pg = common::postgres::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let url = pg.new_database();
+    let database = nodes::database_name(&url);
+    let key_file = nodes::prepare(dir.path(), &url);
+    let store = nodes::admin_store(&url);
+    // Each node sends to a route of its own, so the gateway tells who sent what. Answers
+    // come after 1.5 s (within the 2 s send timeout): long enough to freeze node A while
+    // it waits, and to thaw it while node B waits. Once the set-up is done, node A's are
+    // refusals for good: had its late result been recorded, the message would end
+    // `failed`.
+    let gateway = MockServer::start().await;
+    let a_log = dir.path().join("node-a.log");
+    let b_log = dir.path().join("node-b.log");
+    let node = |log: &std::path::Path, route: &str| {
+        nodes::spawn_with(
+            dir.path(),
+            &url,
+            &key_file,
+            &gateway,
+            log,
+            &[(
+                "GHOSTKEY_SMS__WEBHOOK__URL",
+                format!("{}{route}", gateway.uri()),
+            )],
+        )
+    };
+    Mock::given(method("POST"))
+        .and(path("/sms/b"))
+        .respond_with(ResponseTemplate::new(200).set_delay(Duration::from_millis(1500)))
+        .mount(&gateway)
+        .await;
+    let setup_answers = Mock::given(method("POST"))
+        .and(path("/sms/a"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount_as_scoped(&gateway)
+        .await;
+    let mut a = nodes::wait_listening(node(&a_log, "/sms/a"), a_log.clone()).await;
+    let app = App::register(store.as_ref(), "Clinic");
+    app.set_policy(store.as_ref(), open_policy());
+    let number = phone(1);
+    // Set-up through node A alone: enrolment, a phone, its confirmation.
+    ghostkey_client::enroll(
+        &a.client,
+        &app.assertion("patient", Purpose::Enroll),
+        &UserSecret::generate(),
+        &app.id,
+        "patient",
+        &app.key,
+    )
+    .await
+    .unwrap();
+    let added = a
+        .client
+        .add_method(
+            &app.assertion("patient", Purpose::Enroll),
+            MethodKind::Sms,
+            Some(&number),
+            None,
+        )
+        .await
+        .unwrap();
+    let code = new_code(&gateway, &number, &BTreeMap::new(), Duration::from_secs(60))
+        .await
+        .expect("no confirmation code");
+    a.client.answer(&added.challenge.id, &code).await.unwrap();
+    drop(setup_answers);
+    Mock::given(method("POST"))
+        .and(path("/sms/a"))
+        .respond_with(ResponseTemplate::new(400).set_delay(Duration::from_millis(1500)))
+        .mount(&gateway)
+        .await;
+
+    // A recovery's code message: node A claims it and sends it; it is frozen while it
+    // waits for the gateway's answer.
+    let sent_before = requests_on(&gateway, "/sms/a").await.len();
+    let queued_at = Instant::now();
+    a.client
+        .start_recovery(
+            &app.assertion("patient", Purpose::Recover),
+            &added.method.id,
+        )
+        .await
+        .unwrap();
+    requests_past(&gateway, "/sms/a", sent_before, "node A to send the code").await;
+    signal(&a.child, "STOP");
+    let frozen_at = Instant::now();
+    let message_id: i64 = pg
+        .psql(&database, "SELECT max(id) FROM outbox")
+        .parse()
+        .unwrap();
+    assert_eq!(
+        pg.psql(
+            &database,
+            &format!("SELECT state FROM outbox WHERE id = {message_id}")
+        ),
+        "pending"
+    );
+
+    // Node B starts; the message is A's until A's lease (5 s from its claim) ends.
+    let mut b = nodes::wait_listening(node(&b_log, "/sms/b"), b_log.clone()).await;
+    let lease = Duration::from_secs(5);
+    requests_past(&gateway, "/sms/b", 0, "node B to send the message again").await;
+    let overtaken_at = Instant::now();
+    assert!(
+        overtaken_at >= queued_at + lease,
+        "node B sent the message {} ms after it was queued, within node A's lease",
+        (overtaken_at - queued_at).as_millis()
+    );
+    // Node A thaws while node B waits for the gateway under its own lease: A's result
+    // (the gateway's refusal) comes now, with A's lease token, and must not be recorded.
+    assert!(frozen_at.elapsed() > lease);
+    signal(&a.child, "CONT");
+    common::wait_until(
+        "node A to report its late result",
+        Duration::from_secs(30),
+        || {
+            std::fs::read_to_string(&a_log)
+                .unwrap_or_default()
+                .contains("a send outlasted its lease")
+                .then_some(())
+        },
+    )
+    .await;
+    common::wait_until("node B to record the send", Duration::from_secs(30), || {
+        (pg.psql(
+            &database,
+            &format!("SELECT state FROM outbox WHERE id = {message_id}"),
+        ) != "pending")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        pg.psql(
+            &database,
+            &format!("SELECT state || ' ' || attempts FROM outbox WHERE id = {message_id}")
+        ),
+        "sent 1",
+        "node A's stale result was recorded"
+    );
+    // The same message, twice, under one idempotency key (the outbox id).
+    let keys: Vec<String> = [
+        requests_on(&gateway, "/sms/a")
+            .await
+            .last()
+            .cloned()
+            .unwrap(),
+        requests_on(&gateway, "/sms/b").await[0].clone(),
+    ]
+    .iter()
+    .map(|r| {
+        r.headers
+            .get("idempotency-key")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_owned()
+    })
+    .collect();
+    assert_eq!(keys, vec![message_id.to_string(), message_id.to_string()]);
+    let _ = a.child.kill();
+    let _ = a.child.wait();
+    let _ = b.child.kill();
+    let _ = b.child.wait();
+}
+
+/// Waits (up to 60 s) until the gateway has received more than `count` requests on `route`.
+async fn requests_past(gateway: &MockServer, route: &str, count: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while requests_on(gateway, route).await.len() <= count {
+        assert!(Instant::now() < deadline, "waited 60 s for {what}, in vain");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }

@@ -113,6 +113,18 @@ pub fn database_name(url: &str) -> String {
 
 /// Starts a `ghostkey serve` node logging to `log`; [`wait_listening`] waits for it.
 pub fn spawn(dir: &Path, url: &str, key_file: &Path, gateway: &MockServer, log: &Path) -> Child {
+    spawn_with(dir, url, key_file, gateway, log, &[])
+}
+
+/// [`spawn`], with settings of its own (`GHOSTKEY_...` variables) over the common ones.
+pub fn spawn_with(
+    dir: &Path,
+    url: &str,
+    key_file: &Path,
+    gateway: &MockServer,
+    log: &Path,
+    settings: &[(&str, String)],
+) -> Child {
     let child = ghostkey(dir, url)
         .arg("serve")
         .env("GHOSTKEY_KEYS__DATA_KEY_FILE", key_file)
@@ -139,6 +151,7 @@ pub fn spawn(dir: &Path, url: &str, key_file: &Path, gateway: &MockServer, log: 
         .env("GHOSTKEY_DELIVERY__POLL_INTERVAL_MS", "50")
         .env("GHOSTKEY_DELIVERY__RETRY_BASE_MS", "100")
         .env("GHOSTKEY_DELIVERY__RETRY_MAX_MS", "1000")
+        .envs(settings.iter().map(|(k, v)| (k, v)))
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
