@@ -113,8 +113,15 @@ fn the_migrate_command_and_backup_on_postgres() {
     let url = shared().new_database();
     let dir = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_ghostkey"))
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
+        // Only this test's settings (the test run's own GHOSTKEY_TEST_... variables are
+        // not configuration).
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GHOSTKEY_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.args(args)
             .current_dir(dir.path())
             .env("GHOSTKEY_DATABASE__URL", &url)
             .output()
