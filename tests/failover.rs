@@ -464,20 +464,18 @@ async fn failover_to_a_synchronous_standby_loses_no_acknowledged_write() {
 
     // The window: from the crash to the first write sent after it that succeeded.
     let acked = std::mem::take(&mut *acked.lock().unwrap());
-    let first_after = acked
-        .successes
-        .iter()
-        .filter(|(sent, _)| *sent >= crashed_at)
-        .map(|(_, answered)| *answered)
-        .min()
-        .expect("no write succeeded after the failover");
-    let first_with_no_primary = acked
-        .successes
-        .iter()
-        .filter(|(sent, _)| *sent >= stopped_at)
-        .map(|(_, answered)| *answered)
-        .min()
-        .expect("no write succeeded after the failover");
+    // The first success among the writes sent from `from` on.
+    let first_answered_sent_from = |from: Instant| {
+        acked
+            .successes
+            .iter()
+            .filter(|(sent, _)| *sent >= from)
+            .map(|(_, answered)| *answered)
+            .min()
+            .expect("no write succeeded after the failover")
+    };
+    let first_after = first_answered_sent_from(crashed_at);
+    let first_with_no_primary = first_answered_sent_from(stopped_at);
     let after_promotion = acked
         .successes
         .iter()

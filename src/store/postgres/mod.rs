@@ -389,30 +389,20 @@ impl<'a> Tx<'a> {
 
     /// At most one row.
     pub(super) fn opt(&self, sql: &str, params: Params<'_>) -> Result<Option<Row>, StoreError> {
-        match self.prepared {
-            Some(cache) => {
-                let statement = self.prepared(cache, sql)?;
-                Ok(self.after_pending(self.client.query_opt(&statement, params))?)
-            }
-            None => {
-                let typed = self.typed(sql, params)?;
-                Ok(self.after_pending(self.client.query_typed_opt(sql, &typed))?)
-            }
+        let mut rows = self.all(sql, params)?;
+        match rows.len() {
+            0 | 1 => Ok(rows.pop()),
+            n => Err(StoreError::Backend(format!(
+                "the statement returned {n} rows where at most one was expected"
+            ))),
         }
     }
 
     /// Exactly one row.
     pub(super) fn one(&self, sql: &str, params: Params<'_>) -> Result<Row, StoreError> {
-        match self.prepared {
-            Some(cache) => {
-                let statement = self.prepared(cache, sql)?;
-                Ok(self.after_pending(self.client.query_one(&statement, params))?)
-            }
-            None => {
-                let typed = self.typed(sql, params)?;
-                Ok(self.after_pending(self.client.query_typed_one(sql, &typed))?)
-            }
-        }
+        self.opt(sql, params)?.ok_or_else(|| {
+            StoreError::Backend("the statement returned no row where one was expected".into())
+        })
     }
 
     /// Every row.
