@@ -75,16 +75,33 @@ pub fn normalise_phone(input: &str) -> Result<SecretString, Error> {
     if !trimmed.starts_with('+') || trimmed.len() > 32 {
         return Err(invalid());
     }
-    let number = phonenumber::parse(None, trimmed).map_err(|_| invalid())?;
-    if !phonenumber::is_valid(&number) {
+    // Digits and the usual separators only: the parser would read letters as a keypad's
+    // digits ("1-800-FLOWERS") and extension markers as an extension, neither of which an
+    // SMS can reach.
+    if !trimmed[1..]
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b' ' | b'-' | b'.' | b'(' | b')'))
+    {
         return Err(invalid());
     }
-    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
-    // E.164 allows at most 15 digits; the metadata calls some longer numbers valid.
-    if e164.len() > 16 {
+    let e164 = e164_if_valid(trimmed).ok_or_else(invalid)?;
+    // The stored form must itself be a valid number, so that the same number always
+    // normalises to the same row (the metadata is not always consistent about this).
+    if e164_if_valid(&e164).as_deref() != Some(e164.as_str()) {
         return Err(invalid());
     }
     Ok(SecretString::from(e164))
+}
+
+/// The E.164 form of `text` when the numbering plan allocates it, within E.164's 15 digits
+/// (the metadata calls some longer numbers valid).
+fn e164_if_valid(text: &str) -> Option<String> {
+    let number = phonenumber::parse(None, text).ok()?;
+    if !phonenumber::is_valid(&number) {
+        return None;
+    }
+    let e164 = number.format().mode(phonenumber::Mode::E164).to_string();
+    (e164.len() <= 16).then_some(e164)
 }
 
 /// Checks an e-mail address and returns it with the domain in lower case.
@@ -200,6 +217,8 @@ mod tests {
         assert_eq!(mask_phone(&n), "+33 6******78");
         let us = normalise_phone("+1 (415) 555-2671").unwrap();
         assert_eq!(us.expose_secret(), "+14155552671");
+        let dotted = normalise_phone("+33.6.12.34.56.78").unwrap();
+        assert_eq!(dotted.expose_secret(), "+33612345678");
         for bad in [
             "0612345678",
             "+33 1",
@@ -209,6 +228,10 @@ mod tests {
             // 16 digits: the metadata calls it valid for Germany, but E.164 allows 15
             // (found by the request_bodies fuzz target).
             "+4921426122639267",
+            // Letters: the parser reads them as a keypad's digits, giving a number that
+            // is valid once but whose E.164 form is not (found by request_bodies).
+            "+250000 maiemail",
+            "+1 800 FLOWERS",
         ] {
             assert_eq!(
                 normalise_phone(bad).unwrap_err().code,
