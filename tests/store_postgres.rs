@@ -466,3 +466,110 @@ fn a_store_call_from_a_task_with_no_cooperative_budget_left_finishes() {
         .expect("the store call did not finish within 60 s");
     assert_eq!(pending, 0);
 }
+
+/// The states of ghostkey's sessions on `database`, once every one is `idle` or after 10 s
+/// (they end their work asynchronously: a read's COMMIT, a refusal's ROLLBACK, a
+/// termination).
+fn ghostkey_sessions(database: &str) -> Vec<String> {
+    let query = format!(
+        "SELECT coalesce(string_agg(state, ',' ORDER BY state), '') FROM pg_stat_activity \
+         WHERE datname = '{database}' AND application_name = 'ghostkey'"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let listed = shared().psql("postgres", &query);
+        let states: Vec<String> = listed
+            .trim()
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if states.iter().all(|s| s == "idle") || std::time::Instant::now() > deadline {
+            return states;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// No thread drives an idle connection's socket (the waiting thread does, see
+/// `store/postgres/conn.rs`): the COMMIT that ends a read and the ROLLBACK that ends a
+/// refused write, whose answers nobody waits for, must still reach the server before the
+/// connection goes back to the pool, or it would sit "idle in transaction", holding its
+/// snapshot and its row locks, until its next use.
+#[test]
+fn connections_go_back_to_the_pool_outside_any_transaction() {
+    let url = postgres::migrated_database();
+    let database = database_name(&url);
+    let store = PgStore::open(&postgres::options(&url)).unwrap();
+    let now = common::now();
+    // Two connections at once, so that the pool holds two.
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                for _ in 0..20 {
+                    store.outbox_counts().unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(store.outbox_counts().unwrap().pending, 0);
+    // A write refused after its first statement: rolled back.
+    assert!(store.revoke_app_key("no-such-app", "k1", now).is_err());
+    let states = ghostkey_sessions(&database);
+    assert!(
+        !states.is_empty() && states.iter().all(|s| s == "idle"),
+        "ghostkey's sessions: {states:?}"
+    );
+    // The same from a thread of a blocking pool, where the wait runs in place.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = std::sync::Arc::new(store);
+    let pooled = std::sync::Arc::clone(&store);
+    runtime
+        .block_on(runtime.spawn_blocking(move || {
+            ghostkey::store::as_store_thread(|| {
+                pooled.outbox_counts().unwrap();
+                assert!(pooled.revoke_app_key("no-such-app", "k1", now).is_err());
+            })
+        }))
+        .unwrap();
+    let states = ghostkey_sessions(&database);
+    assert!(
+        !states.is_empty() && states.iter().all(|s| s == "idle"),
+        "ghostkey's sessions: {states:?}"
+    );
+}
+
+/// A pooled connection the server closed while it was idle (a restart, a failover, an
+/// operator's `pg_terminate_backend`) is noticed when it is next lent, and replaced: the
+/// next call succeeds.
+#[test]
+fn a_connection_closed_by_the_server_while_idle_is_replaced() {
+    let url = postgres::migrated_database();
+    let database = database_name(&url);
+    let store = PgStore::open(&postgres::options(&url)).unwrap();
+    assert_eq!(store.outbox_counts().unwrap().pending, 0);
+    assert_eq!(ghostkey_sessions(&database), ["idle"]);
+    shared().psql(
+        "postgres",
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{database}' AND application_name = 'ghostkey'"
+        ),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ghostkey_sessions(&database).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sessions did not end"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for _ in 0..3 {
+        assert_eq!(store.outbox_counts().unwrap().pending, 0);
+    }
+    assert_eq!(ghostkey_sessions(&database), ["idle"]);
+}

@@ -74,7 +74,7 @@ impl Worker {
         f: impl FnOnce(&dyn Store) -> Result<T, Error> + Send + 'static,
     ) -> Result<T, Error> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(store.as_ref()))
+        tokio::task::spawn_blocking(move || crate::store::as_store_thread(|| f(store.as_ref())))
             .await
             .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }

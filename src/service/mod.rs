@@ -235,9 +235,11 @@ impl Ghostkey {
     {
         let store = Arc::clone(&self.store);
         let rules = Arc::clone(&self.rules);
-        tokio::task::spawn_blocking(move || f(store.as_ref(), &rules))
-            .await
-            .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            crate::store::as_store_thread(|| f(store.as_ref(), &rules))
+        })
+        .await
+        .map_err(|e| Error::internal(format!("blocking task failed: {e}")))?
     }
 
     /// Spends the caller's units for a request refused before the write that would have

@@ -29,6 +29,30 @@ pub use lock::{DatabaseLock, LockHolder};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
+std::thread_local! {
+    static STORE_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with this thread marked as one that may block in store calls: a thread of
+/// Tokio's blocking pool (`spawn_blocking`), not an async worker. Tokio cannot tell the
+/// two apart from inside; the PostgreSQL backend needs to, since it drives a connection's
+/// socket on the waiting thread where it may, and from another thread elsewhere.
+pub fn as_store_thread<T>(f: impl FnOnce() -> T) -> T {
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            STORE_THREAD.with(|marked| marked.set(self.0));
+        }
+    }
+    let _restore = Restore(STORE_THREAD.with(|marked| marked.replace(true)));
+    f()
+}
+
+/// Whether this thread runs inside [`as_store_thread`].
+pub(crate) fn is_store_thread() -> bool {
+    STORE_THREAD.with(std::cell::Cell::get)
+}
+
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

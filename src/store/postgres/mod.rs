@@ -1,7 +1,8 @@
 //! The PostgreSQL backend: several `ghostkey serve` nodes on one shared database.
 //!
-//! This module holds the connection plumbing (a pool of connections, each driven by a
-//! private Tokio runtime so that the store stays synchronous like SQLite's), the
+//! This module holds the connection plumbing (a pool of connections, each with a private
+//! Tokio runtime that the waiting thread drives, so that the store stays synchronous like
+//! SQLite's: see `conn`), the
 //! transaction runner with its retries, and `impl Store for PgStore`, whose methods
 //! delegate to one file per concern with the same names as the SQLite backend's:
 //! `apps`, `users`, `methods`, `challenges`, `recoveries`, `chain`, `limits`, `outbox`,
@@ -34,6 +35,7 @@ mod apps;
 mod audit;
 mod chain;
 mod challenges;
+mod conn;
 mod limits;
 mod methods;
 mod outbox;
@@ -51,7 +53,9 @@ use std::time::Duration;
 use postgres_types::ToSql;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, IsolationLevel, Row, Statement};
+use tokio_postgres::{IsolationLevel, Row, Statement};
+
+use conn::Conn;
 
 use crate::clock::UnixTime;
 use crate::domain::app::{App, AppKey, KeyLookup};
@@ -166,18 +170,6 @@ pub(super) fn is_unique_violation(e: &tokio_postgres::Error) -> bool {
         .is_some_and(|db| db.code() == &SqlState::UNIQUE_VIOLATION)
 }
 
-/// Runs a future of a connection to completion on this thread. The connection's socket is
-/// driven by the store's own runtime, so this works on any thread, including one of the
-/// server's async workers (where a store call blocks it exactly as SQLite's does).
-///
-/// `unconstrained`: on a thread inside a Tokio task, a Tokio resource polled here (the
-/// connection's `JoinHandle`) would spend that task's cooperative budget, and once it is
-/// spent answer "not ready" forever, since this wait never yields back to the scheduler
-/// that restores it.
-fn wait<F: std::future::Future>(future: F) -> F::Output {
-    futures_executor::block_on(tokio::task::unconstrained(future))
-}
-
 /// The parameter types of each statement text this process has run, learnt once from
 /// the server (statements are then sent typed, unnamed, in one round trip each: no
 /// prepared statement outlives its transaction, so a pooler in transaction mode works).
@@ -232,19 +224,13 @@ impl From<Failed> for StoreError {
     }
 }
 
-/// A pooled connection and the statements it has prepared.
-struct Conn {
-    client: Client,
-    prepared: RefCell<std::collections::HashMap<String, Statement>>,
-}
-
 /// One transaction (or one read-only snapshot), as the concern files see it.
 ///
 /// Round trips are what a transaction costs most here, so `BEGIN` and savepoint commands
 /// are not sent on their own: they wait in `pending` and go out in the same write as the
 /// next statement (or the `COMMIT`), and their results are still checked.
 pub(super) struct Tx<'a> {
-    client: &'a Client,
+    conn: &'a Conn,
     /// The connection's prepared statements, when `database.prepared_statements` is on.
     prepared: Option<&'a RefCell<std::collections::HashMap<String, Statement>>>,
     types: &'a StatementTypes,
@@ -277,7 +263,7 @@ impl<'a> Tx<'a> {
         };
         let mode = if read_only { "READ ONLY" } else { "READ WRITE" };
         Tx {
-            client: &conn.client,
+            conn,
             prepared: prepare.then_some(&conn.prepared),
             types,
             pending: RefCell::new(format!("BEGIN ISOLATION LEVEL {level}, {mode}")),
@@ -291,24 +277,24 @@ impl<'a> Tx<'a> {
     /// checked, the pending commands' first. (Should `BEGIN` itself fail, the statement
     /// would run outside a transaction; `BEGIN` with a fixed text only fails when the
     /// connection does, which fails the statement too.)
-    fn after_pending<T>(
+    fn after_pending<T: Send>(
         &self,
-        statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, tokio_postgres::Error> {
+        statement: impl std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send,
+    ) -> Result<T, Failed> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         if pending.is_empty() {
-            return wait(statement);
+            return Ok(self.conn.wait(statement)??);
         }
         if pending.starts_with("BEGIN") {
             self.begun.set(true);
         }
         // `join` polls in order, and each future sends its messages on its first poll.
-        let (sent, result) = wait(futures_util::future::join(
-            self.client.batch_execute(&pending),
+        let (sent, result) = self.conn.wait(futures_util::future::join(
+            self.conn.client.batch_execute(&pending),
             statement,
-        ));
+        ))?;
         sent?;
-        result
+        Ok(result?)
     }
 
     /// The statement's parameters with their types, learnt from the server the first
@@ -322,7 +308,7 @@ impl<'a> Tx<'a> {
         let types = match self.types.get(sql) {
             Some(types) => types,
             None => {
-                let statement = self.after_pending(self.client.prepare(sql))?;
+                let statement = self.after_pending(self.conn.client.prepare(sql))?;
                 let types: Arc<[Type]> = statement.params().into();
                 self.types.learn(sql, Arc::clone(&types));
                 types
@@ -348,7 +334,7 @@ impl<'a> Tx<'a> {
         if let Some(statement) = cache.borrow().get(sql) {
             return Ok(statement.clone());
         }
-        let statement = self.after_pending(self.client.prepare(sql))?;
+        let statement = self.after_pending(self.conn.client.prepare(sql))?;
         let mut cache = cache.borrow_mut();
         if cache.len() < MAX_KNOWN_STATEMENTS {
             cache.insert(sql.to_owned(), statement.clone());
@@ -378,11 +364,11 @@ impl<'a> Tx<'a> {
         match self.prepared {
             Some(cache) => {
                 let statement = self.prepared(cache, sql)?;
-                Ok(self.after_pending(self.client.execute(&statement, params))?)
+                Ok(self.after_pending(self.conn.client.execute(&statement, params))?)
             }
             None => {
                 let typed = self.typed(sql, params)?;
-                Ok(self.after_pending(self.client.execute_typed(sql, &typed))?)
+                Ok(self.after_pending(self.conn.client.execute_typed(sql, &typed))?)
             }
         }
     }
@@ -410,18 +396,18 @@ impl<'a> Tx<'a> {
         match self.prepared {
             Some(cache) => {
                 let statement = self.prepared(cache, sql)?;
-                Ok(self.after_pending(self.client.query(&statement, params))?)
+                Ok(self.after_pending(self.conn.client.query(&statement, params))?)
             }
             None => {
                 let typed = self.typed(sql, params)?;
-                Ok(self.after_pending(self.client.query_typed(sql, &typed))?)
+                Ok(self.after_pending(self.conn.client.query_typed(sql, &typed))?)
             }
         }
     }
 
     /// Statements without parameters or results (the schema's), run now.
     pub(super) fn batch(&self, sql: &str) -> Result<(), StoreError> {
-        Ok(self.after_pending(self.client.batch_execute(sql))?)
+        Ok(self.after_pending(self.conn.client.batch_execute(sql))?)
     }
 
     /// A command without parameters or results, sent with the next statement.
@@ -434,13 +420,13 @@ impl<'a> Tx<'a> {
     }
 
     /// Commits: the pending commands and `COMMIT` in one write.
-    fn commit(self) -> Result<(), tokio_postgres::Error> {
+    fn commit(self) -> Result<(), Failed> {
         self.ended.set(true);
         if !self.begun.get() {
             // Nothing reached the server: there is nothing to commit.
             return Ok(());
         }
-        self.after_pending(self.client.batch_execute("COMMIT"))
+        self.after_pending(self.conn.client.batch_execute("COMMIT"))
     }
 
     /// Ends a read-only transaction without waiting for the answer: the next user of the
@@ -449,8 +435,10 @@ impl<'a> Tx<'a> {
         self.ended.set(true);
         if self.begun.get() {
             use futures_util::FutureExt;
-            // The first poll sends the command; the dropped answer is discarded.
-            let _ = self.client.batch_execute("COMMIT").now_or_never();
+            // The first poll queues the command, the flush sends it; the dropped answer is
+            // discarded.
+            let _ = self.conn.client.batch_execute("COMMIT").now_or_never();
+            self.conn.flush();
         }
     }
 
@@ -500,7 +488,8 @@ impl Drop for Tx<'_> {
     fn drop(&mut self) {
         if self.begun.get() && !self.ended.get() {
             use futures_util::FutureExt;
-            let _ = self.client.batch_execute("ROLLBACK").now_or_never();
+            let _ = self.conn.client.batch_execute("ROLLBACK").now_or_never();
+            self.conn.flush();
         }
     }
 }
@@ -559,22 +548,11 @@ pub struct PgStore {
     /// Whether connections prepare their statements (`database.prepared_statements`).
     prepared_statements: bool,
     types: StatementTypes,
-    /// Drives every connection's socket; shut down in the background on drop.
-    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgStore").finish_non_exhaustive()
-    }
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        // Also when dropped on an async thread, where a blocking shutdown would panic.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
@@ -588,7 +566,7 @@ impl Drop for Lent<'_> {
     fn drop(&mut self) {
         let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         match self.conn.take() {
-            Some(conn) if !conn.client.is_closed() => state.idle.push(conn),
+            Some(conn) if !conn.is_closed() => state.idle.push(conn),
             _ => state.open = state.open.saturating_sub(1),
         }
         self.pool.freed.notify_one();
@@ -667,12 +645,6 @@ impl PgStore {
                 options.ca_file.as_deref(),
             )?)),
         };
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("ghostkey-postgres")
-            .enable_all()
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot start the database runtime: {e}")))?;
         let store = PgStore {
             connector: Connector { config, tls },
             pool: Pool {
@@ -687,48 +659,20 @@ impl PgStore {
             retry_for: options.retry_for,
             prepared_statements: options.prepared_statements,
             types: StatementTypes::default(),
-            runtime: Some(runtime),
         };
         // Fail now, with a clear message, rather than on the first request.
         drop(store.lend()?);
         Ok(store)
     }
 
-    fn runtime(&self) -> Result<&tokio::runtime::Runtime, StoreError> {
-        self.runtime
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("the database runtime is stopped".into()))
-    }
-
-    /// A new connection, its socket driven by the store's runtime.
-    fn open_connection(&self) -> Result<Client, StoreError> {
-        let config = self.connector.config.clone();
-        let tls = self.connector.tls.clone();
-        let runtime = self.runtime()?;
-        let connected = wait(runtime.spawn(async move {
-            match tls {
-                None => {
-                    let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::warn!(error = %e, "a database connection ended");
-                        }
-                    });
-                    Ok::<_, tokio_postgres::Error>(client)
-                }
-                Some(tls) => {
-                    let (client, connection) = config.connect(tls).await?;
-                    tokio::spawn(async move {
-                        if let Err(e) = connection.await {
-                            tracing::warn!(error = %e, "a database connection ended");
-                        }
-                    });
-                    Ok(client)
-                }
-            }
-        }))
-        .map_err(|e| StoreError::Backend(format!("the database runtime failed: {e}")))?;
-        connected.map_err(|e| match StoreError::from(e) {
+    /// A new connection, its socket driven by whichever thread waits on it.
+    fn open_connection(&self) -> Result<Conn, StoreError> {
+        let config = &self.connector.config;
+        let opened = match &self.connector.tls {
+            None => Conn::open(config.connect(tokio_postgres::NoTls)),
+            Some(tls) => Conn::open(config.connect(tls.clone())),
+        };
+        opened.map_err(|e| match e {
             StoreError::Backend(cause) | StoreError::Unavailable(cause) => {
                 StoreError::Unavailable(format!("cannot connect to the database: {cause}"))
             }
@@ -742,7 +686,13 @@ impl PgStore {
         let mut state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(conn) = state.idle.pop() {
-                if conn.client.is_closed() {
+                // Without a thread driving idle sockets, a close by the server is read
+                // now (a restart or failover must not fail the next request).
+                drop(state);
+                conn.refresh();
+                if conn.is_closed() {
+                    drop(conn);
+                    state = self.pool.idle.lock().unwrap_or_else(|p| p.into_inner());
                     state.open = state.open.saturating_sub(1);
                     continue;
                 }
@@ -755,11 +705,8 @@ impl PgStore {
                 state.open += 1;
                 drop(state);
                 return match self.open_connection() {
-                    Ok(client) => Ok(Lent {
-                        conn: Some(Conn {
-                            client,
-                            prepared: RefCell::default(),
-                        }),
+                    Ok(conn) => Ok(Lent {
+                        conn: Some(conn),
                         pool: &self.pool,
                     }),
                     Err(e) => {
@@ -820,9 +767,11 @@ impl PgStore {
                 match tx.commit() {
                     Ok(()) => Ok(value),
                     // The commit may or may not have happened: say neither.
-                    Err(e) if e.as_db_error().is_none() => Err(StoreError::Unavailable(format!(
-                        "the connection was lost during COMMIT; the write may or may not have been made: {e}"
-                    ))),
+                    Err(Failed::Db(e)) if e.as_db_error().is_none() => {
+                        Err(StoreError::Unavailable(format!(
+                            "the connection was lost during COMMIT; the write may or may not have been made: {e}"
+                        )))
+                    }
                     Err(e) => Err(e.into()),
                 }
             })();
