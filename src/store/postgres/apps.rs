@@ -175,7 +175,7 @@ pub(super) fn list_apps(store: &PgStore) -> Result<Vec<App>, StoreError> {
 }
 
 pub(super) fn app(store: &PgStore, app_id: &str) -> Result<Option<App>, StoreError> {
-    store.read(|tx| {
+    store.autocommit(|tx| {
         tx.opt(
             &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1"),
             &[&app_id],
@@ -422,7 +422,7 @@ pub(super) fn lookup_assertion_key(
     app_id: &str,
     kid: &str,
 ) -> Result<KeyLookup, StoreError> {
-    store.read(|tx| {
+    store.autocommit(|tx| {
         // One query answers all three questions: does the app exist, the key, is it revoked.
         let row = tx.opt(
             "SELECT k.public_key, k.revoked_at FROM apps a \

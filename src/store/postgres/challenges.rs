@@ -348,7 +348,7 @@ pub(super) fn answer_challenge(
     // the challenge again under the lock (it may have been answered, or erased with its
     // user, meanwhile). Parallel answers about the user settle one after the other.
     let (app_id, user_id) = store
-        .read(|tx| challenge_owner(tx, challenge_id))?
+        .autocommit(|tx| challenge_owner(tx, challenge_id))?
         .ok_or(StoreError::MethodNotFound)?;
     store.write(|tx| {
         if !tx.lock_user(&app_id, &user_id)? {

@@ -190,7 +190,9 @@ pub(super) fn limits_allow(
     limits: &[Limit],
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    match store.read(|tx| full_limit(tx, limits, now))? {
+    // Limits are independent: each count is read on its own (the write that takes the
+    // units decides; this only spares it a full limit).
+    match store.autocommit(|tx| full_limit(tx, limits, now))? {
         Some(full) => Err(full),
         None => Ok(()),
     }

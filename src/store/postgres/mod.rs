@@ -248,25 +248,33 @@ pub(super) struct Tx<'a> {
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 impl<'a> Tx<'a> {
+    /// A transaction at `isolation` (`None`: no transaction, each statement commits on
+    /// its own).
     fn begin(
         conn: &'a Conn,
         prepare: bool,
         types: &'a StatementTypes,
-        isolation: IsolationLevel,
+        isolation: Option<IsolationLevel>,
         read_only: bool,
         lock_nowait: bool,
     ) -> Tx<'a> {
-        let level = match isolation {
-            IsolationLevel::ReadCommitted => "READ COMMITTED",
-            IsolationLevel::RepeatableRead => "REPEATABLE READ",
-            _ => "SERIALIZABLE",
+        let begin = match isolation {
+            None => String::new(),
+            Some(isolation) => {
+                let level = match isolation {
+                    IsolationLevel::ReadCommitted => "READ COMMITTED",
+                    IsolationLevel::RepeatableRead => "REPEATABLE READ",
+                    _ => "SERIALIZABLE",
+                };
+                let mode = if read_only { "READ ONLY" } else { "READ WRITE" };
+                format!("BEGIN ISOLATION LEVEL {level}, {mode}")
+            }
         };
-        let mode = if read_only { "READ ONLY" } else { "READ WRITE" };
         Tx {
             conn,
             prepared: prepare.then_some(&conn.prepared),
             types,
-            pending: RefCell::new(format!("BEGIN ISOLATION LEVEL {level}, {mode}")),
+            pending: RefCell::new(begin),
             begun: Cell::new(false),
             ended: Cell::new(false),
             lock_nowait,
@@ -736,12 +744,12 @@ impl PgStore {
     /// busy user lock, for up to `retry_for`, then answered `Unavailable`.
     fn run<T>(
         &self,
-        isolation: IsolationLevel,
+        isolation: Option<IsolationLevel>,
         read_only: bool,
         mut f: impl FnMut(&Tx<'_>) -> Result<Result<T, StoreError>, StoreError>,
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
-        let lock_nowait = !read_only && matches!(isolation, IsolationLevel::Serializable);
+        let lock_nowait = !read_only && matches!(isolation, Some(IsolationLevel::Serializable));
         let mut runs: u32 = 0;
         loop {
             runs += 1;
@@ -807,7 +815,7 @@ impl PgStore {
         &self,
         mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(self.write_level(), false, |tx| f(tx).map(Ok))
+        self.run(Some(self.write_level()), false, |tx| f(tx).map(Ok))
     }
 
     /// One write transaction at `READ COMMITTED` whatever `database.isolation` says: for
@@ -816,7 +824,9 @@ impl PgStore {
         &self,
         mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(IsolationLevel::ReadCommitted, false, |tx| f(tx).map(Ok))
+        self.run(Some(IsolationLevel::ReadCommitted), false, |tx| {
+            f(tx).map(Ok)
+        })
     }
 
     /// Like `write`, but an inner error still commits: for refusals that must leave a
@@ -825,7 +835,7 @@ impl PgStore {
         &self,
         f: impl FnMut(&Tx<'_>) -> Result<Result<T, StoreError>, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(self.write_level(), false, f)
+        self.run(Some(self.write_level()), false, f)
     }
 
     /// A read-only transaction: one snapshot for all its statements.
@@ -833,7 +843,20 @@ impl PgStore {
         &self,
         mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        self.run(IsolationLevel::RepeatableRead, true, |tx| f(tx).map(Ok))
+        self.run(Some(IsolationLevel::RepeatableRead), true, |tx| {
+            f(tx).map(Ok)
+        })
+    }
+
+    /// Statements that each commit on their own, with no transaction around them: for a
+    /// single statement (atomic by itself), or reads that need no snapshot in common
+    /// (each sees the latest commits). A transaction would cost the server a `BEGIN` and
+    /// a `COMMIT` more, and these run on every request.
+    pub(super) fn autocommit<T>(
+        &self,
+        mut f: impl FnMut(&Tx<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        self.run(None, false, |tx| f(tx).map(Ok))
     }
 
     /// Checks that acknowledged commits are durable: `synchronous_commit` is not `off` or

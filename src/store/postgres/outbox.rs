@@ -126,26 +126,40 @@ pub(super) fn claim_message(
     lease_secs: i64,
 ) -> Result<Option<ClaimedMessage>, StoreError> {
     let leased_until = now + lease_secs;
-    store.write(|tx| {
+    // One statement, committed on its own: the claim is a single atomic update, and an
+    // idle worker's poll (one per request that may have queued a message) costs the
+    // server one statement instead of a transaction.
+    store.autocommit(|tx| {
         let row = tx.opt(
-            "SELECT o.id, o.app_id, o.kind, COALESCE(m.kind, o.channel), COALESCE(m.key_id, o.destination_key_id), \
-                    COALESCE(m.secret, o.destination), o.key_id, o.body, o.attempts, o.events \
-             FROM outbox o LEFT JOIN methods m ON m.id = o.method_id \
-             WHERE o.state = 'pending' AND o.next_attempt_at <= $1 AND o.leased_until <= $1 \
-               AND (m.id IS NOT NULL OR o.destination IS NOT NULL) \
-             ORDER BY o.next_attempt_at, o.id LIMIT 1 \
-             FOR UPDATE OF o SKIP LOCKED",
-            &[&now],
+            "UPDATE outbox SET leased_until = $2 \
+             FROM (SELECT o.id, o.app_id, o.kind, COALESCE(m.kind, o.channel) AS channel, \
+                          COALESCE(m.key_id, o.destination_key_id) AS destination_key_id, \
+                          COALESCE(m.secret, o.destination) AS destination, o.key_id, o.body, \
+                          o.attempts, o.events \
+                   FROM outbox o LEFT JOIN methods m ON m.id = o.method_id \
+                   WHERE o.state = 'pending' AND o.next_attempt_at <= $1 AND o.leased_until <= $1 \
+                     AND (m.id IS NOT NULL OR o.destination IS NOT NULL) \
+                   ORDER BY o.next_attempt_at, o.id LIMIT 1 \
+                   FOR UPDATE OF o SKIP LOCKED) AS claimed \
+             WHERE outbox.id = claimed.id \
+             RETURNING claimed.id, claimed.app_id, claimed.kind, claimed.channel, \
+                       claimed.destination_key_id, claimed.destination, claimed.key_id, \
+                       claimed.body, claimed.attempts, claimed.events",
+            &[&now, &leased_until],
         )?;
         let Some(r) = row else {
             return Ok(None);
         };
         let kind: String = get(&r, 2)?;
         let channel: String = get(&r, 3)?;
-        let m = ClaimedMessage {
+        Ok(Some(ClaimedMessage {
             id: get(&r, 0)?,
             app_id: get(&r, 1)?,
-            kind: if kind == "notice" { MessageKind::Notice } else { MessageKind::Code },
+            kind: if kind == "notice" {
+                MessageKind::Notice
+            } else {
+                MessageKind::Code
+            },
             channel: parse_kind(&channel)?,
             destination_key_id: get(&r, 4)?,
             destination: get(&r, 5)?,
@@ -154,9 +168,7 @@ pub(super) fn claim_message(
             attempts: get_u32(&r, 8)?,
             events: get_u32(&r, 9)?,
             leased_until,
-        };
-        tx.exec("UPDATE outbox SET leased_until = $2 WHERE id = $1", &[&m.id, &leased_until])?;
-        Ok(Some(m))
+        }))
     })
 }
 

@@ -189,7 +189,7 @@ pub(super) fn verify_recovery(
     // Whose recovery it is (a read of its own, so that the user's lock is the write's first
     // statement, see `Tx::lock_user`), then that user's lock, then the challenge and the
     // recovery again under the lock.
-    let owner = store.read(|tx| challenge_owner(tx, challenge_id))?;
+    let owner = store.autocommit(|tx| challenge_owner(tx, challenge_id))?;
     store.write_keeping(|tx| {
         let locked = match &owner {
             Some((app_id, user_id)) => tx.lock_user(app_id, user_id)?,
