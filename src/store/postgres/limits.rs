@@ -56,12 +56,26 @@ fn full_limit(
     limits: &[Limit],
     now: UnixTime,
 ) -> Result<Option<StoreError>, StoreError> {
-    for limit in limits {
-        let count = match tx.opt(
-            "SELECT count FROM rate_counters WHERE scope = $1 AND subject = $2 AND window_start = $3",
-            &[&limit.scope, &limit.subject, &limit.window_start(now)],
-        )? {
-            Some(row) => get_u32(&row, 0)?,
+    // Every count in one round trip.
+    let windows: Vec<UnixTime> = limits.iter().map(|l| l.window_start(now)).collect();
+    let params: Vec<[&(dyn postgres_types::ToSql + Sync); 3]> = limits
+        .iter()
+        .zip(&windows)
+        .map(|(l, window)| [&l.scope as _, &l.subject as _, window as _])
+        .collect();
+    let statements: Vec<(&str, super::Params<'_>)> = params
+        .iter()
+        .map(|p| {
+            (
+                "SELECT count FROM rate_counters WHERE scope = $1 AND subject = $2 AND window_start = $3",
+                &p[..],
+            )
+        })
+        .collect();
+    let counts = tx.all_together(&statements)?;
+    for (limit, rows) in limits.iter().zip(&counts) {
+        let count = match rows.first() {
+            Some(row) => get_u32(row, 0)?,
             None => 0,
         };
         if count >= limit.max {

@@ -21,7 +21,7 @@ pub(super) fn parse_kind(s: &str) -> Result<MethodKind, StoreError> {
 const METHOD_COLUMNS: &str =
     "id, app_id, user_id, kind, state, key_id, secret, destination_mac, totp_last_step, created_at, confirmed_at";
 
-fn method_from_row(row: &Row) -> Result<Method, StoreError> {
+pub(super) fn method_from_row(row: &Row) -> Result<Method, StoreError> {
     let kind: String = get(row, 3)?;
     let state: String = get(row, 4)?;
     Ok(Method {
@@ -58,18 +58,20 @@ pub(super) fn load_methods(
     app_id: &str,
     user_id: &str,
 ) -> Result<Vec<Method>, StoreError> {
-    // `COLLATE "C"`: ids compared byte by byte, as SQLite's BINARY collation does (the
-    // database's collation may order mixed-case ids otherwise).
-    tx.all(
-        &format!(
-            "SELECT {METHOD_COLUMNS} FROM methods WHERE app_id = $1 AND user_id = $2 \
-             ORDER BY created_at, id COLLATE \"C\""
-        ),
-        &[&app_id, &user_id],
-    )?
-    .iter()
-    .map(method_from_row)
-    .collect()
+    tx.all(&methods_sql(), &[&app_id, &user_id])?
+        .iter()
+        .map(method_from_row)
+        .collect()
+}
+
+/// A user's methods (`$1`, `$2`: app and user), oldest first. `COLLATE "C"`: ids compared
+/// byte by byte, as SQLite's BINARY collation does (the database's collation may order
+/// mixed-case ids otherwise).
+pub(super) fn methods_sql() -> String {
+    format!(
+        "SELECT {METHOD_COLUMNS} FROM methods WHERE app_id = $1 AND user_id = $2 \
+         ORDER BY created_at, id COLLATE \"C\""
+    )
 }
 
 /// Deletes every pending method of a user, with their challenges and unsent messages;

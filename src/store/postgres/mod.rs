@@ -413,6 +413,49 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// Several statements sent together and answered together: one round trip for reads
+    /// that do not depend on each other's results. Each statement's rows, in order; the
+    /// first failure is the answer.
+    pub(super) fn all_together(
+        &self,
+        statements: &[(&str, Params<'_>)],
+    ) -> Result<Vec<Vec<Row>>, StoreError> {
+        use futures_util::future::{join_all, BoxFuture};
+        let mut queries: Vec<BoxFuture<'_, Result<Vec<Row>, tokio_postgres::Error>>> =
+            Vec::with_capacity(statements.len());
+        match self.prepared {
+            Some(cache) => {
+                let prepared = statements
+                    .iter()
+                    .map(|(sql, _)| self.prepared(cache, sql))
+                    .collect::<Result<Vec<_>, _>>()?;
+                for (statement, (_, params)) in prepared.into_iter().zip(statements) {
+                    let client = &self.conn.client;
+                    queries.push(Box::pin(
+                        async move { client.query(&statement, params).await },
+                    ));
+                }
+            }
+            None => {
+                for (sql, params) in statements {
+                    let typed = self.typed(sql, params)?;
+                    let client = &self.conn.client;
+                    queries.push(Box::pin(
+                        async move { client.query_typed(sql, &typed).await },
+                    ));
+                }
+            }
+        }
+        // `join_all` polls in order, and each query sends its messages on its first poll.
+        let answered = self.after_pending(async move {
+            join_all(queries)
+                .await
+                .into_iter()
+                .collect::<Result<Vec<_>, _>>()
+        })?;
+        Ok(answered)
+    }
+
     /// Statements without parameters or results (the schema's), run now.
     pub(super) fn batch(&self, sql: &str) -> Result<(), StoreError> {
         Ok(self.after_pending(self.conn.client.batch_execute(sql))?)

@@ -14,9 +14,9 @@ use tokio_postgres::Row;
 use super::audit::{audit, Who};
 use super::challenges::{settle_proof, settle_proof_with};
 use super::limits::consume_jti;
-use super::methods::load_methods;
+use super::methods::{load_methods, method_from_row, methods_sql};
 use super::outbox::enqueue_to_others;
-use super::{get, get32, get_u32, PgStore, Tx};
+use super::{get, get32, get_u32, Params, PgStore, Tx};
 use crate::clock::UnixTime;
 use crate::domain::assertion::VerifiedAssertion;
 use crate::domain::challenge::{FailureWindow, Guard, LockRule, FAILURE_WINDOW_SECS};
@@ -24,18 +24,22 @@ use crate::domain::enrollment::Enrollment;
 use crate::domain::method::MethodState;
 use crate::store::{NewMessage, ProofAnswer, StoreError, UnlockUser, UserRecord};
 
+const GUARD_SQL: &str =
+    "SELECT failures, backoff_until, locked_at FROM user_guards WHERE app_id = $1 AND user_id = $2";
+
 pub(super) fn load_guard(tx: &Tx<'_>, app_id: &str, user_id: &str) -> Result<Guard, StoreError> {
-    let Some(row) = tx.opt(
-        "SELECT failures, backoff_until, locked_at FROM user_guards WHERE app_id = $1 AND user_id = $2",
-        &[&app_id, &user_id],
-    )?
-    else {
+    guard_from_row(tx.opt(GUARD_SQL, &[&app_id, &user_id])?.as_ref())
+}
+
+/// A user's guard from its row; no row is a guard with nothing counted.
+fn guard_from_row(row: Option<&Row>) -> Result<Guard, StoreError> {
+    let Some(row) = row else {
         return Ok(Guard::default());
     };
     Ok(Guard {
-        failures: get_u32(&row, 0)?,
-        backoff_until: get(&row, 1)?,
-        locked_at: get(&row, 2)?,
+        failures: get_u32(row, 0)?,
+        backoff_until: get(row, 1)?,
+        locked_at: get(row, 2)?,
         window: FailureWindow::default(),
     })
 }
@@ -67,14 +71,20 @@ pub(super) fn load_window(
     user_id: &str,
     now: UnixTime,
 ) -> Result<FailureWindow, StoreError> {
-    // Filtered on time: expired failures stay until maintenance purges them.
-    let row = tx.one(
-        "SELECT count(*), min(at) FROM user_failures WHERE app_id = $1 AND user_id = $2 AND at > $3",
+    window_from_row(&tx.one(
+        WINDOW_SQL,
         &[&app_id, &user_id, &(now - FAILURE_WINDOW_SECS)],
-    )?;
+    )?)
+}
+
+/// Filtered on time: expired failures stay until maintenance purges them.
+const WINDOW_SQL: &str =
+    "SELECT count(*), min(at) FROM user_failures WHERE app_id = $1 AND user_id = $2 AND at > $3";
+
+fn window_from_row(row: &Row) -> Result<FailureWindow, StoreError> {
     Ok(FailureWindow {
-        count: get_u32(&row, 0)?,
-        oldest: get(&row, 1)?,
+        count: get_u32(row, 0)?,
+        oldest: get(row, 1)?,
     })
 }
 
@@ -168,18 +178,17 @@ fn load_enrollment(
     app_id: &str,
     user_id: &str,
 ) -> Result<Option<Enrollment>, StoreError> {
-    let Some(row) = tx.opt(
-        "SELECT u.state, u.sealed_virtual_device, u.vd_signing_key, u.vd_encryption_key, u.created_at, \
-         coalesce(c.block, '\\x'::bytea) FROM users u \
-         LEFT JOIN chain_blocks c ON c.app_id = u.app_id AND c.user_id = u.user_id AND c.idx = 0 \
-         WHERE u.app_id = $1 AND u.user_id = $2",
-        &[&app_id, &user_id],
-    )?
-    else {
+    let Some(row) = tx.opt(ENROLLMENT_SQL, &[&app_id, &user_id])? else {
         return Ok(None);
     };
     enrollment_from_row(&row, app_id, user_id).map(Some)
 }
+
+const ENROLLMENT_SQL: &str =
+    "SELECT u.state, u.sealed_virtual_device, u.vd_signing_key, u.vd_encryption_key, u.created_at, \
+     coalesce(c.block, '\\x'::bytea) FROM users u \
+     LEFT JOIN chain_blocks c ON c.app_id = u.app_id AND c.user_id = u.user_id AND c.idx = 0 \
+     WHERE u.app_id = $1 AND u.user_id = $2";
 
 fn enrollment_from_row(row: &Row, app_id: &str, user_id: &str) -> Result<Enrollment, StoreError> {
     let state: String = get(row, 0)?;
@@ -212,16 +221,29 @@ pub(super) fn user(
     app_id: &str,
     user_id: &str,
 ) -> Result<Option<UserRecord>, StoreError> {
-    // One snapshot for the enrolment, the guard and the methods (SQLite reads them in
-    // separate statements); the trait allows either.
-    store.read(|tx| {
-        let Some(enrollment) = load_enrollment(tx, app_id, user_id)? else {
+    // The enrolment, the guard and the methods in one round trip, each statement with its
+    // own snapshot (the trait's contract: every write re-reads what it relies on under the
+    // user's lock).
+    store.autocommit(|tx| {
+        let key: Params<'_> = &[&app_id, &user_id];
+        let answers = tx.all_together(&[
+            (ENROLLMENT_SQL, key),
+            (GUARD_SQL, key),
+            (&methods_sql(), key),
+        ])?;
+        let [enrollment, guard, methods] = &answers[..] else {
+            return Err(StoreError::Backend("three answers expected".into()));
+        };
+        let Some(enrollment) = enrollment.first() else {
             return Ok(None);
         };
         Ok(Some(UserRecord {
-            enrollment,
-            guard: load_guard(tx, app_id, user_id)?,
-            methods: load_methods(tx, app_id, user_id)?,
+            enrollment: enrollment_from_row(enrollment, app_id, user_id)?,
+            guard: guard_from_row(guard.first())?,
+            methods: methods
+                .iter()
+                .map(method_from_row)
+                .collect::<Result<_, _>>()?,
         }))
     })
 }
@@ -232,9 +254,23 @@ pub(super) fn guard(
     user_id: &str,
     now: UnixTime,
 ) -> Result<Guard, StoreError> {
-    store.read(|tx| {
-        let mut guard = load_guard(tx, app_id, user_id)?;
-        guard.window = load_window(tx, app_id, user_id, now)?;
+    // One round trip; not one snapshot (the trait's contract: a hint, re-read by the
+    // write that settles the answer).
+    store.autocommit(|tx| {
+        let since = now - FAILURE_WINDOW_SECS;
+        let answers = tx.all_together(&[
+            (GUARD_SQL, &[&app_id, &user_id]),
+            (WINDOW_SQL, &[&app_id, &user_id, &since]),
+        ])?;
+        let [guard, window] = &answers[..] else {
+            return Err(StoreError::Backend("two answers expected".into()));
+        };
+        let mut guard = guard_from_row(guard.first())?;
+        guard.window = window_from_row(
+            window
+                .first()
+                .ok_or_else(|| StoreError::Backend("a count returned no row".into()))?,
+        )?;
         Ok(guard)
     })
 }
