@@ -573,3 +573,69 @@ fn a_connection_closed_by_the_server_while_idle_is_replaced() {
     }
     assert_eq!(ghostkey_sessions(&database), ["idle"]);
 }
+
+/// Lists come out in the same order as on SQLite, whose text comparison is byte by byte,
+/// whatever the database's collation: here ICU's root locale, which puts `a` before `B`
+/// where bytes put `B` (0x42) first.
+#[test]
+fn lists_are_ordered_byte_by_byte_whatever_the_database_collation() {
+    let name = format!("gk_icu_{}", std::process::id());
+    shared().psql(
+        "postgres",
+        &format!(
+            "CREATE DATABASE {name} TEMPLATE template0 ENCODING 'UTF8' LOCALE 'C' \
+             LOCALE_PROVIDER icu ICU_LOCALE 'und'"
+        ),
+    );
+    let url = shared().url(&name);
+    migrate(&postgres::options(&url)).unwrap();
+    // The collation really orders the other way, so the test can tell.
+    assert_eq!(
+        shared().psql(
+            &name,
+            "SELECT string_agg(x, ',' ORDER BY x) FROM (VALUES ('B'), ('a')) v(x)"
+        ),
+        "a,B"
+    );
+    let store = PgStore::open(&postgres::options(&url)).unwrap();
+    let now = common::now();
+    let app = |id: &str| ghostkey::domain::app::App {
+        id: id.into(),
+        name: id.into(),
+        created_at: now,
+        policy: Default::default(),
+    };
+    let key = |kid: &str| ghostkey::domain::app::AppKey {
+        kid: kid.into(),
+        public_key: [7; 32],
+        created_at: now,
+        revoked_at: None,
+    };
+    store.create_app(&app("app_a"), &key("a1")).unwrap();
+    store.create_app(&app("app_B"), &key("B1")).unwrap();
+    store.add_app_key("app_a", &key("Z2")).unwrap();
+    store
+        .add_app_origin("app_a", "https://b.example", now)
+        .unwrap();
+    store
+        .add_app_origin("app_a", "https://C.example", now)
+        .unwrap();
+    let ids: Vec<String> = store
+        .list_apps()
+        .unwrap()
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    assert_eq!(ids, ["app_B", "app_a"]);
+    let kids: Vec<String> = store
+        .app_keys("app_a")
+        .unwrap()
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert_eq!(kids, ["Z2", "a1"]);
+    assert_eq!(
+        store.app_origins("app_a").unwrap(),
+        ["https://C.example", "https://b.example"]
+    );
+}

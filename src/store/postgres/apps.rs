@@ -165,7 +165,7 @@ pub(super) fn create_app(store: &PgStore, app: &App, first_key: &AppKey) -> Resu
 pub(super) fn list_apps(store: &PgStore) -> Result<Vec<App>, StoreError> {
     store.read(|tx| {
         tx.all(
-            &format!("SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id"),
+            &format!("SELECT {APP_COLUMNS} FROM apps ORDER BY created_at, id COLLATE \"C\""),
             &[],
         )?
         .iter()
@@ -188,7 +188,7 @@ pub(super) fn app(store: &PgStore, app_id: &str) -> Result<Option<App>, StoreErr
 pub(super) fn app_keys(store: &PgStore, app_id: &str) -> Result<Vec<AppKey>, StoreError> {
     store.read(|tx| {
         tx.all(
-            "SELECT kid, public_key, created_at, revoked_at FROM app_keys WHERE app_id = $1 ORDER BY created_at, kid",
+            "SELECT kid, public_key, created_at, revoked_at FROM app_keys WHERE app_id = $1 ORDER BY created_at, kid COLLATE \"C\"",
             &[&app_id],
         )?
         .iter()
@@ -308,7 +308,7 @@ pub(super) fn set_app_policy(
 pub(super) fn app_origins(store: &PgStore, app_id: &str) -> Result<Vec<String>, StoreError> {
     store.read(|tx| {
         tx.all(
-            "SELECT origin FROM app_origins WHERE app_id = $1 ORDER BY origin",
+            "SELECT origin FROM app_origins WHERE app_id = $1 ORDER BY origin COLLATE \"C\"",
             &[&app_id],
         )?
         .iter()
