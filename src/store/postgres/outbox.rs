@@ -6,6 +6,7 @@ use super::limits::bump_limit;
 use super::methods::{load_method, parse_kind};
 use super::{get, get_u32, PgStore, Tx};
 use crate::clock::UnixTime;
+use crate::domain::limits::Limit;
 use crate::store::{ClaimedMessage, MessageKind, NewMessage, OutboxCounts, SendResult, StoreError};
 
 /// At most one security notice of a kind is sent to one destination per this many seconds.
@@ -29,6 +30,22 @@ pub(super) fn enqueue(
     msg: &NewMessage,
     now: UnixTime,
 ) -> Result<(), StoreError> {
+    let mut sends = Vec::new();
+    if queue(tx, app_id, method_id, msg, now)? {
+        sends = notice_send_limits(tx, app_id, method_id)?;
+    }
+    bump_in_key_order(tx, sends, now)
+}
+
+/// Queues `msg` (see [`enqueue`]); `true` when it is a new notice, whose send the caller
+/// counts.
+fn queue(
+    tx: &Tx<'_>,
+    app_id: &str,
+    method_id: &str,
+    msg: &NewMessage,
+    now: UnixTime,
+) -> Result<bool, StoreError> {
     let mut due = now;
     if let Some(kind) = msg.notice_kind {
         let joined = tx.exec(
@@ -37,7 +54,7 @@ pub(super) fn enqueue(
             &[&method_id, &kind, &now],
         )?;
         if joined > 0 {
-            return Ok(());
+            return Ok(false);
         }
         let row = tx.one(
             "SELECT max(created_at) FROM outbox WHERE method_id = $1 AND notice_kind = $2",
@@ -45,42 +62,44 @@ pub(super) fn enqueue(
         )?;
         let last: Option<UnixTime> = get(&row, 0)?;
         due = last.map_or(now, |t| (t + NOTICE_WINDOW_SECS).max(now));
-        count_notice_send(tx, app_id, method_id, now)?;
     }
     tx.exec(
         "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at, notice_kind, events) \
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, 1)",
         &[&app_id, &method_id, &msg.kind.as_str(), &msg.key_id, &msg.body, &due, &now, &msg.notice_kind],
     )?;
-    Ok(())
+    Ok(msg.notice_kind.is_some())
 }
 
-/// A notice spends a unit of its destination's hourly and daily budgets and of the app's
-/// daily budget, even over them (a notice is never refused): codes that come after it are
-/// refused sooner.
-fn count_notice_send(
+/// The budgets a new notice spends a unit of: its destination's hourly and daily budgets
+/// and the app's daily budget, even over them (a notice is never refused): codes that come
+/// after it are refused sooner.
+fn notice_send_limits(
     tx: &Tx<'_>,
     app_id: &str,
     method_id: &str,
-    now: UnixTime,
-) -> Result<(), StoreError> {
+) -> Result<Vec<Limit>, StoreError> {
     let Some(method) = load_method(tx, method_id)? else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let Some(mac) = &method.destination_mac else {
-        return Ok(());
+        return Ok(Vec::new());
     };
     let p = load_policy(tx, app_id)?;
-    let mut limits = crate::domain::limits::send_limits(
+    Ok(crate::domain::limits::send_limits(
         app_id,
         mac,
         p.sends_per_destination_per_hour,
         p.sends_per_destination_per_day,
         p.app_daily_send_budget,
-    );
-    // In key order, as `take_limits_in` takes counters, so that a notice and a code to the
-    // same destination never wait for each other's counters (the order does not change
-    // the result: every bump lands).
+    ))
+}
+
+/// Bumps `limits` in key order, as `take_limits_in` takes counters, so that two writes
+/// never wait for each other's counters (a deadlock, re-run): a notice and a code to the
+/// same destination, or notices to several methods, which share the app's budget. The
+/// order does not change the result: every bump lands.
+fn bump_in_key_order(tx: &Tx<'_>, mut limits: Vec<Limit>, now: UnixTime) -> Result<(), StoreError> {
     limits.sort_by(|a, b| {
         (a.scope, &a.subject, a.window_start(now)).cmp(&(b.scope, &b.subject, b.window_start(now)))
     });
@@ -103,15 +122,20 @@ pub(super) fn enqueue_to_others(
         .all(
             "SELECT id FROM methods \
              WHERE app_id = $1 AND user_id = $2 AND id != $3 AND state = 'confirmed' AND kind IN ('sms', 'email') \
-             ORDER BY created_at, id",
+             ORDER BY created_at, id COLLATE \"C\"",
             &[&app_id, &user_id, &except_method],
         )?
         .iter()
         .map(|r| get(r, 0))
         .collect::<Result<_, StoreError>>()?;
+    // Every notice first, then every send counted at once, in one key order.
+    let mut sends = Vec::new();
     for method_id in &targets {
-        enqueue(tx, app_id, method_id, msg, now)?;
+        if queue(tx, app_id, method_id, msg, now)? {
+            sends.extend(notice_send_limits(tx, app_id, method_id)?);
+        }
     }
+    bump_in_key_order(tx, sends, now)?;
     Ok(targets.len())
 }
 
