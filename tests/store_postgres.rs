@@ -458,6 +458,13 @@ fn a_store_call_from_a_task_with_no_cooperative_budget_left_finishes() {
             // Opening the store makes new connections; then a read.
             let store = PgStore::open(&postgres::options(&url)).unwrap();
             let counts = store.outbox_counts().unwrap();
+            // The read's COMMIT, whose answer nobody waits for, was sent all the same
+            // (written from this thread, still with no budget).
+            let states = ghostkey_sessions(&database_name(&url));
+            assert!(
+                !states.is_empty() && states.iter().all(|s| s == "idle"),
+                "ghostkey's sessions: {states:?}"
+            );
             done_tx.send(counts.pending).unwrap();
         });
     });
@@ -638,4 +645,30 @@ fn lists_are_ordered_byte_by_byte_whatever_the_database_collation() {
         store.app_origins("app_a").unwrap(),
         ["https://C.example", "https://b.example"]
     );
+}
+
+/// The server opens its store from async code (inside the actix system): a database that
+/// is down must give the clear "cannot connect" error, not a panic from dropping the
+/// connection's runtime on an async thread.
+#[test]
+fn opening_a_store_from_async_code_with_the_database_down_is_an_error_not_a_panic() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("postgres://postgres@127.0.0.1:{port}/nothing?sslmode=disable");
+        match PgStore::open(&postgres::options(&url)) {
+            Err(ghostkey::store::StoreError::Unavailable(cause)) => {
+                assert!(cause.contains("cannot connect"), "{cause}")
+            }
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+    });
 }

@@ -30,30 +30,46 @@ pub(super) struct Conn {
     pub(super) client: Client,
     /// `None` once the connection ended (the server closed it, or it failed).
     socket: RefCell<Option<Socket>>,
-    /// Always `Some` until dropped.
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: OwnRuntime,
     pub(super) prepared: RefCell<HashMap<String, Statement>>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // The socket first: it deregisters from the runtime's I/O driver.
+        // The socket before the runtime: it deregisters from the runtime's I/O driver.
         self.socket.get_mut().take();
-        // Also on an async thread, where a blocking shutdown would panic; nothing was
-        // spawned on it, so there is nothing to wait for.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
     }
 }
 
-fn new_runtime() -> Result<tokio::runtime::Runtime, StoreError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            StoreError::Backend(format!("cannot start a database connection's runtime: {e}"))
-        })
+/// A connection's runtime, shut down without waiting when dropped: also on an async
+/// thread (a connection given up there, or one that failed to open), where Tokio panics
+/// on a waiting shutdown. Nothing is spawned on it, so there is nothing to wait for.
+struct OwnRuntime(Option<tokio::runtime::Runtime>);
+
+impl OwnRuntime {
+    fn new() -> Result<OwnRuntime, StoreError> {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map(|runtime| OwnRuntime(Some(runtime)))
+            .map_err(|e| {
+                StoreError::Backend(format!("cannot start a database connection's runtime: {e}"))
+            })
+    }
+
+    fn get(&self) -> Result<&tokio::runtime::Runtime, StoreError> {
+        self.0
+            .as_ref()
+            .ok_or_else(|| StoreError::Backend("the connection's runtime is stopped".into()))
+    }
+}
+
+impl Drop for OwnRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 /// Runs `f` on this thread if it may block, or else on a short-lived thread of its own.
@@ -78,12 +94,13 @@ impl Conn {
         C: Future<Output = Result<(Client, S), tokio_postgres::Error>> + Send,
         S: Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
     {
-        let runtime = new_runtime()?;
-        let (client, socket) = in_place_or_aside(|| runtime.block_on(connect))??;
+        let runtime = OwnRuntime::new()?;
+        let own = runtime.get()?;
+        let (client, socket) = in_place_or_aside(|| own.block_on(connect))??;
         Ok(Conn {
             client,
             socket: RefCell::new(Some(Box::pin(socket))),
-            runtime: Some(runtime),
+            runtime,
             prepared: RefCell::default(),
         })
     }
@@ -95,18 +112,19 @@ impl Conn {
 
     /// Runs `future` (a statement of this connection's client) to its end, driving the
     /// socket meanwhile.
+    ///
+    /// Should the wait itself fail (no thread to wait on, or a panic in it), the
+    /// connection's state is unknown (a `COMMIT` may be queued, a transaction left open):
+    /// it is closed, so that nothing queued on it is ever sent and the pool discards it.
     pub(super) fn wait<F>(&self, future: F) -> Result<F::Output, StoreError>
     where
         F: Future + Send,
         F::Output: Send,
     {
-        let runtime = self
-            .runtime
-            .as_ref()
-            .ok_or_else(|| StoreError::Backend("the connection's runtime is stopped".into()))?;
-        let mut socket = self.socket.borrow_mut();
-        let socket = &mut *socket;
-        in_place_or_aside(move || {
+        let runtime = self.runtime.get()?;
+        let mut guard = self.socket.borrow_mut();
+        let socket = &mut *guard;
+        let waited = in_place_or_aside(move || {
             runtime.block_on(async move {
                 let mut future = std::pin::pin!(future);
                 std::future::poll_fn(|cx| {
@@ -120,30 +138,43 @@ impl Conn {
                 })
                 .await
             })
-        })
+        });
+        if waited.is_err() {
+            guard.take();
+        }
+        waited
     }
 
     /// Sends what the client has queued (a `COMMIT` or `ROLLBACK` whose answer nobody
     /// waits for) without waiting for anything: the socket is written if it can be, and
     /// what could not be written goes out with the connection's next use.
+    ///
+    /// `unconstrained`: on a thread inside a Tokio task whose cooperative budget is spent,
+    /// the socket would answer "not ready" without writing anything.
     pub(super) fn flush(&self) {
-        let Some(runtime) = self.runtime.as_ref() else {
+        let Ok(runtime) = self.runtime.get() else {
             return;
         };
         let _entered = runtime.enter();
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        drive(&mut self.socket.borrow_mut(), &mut cx);
+        let mut socket = self.socket.borrow_mut();
+        let mut once = std::pin::pin!(tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            drive(&mut socket, cx);
+            Poll::Ready(())
+        })));
+        let _ = once
+            .as_mut()
+            .poll(&mut Context::from_waker(std::task::Waker::noop()));
     }
 
     /// Notices a connection the server closed while it sat idle (a restart, a failover):
     /// the runtime's I/O driver gets one turn, then the socket reads what arrived.
     pub(super) fn refresh(&self) {
-        let Some(runtime) = self.runtime.as_ref() else {
+        let Ok(runtime) = self.runtime.get() else {
             return;
         };
-        let mut socket = self.socket.borrow_mut();
-        let socket = &mut *socket;
-        let _ = in_place_or_aside(move || {
+        let mut guard = self.socket.borrow_mut();
+        let socket = &mut *guard;
+        let refreshed = in_place_or_aside(move || {
             runtime.block_on(async move {
                 tokio::task::yield_now().await;
                 std::future::poll_fn(|cx| {
@@ -153,6 +184,9 @@ impl Conn {
                 .await
             })
         });
+        if refreshed.is_err() {
+            guard.take();
+        }
     }
 }
 

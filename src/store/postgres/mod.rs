@@ -242,6 +242,8 @@ pub(super) struct Tx<'a> {
     ended: Cell<bool>,
     /// Take the user lock without waiting (under `SERIALIZABLE`, see [`Tx::lock_user`]).
     lock_nowait: bool,
+    /// `false` in [`PgStore::autocommit`]: each statement commits on its own.
+    in_transaction: bool,
 }
 
 /// Parameters of a statement.
@@ -278,6 +280,7 @@ impl<'a> Tx<'a> {
             begun: Cell::new(false),
             ended: Cell::new(false),
             lock_nowait,
+            in_transaction: isolation.is_some(),
         }
     }
 
@@ -315,6 +318,21 @@ impl<'a> Tx<'a> {
     ) -> Result<Vec<(&'p (dyn ToSql + Sync), Type)>, StoreError> {
         let types = match self.types.get(sql) {
             Some(types) => types,
+            None if !self.in_transaction => {
+                // Outside a transaction, a pooler in transaction mode could send the
+                // learning statement's close to another server connection, leaving the
+                // name taken on this one: learn inside a transaction of its own.
+                let client = &self.conn.client;
+                let statement = self.after_pending(async move {
+                    client.batch_execute("BEGIN").await?;
+                    client.prepare(sql).await
+                })?;
+                let types: Arc<[Type]> = statement.params().into();
+                drop(statement);
+                self.conn.wait(client.batch_execute("COMMIT"))??;
+                self.types.learn(sql, Arc::clone(&types));
+                types
+            }
             None => {
                 let statement = self.after_pending(self.conn.client.prepare(sql))?;
                 let types: Arc<[Type]> = statement.params().into();
@@ -516,6 +534,11 @@ impl<'a> Tx<'a> {
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
     ) -> Result<Result<T, StoreError>, StoreError> {
+        if !self.in_transaction {
+            return Err(StoreError::Backend(
+                "a savepoint needs a transaction (not in autocommit)".into(),
+            ));
+        }
         self.defer("SAVEPOINT ghostkey_inner");
         match f(self) {
             Ok(value) => {
@@ -823,6 +846,10 @@ impl PgStore {
                             "the connection was lost during COMMIT; the write may or may not have been made: {e}"
                         )))
                     }
+                    // The wait itself failed (the connection is closed since): the same.
+                    Err(Failed::Store(e)) => Err(StoreError::Unavailable(format!(
+                        "the COMMIT could not be waited for; the write may or may not have been made: {e}"
+                    ))),
                     Err(e) => Err(e.into()),
                 }
             })();
