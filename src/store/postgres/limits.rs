@@ -204,8 +204,8 @@ pub(super) fn limits_allow(
     limits: &[Limit],
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    // Limits are independent: each count is read on its own (the write that takes the
-    // units decides; this only spares it a full limit).
+    // Limits are independent: each count is its own statement, with no snapshot in common
+    // (the write that takes the units decides; this only spares it a full limit).
     match store.autocommit(|tx| full_limit(tx, limits, now))? {
         Some(full) => Err(full),
         None => Ok(()),

@@ -318,24 +318,24 @@ impl<'a> Tx<'a> {
     ) -> Result<Vec<(&'p (dyn ToSql + Sync), Type)>, StoreError> {
         let types = match self.types.get(sql) {
             Some(types) => types,
-            None if !self.in_transaction => {
+            None => {
+                let client = &self.conn.client;
                 // Outside a transaction, a pooler in transaction mode could send the
                 // learning statement's close to another server connection, leaving the
                 // name taken on this one: learn inside a transaction of its own.
-                let client = &self.conn.client;
+                let own_transaction = !self.in_transaction;
                 let statement = self.after_pending(async move {
-                    client.batch_execute("BEGIN").await?;
+                    if own_transaction {
+                        client.batch_execute("BEGIN").await?;
+                    }
                     client.prepare(sql).await
                 })?;
                 let types: Arc<[Type]> = statement.params().into();
+                // Its close is queued now, before the COMMIT.
                 drop(statement);
-                self.conn.wait(client.batch_execute("COMMIT"))??;
-                self.types.learn(sql, Arc::clone(&types));
-                types
-            }
-            None => {
-                let statement = self.after_pending(self.conn.client.prepare(sql))?;
-                let types: Arc<[Type]> = statement.params().into();
+                if own_transaction {
+                    self.conn.wait(client.batch_execute("COMMIT"))??;
+                }
                 self.types.learn(sql, Arc::clone(&types));
                 types
             }
@@ -419,16 +419,9 @@ impl<'a> Tx<'a> {
 
     /// Every row.
     pub(super) fn all(&self, sql: &str, params: Params<'_>) -> Result<Vec<Row>, StoreError> {
-        match self.prepared {
-            Some(cache) => {
-                let statement = self.prepared(cache, sql)?;
-                Ok(self.after_pending(self.conn.client.query(&statement, params))?)
-            }
-            None => {
-                let typed = self.typed(sql, params)?;
-                Ok(self.after_pending(self.conn.client.query_typed(sql, &typed))?)
-            }
-        }
+        self.all_together(&[(sql, params)])?
+            .pop()
+            .ok_or_else(|| StoreError::Backend("a statement went unanswered".into()))
     }
 
     /// Several statements sent together and answered together: one round trip for reads
