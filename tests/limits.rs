@@ -590,15 +590,83 @@ async fn parallel_wrong_guesses(
 }
 
 // A read-only check of the address limit cannot see the requests in flight: the unit of a
-// request that will hash a code (Argon2) is spent before the hash, so parallel requests
-// from one address get no more hashes than the limit allows.
+// request that will run Argon2id (a passphrase verifier) is spent before the hash, so
+// parallel requests from one address get no more hashes than the limit allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn parallel_sms_code_guesses_over_the_address_limit_cost_no_argon2_hash() {
-    let gateway = sms_gateway::accepting().await;
+async fn parallel_passphrase_guesses_over_the_address_limit_cost_no_argon2_hash() {
     let server = TestServer::start_with(|c| {
-        sms_gateway::configure(c, &gateway);
         c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+        // Room in the Argon2 pool for every request within the limit: none is shed.
+        c.server.argon2_concurrency = 2;
+        c.server.argon2_waiting = 32;
     });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            allowed_methods: Some(vec![MethodKind::Totp, MethodKind::Passphrase]),
+            user_backoff_base_secs: Some(0),
+            user_lock_threshold: Some(100),
+            ..Default::default()
+        },
+    );
+    server.clock.align(60, 1);
+    enrol(&server, &app, "u").await;
+    let client = server.client();
+    let phrase = secrecy::SecretString::from("violet anchors drift past seven lanterns".to_owned());
+    let setup = ghostkey_client::passphrase::setup(&phrase, &app.id, "u").unwrap();
+    let added = client
+        .add_passphrase(&app.assertion("u", Purpose::Enroll), setup, None)
+        .await
+        .unwrap();
+    let answer = ghostkey_client::passphrase::answer(
+        &phrase,
+        &app.id,
+        "u",
+        added.challenge.passphrase.as_ref(),
+    )
+    .unwrap();
+    use secrecy::ExposeSecret;
+    client
+        .answer(&added.challenge.id, answer.expose_secret())
+        .await
+        .unwrap();
+    let started = client
+        .start_recovery(&app.assertion("u", Purpose::Recover), &added.method.id)
+        .await
+        .unwrap();
+    let other = secrecy::SecretString::from("a wholly different passphrase, also long".to_owned());
+    let wrong_verifier =
+        ghostkey_client::passphrase::derive_verifier(&other, &app.id, "u", 1).unwrap();
+    // Room for five more requests from this address.
+    let room = 5;
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(
+                u32::try_from(addr_units(&server)).unwrap() + room,
+            ),
+            ..Default::default()
+        },
+    );
+    let hashes = metric(&server, "ghostkey_code_hashes_total").await;
+    let limited =
+        parallel_wrong_guesses(&server, &started.id, wrong_verifier.expose_secret(), 20).await;
+    assert_eq!(limited, 20 - room);
+    assert_eq!(
+        metric(&server, "ghostkey_code_hashes_total").await - hashes,
+        i64::from(room),
+        "only the requests within the limit were hashed"
+    );
+}
+
+// An SMS code under a MAC is checked at once, like a TOTP code, and its unit is spent in
+// the verify's own write: parallel wrong codes over the limit are refused there, and the
+// cap holds exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn parallel_sms_code_guesses_over_the_address_limit_are_refused_by_the_final_write() {
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_with(|c| sms_gateway::configure(c, &gateway));
     let app = server.register_app("Health");
     server.set_policy(
         &app,
@@ -616,24 +684,23 @@ async fn parallel_sms_code_guesses_over_the_address_limit_cost_no_argon2_hash() 
         .await
         .unwrap();
     let code = sms_gateway::next_code(&gateway, 1).await;
-    // Room for five more requests from this address.
     let room = 5;
+    let cap = u32::try_from(addr_units(&server)).unwrap() + room;
     server.set_policy(
         &app,
         PolicyChange {
-            requests_per_address_per_minute: Some(
-                u32::try_from(addr_units(&server)).unwrap() + room,
-            ),
+            requests_per_address_per_minute: Some(cap),
             ..Default::default()
         },
     );
-    let hashes = metric(&server, "ghostkey_code_hashes_total").await;
     let limited = parallel_wrong_guesses(&server, &started.id, &wrong(&code), 20).await;
     assert_eq!(limited, 20 - room);
+    assert_eq!(addr_units(&server), i64::from(cap));
+    // What the write refused counted no attempt: the cap of three was reached by the
+    // requests within the limit alone.
     assert_eq!(
-        metric(&server, "ghostkey_code_hashes_total").await - hashes,
-        i64::from(room),
-        "only the requests within the limit were hashed"
+        server.query_i64("SELECT attempts FROM challenges WHERE purpose = 'recover'"),
+        3
     );
 }
 

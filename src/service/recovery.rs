@@ -249,29 +249,29 @@ impl Ghostkey {
     ) -> Result<VerifyStep, Error> {
         let ((found, app_name), limits) = answering(store, &recovery_id, address_mac, now)?;
         store.limits_allow(&limits, now)?;
-        // An SMS or e-mail code (or an unknown id, which gets a dummy check): its unit is
-        // spent before the check, so that requests over the limit are never checked and one
-        // address cannot queue more hashes than its limit (a code stored before schema
-        // version 7, or a passphrase verifier, is Argon2 work). A TOTP check spends its
-        // unit in the final write.
-        let totp = matches!(&found, Some((_, method, _)) if method.kind == MethodKind::Totp);
-        let unspent = if totp {
+        if let Some((ch, _, _)) = &found {
+            if ch.purpose != ChallengePurpose::Recover {
+                let refusal = Error::with_detail(ErrorCode::WrongChallenge, "not a recovery");
+                return Err(Ghostkey::spend_refused_on(store, &limits, now, refusal));
+            }
+        }
+        let judged = match self.judge_on(store, found.as_ref(), &answer, now) {
+            Ok(judged) => judged,
+            Err(refusal) => return Err(Ghostkey::spend_refused_on(store, &limits, now, refusal)),
+        };
+        // Where the caller's units are spent. An answer judged here and now (TOTP, a code
+        // under a MAC, a passkey) spends them in the verify's own write: one write, and a
+        // request over the limit has cost one cheap check, whose verdict that write then
+        // refuses. An answer that needs an Argon2id computation (a passphrase verifier, a
+        // code stored before schema version 7) spends them first, so that requests over
+        // the limit never reach the pool and one address cannot queue more hashes than its
+        // limit; so does an unknown id, whose only write they are.
+        let unspent = if found.is_some() && judged.is_ok() {
             limits
         } else {
             store.take_limits(&limits, now)?;
             Vec::new()
         };
-        if let Some((ch, _, _)) = &found {
-            if ch.purpose != ChallengePurpose::Recover {
-                let refusal = Error::with_detail(ErrorCode::WrongChallenge, "not a recovery");
-                return Err(if unspent.is_empty() {
-                    refusal
-                } else {
-                    Ghostkey::spend_refused_on(store, &unspent, now, refusal)
-                });
-            }
-        }
-        let judged = self.judge_on(store, found.as_ref(), &answer, now)?;
         let pending = PendingVerify {
             recovery_id,
             found,
@@ -304,7 +304,7 @@ impl Ghostkey {
             unspent,
         } = pending;
         let Some((_, _, policy)) = found else {
-            // Unknown: not TOTP, so its unit is already spent.
+            // Unknown: its units are already spent (see `verify_recovery_on`).
             return Err(Error::new(ErrorCode::InvalidCode));
         };
         let released = messages::recovery_released(&self.keys, &app_name);
