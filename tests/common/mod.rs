@@ -700,7 +700,7 @@ pub struct SettledOutbox {
 }
 
 /// Waits until the outbox has settled: no message is pending, the worker reports an empty
-/// outbox (`ghostkey_outbox_depth 0`, set only when a pass finds nothing left to send),
+/// outbox (`ghostkey_outbox_depth 0`, counted when `/metrics` is read),
 /// and it counted (`ghostkey_messages_total`, results `sent` and `failed`) as many
 /// finished messages as the store holds, less `finished_before` finished by an earlier
 /// run (the counters start at zero with each run). The worker counts a message just
