@@ -672,3 +672,133 @@ fn opening_a_store_from_async_code_with_the_database_down_is_an_error_not_a_pani
         }
     });
 }
+
+/// A node on its own fresh PostgreSQL database, with user "u" enrolled and a confirmed
+/// TOTP method; the app and the method's id.
+async fn node_with_a_totp_user() -> (common::TestServer, common::TestApp, String) {
+    use ghostkey_client::proto::api::MethodKind;
+    use ghostkey_client::proto::assertion::Purpose;
+    let url = postgres::migrated_database();
+    let server = common::TestServer::start_with(|c| {
+        c.database.url = Some(secrecy::SecretString::from(url));
+    });
+    let app = server.register_app("Health");
+    common::enrol(&server, &app, "u").await;
+    let client = server.client();
+    let totp = client
+        .add_method(
+            &app.assertion("u", Purpose::Enroll),
+            MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let authenticator = totp_rs::Totp::from_url(&totp.totp.unwrap().otpauth_uri).unwrap();
+    client
+        .answer(
+            &totp.challenge.id,
+            &authenticator.generate(server.now() as u64).to_string(),
+        )
+        .await
+        .unwrap();
+    (server, app, totp.method.id)
+}
+
+/// Writes whose results nothing reads are queued and sent with a transaction's next
+/// statement or its `COMMIT` (`Tx::exec_later`). PostgreSQL answers the `COMMIT` of a
+/// transaction that a failed statement aborted with a plain `ROLLBACK`, no error: a queued
+/// failure left unread would be a false success with nothing stored. Here the audit events
+/// of an enrolment and of a recovery's start (queued, sent with the `COMMIT`) are refused
+/// by a trigger: each request must fail, store nothing, and leave its assertion unspent.
+#[tokio::test]
+async fn a_queued_write_that_fails_fails_its_whole_transaction() {
+    use ghostkey_client::proto::assertion::Purpose;
+    let (server, app, method) = node_with_a_totp_user().await;
+    server.psql(
+        "CREATE FUNCTION refuse_events() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.kind IN ('enrolled', 'recovery_started') THEN \
+         RAISE EXCEPTION 'refused by the test'; END IF; RETURN NEW; END $$; \
+         CREATE TRIGGER refuse_events BEFORE INSERT ON audit_pending \
+         FOR EACH ROW EXECUTE FUNCTION refuse_events()",
+    );
+    let client = server.client();
+    // An enrolment: its last statements (the root block, the event) travel with the COMMIT.
+    let body = common::enrol_body(&app, "v");
+    let enrol_assertion = app.assertion("v", Purpose::Enroll);
+    let http = reqwest::Client::new();
+    let enrol = || {
+        http.post(format!("{}/v1/enrollments", server.base_url))
+            .bearer_auth(&enrol_assertion)
+            .json(&body)
+            .send()
+    };
+    let res = enrol().await.unwrap();
+    assert_eq!(res.status(), 500);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM users WHERE user_id = 'v'"),
+        0
+    );
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM chain_blocks WHERE user_id = 'v'"),
+        0
+    );
+    let assertion = app.assertion("u", Purpose::Recover);
+    let err = client
+        .start_recovery(&assertion, &method)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(ghostkey_client::proto::ErrorCode::Internal),
+        "{err}"
+    );
+    assert_eq!(server.count("recoveries"), 0);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM challenges WHERE purpose = 'recover'"),
+        0
+    );
+    // The same assertions work once the trigger is gone: their `jti`s were not kept either.
+    server.psql("DROP TRIGGER refuse_events ON audit_pending");
+    assert_eq!(enrol().await.unwrap().status(), 201);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM users WHERE user_id = 'v'"),
+        1
+    );
+    client.start_recovery(&assertion, &method).await.unwrap();
+    assert_eq!(server.count("recoveries"), 1);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM audit_events WHERE kind = 'recovery_started'"),
+        1
+    );
+}
+
+/// A serialisation failure met by a queued write is the transaction's, like any other:
+/// the whole transaction is re-run (not answered `unavailable`), and what it stores is
+/// stored once.
+#[tokio::test]
+async fn a_serialisation_failure_of_a_queued_write_reruns_the_transaction() {
+    use ghostkey_client::proto::assertion::Purpose;
+    let (server, app, method) = node_with_a_totp_user().await;
+    // A sequence is not rolled back with the transaction: only the first try fails.
+    server.psql(
+        "CREATE SEQUENCE queued_tries; \
+         CREATE FUNCTION fail_first_try() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN IF NEW.kind = 'recovery_started' AND nextval('queued_tries') = 1 THEN \
+         RAISE EXCEPTION 'could not serialize access' USING ERRCODE = '40001'; END IF; \
+         RETURN NEW; END $$; \
+         CREATE TRIGGER fail_first_try BEFORE INSERT ON audit_pending \
+         FOR EACH ROW EXECUTE FUNCTION fail_first_try()",
+    );
+    server
+        .client()
+        .start_recovery(&app.assertion("u", Purpose::Recover), &method)
+        .await
+        .unwrap();
+    assert_eq!(server.query_i64("SELECT last_value FROM queued_tries"), 2);
+    assert_eq!(server.count("recoveries"), 1);
+    assert_eq!(
+        server.query_i64("SELECT count(*) FROM audit_events WHERE kind = 'recovery_started'"),
+        1
+    );
+}

@@ -37,22 +37,20 @@ pub(super) fn audit(
     who: Who<'_>,
     detail: serde_json::Value,
 ) -> Result<(), StoreError> {
-    let subject = match who {
-        Who::Operator => "operator".to_owned(),
-        Who::User(user_id) => match tx.opt(
-            "SELECT audit_pseudonym FROM users WHERE app_id = $1 AND user_id = $2",
-            &[&app_id, &user_id],
-        )? {
-            Some(row) => get::<String>(&row, 0)?,
-            None => String::new(),
-        },
-    };
     let detail = crate::domain::audit::without_handles(detail).to_string();
-    tx.exec(
-        "INSERT INTO audit_pending (at, kind, app_id, subject, detail) VALUES ($1, $2, $3, $4, $5)",
-        &[&now, &kind, &app_id, &subject, &detail],
-    )?;
-    Ok(())
+    // Queued: nothing here reads its result, so it costs the transaction no round trip.
+    match who {
+        Who::Operator => tx.exec_later(
+            "INSERT INTO audit_pending (at, kind, app_id, subject, detail) VALUES ($1, $2, $3, 'operator', $4)",
+            &[&now, &kind, &app_id, &detail],
+        ),
+        // The user's pseudonym as the statement runs, in its turn: '' once erased.
+        Who::User(user_id) => tx.exec_later(
+            "INSERT INTO audit_pending (at, kind, app_id, subject, detail) \
+             SELECT $1, $2, $3, coalesce((SELECT audit_pseudonym FROM users WHERE app_id = $3 AND user_id = $4), ''), $5",
+            &[&now, &kind, &app_id, &user_id, &detail],
+        ),
+    }
 }
 
 /// Links every committed pending event into the chain, in batches; returns how many.

@@ -112,7 +112,7 @@ pub(super) fn insert_challenge(tx: &Tx<'_>, ch: &Challenge) -> Result<(), StoreE
         None => (None, None, None),
     };
     let opened_by = ch.opened_by.map(|p| p.as_str());
-    tx.exec(
+    tx.exec_later(
         &format!("INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)"),
         &[
             &ch.id,
@@ -132,8 +132,7 @@ pub(super) fn insert_challenge(tx: &Tx<'_>, ch: &Challenge) -> Result<(), StoreE
             &ch.ceremony,
             &scheme,
         ],
-    )?;
-    Ok(())
+    )
 }
 
 /// Writes back what [`challenge::settle`] decided.
@@ -143,7 +142,8 @@ fn save_settlement(
     s: &Settlement,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    tx.exec(
+    // Queued, like every write of a settlement: the settlement was decided already.
+    tx.exec_later(
         "UPDATE challenges SET attempts = $2, state = $3 WHERE id = $1",
         &[&ch.id, &i64::from(s.attempts), &s.state.as_str()],
     )?;
@@ -152,13 +152,13 @@ fn save_settlement(
         // Unlike SQLite, failures older than the window are not purged here (nor is the
         // clock floor raised): `maintain` forgets them in the background, so that no
         // answer meets the clock floor's row lock. The window's count filters on time.
-        tx.exec(
+        tx.exec_later(
             "INSERT INTO user_failures (app_id, user_id, at) VALUES ($1, $2, $3)",
             &[&ch.app_id, &ch.user_id, &now],
         )?;
     }
     if let Some(step) = s.totp_step {
-        tx.exec(
+        tx.exec_later(
             "UPDATE methods SET totp_last_step = $2 WHERE id = $1 AND (totp_last_step IS NULL OR totp_last_step < $2)",
             &[&ch.method_id, &step],
         )?;

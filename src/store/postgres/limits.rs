@@ -142,12 +142,12 @@ pub(super) fn take_limits_in(
 /// refused).
 pub(super) fn bump_limit(tx: &Tx<'_>, limit: &Limit, now: UnixTime) -> Result<(), StoreError> {
     let start = limit.window_start(now);
-    tx.exec(
+    // Unconditional: queued, it costs the transaction no round trip.
+    tx.exec_later(
         "INSERT INTO rate_counters (scope, subject, window_start, count, expires_at) VALUES ($1, $2, $3, 1, $4) \
          ON CONFLICT (scope, subject, window_start) DO UPDATE SET count = rate_counters.count + 1",
         &[&limit.scope, &limit.subject, &start, &(start + limit.window_secs)],
-    )?;
-    Ok(())
+    )
 }
 
 /// Spends a unit of the caller's `unspent` limits (if any), then runs `f`: when `f` fails,

@@ -197,10 +197,13 @@ impl StatementTypes {
 }
 
 /// A statement's failure: the database's own error (kept whole, so that a key conflict can
-/// be told apart), or the store's.
+/// be told apart), the store's, or the database's refusal of a statement queued earlier
+/// with [`Tx::exec_later`] (the transaction is then aborted: it did not commit, and the
+/// statement that carried the queue did not run).
 enum Failed {
     Db(tokio_postgres::Error),
     Store(StoreError),
+    Queued(tokio_postgres::Error),
 }
 
 impl From<tokio_postgres::Error> for Failed {
@@ -218,7 +221,7 @@ impl From<StoreError> for Failed {
 impl From<Failed> for StoreError {
     fn from(e: Failed) -> StoreError {
         match e {
-            Failed::Db(e) => e.into(),
+            Failed::Db(e) | Failed::Queued(e) => e.into(),
             Failed::Store(e) => e,
         }
     }
@@ -234,8 +237,9 @@ pub(super) struct Tx<'a> {
     /// The connection's prepared statements, when `database.prepared_statements` is on.
     prepared: Option<&'a RefCell<std::collections::HashMap<String, Statement>>>,
     types: &'a StatementTypes,
-    /// Simple-protocol commands not sent yet (`BEGIN ...`, savepoints), `;`-separated.
-    pending: RefCell<String>,
+    /// What is not sent yet, in order: simple-protocol commands (`BEGIN ...`, savepoints)
+    /// and writes queued with [`Tx::exec_later`].
+    pending: RefCell<Vec<Pending<'a>>>,
     /// Whether `BEGIN` has reached the server (a rollback is then owed if not committed).
     begun: Cell<bool>,
     /// Whether the transaction ended (committed, or rolled back).
@@ -248,6 +252,69 @@ pub(super) struct Tx<'a> {
 
 /// Parameters of a statement.
 pub(super) type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// Something a transaction sends with its next statement.
+enum Pending<'a> {
+    /// Simple-protocol commands, `;`-separated.
+    Commands(String),
+    /// A write whose row count nobody reads: it runs in its turn, and its failure is
+    /// the answer of the statement that carries it (see [`Failed::Queued`]).
+    Write(futures_util::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>>),
+}
+
+/// A parameter already in PostgreSQL's binary form (`None`: NULL), so that a queued
+/// write owns its parameters: the caller's may not outlive the call.
+#[derive(Debug)]
+struct Encoded(Option<Vec<u8>>);
+
+impl ToSql for Encoded {
+    fn to_sql(
+        &self,
+        _ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<postgres_types::IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match &self.0 {
+            Some(value) => {
+                out.extend_from_slice(value);
+                Ok(postgres_types::IsNull::No)
+            }
+            None => Ok(postgres_types::IsNull::Yes),
+        }
+    }
+
+    /// The value was encoded for this very type (see [`encode`]).
+    fn accepts(_ty: &Type) -> bool {
+        true
+    }
+
+    postgres_types::to_sql_checked!();
+}
+
+/// Encodes `params` for a statement whose parameter types are `types`, checking each
+/// value against its type as sending it would.
+fn encode(params: Params<'_>, types: &[Type]) -> Result<Vec<Encoded>, StoreError> {
+    if params.len() != types.len() {
+        return Err(StoreError::Backend(format!(
+            "the statement expects {} parameters, {} given",
+            types.len(),
+            params.len()
+        )));
+    }
+    params
+        .iter()
+        .zip(types)
+        .map(|(param, ty)| {
+            let mut out = bytes::BytesMut::new();
+            match param.to_sql_checked(ty, &mut out) {
+                Ok(postgres_types::IsNull::No) => Ok(Encoded(Some(out.to_vec()))),
+                Ok(postgres_types::IsNull::Yes) => Ok(Encoded(None)),
+                Err(e) => Err(StoreError::Backend(format!(
+                    "a parameter of type {ty} could not be encoded: {e}"
+                ))),
+            }
+        })
+        .collect()
+}
 
 impl<'a> Tx<'a> {
     /// A transaction at `isolation` (`None`: no transaction, each statement commits on
@@ -272,11 +339,16 @@ impl<'a> Tx<'a> {
                 format!("BEGIN ISOLATION LEVEL {level}, {mode}")
             }
         };
+        let pending = if begin.is_empty() {
+            Vec::new()
+        } else {
+            vec![Pending::Commands(begin)]
+        };
         Tx {
             conn,
             prepared: prepare.then_some(&conn.prepared),
             types,
-            pending: RefCell::new(begin),
+            pending: RefCell::new(pending),
             begun: Cell::new(false),
             ended: Cell::new(false),
             lock_nowait,
@@ -296,16 +368,55 @@ impl<'a> Tx<'a> {
         if pending.is_empty() {
             return Ok(self.conn.wait(statement)??);
         }
-        if pending.starts_with("BEGIN") {
+        if matches!(pending.first(), Some(Pending::Commands(c)) if c.starts_with("BEGIN")) {
             self.begun.set(true);
         }
-        // `join` polls in order, and each future sends its messages on its first poll.
+        let client = &self.conn.client;
+        let mut is_write = Vec::with_capacity(pending.len());
+        let ahead: Vec<futures_util::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
+            pending
+                .into_iter()
+                .map(|item| match item {
+                    Pending::Commands(commands) => {
+                        is_write.push(false);
+                        Box::pin(
+                            async move { client.batch_execute(&commands).await.map(|()| 0u64) },
+                        ) as futures_util::future::BoxFuture<'_, _>
+                    }
+                    Pending::Write(write) => {
+                        is_write.push(true);
+                        write
+                    }
+                })
+                .collect();
+        // `join_all` and `join` poll in order, and each future sends its messages on its
+        // first poll: everything goes out in one write, in the order it was queued.
         let (sent, result) = self.conn.wait(futures_util::future::join(
-            self.conn.client.batch_execute(&pending),
+            futures_util::future::join_all(ahead),
             statement,
         ))?;
-        sent?;
+        // The first failure is the cause; what follows it failed because the transaction
+        // was aborted. A command's failure is the connection's (fixed texts), and a queued
+        // write's is told apart, unless it is the connection's too (then, as for a
+        // statement, the outcome of what was sent is unknown).
+        for (outcome, is_write) in sent.into_iter().zip(is_write) {
+            if let Err(e) = outcome {
+                return Err(if is_write && e.as_db_error().is_some() {
+                    Failed::Queued(e)
+                } else {
+                    Failed::Db(e)
+                });
+            }
+        }
         Ok(result?)
+    }
+
+    /// Whether a queued write waits to be sent.
+    fn writes_queued(&self) -> bool {
+        self.pending
+            .borrow()
+            .iter()
+            .any(|item| matches!(item, Pending::Write(_)))
     }
 
     /// The statement's parameters with their types, learnt from the server the first
@@ -475,17 +586,59 @@ impl<'a> Tx<'a> {
     /// A command without parameters or results, sent with the next statement.
     fn defer(&self, sql: &str) {
         let mut pending = self.pending.borrow_mut();
-        if !pending.is_empty() {
-            pending.push_str("; ");
+        match pending.last_mut() {
+            Some(Pending::Commands(commands)) => {
+                commands.push_str("; ");
+                commands.push_str(sql);
+            }
+            _ => pending.push(Pending::Commands(sql.to_owned())),
         }
-        pending.push_str(sql);
     }
 
-    /// Commits: the pending commands and `COMMIT` in one write.
+    /// Queues a write whose row count the caller does not need: it is sent with the next
+    /// statement (or the `COMMIT`), in the order it was queued, so a transaction's writes
+    /// cost no round trip each. Its failure aborts the transaction and is the answer of
+    /// the statement that carried it. Outside a transaction it runs now.
+    pub(super) fn exec_later(&self, sql: &str, params: Params<'_>) -> Result<(), StoreError> {
+        if !self.in_transaction {
+            self.exec(sql, params)?;
+            return Ok(());
+        }
+        let client: &'a tokio_postgres::Client = &self.conn.client;
+        let write: futures_util::future::BoxFuture<'a, Result<u64, tokio_postgres::Error>> =
+            match self.prepared {
+                Some(cache) => {
+                    let statement = self.prepared(cache, sql)?;
+                    let params = encode(params, statement.params())?;
+                    Box::pin(async move { client.execute_raw(&statement, params.iter()).await })
+                }
+                None => {
+                    let types: Vec<Type> = self
+                        .typed(sql, params)?
+                        .into_iter()
+                        .map(|(_, ty)| ty)
+                        .collect();
+                    let params = encode(params, &types)?;
+                    let sql = sql.to_owned();
+                    Box::pin(async move {
+                        let typed: Vec<(&(dyn ToSql + Sync), Type)> = params
+                            .iter()
+                            .map(|p| p as &(dyn ToSql + Sync))
+                            .zip(types)
+                            .collect();
+                        client.execute_typed(&sql, &typed).await
+                    })
+                }
+            };
+        self.pending.borrow_mut().push(Pending::Write(write));
+        Ok(())
+    }
+
+    /// Commits: what is pending and `COMMIT` in one write.
     fn commit(self) -> Result<(), Failed> {
         self.ended.set(true);
-        if !self.begun.get() {
-            // Nothing reached the server: there is nothing to commit.
+        if !self.begun.get() && !self.writes_queued() {
+            // Nothing reached the server, nor waits to: there is nothing to commit.
             return Ok(());
         }
         self.after_pending(self.conn.client.batch_execute("COMMIT"))

@@ -63,7 +63,7 @@ fn queue(
         let last: Option<UnixTime> = get(&row, 0)?;
         due = last.map_or(now, |t| (t + NOTICE_WINDOW_SECS).max(now));
     }
-    tx.exec(
+    tx.exec_later(
         "INSERT INTO outbox (app_id, method_id, kind, key_id, body, state, next_attempt_at, created_at, notice_kind, events) \
          VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, 1)",
         &[&app_id, &method_id, &msg.kind.as_str(), &msg.key_id, &msg.body, &due, &now, &msg.notice_kind],

@@ -37,11 +37,10 @@ fn insert_cancel_code(
     challenge_id: &str,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    tx.exec(
+    tx.exec_later(
         "INSERT INTO cancel_codes (mac, challenge_id, created_at, key_id) VALUES ($1, $2, $3, $4)",
         &[&code.mac, &challenge_id, &now, &code.key_id],
-    )?;
-    Ok(())
+    )
 }
 
 /// Marks a recovery cancelled and kills its challenge (a late right code releases
@@ -56,12 +55,12 @@ fn cancel_in(
     rec.state = RecoveryState::Cancelled;
     rec.cancelled_at = Some(now);
     save_recovery(tx, rec)?;
-    tx.exec(
+    tx.exec_later(
         "UPDATE challenges SET state = 'dead' WHERE id = $1 AND state = 'open'",
         &[&rec.challenge_id],
     )?;
     // Its cancel codes have done their work.
-    tx.exec(
+    tx.exec_later(
         "DELETE FROM cancel_codes WHERE challenge_id = $1",
         &[&rec.challenge_id],
     )?;
@@ -120,11 +119,10 @@ fn load_own_recovery(
 }
 
 fn save_recovery(tx: &Tx<'_>, r: &Recovery) -> Result<(), StoreError> {
-    tx.exec(
+    tx.exec_later(
         "UPDATE recoveries SET state = $2, available_at = $3, released_at = $4, cancelled_at = $5 WHERE challenge_id = $1",
         &[&r.challenge_id, &r.state.as_str(), &r.available_at, &r.released_at, &r.cancelled_at],
-    )?;
-    Ok(())
+    )
 }
 
 pub(super) fn start_recovery(
@@ -151,7 +149,7 @@ pub(super) fn start_recovery(
             }
             take_limits_in(tx, cmd.limits, now)??;
             insert_challenge(tx, ch)?;
-            tx.exec(
+            tx.exec_later(
                 &format!("INSERT INTO recoveries ({RECOVERY_COLUMNS}) VALUES ($1, $2, $3, $4, 'started', NULL, NULL, NULL, $5)"),
                 &[&ch.id, &ch.app_id, &ch.user_id, &ch.method_id, &now],
             )?;
@@ -228,7 +226,7 @@ pub(super) fn verify_recovery(
                 if state == RecoveryState::Released {
                     rec.released_at = Some(now);
                     // A released recovery can no longer be cancelled: its codes are void.
-                    tx.exec(
+                    tx.exec_later(
                         "DELETE FROM cancel_codes WHERE challenge_id = $1",
                         &[&rec.challenge_id],
                     )?;
@@ -288,7 +286,7 @@ pub(super) fn release_recovery(
         rec.state = RecoveryState::Released;
         rec.released_at = Some(now);
         // A released recovery can no longer be cancelled: its codes are void.
-        tx.exec(
+        tx.exec_later(
             "DELETE FROM cancel_codes WHERE challenge_id = $1",
             &[&rec.challenge_id],
         )?;

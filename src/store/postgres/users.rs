@@ -50,7 +50,7 @@ pub(super) fn save_guard(
     user_id: &str,
     guard: &Guard,
 ) -> Result<(), StoreError> {
-    tx.exec(
+    tx.exec_later(
         "INSERT INTO user_guards (app_id, user_id, failures, backoff_until, locked_at) VALUES ($1, $2, $3, $4, $5) \
          ON CONFLICT (app_id, user_id) DO UPDATE SET failures = $3, backoff_until = $4, locked_at = $5",
         &[
@@ -60,8 +60,7 @@ pub(super) fn save_guard(
             &guard.backoff_until,
             &guard.locked_at,
         ],
-    )?;
-    Ok(())
+    )
 }
 
 /// The user's failures in the rolling window ending at `now`.
@@ -163,7 +162,7 @@ pub(super) fn enroll(
             return Err(StoreError::AlreadyEnrolled);
         }
         let root_hash: [u8; 32] = sha2::Sha256::digest(&e.root_block).into();
-        tx.exec(
+        tx.exec_later(
             "INSERT INTO chain_blocks (app_id, user_id, idx, hash, block, added_at) VALUES ($1, $2, 0, $3, $4, $5)",
             &[&e.app_id, &e.user_id, &root_hash.as_slice(), &e.root_block, &now],
         )?;
