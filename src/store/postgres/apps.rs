@@ -77,15 +77,25 @@ fn app_exists(tx: &Tx<'_>, app_id: &str) -> Result<bool, StoreError> {
         .is_some())
 }
 
+/// An app's policy, read once per transaction: no transaction that reads it writes it,
+/// and one read keeps every use in the transaction on the same policy.
 pub(super) fn load_policy(tx: &Tx<'_>, app_id: &str) -> Result<AppPolicy, StoreError> {
-    tx.opt(
-        &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1"),
-        &[&app_id],
-    )?
-    .map(|row| app_from_row(&row))
-    .transpose()?
-    .map(|app| app.policy)
-    .ok_or(StoreError::UnknownApp)
+    if let Some(policy) = tx.policies.borrow().get(app_id) {
+        return Ok(policy.clone());
+    }
+    let policy = tx
+        .opt(
+            &format!("SELECT {APP_COLUMNS} FROM apps WHERE id = $1"),
+            &[&app_id],
+        )?
+        .map(|row| app_from_row(&row))
+        .transpose()?
+        .map(|app| app.policy)
+        .ok_or(StoreError::UnknownApp)?;
+    tx.policies
+        .borrow_mut()
+        .insert(app_id.to_owned(), policy.clone());
+    Ok(policy)
 }
 
 /// An app's policy as the `apps` columns store it (every number a `bigint`).

@@ -99,6 +99,18 @@ pub(super) fn take_limits_in(
     if limits.is_empty() {
         return Ok(Ok(()));
     }
+    tx.savepoint(|tx| take_each(tx, limits, now))
+}
+
+/// [`take_limits_in`] as a transaction of its own: a full limit fails the transaction,
+/// whose rollback undoes the units already taken (no savepoint needed).
+fn take_limits_alone(store: &PgStore, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
+    store.write_read_committed(|tx| take_each(tx, limits, now))
+}
+
+/// One conditional upsert per limit, in key order; the first full limit in the order of
+/// `limits`, if any (the units taken are then the caller's to undo).
+fn take_each(tx: &Tx<'_>, limits: &[Limit], now: UnixTime) -> Result<(), StoreError> {
     let mut order: Vec<usize> = (0..limits.len()).collect();
     order.sort_by(|&a, &b| {
         let (la, lb) = (&limits[a], &limits[b]);
@@ -108,7 +120,7 @@ pub(super) fn take_limits_in(
             lb.window_start(now),
         ))
     });
-    tx.savepoint(|tx| {
+    {
         let mut first_full: Option<usize> = None;
         for &i in &order {
             let limit = &limits[i];
@@ -135,7 +147,7 @@ pub(super) fn take_limits_in(
             Some(i) => Err(limit_full(&limits[i], now)),
             None => Ok(()),
         }
-    })
+    }
 }
 
 /// Adds one unit to a limit's current window, even over its cap (notices are never
@@ -180,7 +192,7 @@ pub(super) fn spend_unspent(
     if unspent.is_empty() {
         return Ok(());
     }
-    store.write_read_committed(|tx| take_limits_in(tx, unspent, now)?)
+    take_limits_alone(store, unspent, now)
 }
 
 pub(super) fn consume_assertion(
@@ -196,7 +208,8 @@ pub(super) fn take_limits(
     limits: &[Limit],
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    store.write(|tx| take_limits_in(tx, limits, now)?)
+    // Single conditional statements: exact at `READ COMMITTED` whatever the isolation.
+    take_limits_alone(store, limits, now)
 }
 
 pub(super) fn limits_allow(

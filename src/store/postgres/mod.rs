@@ -248,6 +248,9 @@ pub(super) struct Tx<'a> {
     lock_nowait: bool,
     /// `false` in [`PgStore::autocommit`]: each statement commits on its own.
     in_transaction: bool,
+    /// The app policies this transaction read (see [`apps::load_policy`]): a settlement,
+    /// its notices and the recovery's waiting period each need the same app's.
+    policies: RefCell<std::collections::HashMap<String, AppPolicy>>,
 }
 
 /// Parameters of a statement.
@@ -353,6 +356,7 @@ impl<'a> Tx<'a> {
             ended: Cell::new(false),
             lock_nowait,
             in_transaction: isolation.is_some(),
+            policies: RefCell::default(),
         }
     }
 
