@@ -112,6 +112,18 @@ pub(super) fn claim_message(
     now: UnixTime,
     lease_secs: i64,
 ) -> Result<Option<ClaimedMessage>, StoreError> {
+    // Most wakes find nothing due (every recovery start and verify wakes the worker, most
+    // queue nothing): a reader says so without taking the write lock from the requests.
+    // A message committed after this read wakes the worker again.
+    let anything_due = store.reader()?.one(
+        "SELECT EXISTS (SELECT 1 FROM outbox WHERE state = 'pending' AND next_attempt_at <= ?1 \
+             AND leased_until <= ?1)",
+        [now],
+        |r| r.get::<_, bool>(0),
+    )?;
+    if !anything_due {
+        return Ok(None);
+    }
     store.write(|tx| {
         let row = tx
             .one(
