@@ -380,7 +380,8 @@ async fn maintain(service: Ghostkey, mut stop: tokio::sync::watch::Receiver<bool
 fn start_metrics(listen: SocketAddr, service: Ghostkey) -> Result<SocketAddr, String> {
     use actix_web::{web, HttpResponse};
     async fn metrics(service: web::Data<Ghostkey>) -> HttpResponse {
-        // The depth is read fresh: the worker's own update may be a poll interval old.
+        // The depth is counted here, when it is read (the outbox worker does not count it).
+        // Should the count fail, the last value read is shown.
         if let Ok(counts) = service
             .blocking(|store, _| Ok(store.outbox_counts()?))
             .await

@@ -260,9 +260,10 @@ impl Ghostkey {
             Err(refusal) => return Err(Ghostkey::spend_refused_on(store, &limits, now, refusal)),
         };
         // Where the caller's units are spent. An answer judged here and now (TOTP, a code
-        // under a MAC, a passkey) spends them in the verify's own write: one write, and a
-        // request over the limit has cost one cheap check, whose verdict that write then
-        // refuses. An answer that needs an Argon2id computation (a passphrase verifier, a
+        // under a MAC, a passkey) leaves them to the verify's write (on SQLite in the same
+        // transaction; PostgreSQL spends them in a short one of its own just before, see
+        // `Store::verify_recovery`): a request over the limit has cost one cheap check,
+        // whose verdict is then refused. An answer that needs an Argon2id computation (a passphrase verifier, a
         // code stored before schema version 7) spends them first, so that requests over
         // the limit never reach the pool and one address cannot queue more hashes than its
         // limit; so does an unknown id, whose only write they are.

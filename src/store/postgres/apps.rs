@@ -278,6 +278,8 @@ pub(super) fn set_app_policy(
 ) -> Result<(), StoreError> {
     let c = PolicyColumns::of(p);
     store.write(|tx| {
+        // A policy read earlier in this transaction is no longer the app's.
+        tx.policies.borrow_mut().remove(app_id);
         let updated = tx.exec(
             "UPDATE apps SET allowed_methods = $2, code_digits = $3, totp_digits = $4, code_lifetime_secs = $5, \
              max_attempts_per_challenge = $6, user_lock_threshold = $7, user_backoff_base_secs = $8, \

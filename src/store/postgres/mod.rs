@@ -197,9 +197,9 @@ impl StatementTypes {
 }
 
 /// A statement's failure: the database's own error (kept whole, so that a key conflict can
-/// be told apart), the store's, or the database's refusal of a statement queued earlier
-/// with [`Tx::exec_later`] (the transaction is then aborted: it did not commit, and the
-/// statement that carried the queue did not run).
+/// be told apart), the store's, or the database's refusal of a write queued earlier with
+/// [`Tx::exec_later`]: the transaction is aborted and will not commit (see
+/// [`Tx::savepoint`], which never takes it for a refusal).
 enum Failed {
     Db(tokio_postgres::Error),
     Store(StoreError),
@@ -251,6 +251,13 @@ pub(super) struct Tx<'a> {
     /// The app policies this transaction read (see [`apps::load_policy`]): a settlement,
     /// its notices and the recovery's waiting period each need the same app's.
     policies: RefCell<std::collections::HashMap<String, AppPolicy>>,
+    /// A read-only transaction: a queued write would never be sent, so none is queued.
+    read_only: bool,
+    /// How many times what was pending has been sent (a savepoint tells the writes queued
+    /// inside it from those queued before it).
+    sends: Cell<u64>,
+    /// A queued write failed: the transaction is aborted, whatever a savepoint says.
+    queued_failed: Cell<bool>,
 }
 
 /// Parameters of a statement.
@@ -357,6 +364,9 @@ impl<'a> Tx<'a> {
             lock_nowait,
             in_transaction: isolation.is_some(),
             policies: RefCell::default(),
+            read_only,
+            sends: Cell::new(0),
+            queued_failed: Cell::new(false),
         }
     }
 
@@ -375,6 +385,7 @@ impl<'a> Tx<'a> {
         if matches!(pending.first(), Some(Pending::Commands(c)) if c.starts_with("BEGIN")) {
             self.begun.set(true);
         }
+        self.sends.set(self.sends.get() + 1);
         let client = &self.conn.client;
         let mut is_write = Vec::with_capacity(pending.len());
         let ahead: Vec<futures_util::future::BoxFuture<'_, Result<u64, tokio_postgres::Error>>> =
@@ -405,6 +416,9 @@ impl<'a> Tx<'a> {
         // statement, the outcome of what was sent is unknown).
         for (outcome, is_write) in sent.into_iter().zip(is_write) {
             if let Err(e) = outcome {
+                if is_write {
+                    self.queued_failed.set(true);
+                }
                 return Err(if is_write && e.as_db_error().is_some() {
                     Failed::Queued(e)
                 } else {
@@ -604,7 +618,7 @@ impl<'a> Tx<'a> {
     /// cost no round trip each. Its failure aborts the transaction and is the answer of
     /// the statement that carried it. Outside a transaction it runs now.
     pub(super) fn exec_later(&self, sql: &str, params: Params<'_>) -> Result<(), StoreError> {
-        if !self.in_transaction {
+        if !self.in_transaction || self.read_only {
             self.exec(sql, params)?;
             return Ok(());
         }
@@ -680,6 +694,10 @@ impl<'a> Tx<'a> {
     /// Runs `f` in a savepoint: when `f` fails its writes are undone (and the error
     /// returned as the inner one) while the transaction goes on. For `write_keeping`
     /// writes whose refused part must leave earlier writes in place.
+    ///
+    /// A queued write that failed (before the savepoint or inside it) is never a refusal:
+    /// the transaction is aborted and fails whole. Writes `f` queued and did not send yet
+    /// are dropped when it is refused: the rollback would undo them anyway.
     pub(super) fn savepoint<T>(
         &self,
         f: impl FnOnce(&Tx<'_>) -> Result<T, StoreError>,
@@ -690,6 +708,8 @@ impl<'a> Tx<'a> {
             ));
         }
         self.defer("SAVEPOINT ghostkey_inner");
+        // Where `f`'s own pending items start, as long as nothing is sent meanwhile.
+        let (sends, start) = (self.sends.get(), self.pending.borrow().len());
         match f(self) {
             Ok(value) => {
                 self.defer("RELEASE SAVEPOINT ghostkey_inner");
@@ -697,7 +717,14 @@ impl<'a> Tx<'a> {
             }
             // A conflict or a lost connection is the transaction's, not a refusal.
             Err(e @ (StoreError::Conflict(_) | StoreError::Unavailable(_))) => Err(e),
+            Err(e) if self.queued_failed.get() => Err(e),
             Err(refusal) => {
+                let from = if self.sends.get() == sends { start } else { 0 };
+                let mut index = 0;
+                self.pending.borrow_mut().retain(|item| {
+                    index += 1;
+                    index <= from || !matches!(item, Pending::Write(_))
+                });
                 self.defer("ROLLBACK TO SAVEPOINT ghostkey_inner");
                 self.defer("RELEASE SAVEPOINT ghostkey_inner");
                 Ok(Err(refusal))
