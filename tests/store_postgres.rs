@@ -802,3 +802,102 @@ async fn a_serialisation_failure_of_a_queued_write_reruns_the_transaction() {
         1
     );
 }
+
+/// tokio-postgres logs every statement with its parameters at `debug` (through the `log`
+/// crate, which the server's subscriber forwards): user ids, MACs, sealed blobs. A node
+/// run at `trace` must still log none of them.
+#[tokio::test]
+async fn statement_parameters_never_reach_the_log_even_at_trace() {
+    use ghostkey_client::kit::{unix_now, AssertionRequest};
+    use ghostkey_client::proto::assertion::Purpose;
+    use std::process::Stdio;
+    let url = postgres::migrated_database();
+    let dir = tempfile::tempdir().unwrap();
+    let ghostkey = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ghostkey"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("GHOSTKEY_") || k == "RUST_LOG" {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.current_dir(dir.path())
+            .env("GHOSTKEY_DATABASE__URL", &url)
+            .env("GHOSTKEY_LOG__LEVEL", "trace");
+        cmd
+    };
+    let key = ghostkey_client::AppSigningKey::generate("k1");
+    let out = ghostkey()
+        .args(["app", "add", "--name", "Notes", "--key-id", "k1"])
+        .args(["--public-key", &key.public_key_b64()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app_id = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log_path = dir.path().join("serve.log");
+    let mut child = ghostkey()
+        .arg("serve")
+        .env("GHOSTKEY_SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let client = ghostkey_client::Client::new(&format!("http://127.0.0.1:{port}")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client.ready().await.is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not come up"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let user = "patient-4711-dupont";
+    let assertion = key
+        .mint(
+            &AssertionRequest {
+                app_id: &app_id,
+                user_id: user,
+                audience: "ghostkey-dev",
+                purpose: Purpose::Enroll,
+            },
+            unix_now(),
+            120,
+        )
+        .unwrap();
+    let enrolled = ghostkey_client::enroll(
+        &client,
+        &assertion,
+        &ghostkey_client::UserSecret::generate(),
+        &app_id,
+        user,
+        &key,
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    enrolled.unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    // The log is at trace (so the test can tell), and holds no statement's parameters.
+    assert!(log.contains("TRACE"), "{log}");
+    assert!(
+        !log.contains(user),
+        "a user id reached the log: {}",
+        log.lines()
+            .filter(|l| l.contains(user))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        !log.contains("with parameters"),
+        "statement parameters reached the log"
+    );
+}

@@ -274,8 +274,17 @@ enum Pending<'a> {
 
 /// A parameter already in PostgreSQL's binary form (`None`: NULL), so that a queued
 /// write owns its parameters: the caller's may not outlive the call.
-#[derive(Debug)]
 struct Encoded(Option<Vec<u8>>);
+
+/// Its length only: a parameter may be a MAC, a sealed blob or a user id.
+impl std::fmt::Debug for Encoded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(value) => write!(f, "<{} bytes>", value.len()),
+            None => f.write_str("NULL"),
+        }
+    }
+}
 
 impl ToSql for Encoded {
     fn to_sql(
