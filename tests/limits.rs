@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{enrol, sms_gateway, TestApp, TestServer};
+use common::{enrol, enrol_with_totp, sms_gateway, TestApp, TestServer};
 use ghostkey::domain::policy::PolicyChange;
 use ghostkey_client::proto::api::{AddMethodResponse, MethodKind};
 use ghostkey_client::proto::assertion::Purpose;
@@ -557,6 +557,20 @@ async fn enrol_with_confirmed_phone(
     added
 }
 
+/// Sets the address limit so that this address has `room` more requests this minute; the
+/// limit.
+fn leave_room(server: &TestServer, app: &TestApp, room: u32) -> u32 {
+    let cap = u32::try_from(addr_units(server)).unwrap() + room;
+    server.set_policy(
+        app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(cap),
+            ..Default::default()
+        },
+    );
+    cap
+}
+
 fn addr_units(server: &TestServer) -> i64 {
     server
         .query_i64("SELECT COALESCE(SUM(count), 0) FROM rate_counters WHERE scope = 'addr-minute'")
@@ -638,17 +652,8 @@ async fn parallel_passphrase_guesses_over_the_address_limit_cost_no_argon2_hash(
     let other = secrecy::SecretString::from("a wholly different passphrase, also long".to_owned());
     let wrong_verifier =
         ghostkey_client::passphrase::derive_verifier(&other, &app.id, "u", 1).unwrap();
-    // Room for five more requests from this address.
     let room = 5;
-    server.set_policy(
-        &app,
-        PolicyChange {
-            requests_per_address_per_minute: Some(
-                u32::try_from(addr_units(&server)).unwrap() + room,
-            ),
-            ..Default::default()
-        },
-    );
+    leave_room(&server, &app, room);
     let hashes = metric(&server, "ghostkey_code_hashes_total").await;
     let limited =
         parallel_wrong_guesses(&server, &started.id, wrong_verifier.expose_secret(), 20).await;
@@ -685,14 +690,7 @@ async fn parallel_sms_code_guesses_over_the_address_limit_are_refused_by_the_fin
         .unwrap();
     let code = sms_gateway::next_code(&gateway, 1).await;
     let room = 5;
-    let cap = u32::try_from(addr_units(&server)).unwrap() + room;
-    server.set_policy(
-        &app,
-        PolicyChange {
-            requests_per_address_per_minute: Some(cap),
-            ..Default::default()
-        },
-    );
+    let cap = leave_room(&server, &app, room);
     let limited = parallel_wrong_guesses(&server, &started.id, &wrong(&code), 20).await;
     assert_eq!(limited, 20 - room);
     assert_eq!(addr_units(&server), i64::from(cap));
@@ -715,21 +713,9 @@ async fn totp_recovery_refusals_in_the_final_write_keep_the_unit_and_nothing_els
     })
     .await;
     server.clock.align(60, 1);
-    enrol(&server, &app, "u").await;
-    let client = server.client();
-    let totp = client
-        .add_method(
-            &app.assertion("u", Purpose::Enroll),
-            MethodKind::Totp,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    let authenticator = totp_rs::Totp::from_url(&totp.totp.unwrap().otpauth_uri).unwrap();
+    let (method, authenticator) = enrol_with_totp(&server, &app, "u").await;
     let current = authenticator.generate(server.now() as u64).to_string();
-    client.answer(&totp.challenge.id, &current).await.unwrap();
-    let method = totp.method.id;
+    let client = server.client();
 
     // A replayed assertion: refused by the write, which keeps the unit only.
     let assertion = app.assertion("u", Purpose::Recover);
@@ -770,14 +756,7 @@ async fn totp_recovery_refusals_in_the_final_write_keep_the_unit_and_nothing_els
         .await
         .unwrap();
     let room = 5;
-    let cap = u32::try_from(addr_units(&server)).unwrap() + room;
-    server.set_policy(
-        &app,
-        PolicyChange {
-            requests_per_address_per_minute: Some(cap),
-            ..Default::default()
-        },
-    );
+    let cap = leave_room(&server, &app, room);
     let limited = parallel_wrong_guesses(&server, &second.id, &wrong(&current), 20).await;
     assert_eq!(limited, 20 - room);
     assert_eq!(addr_units(&server), i64::from(cap));

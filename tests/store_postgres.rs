@@ -676,33 +676,13 @@ fn opening_a_store_from_async_code_with_the_database_down_is_an_error_not_a_pani
 /// A node on its own fresh PostgreSQL database, with user "u" enrolled and a confirmed
 /// TOTP method; the app and the method's id.
 async fn node_with_a_totp_user() -> (common::TestServer, common::TestApp, String) {
-    use ghostkey_client::proto::api::MethodKind;
-    use ghostkey_client::proto::assertion::Purpose;
     let url = postgres::migrated_database();
     let server = common::TestServer::start_with(|c| {
         c.database.url = Some(secrecy::SecretString::from(url));
     });
     let app = server.register_app("Health");
-    common::enrol(&server, &app, "u").await;
-    let client = server.client();
-    let totp = client
-        .add_method(
-            &app.assertion("u", Purpose::Enroll),
-            MethodKind::Totp,
-            None,
-            None,
-        )
-        .await
-        .unwrap();
-    let authenticator = totp_rs::Totp::from_url(&totp.totp.unwrap().otpauth_uri).unwrap();
-    client
-        .answer(
-            &totp.challenge.id,
-            &authenticator.generate(server.now() as u64).to_string(),
-        )
-        .await
-        .unwrap();
-    (server, app, totp.method.id)
+    let (method, _) = common::enrol_with_totp(&server, &app, "u").await;
+    (server, app, method)
 }
 
 /// Writes whose results nothing reads are queued and sent with a transaction's next

@@ -568,6 +568,35 @@ pub async fn enrol(server: &TestServer, app: &TestApp, user: &str) -> ghostkey_c
     secret
 }
 
+/// Enrols `user` and confirms a TOTP method with the current step's code; the method's id
+/// and the authenticator.
+pub async fn enrol_with_totp(
+    server: &TestServer,
+    app: &TestApp,
+    user: &str,
+) -> (String, totp_rs::Totp) {
+    enrol(server, app, user).await;
+    let client = server.client();
+    let added = client
+        .add_method(
+            &app.assertion(user, Purpose::Enroll),
+            ghostkey_client::proto::api::MethodKind::Totp,
+            None,
+            None,
+        )
+        .await
+        .unwrap();
+    let authenticator = totp_rs::Totp::from_url(&added.totp.unwrap().otpauth_uri).unwrap();
+    client
+        .answer(
+            &added.challenge.id,
+            &authenticator.generate(server.now() as u64).to_string(),
+        )
+        .await
+        .unwrap();
+    (added.method.id, authenticator)
+}
+
 /// A complete, valid enrolment body for `user` of `app`, built as a client would (for
 /// tests that send hand-made requests).
 pub fn enrol_body(app: &TestApp, user: &str) -> serde_json::Value {
