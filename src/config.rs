@@ -237,6 +237,12 @@ pub struct ServerConfig {
     /// Requests that may wait for an Argon2id slot, all together; past it a check is
     /// answered 503 `unavailable` with `Retry-After` (load shedding). 0 means 32 per slot.
     pub argon2_waiting: usize,
+    /// Requests from client addresses answered 429 within their `Retry-After` (at most a
+    /// minute) that may wait, all together, to be served one at a time behind everyone
+    /// else; past it such a request is answered 503 `unavailable` at once. 0: never wait,
+    /// always 503.
+    #[serde(default = "default_refused_clients_waiting")]
+    pub refused_clients_waiting: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).
     /// The header from anyone else is ignored.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -293,6 +299,10 @@ pub struct DatabaseConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn default_refused_clients_waiting() -> usize {
+    crate::http::refused_clients::MAX_WAITING
 }
 
 fn default_max_connections() -> usize {
@@ -352,6 +362,7 @@ impl Default for Config {
                 workers: 0,
                 argon2_concurrency: 0,
                 argon2_waiting: 0,
+                refused_clients_waiting: default_refused_clients_waiting(),
                 trusted_proxies: Vec::new(),
                 tls: None,
             },

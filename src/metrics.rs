@@ -39,7 +39,7 @@ impl std::fmt::Debug for Metrics {
 }
 
 /// Names and help of the counters.
-const COUNTERS: [(&str, &str); 9] = [
+const COUNTERS: [(&str, &str); 10] = [
     (
         "ghostkey_challenges_started_total",
         "Challenges started, by purpose and method kind.",
@@ -71,6 +71,10 @@ const COUNTERS: [(&str, &str); 9] = [
     (
         "ghostkey_shed_total",
         "Requests answered 503 at once because the line waiting for an Argon2 permit was full.",
+    ),
+    (
+        "ghostkey_refused_client_requests_total",
+        "Requests from a client address answered 429 within its Retry-After (at most a minute), by result: waited (served one at a time, behind everyone else) or shed (503 at once, the line of such requests being full).",
     ),
     (
         "ghostkey_chain_blocks_verified_total",

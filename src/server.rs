@@ -304,18 +304,25 @@ pub fn start_with(
     };
     let body_limit = config.server.body_limit_bytes;
     let proxies = Arc::new(config.server.trusted_proxies.clone());
+    // One line for the whole node, shared by its workers.
+    let refused_clients = Arc::new(crate::http::RefusedClients::with_bounds(
+        crate::http::refused_clients::MAX_TRACKED,
+        config.server.refused_clients_waiting,
+    ));
     let metrics_addr = match config.metrics.listen {
         Some(listen) => Some(start_metrics(listen, service.clone())?),
         None => None,
     };
     let mut http = HttpServer::new(move || {
         App::new()
+            .wrap(middleware::from_fn(crate::http::refused_clients_wait))
             .wrap(middleware::from_fn(crate::http::cors))
             .wrap(middleware::from_fn(crate::http::request_log))
             .configure(crate::http::configure(
                 service.clone(),
                 body_limit,
                 Arc::clone(&proxies),
+                Arc::clone(&refused_clients),
                 dev.clone(),
             ))
     })

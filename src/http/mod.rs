@@ -6,6 +6,7 @@ mod handlers;
 mod logging;
 pub mod openapi;
 mod problem;
+pub mod refused_clients;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::service::Ghostkey;
 
 pub use cors::cors;
 pub use problem::json_error_handler;
+pub use refused_clients::{refused_clients_wait, RefusedClients};
 
 /// What `GET /dev/messages` serves: the mode (production refuses the route whatever else
 /// is set) and, in development, the messages the `dev-log` senders kept.
@@ -37,11 +39,13 @@ pub fn configure(
     service: Ghostkey,
     body_limit_bytes: usize,
     trusted_proxies: Arc<Vec<IpNet>>,
+    refused_clients: Arc<RefusedClients>,
     dev: DevView,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg: &mut web::ServiceConfig| {
         cfg.app_data(web::Data::new(service))
             .app_data(web::Data::from(trusted_proxies))
+            .app_data(web::Data::from(refused_clients))
             .app_data(web::Data::new(dev))
             .app_data(
                 web::JsonConfig::default()

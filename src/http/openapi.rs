@@ -124,8 +124,10 @@ const PROOF: &[ErrorCode] = &[ErrorCode::InvalidProof];
 ///
 /// `internal` (500) is on every operation that reaches the store, which can fail on any of
 /// them (I/O, a full disk, a blocking task that died); `unavailable` (503, `Retry-After`)
-/// only where an Argon2 hash may be shed (a new SMS or e-mail code, or a code or proof
-/// checked), and on `readyz`, whose whole point it is.
+/// where an Argon2 hash may be shed (a new SMS or e-mail code, or a code or proof
+/// checked), on `readyz`, whose whole point it is, and on every `/v1` operation for a
+/// client that keeps sending after a 429 while the line of such requests is full
+/// ([`refused_clients`](super::refused_clients)).
 pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
     use ErrorCode as E;
     let (parts, own): (&[&[ErrorCode]], &[ErrorCode]) = match operation_id {
@@ -320,10 +322,15 @@ pub fn operation_errors(operation_id: &str) -> Option<Vec<ErrorCode>> {
         ),
         _ => return None,
     };
+    let shed_after_429: &[ErrorCode] = match operation_id {
+        "healthz" | "readyz" => &[],
+        _ => &[E::Unavailable],
+    };
     let wanted: Vec<ErrorCode> = parts
         .iter()
         .flat_map(|p| p.iter())
         .chain(own)
+        .chain(shed_after_429)
         .copied()
         .collect();
     // In the order of the error table, each once.
