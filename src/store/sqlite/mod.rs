@@ -85,8 +85,14 @@ const STATEMENT_CACHE: usize = 128;
 
 /// Most transactions one commit carries (bounds how long the first of them waits).
 const MAX_BATCH: usize = 128;
-/// Idle read connections kept open.
-const MAX_IDLE_READERS: usize = 8;
+/// Read connections open at once, at least (two per core if that is more). Each holds its
+/// own page cache and prepared statements: opening one per concurrent request (64 at
+/// c=64) cost memory, and reopening them cost a schema parse and every statement's
+/// preparation again.
+const MIN_READERS: usize = 8;
+/// How long a read waits for a connection when all are busy before it opens one more
+/// (closed after use), so that a read made while holding another never waits for ever.
+const READER_WAIT: Duration = Duration::from_millis(50);
 
 /// A SQLite database: one write connection that commits concurrent transactions in
 /// batches, and a pool of read connections.
@@ -107,7 +113,10 @@ pub struct SqliteStore {
     batch_done: Condvar,
     /// Write transactions waiting for the write connection.
     queued: AtomicUsize,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<ReaderPool>,
+    /// Signalled when a read connection is given back.
+    reader_free: Condvar,
+    max_readers: usize,
     path: PathBuf,
     busy_timeout: Duration,
 }
@@ -123,10 +132,19 @@ struct Writer {
 #[derive(Default)]
 struct Batch(OnceLock<Result<(), String>>);
 
-/// A read connection, back to the pool when dropped.
+/// The read connections: idle ones, and how many are open (idle or in use).
+#[derive(Default)]
+struct ReaderPool {
+    idle: Vec<Connection>,
+    open: usize,
+}
+
+/// A read connection, back to the pool when dropped (or closed, if it was opened past the
+/// pool's bound).
 struct Reader<'a> {
     conn: Option<Connection>,
-    pool: &'a Mutex<Vec<Connection>>,
+    store: &'a SqliteStore,
+    pooled: bool,
 }
 
 impl std::ops::Deref for Reader<'_> {
@@ -141,10 +159,11 @@ impl std::ops::Deref for Reader<'_> {
 
 impl Drop for Reader<'_> {
     fn drop(&mut self) {
-        if let (Some(conn), Ok(mut idle)) = (self.conn.take(), self.pool.lock()) {
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(conn);
-            }
+        if let (Some(conn), true) = (self.conn.take(), self.pooled) {
+            let mut pool = self.store.readers.lock().unwrap_or_else(|p| p.into_inner());
+            pool.idle.push(conn);
+            drop(pool);
+            self.store.reader_free.notify_one();
         }
     }
 }
@@ -195,7 +214,10 @@ impl SqliteStore {
             }),
             batch_done: Condvar::new(),
             queued: AtomicUsize::new(0),
-            readers: Mutex::new(Vec::new()),
+            readers: Mutex::new(ReaderPool::default()),
+            reader_free: Condvar::new(),
+            max_readers: std::thread::available_parallelism()
+                .map_or(MIN_READERS, |n| (2 * n.get()).max(MIN_READERS)),
             path: path.to_owned(),
             busy_timeout,
         })
@@ -254,27 +276,57 @@ impl SqliteStore {
         }
     }
 
-    /// A read connection from the pool (or a new one).
+    /// A read connection from the pool: an idle one, a new one while fewer than
+    /// `max_readers` are open, else the first given back (or, after [`READER_WAIT`], one
+    /// more outside the pool).
     fn reader(&self) -> Result<Reader<'_>, StoreError> {
-        let idle = self
-            .readers
-            .lock()
-            .map_err(|_| StoreError::Backend("reader pool poisoned".into()))?
-            .pop();
-        let conn = match idle {
-            Some(conn) => conn,
-            None => {
-                let conn = Connection::open(&self.path)?;
-                conn.busy_timeout(self.busy_timeout)?;
-                conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
-                conn.pragma_update(None, "query_only", "ON")?;
-                conn
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + READER_WAIT;
+        let pooled = loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(Reader {
+                    conn: Some(conn),
+                    store: self,
+                    pooled: true,
+                });
             }
+            if pool.open < self.max_readers {
+                pool.open += 1;
+                break true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break false;
+            }
+            pool = self
+                .reader_free
+                .wait_timeout(pool, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         };
-        Ok(Reader {
-            conn: Some(conn),
-            pool: &self.readers,
-        })
+        drop(pool);
+        match self.open_reader() {
+            Ok(conn) => Ok(Reader {
+                conn: Some(conn),
+                store: self,
+                pooled,
+            }),
+            Err(e) => {
+                if pooled {
+                    self.readers.lock().unwrap_or_else(|p| p.into_inner()).open -= 1;
+                    self.reader_free.notify_one();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn open_reader(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(self.busy_timeout)?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        conn.pragma_update(None, "query_only", "ON")?;
+        Ok(conn)
     }
 
     /// The write connection with no batch open (for work outside transactions).
