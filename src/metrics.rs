@@ -30,6 +30,7 @@ pub struct Metrics {
     outbox_depth: AtomicU64,
     audit_unlinked: AtomicU64,
     audit_unlinked_age: AtomicU64,
+    argon2_memory: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -137,6 +138,11 @@ impl Metrics {
             .store(oldest_age_secs, Ordering::Relaxed);
     }
 
+    /// Sets the bytes held for Argon2id hashes.
+    pub fn set_argon2_memory(&self, bytes: u64) {
+        self.argon2_memory.store(bytes, Ordering::Relaxed);
+    }
+
     /// Sets the outbox depth (pending messages).
     pub fn set_outbox_depth(&self, depth: u64) {
         self.outbox_depth.store(depth, Ordering::Relaxed);
@@ -236,6 +242,11 @@ impl Metrics {
                 "ghostkey_audit_unlinked_oldest_seconds",
                 "Age of the oldest audit event not yet linked into the hash chain (PostgreSQL).",
                 &self.audit_unlinked_age,
+            ),
+            (
+                "ghostkey_argon2_memory_bytes",
+                "Memory held for Argon2id hashes: 19 MiB per hash running or just run, given back once no hash has started for a second.",
+                &self.argon2_memory,
             ),
         ] {
             let _ = writeln!(out, "# HELP {name} {help}");

@@ -364,6 +364,7 @@ async fn maintain(service: Ghostkey, mut stop: tokio::sync::watch::Receiver<bool
         if *stop.borrow() {
             return;
         }
+        service.release_idle_argon2_memory();
         let now = service.now();
         match service
             .blocking(move |store, _| Ok(store.maintain(now)?))

@@ -100,7 +100,7 @@ pub fn well_formed(code: &str, digits: u32) -> bool {
     code.len() == digits as usize && code.bytes().all(|b| b.is_ascii_digit())
 }
 
-fn params() -> Result<Params, Error> {
+pub(crate) fn params() -> Result<Params, Error> {
     Params::new(
         ARGON2_MEMORY_KIB,
         ARGON2_PASSES,

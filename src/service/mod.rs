@@ -10,6 +10,7 @@ pub mod methods;
 pub mod recovery;
 
 use std::net::IpAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use ghostkey_proto::assertion::Purpose;
@@ -83,7 +84,14 @@ pub struct Caller {
 /// `Retry-After` at once instead of queueing without end (load shedding).
 struct Argon2Pool {
     permits: Semaphore,
+    /// Buffers of hashes finished, for the next ones; dropped when idle
+    /// ([`Ghostkey::release_idle_argon2_memory`]).
     memory: std::sync::Mutex<Vec<code::Argon2Memory>>,
+    /// Buffers allocated and not dropped (in use or in `memory`).
+    buffers: std::sync::atomic::AtomicUsize,
+    /// Hashes started so far, and the count the last idle check saw.
+    started: std::sync::atomic::AtomicU64,
+    started_at_last_check: std::sync::atomic::AtomicU64,
     line: WaitLine,
 }
 
@@ -102,9 +110,18 @@ impl Argon2Pool {
         Argon2Pool {
             permits: Semaphore::new(concurrency),
             memory: std::sync::Mutex::new(Vec::new()),
+            buffers: std::sync::atomic::AtomicUsize::new(0),
+            started: std::sync::atomic::AtomicU64::new(0),
+            started_at_last_check: std::sync::atomic::AtomicU64::new(0),
             line: WaitLine::new(waiting),
         }
     }
+}
+
+/// Bytes held by `buffers` Argon2id buffers.
+fn bytes_of(buffers: usize) -> u64 {
+    let per_buffer = code::params().map_or(0, |p| p.block_count()) * argon2::Block::SIZE;
+    u64::try_from(buffers * per_buffer).unwrap_or(u64::MAX)
 }
 
 /// A wait line of bounded length.
@@ -292,27 +309,62 @@ impl Ghostkey {
         };
         let keys = Arc::clone(&self.keys);
         let pool = Arc::clone(&self.argon2);
+        let metrics = Arc::clone(&self.metrics);
         self.metrics.inc("ghostkey_code_hashes_total", &[]);
+        pool.started.fetch_add(1, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             use secrecy::ExposeSecret;
             let pepper = match &key_id {
                 Some(id) => keys.code_pepper_for(id).map_err(Error::internal)?,
                 None => keys.code_pepper(),
             };
-            // Holding a permit guarantees a free buffer; allocate only on first use.
-            let mut memory = match pool.memory.lock() {
+            // Holding a permit guarantees a free buffer, or room for one more.
+            let reused = match pool.memory.lock() {
                 Ok(mut free) => free.pop(),
                 Err(_) => None,
-            }
-            .map_or_else(code::Argon2Memory::new, Ok)?;
+            };
+            let mut memory = match reused {
+                Some(memory) => memory,
+                None => {
+                    let memory = code::Argon2Memory::new()?;
+                    let held = pool.buffers.fetch_add(1, Ordering::SeqCst) + 1;
+                    metrics.set_argon2_memory(bytes_of(held));
+                    memory
+                }
+            };
             let hashed = code::hash(&mut memory, pepper, &salt, code.expose_secret());
-            if let Ok(mut free) = pool.memory.lock() {
-                free.push(memory);
+            match pool.memory.lock() {
+                Ok(mut free) => free.push(memory),
+                Err(_) => {
+                    let held = pool.buffers.fetch_sub(1, Ordering::SeqCst) - 1;
+                    metrics.set_argon2_memory(bytes_of(held));
+                }
             }
             hashed
         })
         .await
         .map_err(|e| Error::internal(format!("argon2 task failed: {e}")))?
+    }
+
+    /// Drops the Argon2id buffers kept for the next hashes if no hash started since the
+    /// last call (the server calls it every second): a burst of passphrase checks would
+    /// otherwise keep `slots x 19 MiB` for good. Answers the buffers dropped.
+    pub fn release_idle_argon2_memory(&self) -> usize {
+        let pool = &self.argon2;
+        let started = pool.started.load(Ordering::SeqCst);
+        if pool.started_at_last_check.swap(started, Ordering::SeqCst) != started {
+            return 0;
+        }
+        let idle = match pool.memory.lock() {
+            Ok(mut free) => std::mem::take(&mut *free),
+            Err(_) => return 0,
+        };
+        let dropped = idle.len();
+        if dropped > 0 {
+            let held = pool.buffers.fetch_sub(dropped, Ordering::SeqCst) - dropped;
+            self.metrics.set_argon2_memory(bytes_of(held));
+        }
+        dropped
     }
 
     /// Judges an answer against a challenge (or, if there is none, does the same work as
