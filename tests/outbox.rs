@@ -289,3 +289,59 @@ async fn queued_messages_survive_a_restart_and_are_delivered_exactly_once() {
         server.client().answer(challenge, &code).await.unwrap();
     }
 }
+
+/// Adds a phone for `user` (its code message goes to the gateway).
+async fn add_phone(server: &TestServer, app: &common::TestApp, user: &str) {
+    server
+        .client()
+        .add_method(
+            &app.assertion(user, Purpose::Enroll),
+            MethodKind::Sms,
+            Some("+33 6 12 34 56 78"),
+            None,
+        )
+        .await
+        .unwrap();
+}
+
+// Sent and failed messages used to stay in the outbox for good (bodies wiped, rows kept):
+// it grew without bound and every `/metrics` scrape counted all of it. Maintenance now
+// forgets a message a week after it finished, and nothing sooner.
+#[tokio::test]
+async fn finished_messages_are_forgotten_a_week_after_they_finished_and_not_sooner() {
+    let gateway = sms_gateway::accepting().await;
+    let server = TestServer::start_with(|c| {
+        sms_gateway::configure(c, &gateway);
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let app = server.register_app("Health");
+    enrol(&server, &app, "u1").await;
+    add_phone(&server, &app, "u1").await;
+    sms_gateway::wait_for(&gateway, 1).await;
+    wait_outbox_settled(&server, 0, Duration::from_secs(20)).await;
+    let finished_at = server.query_i64("SELECT max(finished_at) FROM outbox");
+    let week = ghostkey::store::FINISHED_MESSAGE_RETENTION_SECS;
+
+    // Half a minute before the week is over: kept (maintenance runs, and by hand here).
+    server.clock.advance(finished_at + week - 30 - server.now());
+    server.maintain();
+    assert_eq!(server.count("outbox"), 1);
+    // A new message, finished now, and the first one's week over.
+    enrol(&server, &app, "u2").await;
+    add_phone(&server, &app, "u2").await;
+    sms_gateway::wait_for(&gateway, 2).await;
+    server.clock.advance(31);
+    common::wait_until(
+        "the first message forgotten",
+        Duration::from_secs(20),
+        || {
+            server.maintain();
+            (server.count("outbox") == 1).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        server.query_i64("SELECT min(created_at) FROM outbox") > finished_at,
+        "the new message is kept"
+    );
+}

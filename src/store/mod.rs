@@ -132,12 +132,16 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// How long a sent or failed message stays in the outbox (its body and destination wiped)
+/// before maintenance forgets it: a week, for the operator to look into a failure.
+pub const FINISHED_MESSAGE_RETENTION_SECS: i64 = 7 * 86_400;
+
 /// What one round of background maintenance did ([`Store::maintain`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Maintenance {
     /// Audit events linked into the hash chain.
     pub linked: u64,
-    /// Expired rows forgotten (replay cache, rate windows, failures).
+    /// Expired rows forgotten (replay cache, rate windows, failures, finished messages).
     pub purged: u64,
     /// Audit events committed but not yet linked.
     pub unlinked: u64,
@@ -512,8 +516,9 @@ pub trait Store: Send + Sync + 'static {
     fn ping(&self) -> Result<(), StoreError>;
 
     /// Background work any node runs every second or so: links committed audit events
-    /// into the hash chain and forgets expired rows, in small batches. The SQLite backend
-    /// does both inline and has nothing to do here.
+    /// into the hash chain, forgets expired rows and messages finished more than
+    /// [`FINISHED_MESSAGE_RETENTION_SECS`] ago, in small batches. The SQLite backend links
+    /// and forgets expired rows inline; it forgets finished messages here.
     ///
     /// Concurrency: several nodes may run it at once; the linking is serialised by the
     /// audit head's row lock (the only place every node meets), the purges delete disjoint

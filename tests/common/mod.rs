@@ -276,8 +276,9 @@ impl TestServer {
     }
 
     /// Runs what a node's background maintenance does within a second: on PostgreSQL, links
-    /// the audit events committed so far and purges expired rows; nothing on SQLite (which
-    /// does both inline). Raw reads run it first, so they see what a second later shows.
+    /// the audit events committed so far and purges expired rows (SQLite does both inline);
+    /// on both, forgets messages finished a week ago. Raw reads run it first, so they see
+    /// what a second later shows.
     pub fn maintain(&self) {
         self.store().maintain(self.now()).unwrap();
     }

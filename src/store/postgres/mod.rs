@@ -1156,7 +1156,7 @@ impl Store for PgStore {
 
     fn maintain(&self, now: UnixTime) -> Result<Maintenance, StoreError> {
         let linked = audit::link_pending(self, now)?;
-        let purged = limits::purge_expired(self, now)?;
+        let purged = limits::purge_expired(self, now)? + outbox::purge_finished(self, now)?;
         let (unlinked, oldest_unlinked_at) = audit::pending(self)?;
         Ok(Maintenance {
             linked,

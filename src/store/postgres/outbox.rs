@@ -7,10 +7,39 @@ use super::methods::{load_method, parse_kind};
 use super::{get, get_u32, PgStore, Tx};
 use crate::clock::UnixTime;
 use crate::domain::limits::Limit;
-use crate::store::{ClaimedMessage, MessageKind, NewMessage, OutboxCounts, SendResult, StoreError};
+use crate::store::{
+    ClaimedMessage, MessageKind, NewMessage, OutboxCounts, SendResult, StoreError,
+    FINISHED_MESSAGE_RETENTION_SECS,
+};
 
 /// At most one security notice of a kind is sent to one destination per this many seconds.
 pub const NOTICE_WINDOW_SECS: i64 = 3600;
+
+/// Messages forgotten per maintenance pass, at most.
+const PURGE_BATCH: i64 = 500;
+
+/// Forgets up to [`PURGE_BATCH`] messages finished (sent or failed for good) more than
+/// [`FINISHED_MESSAGE_RETENTION_SECS`] ago, as the SQLite backend does; rows another node
+/// is deleting are skipped, not waited for.
+pub(super) fn purge_finished(store: &PgStore, now: UnixTime) -> Result<u64, StoreError> {
+    let before = now - FINISHED_MESSAGE_RETENTION_SECS;
+    store.write(|tx| {
+        // `next_attempt_at` (never after `finished_at`) lets the due index find them.
+        let purged = tx.exec(
+            "DELETE FROM outbox WHERE id IN \
+             (SELECT id FROM outbox WHERE state IN ('sent', 'failed') AND next_attempt_at < $1 \
+              AND finished_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            &[&before, &PURGE_BATCH],
+        )?;
+        if purged > 0 {
+            tx.exec(
+                "UPDATE clock_floor SET at = GREATEST(at, $1) WHERE id = 1",
+                &[&now],
+            )?;
+        }
+        Ok(purged)
+    })
+}
 
 /// Queues a message. A security notice joins a notice of its kind to the same method that
 /// is still waiting to go (counted in its `events`); otherwise it is due an hour after the

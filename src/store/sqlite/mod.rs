@@ -455,6 +455,13 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn maintain(&self, now: UnixTime) -> Result<crate::store::Maintenance, StoreError> {
+        Ok(crate::store::Maintenance {
+            purged: outbox::purge_finished(self, now)?,
+            ..Default::default()
+        })
+    }
+
     fn create_app(&self, app: &App, first_key: &AppKey) -> Result<(), StoreError> {
         apps::create_app(self, app, first_key)
     }

@@ -4,14 +4,50 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::apps::load_policy;
-use super::limits::bump_limit;
+use super::limits::{bump_limit, raise_clock_floor};
 use super::methods::{load_method, parse_kind};
 use super::{Cached, SqliteStore};
 use crate::clock::UnixTime;
-use crate::store::{ClaimedMessage, MessageKind, NewMessage, OutboxCounts, SendResult, StoreError};
+use crate::store::{
+    ClaimedMessage, MessageKind, NewMessage, OutboxCounts, SendResult, StoreError,
+    FINISHED_MESSAGE_RETENTION_SECS,
+};
 
 /// At most one security notice of a kind is sent to one destination per this many seconds.
 pub const NOTICE_WINDOW_SECS: i64 = 3600;
+
+/// Messages forgotten per maintenance pass, at most.
+const PURGE_BATCH: i64 = 500;
+
+/// Forgets up to [`PURGE_BATCH`] messages finished (sent or failed for good) more than
+/// [`FINISHED_MESSAGE_RETENTION_SECS`] ago; their bodies and destinations were wiped when
+/// they finished, what is left (method, kind, attempts, last error) is kept that long for
+/// the operator. A read first, so an idle server takes no write lock for it.
+pub(super) fn purge_finished(store: &SqliteStore, now: UnixTime) -> Result<u64, StoreError> {
+    // `next_attempt_at` (never after `finished_at`) lets the due index find them.
+    const FINISHED_BEFORE: &str = "state IN ('sent', 'failed') AND next_attempt_at < ?1 \
+                                   AND finished_at < ?1";
+    let before = now - FINISHED_MESSAGE_RETENTION_SECS;
+    let any: bool = store.reader()?.one(
+        &format!("SELECT EXISTS (SELECT 1 FROM outbox WHERE {FINISHED_BEFORE})"),
+        [before],
+        |r| r.get(0),
+    )?;
+    if !any {
+        return Ok(0);
+    }
+    store.write(|tx| {
+        let purged = tx.exec(
+            &format!(
+                "DELETE FROM outbox WHERE id IN \
+                 (SELECT id FROM outbox WHERE {FINISHED_BEFORE} LIMIT ?2)"
+            ),
+            params![before, PURGE_BATCH],
+        )?;
+        raise_clock_floor(tx, purged, now)?;
+        Ok(u64::try_from(purged).unwrap_or(0))
+    })
+}
 
 /// Queues a message. A security notice joins a notice of its kind to the same method that
 /// is still waiting to go (counted in its `events`); otherwise it is due an hour after the
