@@ -238,9 +238,9 @@ pub struct ServerConfig {
     /// answered 503 `unavailable` with `Retry-After` (load shedding). 0 means 32 per slot.
     pub argon2_waiting: usize,
     /// Requests from client addresses answered 429 within their `Retry-After` (at most a
-    /// minute) that may wait, all together, to be served one at a time behind everyone
-    /// else; past it such a request is answered 503 `unavailable` at once. 0: never wait,
-    /// always 503.
+    /// minute) that may wait, all together, in the line that serves them one at a time.
+    /// Past it, a request from an address over its own limit is answered 503 `unavailable`
+    /// at once, and one refused by another limit goes ahead unslowed. 0: no line.
     #[serde(default = "default_refused_clients_waiting")]
     pub refused_clients_waiting: usize,
     /// Reverse proxies whose `X-Forwarded-For` is believed (addresses or CIDR ranges).

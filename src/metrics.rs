@@ -75,7 +75,7 @@ const COUNTERS: [(&str, &str); 10] = [
     ),
     (
         "ghostkey_refused_client_requests_total",
-        "Requests from a client address answered 429 within its Retry-After (at most a minute), by result: waited (served one at a time, behind everyone else) or shed (503 at once, the line of such requests being full).",
+        "Requests from a client address answered 429 within its Retry-After (at most a minute), by result: waited (for their turn in the line that serves such requests one at a time), shed (503: the address is over its own limit and the line was full or its turn late), went_ahead (refused by another limit, served unslowed as the line was full or its turn late).",
     ),
     (
         "ghostkey_chain_blocks_verified_total",

@@ -917,3 +917,54 @@ async fn a_refused_client_past_the_line_is_shed_and_nothing_is_counted() {
     assert_eq!(refused_client_requests(&server, "shed"), 3.0);
     assert_eq!(list_methods_from(&server, &app, "203.0.113.8").await.0, 200);
 }
+
+// A client refused by another limit than its address's (here a user's back-off) may be a
+// legitimate user refused because of what someone else did: the line never turns it away.
+// With no room in the line, its requests go ahead unslowed.
+#[tokio::test]
+async fn a_client_refused_by_another_limit_is_never_shed_and_goes_ahead_when_the_line_is_full() {
+    let server = TestServer::start_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.server.refused_clients_waiting = 0;
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let app = server.register_app("Health");
+    let (method, authenticator) = enrol_with_totp(&server, &app, "u").await;
+    let recovery = server
+        .client()
+        .start_recovery(&app.assertion("u", Purpose::Recover), &method)
+        .await
+        .unwrap();
+    // A code no step near now accepts.
+    let now = server.now() as u64;
+    let near: Vec<String> = [now - 30, now, now + 30]
+        .iter()
+        .map(|t| authenticator.generate(*t).to_string())
+        .collect();
+    let wrong = (0..)
+        .map(|i| format!("{i:06}"))
+        .find(|c| !near.contains(c))
+        .unwrap();
+    let user = "198.51.100.7";
+    let verify = || async {
+        let res = reqwest::Client::new()
+            .post(format!(
+                "{}/v1/recoveries/{}/verify",
+                server.base_url, recovery.id
+            ))
+            .header("x-forwarded-for", user)
+            .json(&serde_json::json!({ "code": wrong }))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status().as_u16();
+        let body: serde_json::Value = res.json().await.unwrap();
+        (status, body["code"].as_str().unwrap().to_owned())
+    };
+    assert_eq!(verify().await, (403, "invalid_code".to_owned()));
+    assert_eq!(verify().await, (429, "user_backoff".to_owned()));
+    // Marked, with no room in the line: served anyway.
+    assert_eq!(list_methods_from(&server, &app, user).await.0, 200);
+    assert_eq!(refused_client_requests(&server, "went_ahead"), 1.0);
+    assert_eq!(refused_client_requests(&server, "shed"), 0.0);
+}

@@ -83,7 +83,9 @@ pub struct Caller {
 /// and a bounded line of requests waiting for one: past it, a request is answered 503 with
 /// `Retry-After` at once instead of queueing without end (load shedding).
 struct Argon2Pool {
-    permits: Semaphore,
+    /// Held by the blocking task that hashes, not by the request: a client that hangs up
+    /// mid-hash must not free a slot while its hash still runs.
+    permits: Arc<Semaphore>,
     /// Buffers of hashes finished, for the next ones; dropped when idle
     /// ([`Ghostkey::release_idle_argon2_memory`]).
     memory: std::sync::Mutex<Vec<code::Argon2Memory>>,
@@ -108,7 +110,7 @@ impl Argon2Pool {
             n => n,
         };
         Argon2Pool {
-            permits: Semaphore::new(concurrency),
+            permits: Arc::new(Semaphore::new(concurrency)),
             memory: std::sync::Mutex::new(Vec::new()),
             buffers: std::sync::atomic::AtomicUsize::new(0),
             started: std::sync::atomic::AtomicU64::new(0),
@@ -118,10 +120,15 @@ impl Argon2Pool {
     }
 }
 
-/// Bytes held by `buffers` Argon2id buffers.
-fn bytes_of(buffers: usize) -> u64 {
-    let per_buffer = code::params().map_or(0, |p| p.block_count()) * argon2::Block::SIZE;
-    u64::try_from(buffers * per_buffer).unwrap_or(u64::MAX)
+impl Argon2Pool {
+    /// Sets the gauge to the buffers held now. Under the buffers' lock, so that of two
+    /// threads the one that changed the count last also sets the gauge last.
+    fn show_memory(&self, metrics: &crate::metrics::Metrics) {
+        let _in_order = self.memory.lock();
+        let per_buffer = code::params().map_or(0, |p| p.block_count()) * argon2::Block::SIZE;
+        let held = self.buffers.load(Ordering::SeqCst) * per_buffer;
+        metrics.set_argon2_memory(u64::try_from(held).unwrap_or(u64::MAX));
+    }
 }
 
 /// A wait line of bounded length.
@@ -293,16 +300,15 @@ impl Ghostkey {
         code: SecretString,
         key_id: Option<String>,
     ) -> Result<[u8; code::HASH_LEN], Error> {
-        let _permit = match self.argon2.permits.try_acquire() {
+        let permit = match Arc::clone(&self.argon2.permits).try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 let Some(_place) = self.argon2.line.join() else {
                     self.metrics.inc("ghostkey_shed_total", &[]);
                     return Err(Error::retry_after(ErrorCode::Unavailable, 1));
                 };
-                self.argon2
-                    .permits
-                    .acquire()
+                Arc::clone(&self.argon2.permits)
+                    .acquire_owned()
                     .await
                     .map_err(|_| Error::internal("argon2 semaphore closed"))?
             }
@@ -314,6 +320,7 @@ impl Ghostkey {
         pool.started.fetch_add(1, Ordering::SeqCst);
         tokio::task::spawn_blocking(move || {
             use secrecy::ExposeSecret;
+            let _permit = permit;
             let pepper = match &key_id {
                 Some(id) => keys.code_pepper_for(id).map_err(Error::internal)?,
                 None => keys.code_pepper(),
@@ -327,8 +334,8 @@ impl Ghostkey {
                 Some(memory) => memory,
                 None => {
                     let memory = code::Argon2Memory::new()?;
-                    let held = pool.buffers.fetch_add(1, Ordering::SeqCst) + 1;
-                    metrics.set_argon2_memory(bytes_of(held));
+                    pool.buffers.fetch_add(1, Ordering::SeqCst);
+                    pool.show_memory(&metrics);
                     memory
                 }
             };
@@ -336,8 +343,8 @@ impl Ghostkey {
             match pool.memory.lock() {
                 Ok(mut free) => free.push(memory),
                 Err(_) => {
-                    let held = pool.buffers.fetch_sub(1, Ordering::SeqCst) - 1;
-                    metrics.set_argon2_memory(bytes_of(held));
+                    pool.buffers.fetch_sub(1, Ordering::SeqCst);
+                    pool.show_memory(&metrics);
                 }
             }
             hashed
@@ -361,8 +368,8 @@ impl Ghostkey {
         };
         let dropped = idle.len();
         if dropped > 0 {
-            let held = pool.buffers.fetch_sub(dropped, Ordering::SeqCst) - dropped;
-            self.metrics.set_argon2_memory(bytes_of(held));
+            pool.buffers.fetch_sub(dropped, Ordering::SeqCst);
+            pool.show_memory(&self.metrics);
         }
         dropped
     }

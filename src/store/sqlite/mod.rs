@@ -919,6 +919,31 @@ mod tests {
     }
 
     #[test]
+    fn read_connections_are_bounded_and_a_read_holding_them_all_still_gets_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir);
+        let held: Vec<_> = (0..store.max_readers)
+            .map(|_| store.reader().unwrap())
+            .collect();
+        // All in use: one more read waits, then gets a connection outside the pool.
+        let extra = store.reader().unwrap();
+        assert!(!extra.pooled);
+        let count = |r: &Reader<'_>| -> i64 {
+            r.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+                .unwrap()
+        };
+        assert_eq!(count(&extra), 0);
+        drop(extra);
+        assert_eq!(store.readers.lock().unwrap().idle.len(), 0, "not kept");
+        // Those given back are taken by the next reads, with no new connection.
+        drop(held);
+        assert!(store.reader().unwrap().pooled);
+        let pool = store.readers.lock().unwrap();
+        assert_eq!(pool.open, store.max_readers);
+        assert_eq!(pool.idle.len(), store.max_readers);
+    }
+
+    #[test]
     fn readers_never_see_a_batch_before_its_commit() {
         let dir = tempfile::tempdir().unwrap();
         let store = store_in(&dir);
