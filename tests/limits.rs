@@ -835,9 +835,9 @@ fn refused_client_requests(server: &TestServer, result: &str) -> f64 {
 
 // Attack traffic from many addresses, each sending as fast as it is answered, used to be
 // served alongside everyone else's: under attack, legitimate recoveries were 4.4 times
-// slower at p99 (docs/BENCHMARKS.md). A client answered 429 now waits behind everyone else
-// until its Retry-After, one request at a time across the node, and still gets the store's
-// answer; nobody else waits.
+// slower at p99 (docs/BENCHMARKS.md). Until its Retry-After, a client answered 429 now
+// waits in one line per node that serves such clients one request at a time, and still
+// gets the store's answer; nobody else waits.
 #[tokio::test]
 async fn a_client_refused_for_a_limit_waits_its_turn_and_still_gets_the_stores_answer() {
     let server = TestServer::start_with(|c| {
