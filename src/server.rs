@@ -326,7 +326,12 @@ pub fn start_with(
                 dev.clone(),
             ))
     })
-    .shutdown_timeout(30);
+    .shutdown_timeout(30)
+    // Blocking threads beyond what the store and the Argon2 slots can use at once only
+    // wait, each with its own stack and allocator arena (actix's default is 512 per core).
+    .worker_max_blocking_threads(
+        BLOCKING_THREADS_PER_WORKER.max(config.database.max_connections + argon2_concurrency),
+    );
     if config.server.workers > 0 {
         http = http.workers(config.server.workers);
     }
@@ -352,6 +357,11 @@ pub fn start_with(
 
 /// How often a node runs the store's background maintenance.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Blocking threads per HTTP worker, at least: the store's reads and writes and the
+/// Argon2id hashes run there. SQLite has one writer and at most max(8, 2 per core)
+/// readers; PostgreSQL, `database.max_connections` connections.
+const BLOCKING_THREADS_PER_WORKER: usize = 32;
 
 /// Runs the store's background maintenance ([`Store::maintain`]: linking audit events,
 /// forgetting expired rows) every second until `stop`; every node does, with no leader.
