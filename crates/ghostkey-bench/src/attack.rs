@@ -54,6 +54,7 @@ fn client_from(url: &str, address: IpAddr) -> Result<Client, String> {
         .local_address(address)
         .pool_max_idle_per_host(8)
         .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(crate::POOL_IDLE)
         .build()
         .map_err(|e| e.to_string())?;
     Client::with_http(url, http).map_err(|e| e.to_string())

@@ -129,10 +129,17 @@ fn ops(per_worker: usize, floor: usize, concurrency: usize, scale: f64) -> usize
     (((per_worker * concurrency).max(floor)) as f64 * scale).ceil() as usize
 }
 
+/// How long the generator keeps an idle connection: under the server's keep-alive (actix's
+/// default, 5 s), so it never sends a request on a connection the server is closing at
+/// that moment (seen as an occasional "error sending request" in two-node runs, whose
+/// connections sit idle longer).
+pub(crate) const POOL_IDLE: Duration = Duration::from_secs(3);
+
 fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .timeout(Duration::from_secs(60))
+        .pool_idle_timeout(POOL_IDLE)
         .build()
         .map_err(|e| e.to_string())
 }
@@ -239,6 +246,7 @@ async fn run(args: RunArgs) -> Result<(), String> {
                     .local_address(std::net::IpAddr::V4(from))
                     .pool_max_idle_per_host(256)
                     .timeout(Duration::from_secs(60))
+                    .pool_idle_timeout(POOL_IDLE)
                     .build()
                     .map_err(|e| e.to_string())?;
                 Client::with_http(u, http).map_err(|e| e.to_string())?
