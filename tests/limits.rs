@@ -825,6 +825,28 @@ async fn list_methods_from(server: &TestServer, app: &TestApp, forwarded: &str) 
     (status, body["code"].as_str().unwrap().to_owned())
 }
 
+/// A server behind a trusted proxy on 127.0.0.1 (so that a test picks the client address
+/// with `X-Forwarded-For`), with metrics, a line of `waiting` for refused clients, and an
+/// app allowing `per_minute` requests per address, user "u" enrolled early in a minute.
+async fn behind_a_proxy(waiting: usize, per_minute: u32) -> (TestServer, TestApp) {
+    let server = TestServer::start_with(|c| {
+        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+        c.server.refused_clients_waiting = waiting;
+        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
+    });
+    let app = server.register_app("Health");
+    server.set_policy(
+        &app,
+        PolicyChange {
+            requests_per_address_per_minute: Some(per_minute),
+            ..Default::default()
+        },
+    );
+    server.clock.align(60, 1);
+    enrol(&server, &app, "u").await;
+    (server, app)
+}
+
 fn refused_client_requests(server: &TestServer, result: &str) -> f64 {
     common::metric_sum(
         &common::metrics_text(server),
@@ -840,20 +862,7 @@ fn refused_client_requests(server: &TestServer, result: &str) -> f64 {
 // gets the store's answer; nobody else waits.
 #[tokio::test]
 async fn a_client_refused_for_a_limit_waits_its_turn_and_still_gets_the_stores_answer() {
-    let server = TestServer::start_with(|c| {
-        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
-    });
-    let app = server.register_app("Health");
-    server.set_policy(
-        &app,
-        PolicyChange {
-            requests_per_address_per_minute: Some(3),
-            ..Default::default()
-        },
-    );
-    server.clock.align(60, 1);
-    enrol(&server, &app, "u").await;
+    let (server, app) = behind_a_proxy(ghostkey::http::refused_clients::MAX_WAITING, 3).await;
     let attacker = "198.51.100.1";
     let mut answers = Vec::new();
     for _ in 0..4 {
@@ -885,21 +894,7 @@ async fn a_client_refused_for_a_limit_waits_its_turn_and_still_gets_the_stores_a
 // request is answered 503 `unavailable` at once, and nothing is counted for it.
 #[tokio::test]
 async fn a_refused_client_past_the_line_is_shed_and_nothing_is_counted() {
-    let server = TestServer::start_with(|c| {
-        c.server.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
-        c.server.refused_clients_waiting = 0;
-        c.metrics.listen = Some("127.0.0.1:0".parse().unwrap());
-    });
-    let app = server.register_app("Health");
-    server.set_policy(
-        &app,
-        PolicyChange {
-            requests_per_address_per_minute: Some(1),
-            ..Default::default()
-        },
-    );
-    server.clock.align(60, 1);
-    enrol(&server, &app, "u").await;
+    let (server, app) = behind_a_proxy(0, 1).await;
     let attacker = "203.0.113.7";
     assert_eq!(list_methods_from(&server, &app, attacker).await.0, 200);
     assert_eq!(

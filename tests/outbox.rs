@@ -195,16 +195,7 @@ async fn a_permanent_refusal_is_recorded_and_not_retried() {
     });
     let app = server.register_app("Health");
     enrol(&server, &app, "u").await;
-    server
-        .client()
-        .add_method(
-            &app.assertion("u", Purpose::Enroll),
-            MethodKind::Sms,
-            Some("+33 6 12 34 56 78"),
-            None,
-        )
-        .await
-        .unwrap();
+    add_phone(&server, &app, "u").await;
     sms_gateway::wait_for(&gateway, 1).await;
     // Settled with the message failed after its one attempt: nothing left to retry.
     assert_eq!(
@@ -238,17 +229,7 @@ async fn queued_messages_survive_a_restart_and_are_delivered_exactly_once() {
     let mut challenges = Vec::new();
     for user in ["a", "b", "c"] {
         enrol(&server, &app, user).await;
-        let added = server
-            .client()
-            .add_method(
-                &app.assertion(user, Purpose::Enroll),
-                MethodKind::Sms,
-                Some("+33 6 12 34 56 78"),
-                None,
-            )
-            .await
-            .unwrap();
-        challenges.push(added.challenge.id);
+        challenges.push(add_phone(&server, &app, user).await);
     }
     sms_gateway::wait_for(&down, 3).await;
     assert_eq!(
@@ -290,8 +271,8 @@ async fn queued_messages_survive_a_restart_and_are_delivered_exactly_once() {
     }
 }
 
-/// Adds a phone for `user` (its code message goes to the gateway).
-async fn add_phone(server: &TestServer, app: &common::TestApp, user: &str) {
+/// Adds a phone for `user` (its code message goes to the gateway); its challenge id.
+async fn add_phone(server: &TestServer, app: &common::TestApp, user: &str) -> String {
     server
         .client()
         .add_method(
@@ -301,7 +282,9 @@ async fn add_phone(server: &TestServer, app: &common::TestApp, user: &str) {
             None,
         )
         .await
-        .unwrap();
+        .unwrap()
+        .challenge
+        .id
 }
 
 // Sent and failed messages used to stay in the outbox for good (bodies wiped, rows kept):

@@ -278,12 +278,19 @@ pub(super) fn purge_expired(store: &PgStore, now: UnixTime) -> Result<u64, Store
              (SELECT ctid FROM user_failures WHERE at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             &[&(now - FAILURE_WINDOW_SECS), &PURGE_BATCH],
         )?;
-        if purged > 0 {
-            tx.exec(
-                "UPDATE clock_floor SET at = GREATEST(at, $1) WHERE id = 1",
-                &[&now],
-            )?;
-        }
+        raise_clock_floor(tx, purged, now)?;
         Ok(purged)
     })
+}
+
+/// After a purge of `purged` rows that expired before `now`, records that the server's
+/// time reached `now`: a clock set back later must not bring those rows' limits back.
+pub(super) fn raise_clock_floor(tx: &Tx<'_>, purged: u64, now: UnixTime) -> Result<(), StoreError> {
+    if purged > 0 {
+        tx.exec(
+            "UPDATE clock_floor SET at = GREATEST(at, $1) WHERE id = 1",
+            &[&now],
+        )?;
+    }
+    Ok(())
 }

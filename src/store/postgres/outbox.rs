@@ -2,7 +2,7 @@
 //! counts, and rekeying queued bodies.
 
 use super::apps::load_policy;
-use super::limits::bump_limit;
+use super::limits::{bump_limit, raise_clock_floor};
 use super::methods::{load_method, parse_kind};
 use super::{get, get_u32, PgStore, Tx};
 use crate::clock::UnixTime;
@@ -31,12 +31,7 @@ pub(super) fn purge_finished(store: &PgStore, now: UnixTime) -> Result<u64, Stor
               AND finished_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
             &[&before, &PURGE_BATCH],
         )?;
-        if purged > 0 {
-            tx.exec(
-                "UPDATE clock_floor SET at = GREATEST(at, $1) WHERE id = 1",
-                &[&now],
-            )?;
-        }
+        raise_clock_floor(tx, purged, now)?;
         Ok(purged)
     })
 }
